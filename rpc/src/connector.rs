@@ -1,0 +1,57 @@
+//! The seam between the RPC layer and the networks: a Tub asks a [`Connector`] for a byte
+//! stream to a hint, and hands whatever stream it gets to the client side of the handshake.
+//!
+//! `folio-rpc` knows no transport. `folio-handlers` implements [`Connector`] for TCP, Tor and
+//! I2P; an embedder can implement it for anything that yields a byte stream.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::furl::Hint;
+
+/// Any bidirectional byte stream a handshake can run over.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ByteStream for T {}
+
+/// A boxed byte stream, as connectors return them.
+pub type BoxStream = Box<dyn ByteStream>;
+
+/// The future a [`Connector`] returns.
+pub type ConnectFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<BoxStream, ConnectError>> + Send + 'a>>;
+
+/// Why no stream could be opened for a hint.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No handler for this hint type: the hint is skipped, never fatal to a FURL.
+    #[error("no connection handler for {kind:?} hints")]
+    Unsupported {
+        /// The hint type.
+        kind: String,
+    },
+    /// Policy forbids this hint (direct TCP while hiding the IP address, for example).
+    #[error("hint {hint} refused by policy: {reason}")]
+    Refused {
+        /// The hint.
+        hint: String,
+        /// The rule that refused it.
+        reason: String,
+    },
+    /// The handler tried and failed.
+    #[error("{hint}: {source}")]
+    Failed {
+        /// The hint.
+        hint: String,
+        /// What went wrong.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Opens byte streams to hints. Streams it returns are always used as [`crate::Side::Client`].
+pub trait Connector: Send + Sync {
+    /// Opens a stream to `hint`.
+    fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a>;
+}

@@ -1,0 +1,622 @@
+//! The Folio handshake: prelude, TLS 1.3, hello.
+//!
+//! [`Handshaker::connect`] runs the client path (for a stream this party dialed) and
+//! [`Handshaker::accept`] the server path (for a stream this party accepted). Which one runs
+//! is the caller's decision, made from who initiated the *Folio* connection, not from the
+//! socket: an I2P listener's streams arrive over an outbound socket to the SAM bridge and
+//! still go to `accept`. Each phase has its own timeout and byte bound (see
+//! [`HandshakeConfig`]), and each failure has its own [`HandshakeError`] variant.
+//!
+//! `docs/handshake.md` is the byte-level specification of everything in this module.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::poll_fn;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tracing::{debug, info_span, Instrument};
+
+use crate::frame::{FrameError, FrameReader, FrameWriter};
+use crate::identity::Identity;
+use crate::prelude::{self, PreludeError, Progress, Status};
+use crate::tls::{self, HandshakeTooLarge, Side, TlsStream, TubIdMismatch};
+use crate::tubid::TubId;
+
+/// The highest protocol version this build speaks (negotiated in the hello).
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The lowest protocol version this build speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// The largest hello frame accepted.
+pub const MAX_HELLO_LEN: u32 = 1024;
+/// The smallest frame limit a peer may announce.
+pub const MIN_FRAME_LIMIT: u32 = 4096;
+
+/// The three phases of the handshake, for errors and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The plaintext prelude.
+    Prelude,
+    /// The TLS 1.3 handshake.
+    Tls,
+    /// The encrypted hello exchange.
+    Hello,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Prelude => "prelude",
+            Phase::Tls => "TLS",
+            Phase::Hello => "hello",
+        })
+    }
+}
+
+/// Limits on one handshake. Every phase is bounded in time and in bytes.
+#[derive(Debug, Clone)]
+pub struct HandshakeConfig {
+    /// Time for the prelude: the server waiting for the request, the client for the answer.
+    pub prelude_timeout: Duration,
+    /// Time for the TLS handshake.
+    pub tls_timeout: Duration,
+    /// Time for the hello exchange.
+    pub hello_timeout: Duration,
+    /// Most TLS bytes read from the peer before the TLS handshake completes.
+    pub max_tls_handshake_bytes: usize,
+    /// Largest frame this party accepts after the handshake (announced in its hello).
+    pub max_frame_len: u32,
+    /// Protocol versions offered, lowest and highest.
+    pub versions: (u16, u16),
+}
+
+impl Default for HandshakeConfig {
+    fn default() -> Self {
+        // Generous enough for Tor and I2P round trips of a few seconds each.
+        HandshakeConfig {
+            prelude_timeout: Duration::from_secs(30),
+            tls_timeout: Duration::from_secs(30),
+            hello_timeout: Duration::from_secs(30),
+            max_tls_handshake_bytes: 16 * 1024,
+            max_frame_len: 1024 * 1024,
+            versions: (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+        }
+    }
+}
+
+/// What each party says first inside TLS.
+///
+/// Encoded with postcard as the payload of the first frame in each direction. Fields are only
+/// ever appended; a decoder ignores bytes after the fields it knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Lowest protocol version spoken.
+    pub min_version: u16,
+    /// Highest protocol version spoken.
+    pub max_version: u16,
+    /// The TubId the sender claims; must match its certificate.
+    pub tubid: TubId,
+    /// Random per Tub start: a new value means the peer restarted.
+    pub incarnation: [u8; 16],
+    /// The dialer's count of connections it has opened (0 from a server): lets a peer tell
+    /// the newer of two connections from the same incarnation.
+    pub connection_seq: u64,
+    /// The largest frame the sender accepts.
+    pub max_frame_len: u32,
+}
+
+impl Hello {
+    /// Decodes a hello, ignoring trailing bytes (fields added by later versions).
+    pub fn decode(bytes: &[u8]) -> Result<Hello, HandshakeError> {
+        let (hello, _rest) = postcard::take_from_bytes::<Hello>(bytes)
+            .map_err(|e| HandshakeError::BadHello(e.to_string()))?;
+        if hello.min_version > hello.max_version {
+            return Err(HandshakeError::BadHello(format!(
+                "version range {}..={} is empty",
+                hello.min_version, hello.max_version
+            )));
+        }
+        if hello.max_frame_len < MIN_FRAME_LIMIT {
+            return Err(HandshakeError::BadHello(format!(
+                "frame limit {} is below the minimum {MIN_FRAME_LIMIT}",
+                hello.max_frame_len
+            )));
+        }
+        Ok(hello)
+    }
+}
+
+/// Why a handshake failed. Each variant says what happened, not only that it did.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// A phase took longer than its timeout.
+    #[error("timed out after {after:?} in the {phase} phase{}", timeout_hint(*phase))]
+    Timeout {
+        /// The phase.
+        phase: Phase,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The peer is not a Folio peer.
+    #[error("not a Folio peer: it sent {0}")]
+    NotFolio(String),
+    /// Both parties acted as the client.
+    #[error("both parties acted as Side::Client: the accepting party must use Side::Server (see Tahoe-LAFS #2861)")]
+    BothClients,
+    /// Both parties acted as the server.
+    #[error("the peer acted as Side::Server on a connection this party accepted")]
+    BothServers,
+    /// The Tub asked for is not hosted here (server) or there (client).
+    #[error("wrong Tub: the listener does not host Tub {0}")]
+    UnknownTub(TubId),
+    /// The server does not speak the client's prelude version.
+    #[error("the peer does not speak prelude version {0}")]
+    UnsupportedPrelude(u8),
+    /// The server refused new connections.
+    #[error("the peer is busy and refused the connection")]
+    Busy,
+    /// The prelude was malformed.
+    #[error("malformed prelude: {0}")]
+    MalformedPrelude(String),
+    /// The server's key is not the one the FURL names.
+    #[error("certificate mismatch: {0}")]
+    CertificateMismatch(TubIdMismatch),
+    /// TLS failed for another reason (an alert, a bad signature, no common parameters).
+    #[error("TLS failed: {0}")]
+    Tls(rustls::Error),
+    /// The peer sent too many bytes during the TLS handshake.
+    #[error("the peer sent more than {0} bytes of TLS handshake")]
+    TlsTooLarge(usize),
+    /// The version ranges do not overlap.
+    #[error("no common protocol version: this party speaks {ours:?}, the peer {theirs:?}")]
+    NoCommonVersion {
+        /// Our range.
+        ours: (u16, u16),
+        /// The peer's range.
+        theirs: (u16, u16),
+    },
+    /// The peer's hello claims a TubId other than its certificate's.
+    #[error("the peer claims to be Tub {claimed} but its certificate is Tub {actual}")]
+    ClaimMismatch {
+        /// What the hello says.
+        claimed: TubId,
+        /// What the certificate says.
+        actual: TubId,
+    },
+    /// The peer's hello is malformed or out of bounds.
+    #[error("malformed hello: {0}")]
+    BadHello(String),
+    /// The peer closed the stream.
+    #[error("the peer closed the connection during the {0} phase")]
+    Closed(Phase),
+    /// The stream failed.
+    #[error("I/O error in the {phase} phase: {source}")]
+    Io {
+        /// The phase.
+        phase: Phase,
+        /// The error.
+        source: io::Error,
+    },
+    /// The local identity could not be turned into a TLS configuration.
+    #[error("local TLS configuration: {0}")]
+    Config(rustls::Error),
+}
+
+fn timeout_hint(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Prelude => {
+            " (the peer sent nothing Folio could use; is it also acting as Side::Server?)"
+        }
+        _ => "",
+    }
+}
+
+impl HandshakeError {
+    fn io(phase: Phase, e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            return HandshakeError::Closed(phase);
+        }
+        if let Some(t) = tls::tls_error(&e) {
+            if let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)) = t {
+                if let Some(m) = o.0.downcast_ref::<TubIdMismatch>() {
+                    return HandshakeError::CertificateMismatch(m.clone());
+                }
+            }
+            return HandshakeError::Tls(t.clone());
+        }
+        if let Some(big) = e
+            .get_ref()
+            .and_then(|r| r.downcast_ref::<HandshakeTooLarge>())
+        {
+            return HandshakeError::TlsTooLarge(big.0);
+        }
+        HandshakeError::Io { phase, source: e }
+    }
+
+    fn frame(phase: Phase, e: FrameError) -> Self {
+        match e {
+            FrameError::Io(e) => Self::io(phase, e),
+            FrameError::Truncated { .. } => HandshakeError::Closed(phase),
+            other => HandshakeError::BadHello(other.to_string()),
+        }
+    }
+
+    /// The phase the error belongs to, where it has one.
+    pub fn phase(&self) -> Option<Phase> {
+        use HandshakeError::*;
+        match self {
+            Timeout { phase, .. } | Io { phase, .. } | Closed(phase) => Some(*phase),
+            NotFolio(_)
+            | BothClients
+            | BothServers
+            | UnknownTub(_)
+            | UnsupportedPrelude(_)
+            | Busy
+            | MalformedPrelude(_) => Some(Phase::Prelude),
+            CertificateMismatch(_) | Tls(_) | TlsTooLarge(_) => Some(Phase::Tls),
+            NoCommonVersion { .. } | ClaimMismatch { .. } | BadHello(_) => Some(Phase::Hello),
+            Config(_) => None,
+        }
+    }
+}
+
+impl From<PreludeError> for HandshakeError {
+    fn from(e: PreludeError) -> Self {
+        match e {
+            PreludeError::NotFolio(s) => HandshakeError::NotFolio(s),
+            PreludeError::BothClients => HandshakeError::BothClients,
+            PreludeError::BothServers => HandshakeError::BothServers,
+            PreludeError::Malformed(s) => HandshakeError::MalformedPrelude(s),
+        }
+    }
+}
+
+/// What both parties know once the handshake has succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The role this party played.
+    pub side: Side,
+    /// This party's Tub (for a server hosting several, the one the client asked for).
+    pub local: TubId,
+    /// The peer's Tub, proven by its key.
+    pub peer: TubId,
+    /// The negotiated protocol version.
+    pub version: u16,
+    /// The hello this party sent.
+    pub local_hello: Hello,
+    /// The hello the peer sent.
+    pub peer_hello: Hello,
+}
+
+/// An authenticated connection: frames in, frames out.
+pub struct Established<S> {
+    /// Incoming frames, limited to this party's `max_frame_len`.
+    pub reader: FrameReader<ReadHalf<TlsStream<S>>>,
+    /// Outgoing frames, limited to the peer's `max_frame_len`.
+    pub writer: FrameWriter<WriteHalf<TlsStream<S>>>,
+    /// Who is on each end.
+    pub info: ConnectionInfo,
+}
+
+impl<S> fmt::Debug for Established<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Established")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs handshakes for one local Tub (dialing) and any number of hosted Tubs (accepting).
+pub struct Handshaker {
+    local: Arc<Identity>,
+    client_config: Arc<rustls::ClientConfig>,
+    hosted: RwLock<HashMap<TubId, Arc<rustls::ServerConfig>>>,
+    incarnation: [u8; 16],
+    connection_seq: AtomicU64,
+    config: HandshakeConfig,
+}
+
+impl fmt::Debug for Handshaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handshaker")
+            .field("local", &self.local.tubid())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handshaker {
+    /// A handshaker that dials as `identity` and accepts connections for it.
+    pub fn new(identity: Arc<Identity>, config: HandshakeConfig) -> Result<Self, HandshakeError> {
+        let client_config = tls::client_config(&identity).map_err(HandshakeError::Config)?;
+        let hs = Handshaker {
+            local: identity.clone(),
+            client_config,
+            hosted: RwLock::new(HashMap::new()),
+            incarnation: crate::random_bytes(),
+            connection_seq: AtomicU64::new(0),
+            config,
+        };
+        hs.host(&identity)?;
+        Ok(hs)
+    }
+
+    /// Also accepts connections for another Tub on the same listeners.
+    pub fn host(&self, identity: &Identity) -> Result<(), HandshakeError> {
+        let cfg = tls::server_config(identity).map_err(HandshakeError::Config)?;
+        self.hosted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(identity.tubid(), cfg);
+        Ok(())
+    }
+
+    /// Stops accepting connections for a hosted Tub.
+    pub fn unhost(&self, tubid: &TubId) {
+        self.hosted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tubid);
+    }
+
+    /// The Tub this handshaker dials as.
+    pub fn tubid(&self) -> TubId {
+        self.local.tubid()
+    }
+
+    /// This process's incarnation, sent in every hello.
+    pub fn incarnation(&self) -> [u8; 16] {
+        self.incarnation
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &HandshakeConfig {
+        &self.config
+    }
+
+    fn hello(&self, tubid: TubId, connection_seq: u64) -> Hello {
+        Hello {
+            min_version: self.config.versions.0,
+            max_version: self.config.versions.1,
+            tubid,
+            incarnation: self.incarnation,
+            connection_seq,
+            max_frame_len: self.config.max_frame_len,
+        }
+    }
+
+    /// The client path, for a stream this party opened to reach Tub `target`.
+    pub async fn connect<S>(&self, io: S, target: &TubId) -> Result<Established<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let span = info_span!("handshake", side = "client", peer = %target);
+        self.run_client(io, target).instrument(span).await
+    }
+
+    /// The server path, for a stream this party accepted (whatever opened the socket).
+    pub async fn accept<S>(&self, io: S) -> Result<Established<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let span = info_span!("handshake", side = "server");
+        self.run_server(io).instrument(span).await
+    }
+
+    async fn run_client<S>(&self, io: S, target: &TubId) -> Result<Established<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let cfg = &self.config;
+        let mut tls = TlsStream::client(io, self.client_config.clone(), target)
+            .map_err(HandshakeError::Config)?;
+        // Prelude: the request and the ClientHello leave together; then wait for the answer.
+        let mut first = prelude::encode_request(target);
+        tls.take_pending_tls(&mut first);
+        let answer = timed(Phase::Prelude, cfg.prelude_timeout, async {
+            let io = tls.get_mut();
+            io.write_all(&first)
+                .await
+                .map_err(|e| HandshakeError::io(Phase::Prelude, e))?;
+            io.flush()
+                .await
+                .map_err(|e| HandshakeError::io(Phase::Prelude, e))?;
+            read_prelude(io, prelude::decode_answer, prelude::ANSWER_LEN).await
+        })
+        .await?;
+        match answer.status {
+            Status::Proceed => {}
+            Status::UnknownTub => return Err(HandshakeError::UnknownTub(*target)),
+            Status::UnsupportedVersion => {
+                return Err(HandshakeError::UnsupportedPrelude(prelude::PRELUDE_VERSION))
+            }
+            Status::Busy => return Err(HandshakeError::Busy),
+        }
+        debug!("prelude accepted");
+        let seq = self.connection_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let hello = self.hello(self.local.tubid(), seq);
+        self.finish(tls, Side::Client, self.local.tubid(), hello)
+            .await
+    }
+
+    async fn run_server<S>(&self, mut io: S) -> Result<Established<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let cfg = &self.config;
+        let request = timed(Phase::Prelude, cfg.prelude_timeout, async {
+            read_prelude(&mut io, prelude::decode_request, prelude::MAX_REQUEST_LEN).await
+        })
+        .await;
+        let request = match request {
+            Ok(r) => r,
+            Err(HandshakeError::NotFolio(what)) => {
+                // Tell a person (or a browser) what this port is, then close.
+                let _ = timed(Phase::Prelude, cfg.prelude_timeout, async {
+                    io.write_all(prelude::refusal_for(&what))
+                        .await
+                        .map_err(|e| HandshakeError::io(Phase::Prelude, e))?;
+                    io.shutdown()
+                        .await
+                        .map_err(|e| HandshakeError::io(Phase::Prelude, e))
+                })
+                .await;
+                return Err(HandshakeError::NotFolio(what));
+            }
+            Err(e) => return Err(e),
+        };
+        let refuse = |status| prelude::encode_answer(status);
+        if request.version != prelude::PRELUDE_VERSION {
+            let _ = io.write_all(&refuse(Status::UnsupportedVersion)).await;
+            let _ = io.shutdown().await;
+            return Err(HandshakeError::UnsupportedPrelude(request.version));
+        }
+        let server_config = self
+            .hosted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&request.target)
+            .cloned();
+        let Some(server_config) = server_config else {
+            let _ = timed(Phase::Prelude, cfg.prelude_timeout, async {
+                let _ = io.write_all(&refuse(Status::UnknownTub)).await;
+                let _ = io.shutdown().await;
+                Ok(())
+            })
+            .await;
+            return Err(HandshakeError::UnknownTub(request.target));
+        };
+        debug!(target_tub = %request.target, "prelude accepted");
+        // The answer goes out with the ServerHello (the TLS driver flushes both).
+        io.write_all(&refuse(Status::Proceed))
+            .await
+            .map_err(|e| HandshakeError::io(Phase::Prelude, e))?;
+        let tls = TlsStream::server(io, server_config).map_err(HandshakeError::Config)?;
+        let hello = self.hello(request.target, 0);
+        self.finish(tls, Side::Server, request.target, hello).await
+    }
+
+    /// The TLS and hello phases, the same for both sides.
+    async fn finish<S>(
+        &self,
+        mut tls: TlsStream<S>,
+        side: Side,
+        local: TubId,
+        hello: Hello,
+    ) -> Result<Established<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let cfg = &self.config;
+        let max = cfg.max_tls_handshake_bytes;
+        timed(Phase::Tls, cfg.tls_timeout, async {
+            poll_fn(|cx| tls.poll_handshake(cx, max))
+                .await
+                .map_err(|e| HandshakeError::io(Phase::Tls, e))
+        })
+        .await?;
+        if tls.connection().alpn_protocol() != Some(tls::ALPN) {
+            return Err(HandshakeError::Tls(rustls::Error::NoApplicationProtocol));
+        }
+        let peer = tls
+            .peer_tubid()
+            .ok_or_else(|| HandshakeError::Tls(rustls::Error::NoCertificatesPresented))?;
+        debug!(peer = %peer, "TLS established");
+
+        let (r, w) = tokio::io::split(tls);
+        let mut reader = FrameReader::new(r, MAX_HELLO_LEN);
+        let mut writer = FrameWriter::new(w, MAX_HELLO_LEN);
+        let peer_hello = timed(Phase::Hello, cfg.hello_timeout, async {
+            writer
+                .send_message(&hello)
+                .await
+                .map_err(|e| HandshakeError::frame(Phase::Hello, e))?;
+            match reader.next_frame().await {
+                Ok(Some(bytes)) => Hello::decode(bytes),
+                Ok(None) => Err(HandshakeError::Closed(Phase::Hello)),
+                Err(e) => Err(HandshakeError::frame(Phase::Hello, e)),
+            }
+        })
+        .await?;
+        if peer_hello.tubid != peer {
+            return Err(HandshakeError::ClaimMismatch {
+                claimed: peer_hello.tubid,
+                actual: peer,
+            });
+        }
+        let version = negotiate(
+            (hello.min_version, hello.max_version),
+            (peer_hello.min_version, peer_hello.max_version),
+        )?;
+        reader.set_max_len(cfg.max_frame_len);
+        writer.set_max_len(peer_hello.max_frame_len);
+        debug!(version, "handshake complete");
+        Ok(Established {
+            reader,
+            writer,
+            info: ConnectionInfo {
+                side,
+                local,
+                peer,
+                version,
+                local_hello: hello,
+                peer_hello,
+            },
+        })
+    }
+}
+
+/// The highest version both ranges contain.
+pub fn negotiate(ours: (u16, u16), theirs: (u16, u16)) -> Result<u16, HandshakeError> {
+    let high = ours.1.min(theirs.1);
+    if high >= ours.0.max(theirs.0) {
+        Ok(high)
+    } else {
+        Err(HandshakeError::NoCommonVersion { ours, theirs })
+    }
+}
+
+async fn timed<T>(
+    phase: Phase,
+    after: Duration,
+    fut: impl std::future::Future<Output = Result<T, HandshakeError>>,
+) -> Result<T, HandshakeError> {
+    match tokio::time::timeout(after, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(HandshakeError::Timeout { phase, after }),
+    }
+}
+
+/// Reads one prelude message, asking the stream for exactly the bytes the decoder needs so
+/// that nothing after the prelude is consumed.
+async fn read_prelude<S, T>(
+    io: &mut S,
+    decode: fn(&[u8]) -> Result<Progress<T>, PreludeError>,
+    max: usize,
+) -> Result<T, HandshakeError>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = [0u8; prelude::MAX_REQUEST_LEN];
+    let mut filled = 0;
+    loop {
+        match decode(&buf[..filled])? {
+            Progress::Done(msg, _) => return Ok(msg),
+            Progress::Need(need) => {
+                let need = need.min(max);
+                let n = io
+                    .read(&mut buf[filled..need])
+                    .await
+                    .map_err(|e| HandshakeError::io(Phase::Prelude, e))?;
+                if n == 0 {
+                    return Err(HandshakeError::Closed(Phase::Prelude));
+                }
+                filled += n;
+            }
+        }
+    }
+}
