@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::poll_fn;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -217,7 +216,11 @@ fn timeout_hint(phase: Phase) -> &'static str {
 
 impl HandshakeError {
     fn io(phase: Phase, e: io::Error) -> Self {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
+        use io::ErrorKind::*;
+        if matches!(
+            e.kind(),
+            UnexpectedEof | BrokenPipe | ConnectionReset | ConnectionAborted
+        ) {
             return HandshakeError::Closed(phase);
         }
         if let Some(t) = tls::tls_error(&e) {
@@ -390,12 +393,12 @@ impl Handshaker {
     }
 
     /// The client path, for a stream this party opened to reach Tub `target`.
-    pub async fn connect<S>(&self, io: S, target: &TubId) -> Result<Established<S>, HandshakeError>
+    pub async fn connect<S>(&self, io: S, target: TubId) -> Result<Established<S>, HandshakeError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let span = info_span!("handshake", side = "client", peer = %target);
-        self.run_client(io, target).instrument(span).await
+        self.run_client(io, &target).instrument(span).await
     }
 
     /// The server path, for a stream this party accepted (whatever opened the socket).
@@ -514,7 +517,7 @@ impl Handshaker {
         let cfg = &self.config;
         let max = cfg.max_tls_handshake_bytes;
         timed(Phase::Tls, cfg.tls_timeout, async {
-            poll_fn(|cx| tls.poll_handshake(cx, max))
+            tls.handshake(max)
                 .await
                 .map_err(|e| HandshakeError::io(Phase::Tls, e))
         })
@@ -618,5 +621,94 @@ where
                 filled += n;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handshaker() -> Handshaker {
+        let id = Arc::new(Identity::generate().unwrap());
+        Handshaker::new(id, HandshakeConfig::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn certificate_mismatch_names_both_tubs() {
+        let (alice, bob) = (handshaker(), handshaker());
+        let impostor = Identity::generate().unwrap();
+        // A listener that answers for Bob's TubId but holds another key.
+        bob.hosted
+            .write()
+            .unwrap()
+            .insert(bob.tubid(), tls::server_config(&impostor).unwrap());
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (c, s) = tokio::join!(alice.connect(a, bob.tubid()), bob.accept(b));
+        match c {
+            Err(HandshakeError::CertificateMismatch(m)) => {
+                assert_eq!((m.expected, m.actual), (bob.tubid(), impostor.tubid()));
+            }
+            other => panic!("expected a certificate mismatch, got {other:?}"),
+        }
+        // The server learns of it from the client's alert.
+        let s = s.unwrap_err();
+        assert!(matches!(s, HandshakeError::Tls(_)), "{s}");
+    }
+
+    #[tokio::test]
+    async fn hello_claiming_another_tub_is_refused() {
+        let (alice, bob) = (handshaker(), handshaker());
+        let liar = TubId::from_spki(b"somebody else");
+        let (mut a, b) = tokio::io::duplex(64 * 1024);
+        let target = bob.tubid();
+        let client = async {
+            a.write_all(&prelude::encode_request(&target))
+                .await
+                .unwrap();
+            let mut answer = [0u8; prelude::ANSWER_LEN];
+            a.read_exact(&mut answer).await.unwrap();
+            let tls = TlsStream::client(a, alice.client_config.clone(), &target).unwrap();
+            alice
+                .finish(tls, Side::Client, liar, alice.hello(liar, 1))
+                .await
+        };
+        let (_c, s) = tokio::join!(client, bob.accept(b));
+        match s {
+            Err(HandshakeError::ClaimMismatch { claimed, actual }) => {
+                assert_eq!((claimed, actual), (liar, alice.tubid()));
+            }
+            other => panic!("expected a claim mismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hello_decoding_is_strict_but_extensible() {
+        let hs = handshaker();
+        let hello = hs.hello(hs.tubid(), 7);
+        let mut bytes = postcard::to_allocvec(&hello).unwrap();
+        assert_eq!(Hello::decode(&bytes).unwrap(), hello);
+        bytes.extend_from_slice(b"a field from version 2");
+        assert_eq!(Hello::decode(&bytes).unwrap(), hello);
+        assert!(Hello::decode(&bytes[..5]).is_err());
+        let tiny = Hello {
+            max_frame_len: 10,
+            ..hello.clone()
+        };
+        let e = Hello::decode(&postcard::to_allocvec(&tiny).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("frame limit"));
+        let empty = Hello {
+            min_version: 3,
+            max_version: 2,
+            ..hello
+        };
+        assert!(Hello::decode(&postcard::to_allocvec(&empty).unwrap()).is_err());
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version() {
+        assert_eq!(negotiate((1, 1), (1, 1)).unwrap(), 1);
+        assert_eq!(negotiate((1, 4), (2, 3)).unwrap(), 3);
+        assert_eq!(negotiate((3, 4), (1, 5)).unwrap(), 4);
+        assert!(negotiate((1, 2), (3, 4)).is_err());
     }
 }

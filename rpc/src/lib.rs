@@ -29,7 +29,7 @@
 //! let bob = Handshaker::new(Arc::new(Identity::generate().unwrap()), HandshakeConfig::default()).unwrap();
 //! let (a, b) = tokio::io::duplex(64 * 1024);
 //! let bob_id = bob.tubid();
-//! let (dialed, accepted) = tokio::join!(alice.connect(a, &bob_id), bob.accept(b));
+//! let (dialed, accepted) = tokio::join!(alice.connect(a, bob_id), bob.accept(b));
 //! let (mut dialed, mut accepted) = (dialed.unwrap(), accepted.unwrap());
 //! assert_eq!((dialed.info.side, accepted.info.side), (Side::Client, Side::Server));
 //! assert_eq!(accepted.info.peer, alice.tubid());

@@ -383,6 +383,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         }
     }
 
+    /// Runs the TLS handshake to completion, reading at most `max_bytes` from the peer.
+    /// (Reading or writing also completes it; this form bounds it and reports errors early.)
+    pub async fn handshake(&mut self, max_bytes: usize) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_handshake(cx, max_bytes)).await
+    }
+
     /// Drives the TLS handshake to completion, reading at most `max_bytes` from the peer.
     pub(crate) fn poll_handshake(
         &mut self,
