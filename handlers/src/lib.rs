@@ -1,1 +1,195 @@
-//! placeholder
+//! # folio-handlers
+//!
+//! Connection handlers: the bridge from a FURL's hints to the transports. A [`Registry`]
+//! maps each hint type (`tcp`, later `tor` and `i2p`) to a [`Handler`] and implements
+//! `folio_rpc::Connector`, so a Tub can ask it for a byte stream to any hint. Hint types with
+//! no handler are reported as unsupported and skipped by the dialer, never fatal. Removing
+//! the `tcp` handler is how `tcp = disabled` is expressed.
+//!
+//! ```
+//! use folio_handlers::Registry;
+//! use folio_rpc::{Connector, Hint};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let registry = Registry::with_tcp();
+//! let hint: Hint = "quic:example.org:1".parse().unwrap();
+//! let err = registry.connect(&hint).await.err().unwrap();
+//! assert!(err.to_string().contains("no connection handler"));
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use folio_rpc::connector::{ConnectError, ConnectFuture, Connector};
+use folio_rpc::Hint;
+
+/// One way of turning hints of one type into byte streams.
+pub trait Handler: Send + Sync {
+    /// What this handler is, for connection status ("tcp (direct)", for example).
+    fn describe(&self) -> String;
+
+    /// Opens a stream for `hint`, which has this handler's type.
+    fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a>;
+}
+
+/// Direct TCP connections for `tcp:` hints.
+#[derive(Debug, Clone)]
+pub struct TcpHandler {
+    timeout: Duration,
+}
+
+impl TcpHandler {
+    /// A handler whose dials give up after `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        TcpHandler { timeout }
+    }
+}
+
+impl Default for TcpHandler {
+    fn default() -> Self {
+        TcpHandler::new(Duration::from_secs(30))
+    }
+}
+
+impl Handler for TcpHandler {
+    fn describe(&self) -> String {
+        "tcp (direct)".into()
+    }
+
+    fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a> {
+        Box::pin(async move {
+            let Hint::Tcp { host, port } = hint else {
+                return Err(ConnectError::Unsupported {
+                    kind: hint.kind().to_string(),
+                });
+            };
+            let stream = folio_transports::tcp::dial(&host.to_dial_string(), *port, self.timeout)
+                .await
+                .map_err(|e| ConnectError::Failed {
+                    hint: hint.to_string(),
+                    source: Box::new(e),
+                })?;
+            Ok(Box::new(stream) as folio_rpc::BoxStream)
+        })
+    }
+}
+
+/// Hint type → handler.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: BTreeMap<String, Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.handlers.iter().map(|(k, h)| (k, h.describe())))
+            .finish()
+    }
+}
+
+impl Registry {
+    /// A registry with no handlers: every hint is unsupported.
+    pub fn empty() -> Self {
+        Registry::default()
+    }
+
+    /// A registry with the direct TCP handler for `tcp:` hints.
+    pub fn with_tcp() -> Self {
+        let mut r = Registry::empty();
+        r.set("tcp", Arc::new(TcpHandler::default()));
+        r
+    }
+
+    /// Uses `handler` for hints of type `kind`, replacing any other.
+    pub fn set(&mut self, kind: &str, handler: Arc<dyn Handler>) {
+        self.handlers.insert(kind.to_string(), handler);
+    }
+
+    /// Stops handling hints of type `kind` (`tcp = disabled`).
+    pub fn disable(&mut self, kind: &str) {
+        self.handlers.remove(kind);
+    }
+
+    /// The handler for a hint, if its type has one.
+    pub fn handler_for(&self, hint: &Hint) -> Option<&Arc<dyn Handler>> {
+        match hint {
+            Hint::Unknown(_) => None,
+            _ => self.handlers.get(hint.kind()),
+        }
+    }
+
+    /// Each hint type and what handles it, for status displays.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        self.handlers
+            .iter()
+            .map(|(k, h)| (k.clone(), h.describe()))
+            .collect()
+    }
+}
+
+impl Connector for Registry {
+    fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a> {
+        match self.handler_for(hint) {
+            Some(h) => h.connect(hint),
+            None => {
+                let kind = hint.kind().to_string();
+                Box::pin(async move { Err(ConnectError::Unsupported { kind }) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn tcp_hint_reaches_a_listener() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hint: Hint = format!("tcp:127.0.0.1:{}", l.local_addr().unwrap().port())
+            .parse()
+            .unwrap();
+        let registry = Registry::with_tcp();
+        let (dialed, accepted) = tokio::join!(registry.connect(&hint), l.accept());
+        let (mut dialed, mut accepted) = (dialed.unwrap(), accepted.unwrap().0);
+        dialed.write_all(b"hi").await.unwrap();
+        let mut buf = [0u8; 2];
+        accepted.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hi");
+    }
+
+    #[tokio::test]
+    async fn unknown_and_disabled_hints_are_unsupported() {
+        let mut registry = Registry::with_tcp();
+        let unknown: Hint = "x-future:1".parse().unwrap();
+        assert!(matches!(
+            registry.connect(&unknown).await,
+            Err(ConnectError::Unsupported { kind }) if kind == "x-future"
+        ));
+        registry.disable("tcp");
+        let tcp: Hint = "tcp:127.0.0.1:1".parse().unwrap();
+        assert!(matches!(
+            registry.connect(&tcp).await,
+            Err(ConnectError::Unsupported { kind }) if kind == "tcp"
+        ));
+        assert!(registry.describe().is_empty());
+    }
+
+    #[tokio::test]
+    async fn failed_dial_names_the_hint() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let hint: Hint = format!("tcp:127.0.0.1:{port}").parse().unwrap();
+        let e = Registry::with_tcp().connect(&hint).await.err().unwrap();
+        assert!(
+            e.to_string().starts_with(&format!("tcp:127.0.0.1:{port}:")),
+            "{e}"
+        );
+    }
+}

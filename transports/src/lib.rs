@@ -1,1 +1,26 @@
-//! placeholder
+//! # folio-transports
+//!
+//! Byte streams for Folio. This crate opens and accepts connections and knows nothing of
+//! FURLs, TLS or RPC: `folio-handlers` maps hints onto it, and `folio-rpc` runs the handshake
+//! over whatever stream comes back.
+//!
+//! Today: TCP ([`tcp`]). Tor and I2P join as their own modules behind cargo features.
+//!
+//! ```
+//! use folio_transports::tcp::{self, ListenSpec};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let spec: ListenSpec = "tcp:0:interface=127.0.0.1".parse().unwrap();
+//! let listener = tcp::listen(&spec).await.unwrap();
+//! let port = listener.local_addr().unwrap().port();
+//! let (dialed, accepted) = tokio::join!(
+//!     tcp::dial("127.0.0.1", port, Duration::from_secs(5)),
+//!     listener.accept(),
+//! );
+//! assert!(dialed.is_ok() && accepted.is_ok());
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod tcp;
