@@ -1,0 +1,148 @@
+//! Handshakes over real TCP on 127.0.0.1: two tasks through the handler registry, and two
+//! separate processes.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use folio_handlers::Registry;
+use folio_rpc::{Connector, Furl, HandshakeConfig, Handshaker, Hint, Identity, Side, Swissnum};
+use folio_tests::ChildGuard;
+use folio_transports::tcp;
+
+#[tokio::test]
+async fn two_tasks_over_tcp_through_the_registry() {
+    let server = Arc::new(
+        Handshaker::new(
+            Arc::new(Identity::generate().unwrap()),
+            HandshakeConfig::default(),
+        )
+        .unwrap(),
+    );
+    let client = Handshaker::new(
+        Arc::new(Identity::generate().unwrap()),
+        HandshakeConfig::default(),
+    )
+    .unwrap();
+    let listener = tcp::listen(&"tcp:0:interface=127.0.0.1".parse().unwrap())
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // A FURL with an unusable hint first: it is skipped, the TCP hint works.
+    let furl: Furl = format!(
+        "folio://{}@x-later:1,tcp:127.0.0.1:{port}/obj",
+        server.tubid()
+    )
+    .parse()
+    .unwrap();
+
+    let srv = server.clone();
+    let accept_task = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut conn = srv.accept(stream).await.unwrap();
+        let n: u64 = conn.reader.next_message().await.unwrap().unwrap();
+        conn.writer.send_message(&(n * 2)).await.unwrap();
+        conn.info
+    });
+
+    let registry = Registry::with_tcp();
+    let mut conn = None;
+    for hint in furl.hints() {
+        match registry.connect(hint).await {
+            Ok(stream) => {
+                conn = Some(client.connect(stream, furl.tubid()).await.unwrap());
+                break;
+            }
+            Err(e) => assert!(matches!(hint, Hint::Unknown(_)), "{hint}: {e}"),
+        }
+    }
+    let mut conn = conn.expect("the tcp hint connects");
+    conn.writer.send_message(&21u64).await.unwrap();
+    let answer: u64 = conn.reader.next_message().await.unwrap().unwrap();
+    assert_eq!(answer, 42);
+    let server_info = tokio::time::timeout(Duration::from_secs(10), accept_task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(server_info.side, Side::Server);
+    assert_eq!(server_info.peer, client.tubid());
+    assert_eq!(conn.info.peer, server.tubid());
+}
+
+#[test]
+fn two_processes_over_tcp() {
+    let dir = std::env::temp_dir().join(format!("folio-2proc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = env!("CARGO_BIN_EXE_folio-handshake-peer");
+
+    let mut listen_cmd = Command::new(exe);
+    listen_cmd.args([
+        "listen",
+        dir.join("server.pem").to_str().unwrap(),
+        "tcp:0:interface=127.0.0.1",
+    ]);
+    let mut server = ChildGuard::spawn("listening peer", listen_cmd).unwrap();
+    let server_lines = server.lines();
+    let first = server_lines.next_within(Duration::from_secs(30));
+    let furl = first
+        .strip_prefix("FURL ")
+        .expect("the listener prints its FURL first");
+    let parsed: Furl = furl.parse().unwrap();
+    assert_eq!(parsed.swissnum().as_str().len(), 32);
+    // The identity file was written 0600 and names the same Tub as the FURL.
+    let saved = Identity::load(&dir.join("server.pem")).unwrap();
+    assert_eq!(saved.tubid(), parsed.tubid());
+
+    let mut dial_cmd = Command::new(exe);
+    dial_cmd.args(["dial", dir.join("client.pem").to_str().unwrap(), furl]);
+    let mut client = ChildGuard::spawn("dialing peer", dial_cmd).unwrap();
+    let client_lines = client.lines();
+    let reply = client_lines.next_within(Duration::from_secs(30));
+    let client_tub = Identity::load(&dir.join("client.pem")).unwrap().tubid();
+    assert_eq!(reply, format!("REPLY pong: ping from {client_tub}"));
+    let said = server_lines.next_within(Duration::from_secs(30));
+    assert_eq!(
+        said,
+        format!("PEER {client_tub} SAID ping from {client_tub}")
+    );
+    assert!(client.wait_timeout(Duration::from_secs(30)).success());
+    assert!(server.wait_timeout(Duration::from_secs(30)).success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn dialing_a_furl_for_the_wrong_tub_fails_clearly_across_processes() {
+    let dir = std::env::temp_dir().join(format!("folio-2proc-wrong-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = env!("CARGO_BIN_EXE_folio-handshake-peer");
+    let mut listen_cmd = Command::new(exe);
+    listen_cmd.args([
+        "listen",
+        dir.join("server.pem").to_str().unwrap(),
+        "tcp:0:interface=127.0.0.1",
+    ]);
+    let mut server = ChildGuard::spawn("listening peer", listen_cmd).unwrap();
+    let furl: Furl = server
+        .lines()
+        .next_within(Duration::from_secs(30))
+        .strip_prefix("FURL ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Same address, another Tub's id.
+    let other = Identity::generate().unwrap().tubid();
+    let wrong = Furl::new(other, furl.hints().to_vec(), Swissnum::random());
+    let out = Command::new(exe)
+        .args([
+            "dial",
+            dir.join("client.pem").to_str().unwrap(),
+            &wrong.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wrong Tub"), "{stderr}");
+    assert!(!server.wait_timeout(Duration::from_secs(30)).success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
