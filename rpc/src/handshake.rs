@@ -705,6 +705,25 @@ mod tests {
     }
 
     #[test]
+    fn hello_wire_bytes_match_the_spec() {
+        // The worked example in docs/handshake.md.
+        let hello = Hello {
+            min_version: 1,
+            max_version: 1,
+            tubid: TubId::from_bytes([0xab; 32]),
+            incarnation: [0x11; 16],
+            connection_seq: 1,
+            max_frame_len: 1024 * 1024,
+        };
+        let mut want = vec![0x01, 0x01, 0x20];
+        want.extend_from_slice(&[0xab; 32]);
+        want.extend_from_slice(&[0x11; 16]);
+        want.extend_from_slice(&[0x01, 0x80, 0x80, 0x40]);
+        assert_eq!(postcard::to_allocvec(&hello).unwrap(), want);
+        assert_eq!(want.len(), 55);
+    }
+
+    #[test]
     fn negotiation_picks_the_highest_common_version() {
         assert_eq!(negotiate((1, 1), (1, 1)).unwrap(), 1);
         assert_eq!(negotiate((1, 4), (2, 3)).unwrap(), 3);
