@@ -459,23 +459,14 @@ impl Handshaker {
             Ok(r) => r,
             Err(HandshakeError::NotFolio(what)) => {
                 // Tell a person (or a browser) what this port is, then close.
-                let _ = timed(Phase::Prelude, cfg.prelude_timeout, async {
-                    io.write_all(prelude::refusal_for(&what))
-                        .await
-                        .map_err(|e| HandshakeError::io(Phase::Prelude, e))?;
-                    io.shutdown()
-                        .await
-                        .map_err(|e| HandshakeError::io(Phase::Prelude, e))
-                })
-                .await;
+                refuse(&mut io, prelude::refusal_for(&what), cfg.prelude_timeout).await;
                 return Err(HandshakeError::NotFolio(what));
             }
             Err(e) => return Err(e),
         };
-        let refuse = |status| prelude::encode_answer(status);
         if request.version != prelude::PRELUDE_VERSION {
-            let _ = io.write_all(&refuse(Status::UnsupportedVersion)).await;
-            let _ = io.shutdown().await;
+            let answer = prelude::encode_answer(Status::UnsupportedVersion);
+            refuse(&mut io, &answer, cfg.prelude_timeout).await;
             return Err(HandshakeError::UnsupportedPrelude(request.version));
         }
         let server_config = self
@@ -485,19 +476,19 @@ impl Handshaker {
             .get(&request.target)
             .cloned();
         let Some(server_config) = server_config else {
-            let _ = timed(Phase::Prelude, cfg.prelude_timeout, async {
-                let _ = io.write_all(&refuse(Status::UnknownTub)).await;
-                let _ = io.shutdown().await;
-                Ok(())
-            })
-            .await;
+            let answer = prelude::encode_answer(Status::UnknownTub);
+            refuse(&mut io, &answer, cfg.prelude_timeout).await;
             return Err(HandshakeError::UnknownTub(request.target));
         };
         debug!(target_tub = %request.target, "prelude accepted");
-        // The answer goes out with the ServerHello (the TLS driver flushes both).
-        io.write_all(&refuse(Status::Proceed))
-            .await
-            .map_err(|e| HandshakeError::io(Phase::Prelude, e))?;
+        // The answer is buffered by the stream and goes out with the ServerHello, which the
+        // TLS driver flushes.
+        timed(Phase::Prelude, cfg.prelude_timeout, async {
+            io.write_all(&prelude::encode_answer(Status::Proceed))
+                .await
+                .map_err(|e| HandshakeError::io(Phase::Prelude, e))
+        })
+        .await?;
         let tls = TlsStream::server(io, server_config).map_err(HandshakeError::Config)?;
         let hello = self.hello(request.target, 0);
         self.finish(tls, Side::Server, request.target, hello).await
@@ -571,6 +562,16 @@ impl Handshaker {
             },
         })
     }
+}
+
+/// Writes a refusal and closes, giving up silently if the peer does not take it in time:
+/// the caller reports the reason for the refusal, not the fate of the courtesy message.
+async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, message: &[u8], within: Duration) {
+    let _ = tokio::time::timeout(within, async {
+        let _ = io.write_all(message).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
 }
 
 /// The highest version both ranges contain.
