@@ -493,7 +493,15 @@ impl FromStr for Furl {
                 parsed.push(hint);
             }
         }
-        Ok(Furl::new(tubid, parsed, swissnum))
+        let furl = Furl::new(tubid, parsed, swissnum);
+        // Written back, an address may take more room than it did (IPv4-mapped IPv6 is
+        // printed in dotted form): refuse a FURL whose canonical text would be over the limit,
+        // so that every FURL this accepts can be sent and parsed again.
+        let canonical = furl.to_string().len();
+        if canonical > MAX_FURL_LEN {
+            return Err(FurlError::TooLong(canonical));
+        }
+        Ok(furl)
     }
 }
 
@@ -681,6 +689,16 @@ mod tests {
             long.parse::<Furl>(),
             Err(FurlError::TooLong(MAX_FURL_LEN + 1))
         );
+    }
+
+    #[test]
+    fn canonical_text_stays_within_the_limit() {
+        // Found by the furl_parse fuzz target: "::ffff:0:0" prints as "::ffff:0.0.0.0".
+        let head = format!("folio://{}@tcp:[::ffff:0:0]:1,x:", tubid());
+        let pad = MAX_FURL_LEN - head.len() - "/s".len();
+        let text = format!("{head}{}/s", "y".repeat(pad));
+        assert_eq!(text.len(), MAX_FURL_LEN);
+        assert_eq!(text.parse::<Furl>(), Err(FurlError::TooLong(MAX_FURL_LEN + 4)));
     }
 
     #[test]

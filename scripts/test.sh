@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: what README tells a newcomer to run and what CI runs.
+#   scripts/test.sh                 everything
+#   FOLIO_FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz smoke run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+: "${FOLIO_FUZZ_SECONDS:=10}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+if [ "$FOLIO_FUZZ_SECONDS" != 0 ]; then
+  step "fuzz smoke: every target for ${FOLIO_FUZZ_SECONDS}s"
+  fuzz/run.sh "$FOLIO_FUZZ_SECONDS"
+fi
