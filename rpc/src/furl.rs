@@ -698,7 +698,10 @@ mod tests {
         let pad = MAX_FURL_LEN - head.len() - "/s".len();
         let text = format!("{head}{}/s", "y".repeat(pad));
         assert_eq!(text.len(), MAX_FURL_LEN);
-        assert_eq!(text.parse::<Furl>(), Err(FurlError::TooLong(MAX_FURL_LEN + 4)));
+        assert_eq!(
+            text.parse::<Furl>(),
+            Err(FurlError::TooLong(MAX_FURL_LEN + 4))
+        );
     }
 
     #[test]
