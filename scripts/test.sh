@@ -15,10 +15,11 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test"
-cargo test --workspace --locked
-
 if [ "$FOLIO_FUZZ_SECONDS" != 0 ]; then
   step "fuzz smoke: every target for ${FOLIO_FUZZ_SECONDS}s"
   fuzz/run.sh "$FOLIO_FUZZ_SECONDS"
 fi
+
+# Last, so that the run ends with the test runner's own summary.
+step "cargo test"
+cargo test --workspace --locked
