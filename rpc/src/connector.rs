@@ -54,4 +54,34 @@ pub enum ConnectError {
 pub trait Connector: Send + Sync {
     /// Opens a stream to `hint`.
     fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a>;
+
+    /// What would carry `hint` ("tcp (direct)", "tor (system tor)", ...), for status displays.
+    fn handler_name(&self, hint: &Hint) -> Option<String> {
+        Some(hint.kind().to_string())
+    }
+}
+
+/// The future a [`Listener`] returns.
+pub type AcceptFuture<'a> = Pin<Box<dyn Future<Output = std::io::Result<BoxStream>> + Send + 'a>>;
+
+/// A source of accepted byte streams (a TCP listener, an onion service, a SAM session that
+/// accepts). Streams it yields are always used as [`crate::Side::Server`], whatever opened
+/// their sockets.
+pub trait Listener: Send + 'static {
+    /// The next accepted stream.
+    fn accept(&mut self) -> AcceptFuture<'_>;
+
+    /// What this listener is, for logs and status ("tcp:3456", "i2p:...b32.i2p").
+    fn describe(&self) -> String;
+}
+
+/// A connector that opens nothing: for Tubs that only accept, or only call themselves.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoConnector;
+
+impl Connector for NoConnector {
+    fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a> {
+        let kind = hint.kind().to_string();
+        Box::pin(async move { Err(ConnectError::Unsupported { kind }) })
+    }
 }

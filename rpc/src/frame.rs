@@ -239,6 +239,23 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.write_scratch().await
     }
 
+    /// Writes a frame built by [`encode_frame`] without flushing (for batching).
+    pub async fn write_encoded(&mut self, frame: &[u8]) -> Result<(), FrameError> {
+        self.io.write_all(frame).await?;
+        Ok(())
+    }
+
+    /// Flushes frames written with [`FrameWriter::write_encoded`].
+    pub async fn flush(&mut self) -> Result<(), FrameError> {
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// The limit in force (the peer's).
+    pub fn max_len(&self) -> u32 {
+        self.max_len
+    }
+
     async fn write_scratch(&mut self) -> Result<(), FrameError> {
         let len = self.scratch.len() - HEADER_LEN;
         if len > self.max_len as usize {
@@ -266,6 +283,20 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn get_ref(&self) -> &W {
         &self.io
     }
+}
+
+/// Encodes `msg` as a complete frame (header included), refusing one longer than `max_len`.
+pub fn encode_frame<T: Serialize>(msg: &T, max_len: u32) -> Result<Vec<u8>, FrameError> {
+    let mut out = postcard::to_extend(msg, vec![0u8; HEADER_LEN])?;
+    let len = out.len() - HEADER_LEN;
+    if len > max_len as usize {
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max: max_len,
+        });
+    }
+    out[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -41,23 +41,40 @@
 //! ```
 #![warn(missing_docs)]
 
+mod connection;
 pub mod connector;
 pub mod frame;
 pub mod furl;
 pub mod handshake;
 pub mod identity;
+pub mod message;
+pub mod object;
 pub mod prelude;
+pub mod reconnector;
 pub mod tls;
+pub mod tub;
 pub mod tubid;
 
-pub use connector::{BoxStream, ByteStream, ConnectError, Connector};
+pub use connector::{BoxStream, ByteStream, ConnectError, Connector, Listener, NoConnector};
 pub use furl::{Furl, Hint, Host, Swissnum};
 pub use handshake::{
     ConnectionInfo, Established, HandshakeConfig, HandshakeError, Handshaker, Hello, Phase,
 };
 pub use identity::{Identity, IdentityError};
+pub use object::{
+    CallContext, CallError, Dispatch, ObjectRef, Refusal, Reply, ReplyFuture, TypedRef,
+};
+pub use reconnector::{ReconnectPolicy, Reconnector, ReconnectorState, ReconnectorStatus};
 pub use tls::{Side, TlsStream};
+pub use tub::{HintStatus, PeerStatus, ReferenceError, RegisterError, Tub, TubConfig};
 pub use tubid::TubId;
+
+pub use folio_rpc_macros::interface;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+}
 
 /// `N` bytes from the operating system's CSPRNG.
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {

@@ -1,0 +1,798 @@
+//! One live connection between two Tubs: the reader and writer tasks, outstanding calls,
+//! the tables of exported and imported references, keepalive, and an orderly death.
+//!
+//! Threads of control per connection:
+//! - the **reader** task decodes frames in order. A call is decoded (arguments included)
+//!   before the next frame is read, then runs in its own task while holding one of the
+//!   connection's inbound permits; with every permit taken the reader stops reading, so a
+//!   flood of calls is slowed by TCP backpressure instead of being buffered.
+//! - the **writer** task drains a queue of encoded frames, batching what is ready into one
+//!   flush. Answers keep their inbound permit until written, so a peer that never reads
+//!   cannot grow the queue past the inbound bound; outbound calls hold an outbound permit
+//!   until answered.
+//! - an optional **keepalive** task pings an idle peer and enforces the disconnect timeout.
+//!
+//! When the connection dies, for whatever reason, [`ConnShared::close`] runs exactly once:
+//! every pending call fails with the reason, every disconnect observer runs once, exports are
+//! released, and the Tub forgets the connection.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::frame::{encode_frame, FrameReader, FrameWriter};
+use crate::furl::Furl;
+use crate::handshake::{ConnectionInfo, Established};
+use crate::message::{self, AnswerBody, GoodbyeReason, Message, ROOT_OBJECT};
+use crate::object::{
+    decode_answer, with_codec, CallContext, CallError, Dispatch, LazyRef, ObjectRef, RefCodec,
+    RefDesc, RefKind, Refusal, Reply,
+};
+use crate::tls::TlsStream;
+use crate::tub::{TubConfig, TubInner};
+
+type Observer = Box<dyn FnOnce(&str) + Send>;
+
+/// Completes one outstanding call. Runs on the reader task, in message order, so that the
+/// references in an answer are decoded before any later `Decref` is applied.
+type Completion = Box<dyn FnOnce(Result<Reply, String>) + Send>;
+
+/// A frame waiting for the writer, with the permit it releases once written.
+enum Outgoing {
+    Frame(Vec<u8>, Option<OwnedSemaphorePermit>),
+    Close(Option<Vec<u8>>),
+}
+
+struct Exports {
+    next_id: u64,
+    by_id: HashMap<u64, (Arc<dyn Dispatch>, u64)>,
+    by_ptr: HashMap<usize, u64>,
+}
+
+struct ImportEntry {
+    weak: Weak<RemoteInner>,
+    received: u64,
+    generation: u64,
+}
+
+struct LifeState {
+    closed: Option<String>,
+    observers: Vec<Observer>,
+    tasks: Vec<AbortHandle>,
+}
+
+/// The state of one connection, shared by its tasks and by every reference that uses it.
+pub(crate) struct ConnShared {
+    pub(crate) info: ConnectionInfo,
+    me: Weak<ConnShared>,
+    tub: Weak<TubInner>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    max_frame_out: u32,
+    pending: Mutex<HashMap<u64, Completion>>,
+    next_call_id: AtomicU64,
+    exports: Mutex<Exports>,
+    imports: Mutex<HashMap<u64, ImportEntry>>,
+    next_generation: AtomicU64,
+    inbound: Arc<Semaphore>,
+    outbound: Arc<Semaphore>,
+    life: Mutex<LifeState>,
+    closed_tx: watch::Sender<Option<String>>,
+    started: Instant,
+    last_received_ms: AtomicU64,
+    pub(crate) established_at: SystemTime,
+    pub(crate) winning_hint: Option<String>,
+    config: Arc<TubConfig>,
+}
+
+/// A reference to an object a peer exported to us.
+pub(crate) struct RemoteInner {
+    pub(crate) conn: Arc<ConnShared>,
+    pub(crate) id: u64,
+    pub(crate) interface: String,
+    generation: u64,
+    pub(crate) furl: OnceLock<Furl>,
+}
+
+impl Drop for RemoteInner {
+    fn drop(&mut self) {
+        if let Some(count) = self.conn.release_import(self.id, self.generation) {
+            self.conn.send_message(
+                &Message::Decref {
+                    target: self.id,
+                    count,
+                },
+                None,
+            );
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ConnShared {
+    /// Builds a freshly established connection. Its tasks start when the returned starter
+    /// is called, after the Tub has recorded the connection, so that nothing it does can run
+    /// ahead of that.
+    pub(crate) fn create<S>(
+        est: Established<S>,
+        tub: Weak<TubInner>,
+        config: Arc<TubConfig>,
+        winning_hint: Option<String>,
+    ) -> (Arc<ConnShared>, Box<dyn FnOnce() + Send>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Established {
+            reader,
+            writer,
+            info,
+        } = est;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (closed_tx, _) = watch::channel(None);
+        let shared = Arc::new_cyclic(|me| ConnShared {
+            max_frame_out: writer.max_len(),
+            info,
+            me: me.clone(),
+            tub,
+            out: tx,
+            pending: Mutex::new(HashMap::new()),
+            next_call_id: AtomicU64::new(1),
+            exports: Mutex::new(Exports {
+                next_id: 1,
+                by_id: HashMap::new(),
+                by_ptr: HashMap::new(),
+            }),
+            imports: Mutex::new(HashMap::new()),
+            next_generation: AtomicU64::new(1), // 0 marks the root, which is never counted
+            inbound: Arc::new(Semaphore::new(config.max_inbound_calls.max(1))),
+            outbound: Arc::new(Semaphore::new(config.max_outbound_calls.max(1))),
+            life: Mutex::new(LifeState {
+                closed: None,
+                observers: Vec::new(),
+                tasks: Vec::new(),
+            }),
+            closed_tx,
+            started: Instant::now(),
+            last_received_ms: AtomicU64::new(0),
+            established_at: SystemTime::now(),
+            winning_hint,
+            config,
+        });
+        let conn = shared.clone();
+        let starter = move || {
+            let span = info_span!(
+                "connection",
+                peer = %conn.info.peer,
+                side = ?conn.info.side,
+                hint = conn.winning_hint.as_deref().unwrap_or("-"),
+            );
+            let w = tokio::spawn(writer_loop(conn.clone(), writer, rx).instrument(span.clone()));
+            let r = tokio::spawn(reader_loop(conn.clone(), reader).instrument(span.clone()));
+            let mut tasks = vec![w.abort_handle(), r.abort_handle()];
+            if conn.config.keepalive.is_some() || conn.config.disconnect_timeout.is_some() {
+                let k = tokio::spawn(keepalive_loop(Arc::downgrade(&conn)).instrument(span));
+                tasks.push(k.abort_handle());
+            }
+            let mut life = lock(&conn.life);
+            if life.closed.is_some() {
+                // Closed before it started (it lost the duplicate rule): stop the reader and
+                // keepalive; the writer delivers the goodbye queued by close().
+                for t in tasks.iter().skip(1) {
+                    t.abort();
+                }
+            } else {
+                life.tasks = tasks;
+            }
+            drop(life);
+            debug!(peer = %conn.info.peer, "connection started");
+        };
+        (shared, Box::new(starter))
+    }
+
+    fn arc(&self) -> Arc<ConnShared> {
+        self.me.upgrade().expect("a connection in use is alive")
+    }
+
+    fn codec(&self) -> Arc<dyn RefCodec> {
+        self.arc()
+    }
+
+    /// Why the connection closed, if it has.
+    pub(crate) fn closed_reason(&self) -> Option<String> {
+        lock(&self.life).closed.clone()
+    }
+
+    /// When data last arrived from the peer.
+    pub(crate) fn last_received(&self) -> SystemTime {
+        self.established_at + Duration::from_millis(self.last_received_ms.load(Ordering::Relaxed))
+    }
+
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_received_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let ms = self.last_received_ms.load(Ordering::Relaxed);
+        self.started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(ms))
+    }
+
+    /// Queues a message; returns false if the connection is closed or it cannot be encoded.
+    fn send_message(&self, msg: &Message<'_>, permit: Option<OwnedSemaphorePermit>) -> bool {
+        match encode_frame(msg, self.max_frame_out) {
+            Ok(frame) => self.out.send(Outgoing::Frame(frame, permit)).is_ok(),
+            Err(e) => {
+                warn!("cannot send a message: {e}");
+                false
+            }
+        }
+    }
+
+    /// Runs `observer` once when the connection closes (at once if it has).
+    pub(crate) fn on_disconnect(&self, observer: impl FnOnce(&str) + Send + 'static) {
+        let mut life = lock(&self.life);
+        match life.closed.clone() {
+            Some(reason) => {
+                drop(life);
+                observer(&reason);
+            }
+            None => life.observers.push(Box::new(observer)),
+        }
+    }
+
+    /// Waits for the connection to close and returns the reason.
+    pub(crate) async fn closed(&self) -> String {
+        let mut rx = self.closed_tx.subscribe();
+        let reason = rx.wait_for(|r| r.is_some()).await.map(|r| r.clone());
+        match reason {
+            Ok(r) => r.unwrap_or_default(),
+            Err(_) => "the connection was dropped".into(),
+        }
+    }
+
+    /// Closes the connection, once. Pending calls fail with `reason`; observers run.
+    pub(crate) fn close(&self, reason: &str, goodbye: Option<GoodbyeReason>) {
+        let (observers, tasks) = {
+            let mut life = lock(&self.life);
+            if life.closed.is_some() {
+                return;
+            }
+            life.closed = Some(reason.to_string());
+            (
+                std::mem::take(&mut life.observers),
+                std::mem::take(&mut life.tasks),
+            )
+        };
+        debug!(peer = %self.info.peer, reason, "connection closed");
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        for (_, complete) in pending {
+            complete(Err(reason.to_string()));
+        }
+        let farewell = goodbye
+            .and_then(|g| encode_frame(&Message::Goodbye { reason: g }, self.max_frame_out).ok());
+        let _ = self.out.send(Outgoing::Close(farewell));
+        // The writer task is left to say goodbye and shut the stream; the others stop now.
+        for t in tasks.iter().skip(1) {
+            t.abort();
+        }
+        let _ = self.closed_tx.send(Some(reason.to_string()));
+        if let Some(tub) = self.tub.upgrade() {
+            tub.forget_connection(self);
+        }
+        for o in observers {
+            o(reason);
+        }
+        // Exported objects are no longer reachable through this connection.
+        let mut ex = lock(&self.exports);
+        ex.by_id.clear();
+        ex.by_ptr.clear();
+    }
+
+    fn export(&self, obj: &Arc<dyn Dispatch>) -> Result<u64, String> {
+        let mut ex = lock(&self.exports);
+        let key = Arc::as_ptr(obj) as *const () as usize;
+        if let Some(&id) = ex.by_ptr.get(&key) {
+            if let Some(entry) = ex.by_id.get_mut(&id) {
+                entry.1 += 1;
+                return Ok(id);
+            }
+        }
+        if ex.by_id.len() >= self.config.max_exports {
+            return Err(format!(
+                "this connection already exports {} objects (the limit)",
+                self.config.max_exports
+            ));
+        }
+        let id = ex.next_id;
+        ex.next_id += 1;
+        ex.by_id.insert(id, (obj.clone(), 1));
+        ex.by_ptr.insert(key, id);
+        Ok(id)
+    }
+
+    fn exported(&self, id: u64) -> Option<Arc<dyn Dispatch>> {
+        lock(&self.exports).by_id.get(&id).map(|e| e.0.clone())
+    }
+
+    /// Number of objects exported on this connection (for tests and status).
+    pub(crate) fn export_count(&self) -> usize {
+        lock(&self.exports).by_id.len()
+    }
+
+    fn decref(&self, id: u64, count: u64) {
+        let mut ex = lock(&self.exports);
+        let Some(entry) = ex.by_id.get_mut(&id) else {
+            debug!(id, "decref for an object no longer exported");
+            return;
+        };
+        entry.1 = entry.1.saturating_sub(count);
+        if entry.1 == 0 {
+            let (obj, _) = ex.by_id.remove(&id).expect("present");
+            ex.by_ptr.remove(&(Arc::as_ptr(&obj) as *const () as usize));
+            debug!(id, "export released");
+        }
+    }
+
+    fn import(&self, id: u64, interface: String) -> Result<Arc<RemoteInner>, String> {
+        let mut imports = lock(&self.imports);
+        let mut stale = None;
+        if let Some(entry) = imports.get_mut(&id) {
+            match entry.weak.upgrade() {
+                Some(strong) => {
+                    entry.received += 1;
+                    return Ok(strong);
+                }
+                // Its last handle is being dropped right now: settle its count here, and let
+                // the dropping handle find a newer generation and send nothing.
+                None => stale = Some(entry.received),
+            }
+        }
+        if stale.is_none() && imports.len() >= self.config.max_imports {
+            return Err(format!(
+                "the peer sent more than {} references on this connection (the limit)",
+                self.config.max_imports
+            ));
+        }
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let inner = Arc::new(RemoteInner {
+            conn: self.arc(),
+            id,
+            interface,
+            generation,
+            furl: OnceLock::new(),
+        });
+        imports.insert(
+            id,
+            ImportEntry {
+                weak: Arc::downgrade(&inner),
+                received: 1,
+                generation,
+            },
+        );
+        drop(imports);
+        if let Some(count) = stale {
+            self.send_message(&Message::Decref { target: id, count }, None);
+        }
+        Ok(inner)
+    }
+
+    fn release_import(&self, id: u64, generation: u64) -> Option<u64> {
+        let mut imports = lock(&self.imports);
+        match imports.get(&id) {
+            Some(e) if e.generation == generation => imports.remove(&id).map(|e| e.received),
+            _ => None,
+        }
+    }
+
+    /// The peer's root object (id 0): always there, never reference-counted.
+    pub(crate) fn remote_root(&self) -> ObjectRef {
+        ObjectRef(RefKind::Remote(Arc::new(RemoteInner {
+            conn: self.arc(),
+            id: ROOT_OBJECT,
+            interface: crate::tub::ROOT_INTERFACE.to_string(),
+            generation: 0,
+            furl: OnceLock::new(),
+        })))
+    }
+
+    fn root(&self) -> Arc<dyn Dispatch> {
+        Arc::new(crate::tub::Root(self.tub.clone()))
+    }
+}
+
+impl RefCodec for ConnShared {
+    fn encode(&self, r: &ObjectRef) -> Result<RefDesc, String> {
+        match &r.0 {
+            RefKind::Local(d) => Ok(RefDesc::Mine {
+                id: self.export(d)?,
+                interface: d.interface().to_string(),
+            }),
+            RefKind::Remote(inner) if std::ptr::eq(Arc::as_ptr(&inner.conn), self) => {
+                Ok(RefDesc::Yours { id: inner.id })
+            }
+            RefKind::Remote(inner) => match inner.furl.get() {
+                Some(furl) => Ok(RefDesc::Gift {
+                    furl: furl.clone(),
+                    interface: inner.interface.clone(),
+                }),
+                None => Err(format!(
+                    "a reference to an object on Tub {} can be passed to Tub {} only if it was \
+                     obtained from a FURL",
+                    inner.conn.info.peer, self.info.peer
+                )),
+            },
+            RefKind::Furl(lazy) => Ok(RefDesc::Gift {
+                furl: lazy.furl.clone(),
+                interface: lazy.interface.clone(),
+            }),
+        }
+    }
+
+    fn decode(&self, d: RefDesc) -> Result<ObjectRef, String> {
+        match d {
+            RefDesc::Mine { id, interface } => {
+                Ok(ObjectRef(RefKind::Remote(self.import(id, interface)?)))
+            }
+            RefDesc::Yours { id } => self
+                .exported(id)
+                .map(|d| ObjectRef(RefKind::Local(d)))
+                .ok_or_else(|| {
+                    format!("the peer named our object {id}, which is not exported to it")
+                }),
+            RefDesc::Gift { furl, interface } => {
+                if !self.config.accept_gifts {
+                    return Err("this Tub refuses third-party references (gifts)".into());
+                }
+                Ok(ObjectRef(RefKind::Furl(Arc::new(LazyRef {
+                    furl,
+                    interface,
+                    tub: self.tub.clone(),
+                    resolved: tokio::sync::OnceCell::new(),
+                }))))
+            }
+            RefDesc::Local { .. } => Err("a loopback reference arrived over a connection".into()),
+        }
+    }
+}
+
+/// Removes a pending call's entry if the caller gives up (its future is dropped).
+struct PendingGuard<'a> {
+    conn: &'a ConnShared,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.conn.pending).remove(&self.id);
+    }
+}
+
+impl RemoteInner {
+    fn encode_args<E>(&self, args: &impl Serialize) -> Result<Vec<u8>, CallError<E>> {
+        let codec = self.conn.codec();
+        with_codec(&codec, || postcard::to_allocvec(args)).map_err(|e| {
+            let why = crate::object::take_ref_error().unwrap_or_else(|| e.to_string());
+            CallError::Protocol(format!("arguments could not be encoded: {why}"))
+        })
+    }
+
+    fn frame<E>(&self, msg: &Message<'_>) -> Result<Vec<u8>, CallError<E>> {
+        encode_frame(msg, self.conn.max_frame_out)
+            .map_err(|e| CallError::Protocol(format!("the call is too large for the peer: {e}")))
+    }
+
+    pub(crate) async fn call<A, T, E>(
+        &self,
+        interface: &str,
+        method: &str,
+        args: &A,
+    ) -> Result<T, CallError<E>>
+    where
+        A: Serialize,
+        T: DeserializeOwned + Send + 'static,
+        E: DeserializeOwned + Send + 'static,
+    {
+        let conn = &*self.conn;
+        if let Some(reason) = conn.closed_reason() {
+            return Err(CallError::Disconnected(reason));
+        }
+        let permit = conn
+            .outbound
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CallError::Disconnected("closed".into()))?;
+        let id = conn.next_call_id.fetch_add(1, Ordering::Relaxed);
+        let args = self.encode_args(args)?;
+        let frame = self.frame(&Message::Call {
+            id,
+            target: self.id,
+            interface,
+            method,
+            args: &args,
+        })?;
+        let (tx, rx) = oneshot::channel::<Result<T, CallError<E>>>();
+        let codec = conn.codec();
+        let complete: Completion = Box::new(move |reply| {
+            let result = match reply {
+                Ok(reply) => decode_answer(&codec, reply),
+                Err(reason) => Err(CallError::Disconnected(reason)),
+            };
+            let _ = tx.send(result);
+        });
+        lock(&conn.pending).insert(id, complete);
+        let _guard = PendingGuard { conn, id };
+        if let Some(reason) = conn.closed_reason() {
+            return Err(CallError::Disconnected(reason));
+        }
+        if conn.out.send(Outgoing::Frame(frame, None)).is_err() {
+            return Err(CallError::Disconnected("the connection is closing".into()));
+        }
+        let result = rx.await;
+        drop(permit);
+        result.unwrap_or_else(|_| {
+            Err(CallError::Disconnected(
+                conn.closed_reason()
+                    .unwrap_or_else(|| "the connection was dropped".into()),
+            ))
+        })
+    }
+
+    pub(crate) async fn call_oneway<A: Serialize>(
+        &self,
+        interface: &str,
+        method: &str,
+        args: &A,
+    ) -> Result<(), CallError<()>> {
+        let conn = &*self.conn;
+        if let Some(reason) = conn.closed_reason() {
+            return Err(CallError::Disconnected(reason));
+        }
+        let args = self.encode_args(args)?;
+        let frame = self.frame(&Message::Oneway {
+            target: self.id,
+            interface,
+            method,
+            args: &args,
+        })?;
+        conn.out
+            .send(Outgoing::Frame(frame, None))
+            .map_err(|_| CallError::Disconnected("the connection is closing".into()))
+    }
+}
+
+async fn writer_loop<S>(
+    shared: Arc<ConnShared>,
+    mut w: FrameWriter<WriteHalf<TlsStream<S>>>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let result: Result<(), String> = async {
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            // Write everything that is ready, then flush once.
+            while let Some(item) = next.take() {
+                match item {
+                    Outgoing::Frame(frame, permit) => {
+                        w.write_encoded(&frame).await.map_err(|e| e.to_string())?;
+                        drop(permit);
+                    }
+                    Outgoing::Close(farewell) => {
+                        if let Some(f) = farewell {
+                            let _ = w.write_encoded(&f).await;
+                        }
+                        let _ = tokio::time::timeout(Duration::from_secs(5), w.shutdown()).await;
+                        return Ok(());
+                    }
+                }
+                next = rx.try_recv().ok();
+            }
+            w.flush().await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        shared.close(&format!("write failed: {e}"), None);
+    }
+}
+
+async fn reader_loop<S>(shared: Arc<ConnShared>, mut r: FrameReader<ReadHalf<TlsStream<S>>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (reason, goodbye) = loop {
+        let frame = match r.next_frame().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break ("the peer closed the connection".to_string(), None),
+            Err(e) => break (format!("read failed: {e}"), None),
+        };
+        shared.touch();
+        let msg = match message::decode(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                let why = format!("undecodable message: {e}");
+                break (why.clone(), Some(GoodbyeReason::ProtocolViolation(why)));
+            }
+        };
+        match msg {
+            Message::Call {
+                id,
+                target,
+                interface,
+                method,
+                args,
+            } => {
+                let Ok(permit) = shared.inbound.clone().acquire_owned().await else {
+                    break ("closed".into(), None);
+                };
+                dispatch(&shared, Some(id), target, interface, method, args, permit);
+            }
+            Message::Oneway {
+                target,
+                interface,
+                method,
+                args,
+            } => {
+                let Ok(permit) = shared.inbound.clone().acquire_owned().await else {
+                    break ("closed".into(), None);
+                };
+                dispatch(&shared, None, target, interface, method, args, permit);
+            }
+            Message::Answer { id, body } => {
+                let reply = match body {
+                    AnswerBody::Ok(b) => Reply::Ok(b.to_vec()),
+                    AnswerBody::AppError(b) => Reply::AppError(b.to_vec()),
+                    AnswerBody::Refused(r) => Reply::Refused(r),
+                };
+                // An unknown id is a call whose caller gave up: nothing to do.
+                let complete = lock(&shared.pending).remove(&id);
+                if let Some(complete) = complete {
+                    complete(Ok(reply));
+                }
+            }
+            Message::Decref { target, count } => shared.decref(target, count),
+            Message::Ping { nonce } => {
+                shared.send_message(&Message::Pong { nonce }, None);
+            }
+            Message::Pong { .. } => {}
+            Message::Goodbye { reason } => {
+                break (format!("the peer said goodbye: {reason}"), None)
+            }
+        }
+    };
+    shared.close(&reason, goodbye);
+}
+
+/// Starts one inbound call. Everything that can be refused is refused here, synchronously.
+fn dispatch(
+    shared: &Arc<ConnShared>,
+    id: Option<u64>,
+    target: u64,
+    interface: &str,
+    method: &str,
+    args: &[u8],
+    permit: OwnedSemaphorePermit,
+) {
+    let ctx = CallContext::new(shared.codec(), Some(shared.info.peer));
+    let object = if target == ROOT_OBJECT {
+        Some(shared.root())
+    } else {
+        shared.exported(target)
+    };
+    let started = match object {
+        None => Err(Refusal::UnknownObject { target }),
+        Some(obj) if obj.interface() != interface => Err(Refusal::WrongInterface {
+            expected: interface.to_string(),
+            actual: obj.interface().to_string(),
+        }),
+        Some(obj) => obj.call(method, args, ctx.clone()),
+    };
+    match (started, id) {
+        (Err(refusal), Some(id)) => {
+            debug!(%refusal, "call refused");
+            shared.send_message(
+                &Message::Answer {
+                    id,
+                    body: AnswerBody::Refused(refusal),
+                },
+                Some(permit),
+            );
+        }
+        (Err(refusal), None) => debug!(%refusal, "one-way call refused"),
+        (Ok(fut), id) => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let ctx = ctx;
+                let reply = CatchUnwind(AssertUnwindSafe(fut)).await.unwrap_or_else(|| {
+                    Reply::Refused(Refusal::Failed("the method panicked".into()))
+                });
+                if let Some(id) = id {
+                    let body = match &reply {
+                        Reply::Ok(b) => AnswerBody::Ok(b),
+                        Reply::AppError(b) => AnswerBody::AppError(b),
+                        Reply::Refused(r) => AnswerBody::Refused(r.clone()),
+                    };
+                    if !shared.send_message(&Message::Answer { id, body }, Some(permit)) {
+                        let body = AnswerBody::Refused(Refusal::Failed(format!(
+                            "the answer exceeds the peer's frame limit of {} bytes",
+                            shared.max_frame_out
+                        )));
+                        shared.send_message(&Message::Answer { id, body }, None);
+                    }
+                }
+                ctx.release_kept();
+            });
+        }
+    }
+}
+
+/// Turns a panic inside a method into `None` instead of a lost answer.
+struct CatchUnwind<F>(AssertUnwindSafe<F>);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut inner.0).poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Some(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(None),
+        }
+    }
+}
+
+async fn keepalive_loop(weak: Weak<ConnShared>) {
+    let Some(first) = weak.upgrade() else { return };
+    let keepalive = first.config.keepalive;
+    let timeout = first.config.disconnect_timeout;
+    let tick = [keepalive, timeout.map(|t| t / 4)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(Duration::from_secs(60))
+        .max(Duration::from_millis(10));
+    drop(first);
+    let mut nonce = 0u64;
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(conn) = weak.upgrade() else { return };
+        if conn.closed_reason().is_some() {
+            return;
+        }
+        let idle = conn.idle_for();
+        if let Some(t) = timeout {
+            if idle >= t {
+                conn.close(
+                    &format!("nothing received from the peer for {idle:.1?}"),
+                    Some(GoodbyeReason::Timeout),
+                );
+                return;
+            }
+        }
+        if let Some(k) = keepalive {
+            if idle >= k {
+                nonce += 1;
+                conn.send_message(&Message::Ping { nonce }, None);
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The messages of the object protocol: the payloads of the frames that follow the hello.
+//!
+//! Every frame after the hello carries exactly one [`Message`], postcard-encoded. Variants are
+//! numbered by their position (postcard writes the variant index as a varint), so new variants
+//! are only ever appended. `docs/protocol.md` specifies each one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::object::Refusal;
+
+/// The object id of a connection's root object, through which FURLs are resolved.
+pub const ROOT_OBJECT: u64 = 0;
+
+/// One message of the object protocol. Borrowed fields point into the received frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message<'a> {
+    /// Call method `method` of interface `interface` on the receiver's object `target`;
+    /// answer with an [`Message::Answer`] carrying the same `id`.
+    Call {
+        /// Chosen by the caller, unique among its outstanding calls on this connection.
+        id: u64,
+        /// An object the receiver exported on this connection (0: the root).
+        target: u64,
+        /// The interface the caller believes the object has.
+        #[serde(borrow)]
+        interface: &'a str,
+        /// The method name.
+        #[serde(borrow)]
+        method: &'a str,
+        /// The arguments: a postcard-encoded tuple.
+        #[serde(borrow)]
+        args: &'a [u8],
+    },
+    /// Like `Call`, but no answer is wanted, and none is sent, not even a refusal.
+    Oneway {
+        /// The receiver's object.
+        target: u64,
+        /// The interface.
+        #[serde(borrow)]
+        interface: &'a str,
+        /// The method.
+        #[serde(borrow)]
+        method: &'a str,
+        /// The arguments.
+        #[serde(borrow)]
+        args: &'a [u8],
+    },
+    /// The outcome of a call.
+    Answer {
+        /// The call's id.
+        id: u64,
+        /// What happened.
+        #[serde(borrow)]
+        body: AnswerBody<'a>,
+    },
+    /// The sender dropped its last handle to `count` receipts of the receiver's export `target`.
+    Decref {
+        /// The receiver's object.
+        target: u64,
+        /// How many times the sender had received the reference.
+        count: u64,
+    },
+    /// Keepalive: answer with a `Pong` carrying the same nonce.
+    Ping {
+        /// Echoed back.
+        nonce: u64,
+    },
+    /// The answer to a `Ping`.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+    /// The sender is closing the connection, and why.
+    Goodbye {
+        /// Why.
+        reason: GoodbyeReason,
+    },
+}
+
+/// The outcome of a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnswerBody<'a> {
+    /// The method returned `Ok`: the postcard-encoded value.
+    Ok(#[serde(borrow)] &'a [u8]),
+    /// The method returned its own error: the postcard-encoded error value.
+    AppError(#[serde(borrow)] &'a [u8]),
+    /// The call was refused before or after the method ran.
+    Refused(Refusal),
+}
+
+/// Why a connection is being closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GoodbyeReason {
+    /// Another connection between the same two Tubs won (see the duplicate rule).
+    Duplicate,
+    /// The Tub is shutting down.
+    Shutdown,
+    /// The peer broke the protocol.
+    ProtocolViolation(String),
+    /// Nothing arrived from the peer within the disconnect timeout.
+    Timeout,
+}
+
+impl std::fmt::Display for GoodbyeReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GoodbyeReason::Duplicate => {
+                f.write_str("replaced by another connection to the same Tub")
+            }
+            GoodbyeReason::Shutdown => f.write_str("the Tub shut down"),
+            GoodbyeReason::ProtocolViolation(s) => write!(f, "protocol violation: {s}"),
+            GoodbyeReason::Timeout => f.write_str("nothing received within the disconnect timeout"),
+        }
+    }
+}
+
+/// Decodes a message, refusing trailing bytes.
+pub fn decode(frame: &[u8]) -> Result<Message<'_>, postcard::Error> {
+    let (msg, rest) = postcard::take_from_bytes::<Message<'_>>(frame)?;
+    if !rest.is_empty() {
+        return Err(postcard::Error::DeserializeBadEncoding);
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_trailing_bytes() {
+        let msgs = [
+            Message::Call {
+                id: 7,
+                target: 3,
+                interface: "i",
+                method: "m",
+                args: &[1, 2],
+            },
+            Message::Answer {
+                id: 7,
+                body: AnswerBody::Refused(Refusal::UnknownObject { target: 9 }),
+            },
+            Message::Decref {
+                target: 1,
+                count: 2,
+            },
+            Message::Goodbye {
+                reason: GoodbyeReason::Duplicate,
+            },
+        ];
+        for m in msgs {
+            let mut bytes = postcard::to_allocvec(&m).unwrap();
+            assert_eq!(decode(&bytes).unwrap(), m);
+            bytes.push(0);
+            assert!(decode(&bytes).is_err());
+        }
+    }
+
+    #[test]
+    fn wire_bytes_of_a_call() {
+        // docs/protocol.md's example.
+        let m = Message::Call {
+            id: 1,
+            target: 0,
+            interface: "folio.root",
+            method: "get_reference",
+            args: &[0x02, b'h', b'i'],
+        };
+        let mut want = vec![0x00, 0x01, 0x00, 0x0a];
+        want.extend_from_slice(b"folio.root");
+        want.push(0x0d);
+        want.extend_from_slice(b"get_reference");
+        want.extend_from_slice(&[0x03, 0x02, b'h', b'i']);
+        assert_eq!(postcard::to_allocvec(&m).unwrap(), want);
+    }
+}

@@ -1,0 +1,663 @@
+//! The object model end to end, over real TCP on 127.0.0.1 and over in-memory streams:
+//! every test below runs twice (`::tcp` and `::mem`).
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{eventually, Grid, Net};
+use folio_rpc::{
+    interface, CallError, Identity, ObjectRef, ReconnectPolicy, ReconnectorState, Refusal, Tub,
+    TubConfig,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CalcError {
+    DivideByZero,
+    Other(String),
+}
+
+/// A calculator with references in and out.
+#[interface(name = "test.calc.v1")]
+pub trait Calc {
+    /// Adds.
+    async fn add(&self, a: u64, b: u64) -> Result<u64, CalcError>;
+    async fn div(&self, a: u64, b: u64) -> Result<u64, CalcError>;
+    /// Returns a new counter object.
+    async fn counter(&self, start: u64) -> Result<CounterRef, CalcError>;
+    /// Calls `who` back with `n`, then returns.
+    async fn subscribe(&self, who: WatcherRef, n: u64) -> Result<(), CalcError>;
+    async fn slow(&self, ms: u64) -> Result<u64, CalcError>;
+    /// Gives the reference back as it came.
+    async fn echo(&self, c: CounterRef) -> Result<CounterRef, CalcError>;
+    /// Calls `incr` on a counter that may live on a third Tub.
+    async fn bump(&self, c: CounterRef) -> Result<u64, CalcError>;
+    #[oneway]
+    async fn note(&self, text: String);
+}
+
+#[interface(name = "test.counter.v1")]
+pub trait Counter {
+    async fn incr(&self) -> Result<u64, CalcError>;
+}
+
+#[interface(name = "test.watcher.v1")]
+pub trait Watcher {
+    async fn notify(&self, n: u64) -> Result<(), CalcError>;
+}
+
+#[derive(Default)]
+struct CalcImpl {
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    notes: Mutex<Vec<String>>,
+}
+
+impl Calc for Arc<CalcImpl> {
+    async fn add(&self, a: u64, b: u64) -> Result<u64, CalcError> {
+        a.checked_add(b).ok_or(CalcError::Other("overflow".into()))
+    }
+    async fn div(&self, a: u64, b: u64) -> Result<u64, CalcError> {
+        a.checked_div(b).ok_or(CalcError::DivideByZero)
+    }
+    async fn counter(&self, start: u64) -> Result<CounterRef, CalcError> {
+        Ok(CounterRef::serve(CounterImpl(AtomicU64::new(start))))
+    }
+    async fn subscribe(&self, who: WatcherRef, n: u64) -> Result<(), CalcError> {
+        who.notify(n)
+            .await
+            .map_err(|e| CalcError::Other(e.to_string()))
+    }
+    async fn slow(&self, ms: u64) -> Result<u64, CalcError> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(ms)
+    }
+    async fn echo(&self, c: CounterRef) -> Result<CounterRef, CalcError> {
+        Ok(c)
+    }
+    async fn bump(&self, c: CounterRef) -> Result<u64, CalcError> {
+        c.incr().await.map_err(|e| CalcError::Other(e.to_string()))
+    }
+    async fn note(&self, text: String) {
+        self.notes.lock().unwrap().push(text);
+    }
+}
+
+struct CounterImpl(AtomicU64);
+
+impl Counter for CounterImpl {
+    async fn incr(&self) -> Result<u64, CalcError> {
+        Ok(self.0.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+}
+
+struct WatcherImpl(Arc<Mutex<Vec<u64>>>);
+
+impl Watcher for WatcherImpl {
+    async fn notify(&self, n: u64) -> Result<(), CalcError> {
+        self.0.lock().unwrap().push(n);
+        Ok(())
+    }
+}
+
+/// A server Tub exporting a calculator, and a client Tub holding a reference to it.
+async fn pair(grid: &Grid) -> (Tub, Tub, Arc<CalcImpl>, CalcRef) {
+    let (server, client) = (grid.tub().await, grid.tub().await);
+    let calc = Arc::new(CalcImpl::default());
+    let furl = server.register(CalcRef::serve(calc.clone())).unwrap();
+    let r: CalcRef = client.get(&furl).await.unwrap();
+    (server, client, calc, r)
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        $(mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tcp() {
+                tokio::time::timeout(std::time::Duration::from_secs(60), super::$name(super::Net::Tcp))
+                    .await
+                    .expect("test timed out");
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mem() {
+                tokio::time::timeout(std::time::Duration::from_secs(60), super::$name(super::Net::Mem))
+                    .await
+                    .expect("test timed out");
+            }
+        })*
+    };
+}
+
+both!(
+    call_and_answer,
+    application_error,
+    undeclared_method_and_bad_arguments,
+    reference_returned_then_called,
+    callback_reference,
+    decref_reaches_the_exporter,
+    reference_goes_home,
+    gift_to_a_third_tub,
+    gifts_can_be_refused,
+    crossfire_ends_with_one_connection,
+    restarted_peer_replaces_the_connection,
+    disconnect_fails_pending_calls_and_fires_observers_once,
+    reconnector_reconnects_and_reset_shortens_the_wait,
+    call_flood_is_bounded,
+    oneway_calls,
+    one_connection_per_peer_and_status,
+    dead_hint_beside_a_good_one,
+);
+
+async fn call_and_answer(net: Net) {
+    let grid = Grid::new(net);
+    let (_s, _c, _calc, r) = pair(&grid).await;
+    assert_eq!(r.add(2, 3).await.unwrap(), 5);
+    // Many calls outstanding on one connection.
+    let calls: Vec<_> = (0..100u64)
+        .map(|i| {
+            let r = r.clone();
+            tokio::spawn(async move { r.add(i, i).await.unwrap() })
+        })
+        .collect();
+    for (i, c) in calls.into_iter().enumerate() {
+        assert_eq!(c.await.unwrap(), 2 * i as u64);
+    }
+}
+
+async fn application_error(net: Net) {
+    let grid = Grid::new(net);
+    let (_s, _c, _calc, r) = pair(&grid).await;
+    match r.div(1, 0).await {
+        Err(CallError::App(CalcError::DivideByZero)) => {}
+        other => panic!("expected the method's own error, got {other:?}"),
+    }
+    assert_eq!(r.div(9, 3).await.unwrap(), 3);
+}
+
+async fn undeclared_method_and_bad_arguments(net: Net) {
+    let grid = Grid::new(net);
+    let (_s, _c, _calc, r) = pair(&grid).await;
+    let raw: &ObjectRef = r.object_ref();
+    let e = raw
+        .call::<_, u64, CalcError>(CalcRef::INTERFACE, "multiply", &(1u64, 2u64))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CallError::Refused(Refusal::UnknownMethod { method, .. }) if method == "multiply"),
+        "{e}"
+    );
+    let e = raw
+        .call::<_, u64, CalcError>(CalcRef::INTERFACE, "add", &("two", "three"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CallError::Refused(Refusal::BadArguments { method, .. }) if method == "add"),
+        "{e}"
+    );
+    let e = raw
+        .call::<_, u64, CalcError>(CalcRef::INTERFACE, "add", &(1u64,))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, CallError::Refused(Refusal::BadArguments { .. })),
+        "{e}"
+    );
+    let e = raw
+        .call::<_, u64, CalcError>("test.other.v1", "add", &(1u64, 2u64))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, CallError::Refused(Refusal::WrongInterface { .. })),
+        "{e}"
+    );
+    // The connection is unharmed.
+    assert_eq!(r.add(20, 22).await.unwrap(), 42);
+}
+
+async fn reference_returned_then_called(net: Net) {
+    let grid = Grid::new(net);
+    let (_s, _c, _calc, r) = pair(&grid).await;
+    let counter = r.counter(10).await.unwrap();
+    assert!(!counter.object_ref().is_local());
+    assert_eq!(counter.incr().await.unwrap(), 11);
+    assert_eq!(counter.incr().await.unwrap(), 12);
+    let other = r.counter(0).await.unwrap();
+    assert_eq!(other.incr().await.unwrap(), 1);
+}
+
+async fn callback_reference(net: Net) {
+    let grid = Grid::new(net);
+    let (_s, _c, _calc, r) = pair(&grid).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let watcher = WatcherRef::serve(WatcherImpl(seen.clone()));
+    r.subscribe(watcher.clone(), 7).await.unwrap();
+    r.subscribe(watcher, 8).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![7, 8]);
+}
+
+async fn decref_reaches_the_exporter(net: Net) {
+    let grid = Grid::new(net);
+    let (server, client, _calc, r) = pair(&grid).await;
+    let base = server.exports_to(&client.tubid());
+    let a = r.counter(0).await.unwrap();
+    let b = r.counter(0).await.unwrap();
+    assert_eq!(server.exports_to(&client.tubid()), base + 2);
+    let a2 = a.clone();
+    drop(a);
+    assert_eq!(
+        a2.incr().await.unwrap(),
+        1,
+        "a clone keeps the reference alive"
+    );
+    drop(a2);
+    eventually(10, "the first counter is released", || {
+        server.exports_to(&client.tubid()) == base + 1
+    })
+    .await;
+    drop(b);
+    eventually(10, "both counters are released", || {
+        server.exports_to(&client.tubid()) == base
+    })
+    .await;
+}
+
+async fn reference_goes_home(net: Net) {
+    let grid = Grid::new(net);
+    let (_s, _c, _calc, r) = pair(&grid).await;
+    let mine = CounterRef::serve(CounterImpl(AtomicU64::new(100)));
+    let back = r.echo(mine).await.unwrap();
+    assert!(
+        back.object_ref().is_local(),
+        "a reference sent home resolves to the local object"
+    );
+    assert_eq!(back.incr().await.unwrap(), 101);
+    // And the server sees our counter as remote, and can call it.
+    assert_eq!(r.bump(back).await.unwrap(), 102);
+}
+
+async fn gift_to_a_third_tub(net: Net) {
+    let grid = Grid::new(net);
+    let (_s, client, _calc, r) = pair(&grid).await;
+    let third = grid.tub().await;
+    let counter_furl = third
+        .register(CounterRef::serve(CounterImpl(AtomicU64::new(0))))
+        .unwrap();
+    let counter: CounterRef = client.get(&counter_furl).await.unwrap();
+    assert_eq!(counter.incr().await.unwrap(), 1);
+    // The server receives a reference to an object on the third Tub, and calls it there.
+    assert_eq!(r.bump(counter.clone()).await.unwrap(), 2);
+    assert_eq!(counter.incr().await.unwrap(), 3);
+}
+
+async fn gifts_can_be_refused(net: Net) {
+    let grid = Grid::new(net);
+    let strict = grid
+        .tub_with(
+            Identity::generate().unwrap(),
+            TubConfig {
+                accept_gifts: false,
+                ..Grid::config()
+            },
+        )
+        .await;
+    let client = grid.tub().await;
+    let third = grid.tub().await;
+    let furl = strict
+        .register(CalcRef::serve(Arc::new(CalcImpl::default())))
+        .unwrap();
+    let r: CalcRef = client.get(&furl).await.unwrap();
+    let counter: CounterRef = client
+        .get(
+            &third
+                .register(CounterRef::serve(CounterImpl(AtomicU64::new(0))))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let e = r.bump(counter).await.unwrap_err();
+    assert!(
+        matches!(&e, CallError::Refused(Refusal::BadReference(m)) if m.contains("gifts")),
+        "{e}"
+    );
+    assert_eq!(r.add(1, 1).await.unwrap(), 2);
+}
+
+async fn crossfire_ends_with_one_connection(net: Net) {
+    let grid = Grid::new(net);
+    for _ in 0..5 {
+        let (a, b) = (grid.tub().await, grid.tub().await);
+        let fa = a
+            .register(CalcRef::serve(Arc::new(CalcImpl::default())))
+            .unwrap();
+        let fb = b
+            .register(CalcRef::serve(Arc::new(CalcImpl::default())))
+            .unwrap();
+        let (ra, rb) = tokio::join!(b.get::<CalcRef>(&fa), a.get::<CalcRef>(&fb));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        eventually(10, "one connection on each side", || {
+            a.connection_count() == 1 && b.connection_count() == 1
+        })
+        .await;
+        let (ia, ib) = (
+            a.connection_info(&b.tubid()).unwrap(),
+            b.connection_info(&a.tubid()).unwrap(),
+        );
+        assert_ne!(ia.side, ib.side, "both ends kept the same connection");
+        // References made on the losing connection are re-made by the caller; fresh ones work.
+        let ra = match ra.add(1, 1).await {
+            Ok(_) => ra,
+            Err(_) => b.get::<CalcRef>(&fa).await.unwrap(),
+        };
+        let rb = match rb.add(1, 1).await {
+            Ok(_) => rb,
+            Err(_) => a.get::<CalcRef>(&fb).await.unwrap(),
+        };
+        assert_eq!(ra.add(2, 2).await.unwrap(), 4);
+        assert_eq!(rb.add(3, 3).await.unwrap(), 6);
+    }
+}
+
+async fn restarted_peer_replaces_the_connection(net: Net) {
+    let grid = Grid::new(net);
+    let client = grid.tub().await;
+    let server_pem = Identity::generate().unwrap().to_pem();
+    let old = grid
+        .tub_with(Identity::from_pem(&server_pem).unwrap(), Grid::config())
+        .await;
+    let furl = old
+        .register_as(CalcRef::serve(Arc::new(CalcImpl::default())), "calc")
+        .unwrap();
+    let r: CalcRef = client.get(&furl).await.unwrap();
+    let lost = Arc::new(Mutex::new(Vec::<String>::new()));
+    let l = lost.clone();
+    r.object_ref()
+        .on_disconnect(move |why| l.lock().unwrap().push(why.to_string()));
+    let old_incarnation = client
+        .connection_info(&old.tubid())
+        .unwrap()
+        .peer_hello
+        .incarnation;
+
+    // The same identity starts again elsewhere (a new incarnation) and calls the client,
+    // while the client still holds the old connection.
+    let new = grid
+        .tub_with(Identity::from_pem(&server_pem).unwrap(), Grid::config())
+        .await;
+    assert_eq!(new.tubid(), old.tubid());
+    let cfurl = client
+        .register(CalcRef::serve(Arc::new(CalcImpl::default())))
+        .unwrap();
+    let back: CalcRef = new.get(&cfurl).await.unwrap();
+    assert_eq!(back.add(1, 2).await.unwrap(), 3);
+    eventually(10, "the old connection is replaced", || {
+        lost.lock().unwrap().len() == 1
+    })
+    .await;
+    assert!(
+        lost.lock().unwrap()[0].contains("restarted"),
+        "{:?}",
+        lost.lock().unwrap()
+    );
+    let info = client.connection_info(&old.tubid()).unwrap();
+    assert_ne!(info.peer_hello.incarnation, old_incarnation);
+    assert_eq!(client.connection_count(), 1);
+    old.shutdown();
+}
+
+async fn disconnect_fails_pending_calls_and_fires_observers_once(net: Net) {
+    let grid = Grid::new(net);
+    let (server, client, _calc, r) = pair(&grid).await;
+    let fired = Arc::new(AtomicUsize::new(0));
+    for _ in 0..2 {
+        let f = fired.clone();
+        r.object_ref().on_disconnect(move |_| {
+            f.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    let pending: Vec<_> = (0..5)
+        .map(|_| {
+            let r = r.clone();
+            tokio::spawn(async move { r.slow(30_000).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    server.shutdown();
+    for p in pending {
+        let e = p.await.unwrap().unwrap_err();
+        assert!(matches!(e, CallError::Disconnected(_)), "{e}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "pending calls fail at once"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        fired.load(Ordering::SeqCst),
+        2,
+        "each observer fires exactly once"
+    );
+    // An observer added after the fact fires once, right away.
+    let late = fired.clone();
+    r.object_ref().on_disconnect(move |_| {
+        late.fetch_add(1, Ordering::SeqCst);
+    });
+    assert_eq!(fired.load(Ordering::SeqCst), 3);
+    assert!(matches!(r.add(1, 1).await, Err(CallError::Disconnected(_))));
+    assert_eq!(client.connection_count(), 0);
+}
+
+async fn reconnector_reconnects_and_reset_shortens_the_wait(net: Net) {
+    let grid = Grid::new(net);
+    let client = grid.tub().await;
+    let pem = Identity::generate().unwrap().to_pem();
+    let server = grid
+        .tub_at(
+            Identity::from_pem(&pem).unwrap(),
+            Grid::config(),
+            "fixed",
+            0,
+        )
+        .await;
+    let furl = server
+        .register_as(CalcRef::serve(Arc::new(CalcImpl::default())), "calc")
+        .unwrap();
+    let port = match furl.hints()[0] {
+        folio_rpc::Hint::Tcp { port, .. } => port,
+        _ => 0,
+    };
+    let connects = Arc::new(AtomicUsize::new(0));
+    let c = connects.clone();
+    let policy = ReconnectPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+        ..ReconnectPolicy::default()
+    };
+    let rec = client.connect_to(furl.clone(), policy, move |r| {
+        let calc = folio_rpc::TypedRef::from_object_ref(r).map(|c: CalcRef| c);
+        assert!(calc.is_ok());
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    eventually(10, "first connection", || {
+        connects.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(matches!(
+        rec.status().state,
+        ReconnectorState::Connected { .. }
+    ));
+
+    // The server goes away and comes back at the same place with the same identity.
+    server.shutdown();
+    grid.unplug(&furl);
+    eventually(10, "the reconnector notices", || {
+        !matches!(rec.status().state, ReconnectorState::Connected { .. })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rec.status().last_error.is_some());
+    let server = grid
+        .tub_at(
+            Identity::from_pem(&pem).unwrap(),
+            Grid::config(),
+            "fixed",
+            port,
+        )
+        .await;
+    server
+        .register_as(CalcRef::serve(Arc::new(CalcImpl::default())), "calc")
+        .unwrap();
+    eventually(10, "reconnected", || connects.load(Ordering::SeqCst) == 2).await;
+    rec.stop();
+
+    // With a long backoff, reset() retries at once.
+    let slow = ReconnectPolicy {
+        initial: Duration::from_secs(300),
+        max: Duration::from_secs(300),
+        ..ReconnectPolicy::default()
+    };
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let rec = client.connect_to(furl.clone(), slow, move |_| {
+        n2.fetch_add(1, Ordering::SeqCst);
+    });
+    eventually(10, "connected", || n.load(Ordering::SeqCst) == 1).await;
+    client.disconnect(&server.tubid());
+    eventually(10, "waiting", || {
+        matches!(rec.status().state, ReconnectorState::Waiting { .. })
+    })
+    .await;
+    rec.reset();
+    eventually(10, "reset reconnects long before the backoff", || {
+        n.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    rec.stop();
+}
+
+async fn call_flood_is_bounded(net: Net) {
+    let grid = Grid::new(net);
+    let server = grid
+        .tub_with(
+            Identity::generate().unwrap(),
+            TubConfig {
+                max_inbound_calls: 4,
+                ..Grid::config()
+            },
+        )
+        .await;
+    let client = grid.tub().await;
+    let calc = Arc::new(CalcImpl::default());
+    let furl = server.register(CalcRef::serve(calc.clone())).unwrap();
+    let r: CalcRef = client.get(&furl).await.unwrap();
+    let calls: Vec<_> = (0..40)
+        .map(|_| {
+            let r = r.clone();
+            tokio::spawn(async move { r.slow(20).await.unwrap() })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 20);
+    }
+    let max = calc.max_running.load(Ordering::SeqCst);
+    assert!(max <= 4, "at most 4 calls ran at once, saw {max}");
+    assert!(max >= 2, "calls did run concurrently ({max})");
+}
+
+async fn oneway_calls(net: Net) {
+    let grid = Grid::new(net);
+    let (_s, _c, calc, r) = pair(&grid).await;
+    r.note("first".into()).await.unwrap();
+    r.note("second".into()).await.unwrap();
+    // In-order delivery: an answered call after the notes means the notes arrived first.
+    r.add(0, 0).await.unwrap();
+    eventually(5, "notes delivered in order", || {
+        *calc.notes.lock().unwrap() == vec!["first".to_string(), "second".to_string()]
+    })
+    .await;
+}
+
+async fn one_connection_per_peer_and_status(net: Net) {
+    let grid = Grid::new(net);
+    let (server, client) = (grid.tub().await, grid.tub().await);
+    let f1 = server
+        .register(CalcRef::serve(Arc::new(CalcImpl::default())))
+        .unwrap();
+    let f2 = server
+        .register(CalcRef::serve(Arc::new(CalcImpl::default())))
+        .unwrap();
+    let (r1, r2) = tokio::join!(client.get::<CalcRef>(&f1), client.get::<CalcRef>(&f2));
+    r1.unwrap().add(1, 1).await.unwrap();
+    r2.unwrap().add(1, 1).await.unwrap();
+    assert_eq!(client.connection_count(), 1);
+    let status = client.connection_status();
+    assert_eq!(status.len(), 1);
+    let s = &status[0];
+    assert!(s.connected);
+    assert_eq!(s.tubid, server.tubid());
+    assert_eq!(
+        s.winning_hint.as_deref(),
+        Some(f1.hints()[0].to_string().as_str())
+    );
+    assert_eq!(s.side, Some(folio_rpc::Side::Client));
+    assert!(s.established_at.is_some() && s.last_received.is_some());
+    assert_eq!(s.hints[0].status, "connected");
+    // A Tub calling its own FURL needs no network.
+    let own = server.get::<CalcRef>(&f1).await.unwrap();
+    assert!(own.object_ref().is_local());
+    assert_eq!(own.add(2, 2).await.unwrap(), 4);
+}
+
+async fn dead_hint_beside_a_good_one(net: Net) {
+    let grid = Grid::new(net);
+    let (server, client) = (grid.tub().await, grid.tub().await);
+    let good = server
+        .register(CalcRef::serve(Arc::new(CalcImpl::default())))
+        .unwrap();
+    let dead = match net {
+        Net::Tcp => {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            drop(l);
+            format!("tcp:127.0.0.1:{port}")
+        }
+        Net::Mem => "mem:nobody-here".to_string(),
+    };
+    let text = good
+        .to_string()
+        .replacen('@', &format!("@{dead},x-future:9,"), 1);
+    let furl: folio_rpc::Furl = text.parse().unwrap();
+    assert_eq!(furl.hints().len(), 3);
+    let r: CalcRef = client.get(&furl).await.unwrap();
+    assert_eq!(r.add(1, 2).await.unwrap(), 3);
+    let s = &client.connection_status()[0];
+    let by_hint = |h: &str| {
+        s.hints
+            .iter()
+            .find(|x| x.hint == h)
+            .map(|x| x.status.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        by_hint("x-future:9").starts_with("skipped"),
+        "{:?}",
+        s.hints
+    );
+    let d = by_hint(&dead);
+    assert!(d.starts_with("failed") || d.starts_with("cancelled"), "{d}");
+    assert_eq!(by_hint(&good.hints()[0].to_string()), "connected");
+
+    // No usable hint at all: a clear error.
+    let stranger = Identity::generate().unwrap().tubid();
+    let none: folio_rpc::Furl = format!("folio://{stranger}@x-future:1/abc")
+        .parse()
+        .unwrap();
+    let e = client.get_reference(&none).await.unwrap_err();
+    assert!(e.to_string().contains("no usable hint"), "{e}");
+}
