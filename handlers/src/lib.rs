@@ -23,8 +23,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use folio_rpc::connector::{ConnectError, ConnectFuture, Connector};
+use folio_rpc::connector::{AcceptFuture, ConnectError, ConnectFuture, Connector, Listener};
 use folio_rpc::Hint;
+use folio_transports::tcp::{ListenSpec, TcpError};
 
 /// One way of turning hints of one type into byte streams.
 pub trait Handler: Send + Sync {
@@ -140,6 +141,56 @@ impl Connector for Registry {
                 Box::pin(async move { Err(ConnectError::Unsupported { kind }) })
             }
         }
+    }
+
+    fn handler_name(&self, hint: &Hint) -> Option<String> {
+        self.handler_for(hint).map(|h| h.describe())
+    }
+}
+
+/// A TCP listener for a Tub: every connection it accepts is handed to the server side of
+/// the handshake (`Tub::listen`).
+#[derive(Debug)]
+pub struct TcpListener {
+    inner: tokio::net::TcpListener,
+    spec: ListenSpec,
+}
+
+impl TcpListener {
+    /// Binds `spec` (`tcp:PORT` or `tcp:PORT:interface=ADDR`).
+    pub async fn bind(spec: &ListenSpec) -> Result<Self, TcpError> {
+        let inner = folio_transports::tcp::listen(spec).await?;
+        let spec = ListenSpec {
+            addr: inner.local_addr().unwrap_or(spec.addr),
+        };
+        Ok(TcpListener { inner, spec })
+    }
+
+    /// Where it listens (with the real port when the spec asked for port 0).
+    pub fn local_spec(&self) -> ListenSpec {
+        self.spec
+    }
+
+    /// The `tcp:HOST:PORT` hint a peer would use to reach it at `host`.
+    pub fn hint_for(&self, host: folio_rpc::Host) -> Hint {
+        Hint::Tcp {
+            host,
+            port: self.spec.addr.port(),
+        }
+    }
+}
+
+impl Listener for TcpListener {
+    fn accept(&mut self) -> AcceptFuture<'_> {
+        Box::pin(async move {
+            let (stream, _) = self.inner.accept().await?;
+            let _ = stream.set_nodelay(true);
+            Ok(Box::new(stream) as folio_rpc::BoxStream)
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.spec.to_string()
     }
 }
 

@@ -643,7 +643,7 @@ where
                 let Ok(permit) = shared.inbound.clone().acquire_owned().await else {
                     break ("closed".into(), None);
                 };
-                dispatch(&shared, Some(id), target, interface, method, args, permit);
+                dispatch(&shared, Some(id), target, interface, method, args, permit).await;
             }
             Message::Oneway {
                 target,
@@ -654,7 +654,7 @@ where
                 let Ok(permit) = shared.inbound.clone().acquire_owned().await else {
                     break ("closed".into(), None);
                 };
-                dispatch(&shared, None, target, interface, method, args, permit);
+                dispatch(&shared, None, target, interface, method, args, permit).await;
             }
             Message::Answer { id, body } => {
                 let reply = match body {
@@ -682,7 +682,10 @@ where
 }
 
 /// Starts one inbound call. Everything that can be refused is refused here, synchronously.
-fn dispatch(
+/// The method is then polled once right here, on the reader task, so calls start in the
+/// order they arrived (everything a method does before its first `.await` happens in
+/// arrival order), and a method that completes at once costs no task spawn.
+async fn dispatch(
     shared: &Arc<ConnShared>,
     id: Option<u64>,
     target: u64,
@@ -719,7 +722,7 @@ fn dispatch(
         (Err(refusal), None) => debug!(%refusal, "one-way call refused"),
         (Ok(fut), id) => {
             let shared = shared.clone();
-            tokio::spawn(async move {
+            let mut task = Box::pin(async move {
                 let ctx = ctx;
                 let reply = CatchUnwind(AssertUnwindSafe(fut)).await.unwrap_or_else(|| {
                     Reply::Refused(Refusal::Failed("the method panicked".into()))
@@ -740,6 +743,10 @@ fn dispatch(
                 }
                 ctx.release_kept();
             });
+            let first = std::future::poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx))).await;
+            if first.is_pending() {
+                tokio::spawn(task);
+            }
         }
     }
 }

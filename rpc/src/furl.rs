@@ -432,6 +432,45 @@ impl Furl {
     }
 }
 
+impl Furl {
+    /// Writes the FURL to `path` (one line, mode `0600`: whoever reads a FURL can use the
+    /// object), replacing the file atomically.
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        writeln!(f, "{self}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Reads a FURL written by [`Furl::save`] (surrounding whitespace is ignored).
+    pub fn load(path: &std::path::Path) -> std::io::Result<Furl> {
+        let meta = std::fs::metadata(path)?;
+        if meta.len() > MAX_FURL_LEN as u64 + 2 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is too large to hold a FURL", path.display()),
+            ));
+        }
+        let text = std::fs::read_to_string(path)?;
+        text.trim().parse().map_err(|e: FurlError| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })
+    }
+}
+
 impl fmt::Display for Furl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{SCHEME}{}@", self.tubid)?;

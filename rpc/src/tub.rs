@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::JoinSet;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::connection::ConnShared;
@@ -208,7 +208,7 @@ pub(crate) struct TubInner {
     connections: Mutex<HashMap<TubId, Arc<ConnShared>>>,
     dial_locks: Mutex<HashMap<TubId, Arc<tokio::sync::Mutex<()>>>>,
     status: Mutex<HashMap<TubId, PeerStatus>>,
-    listeners: Mutex<Vec<AbortHandle>>,
+    listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shut_down: std::sync::atomic::AtomicBool,
 }
 
@@ -673,7 +673,7 @@ impl Tub {
             }
             .instrument(info_span!("listener", on = %desc)),
         );
-        lock(&self.inner.listeners).push(task.abort_handle());
+        lock(&self.inner.listeners).push(task);
     }
 
     /// Keeps a connection to `furl` up: calls `on_connect` with a fresh reference after each
@@ -730,13 +730,18 @@ impl Tub {
         }
     }
 
-    /// Stops listening and closes every connection.
-    pub fn shutdown(&self) {
+    /// Stops listening (the listening sockets are closed when this returns) and closes every
+    /// connection with a goodbye.
+    pub async fn shutdown(&self) {
         self.inner
             .shut_down
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        for l in lock(&self.inner.listeners).drain(..) {
+        let listeners: Vec<_> = lock(&self.inner.listeners).drain(..).collect();
+        for l in &listeners {
             l.abort();
+        }
+        for l in listeners {
+            let _ = l.await;
         }
         let conns: Vec<_> = lock(&self.inner.connections).values().cloned().collect();
         for c in conns {

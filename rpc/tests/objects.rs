@@ -152,6 +152,8 @@ both!(
     oneway_calls,
     one_connection_per_peer_and_status,
     dead_hint_beside_a_good_one,
+    persisted_furl_survives_a_restart,
+    keepalive_and_disconnect_timeout,
 );
 
 async fn call_and_answer(net: Net) {
@@ -407,7 +409,7 @@ async fn restarted_peer_replaces_the_connection(net: Net) {
     let info = client.connection_info(&old.tubid()).unwrap();
     assert_ne!(info.peer_hello.incarnation, old_incarnation);
     assert_eq!(client.connection_count(), 1);
-    old.shutdown();
+    old.shutdown().await;
 }
 
 async fn disconnect_fails_pending_calls_and_fires_observers_once(net: Net) {
@@ -428,7 +430,7 @@ async fn disconnect_fails_pending_calls_and_fires_observers_once(net: Net) {
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
-    server.shutdown();
+    server.shutdown().await;
     for p in pending {
         let e = p.await.unwrap().unwrap_err();
         assert!(matches!(e, CallError::Disconnected(_)), "{e}");
@@ -494,7 +496,7 @@ async fn reconnector_reconnects_and_reset_shortens_the_wait(net: Net) {
     ));
 
     // The server goes away and comes back at the same place with the same identity.
-    server.shutdown();
+    server.shutdown().await;
     grid.unplug(&furl);
     eventually(10, "the reconnector notices", || {
         !matches!(rec.status().state, ReconnectorState::Connected { .. })
@@ -660,4 +662,111 @@ async fn dead_hint_beside_a_good_one(net: Net) {
         .unwrap();
     let e = client.get_reference(&none).await.unwrap_err();
     assert!(e.to_string().contains("no usable hint"), "{e}");
+}
+
+async fn persisted_furl_survives_a_restart(net: Net) {
+    let grid = Grid::new(net);
+    let dir = std::env::temp_dir().join(format!("folio-furl-{}-{:?}", std::process::id(), net));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (id_path, furl_path) = (dir.join("tub.pem"), dir.join("calc.furl"));
+    let first = grid
+        .tub_at(
+            Identity::load_or_generate(&id_path).unwrap(),
+            Grid::config(),
+            "stable",
+            0,
+        )
+        .await;
+    let furl = first
+        .register_as(CalcRef::serve(Arc::new(CalcImpl::default())), "calc")
+        .unwrap();
+    furl.save(&furl_path).unwrap();
+    let port = match furl.hints()[0] {
+        folio_rpc::Hint::Tcp { port, .. } => port,
+        _ => 0,
+    };
+    first.shutdown().await;
+    grid.unplug(&furl);
+    drop(first);
+
+    // A new process: the same identity file, the same place, the same name.
+    let second = grid
+        .tub_at(
+            Identity::load(&id_path).unwrap(),
+            Grid::config(),
+            "stable",
+            port,
+        )
+        .await;
+    let again = second
+        .register_as(CalcRef::serve(Arc::new(CalcImpl::default())), "calc")
+        .unwrap();
+    let saved = folio_rpc::Furl::load(&furl_path).unwrap();
+    assert_eq!(again, saved);
+    let client = grid.tub().await;
+    let r: CalcRef = client.get(&saved).await.unwrap();
+    assert_eq!(r.add(1, 1).await.unwrap(), 2);
+    // Unregistered, the name is gone; the reference already held keeps working.
+    assert!(second.unregister("calc"));
+    let e = client.get_reference(&saved).await.unwrap_err();
+    assert!(
+        matches!(e, folio_rpc::ReferenceError::UnknownName(_)),
+        "{e}"
+    );
+    assert_eq!(r.add(2, 2).await.unwrap(), 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+async fn keepalive_and_disconnect_timeout(net: Net) {
+    let grid = Grid::new(net);
+    let lively = TubConfig {
+        keepalive: Some(Duration::from_millis(50)),
+        disconnect_timeout: Some(Duration::from_millis(300)),
+        ..Grid::config()
+    };
+    // Two Tubs that ping each other stay connected through long silences.
+    let server = grid
+        .tub_with(Identity::generate().unwrap(), lively.clone())
+        .await;
+    let client = grid
+        .tub_with(Identity::generate().unwrap(), lively.clone())
+        .await;
+    let furl = server
+        .register(CalcRef::serve(Arc::new(CalcImpl::default())))
+        .unwrap();
+    let r: CalcRef = client.get(&furl).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        r.add(1, 1).await.unwrap(),
+        2,
+        "keepalive kept the idle connection up"
+    );
+
+    // A peer that completes the handshake and then goes silent is dropped at the timeout.
+    let silent =
+        folio_rpc::Handshaker::new(Arc::new(Identity::generate().unwrap()), Default::default())
+            .unwrap();
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let (est, accepted) = tokio::join!(silent.connect(a, server.tubid()), server.accept(b));
+    let _est = est.unwrap();
+    accepted.unwrap();
+    let lost_at = std::time::Instant::now();
+    eventually(5, "the silent peer is dropped", || {
+        server.connection_info(&silent.tubid()).is_none()
+    })
+    .await;
+    let waited = lost_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "not before the timeout ({waited:?})"
+    );
+    let status = server.connection_status();
+    let s = status.iter().find(|s| s.tubid == silent.tubid()).unwrap();
+    assert!(
+        s.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("nothing received"),
+        "{s:?}"
+    );
 }
