@@ -19,6 +19,11 @@ pub const HEADER_LEN: usize = 4;
 /// How much a reader asks of the stream at once when no frame is pending.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// A reader whose buffer grew past this for a large frame gives the memory back once the
+/// frame is consumed; below it the buffer is kept, so a stream of 64 KiB frames does not
+/// reallocate for each one.
+const SHRINK_ABOVE: usize = 256 * 1024 + HEADER_LEN;
+
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -162,7 +167,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.start = 0;
             self.end = 0;
             // Give back the memory of an unusually large frame once it is consumed.
-            if self.buf.len() > 4 * READ_CHUNK {
+            if self.buf.len() > SHRINK_ABOVE {
                 self.buf = Vec::new();
             }
         }
@@ -267,7 +272,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.scratch[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
         self.io.write_all(&self.scratch).await?;
         self.io.flush().await?;
-        if self.scratch.capacity() > 4 * READ_CHUNK {
+        if self.scratch.capacity() > SHRINK_ABOVE {
             self.scratch = Vec::new();
         }
         Ok(())

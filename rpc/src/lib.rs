@@ -93,6 +93,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bytes;
 mod connection;
 pub mod connector;
 pub mod frame;
@@ -107,6 +108,7 @@ pub mod tls;
 pub mod tub;
 pub mod tubid;
 
+pub use bytes::Bytes;
 pub use connector::{BoxStream, ByteStream, ConnectError, Connector, Listener, NoConnector};
 pub use furl::{Furl, Hint, Host, Swissnum};
 pub use handshake::{

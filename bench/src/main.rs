@@ -1,0 +1,429 @@
+//! `folio-bench`: Folio's figures next to their physical limit, measured in the same run on
+//! 127.0.0.1, and the ratio of each pair.
+//!
+//! | figure | Folio | raw counterpart |
+//! |---|---|---|
+//! | round trip | a typed call with a small argument | 16-byte ping-pong over tokio-rustls |
+//! | pipelined calls/s | 64 calls outstanding | — |
+//! | bulk | calls carrying 64 KiB arguments | 64 KiB writes over tokio-rustls |
+//! | connect | new Tub connection + handshake + first answer | TCP connect + TLS handshake + 1-byte echo |
+//! | idle connection | RSS growth per idle connection | — |
+//!
+//! Both ends live in this process. The raw side uses the same Ed25519 certificates and the
+//! same rustls configurations (TLS 1.3, ring) as Folio, so the difference is Folio's own work.
+//! `--one-cpu` re-runs the benchmark under `taskset -c 0` with a single-threaded runtime, so
+//! that the figures measure software rather than the scheduler.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use folio_handlers::{Registry, TcpListener};
+use folio_rpc::{interface, Bytes, Host, Identity, Tub, TubConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Options.
+#[derive(Debug, Parser)]
+#[command(name = "folio-bench", version, about)]
+struct Args {
+    /// Round trips to time (after a warm-up of a tenth as many).
+    #[arg(long, default_value_t = 20_000)]
+    round_trips: usize,
+    /// Pipelined calls in the calls/s figure.
+    #[arg(long, default_value_t = 200_000)]
+    pipelined_calls: usize,
+    /// MiB moved in each bulk figure.
+    #[arg(long, default_value_t = 256)]
+    bulk_mib: usize,
+    /// Connections made in each connect figure.
+    #[arg(long, default_value_t = 300)]
+    connects: usize,
+    /// Idle connections held for the memory figure.
+    #[arg(long, default_value_t = 1000)]
+    idle: usize,
+    /// Run both ends on CPU 0 (re-executes under `taskset -c 0`, single-threaded runtime).
+    #[arg(long)]
+    one_cpu: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, hide = true)]
+    pinned: bool,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum BenchError {
+    Never,
+}
+
+#[interface(name = "bench.echo.v1")]
+pub trait Echo {
+    async fn ping(&self, x: u64) -> Result<u64, BenchError>;
+    async fn sink(&self, data: Bytes) -> Result<u32, BenchError>;
+}
+
+struct EchoImpl;
+
+impl Echo for EchoImpl {
+    async fn ping(&self, x: u64) -> Result<u64, BenchError> {
+        Ok(x)
+    }
+    async fn sink(&self, data: Bytes) -> Result<u32, BenchError> {
+        Ok(data.len() as u32)
+    }
+}
+
+const CHUNK: usize = 64 * 1024;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.one_cpu && !args.pinned {
+        let exe = std::env::current_exe()?;
+        let mut forwarded: Vec<String> = std::env::args().skip(1).collect();
+        forwarded.push("--pinned".into());
+        let status = std::process::Command::new("taskset")
+            .arg("-c")
+            .arg("0")
+            .arg(exe)
+            .args(forwarded)
+            .status()
+            .context("running taskset -c 0 (util-linux)")?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    let rt = if args.pinned {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(run(args))
+}
+
+struct Report {
+    rows: Vec<(&'static str, String)>,
+    json: Vec<(&'static str, f64)>,
+}
+
+impl Report {
+    fn figure(&mut self, key: &'static str, label: &'static str, value: f64, unit: &str) {
+        self.json.push((key, value));
+        self.rows.push((label, format!("{value:.1} {unit}")));
+    }
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() - 1) * p / 100]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+async fn tub() -> Result<(Tub, Arc<Registry>)> {
+    let registry = Arc::new(Registry::with_tcp());
+    let cfg = TubConfig {
+        max_inbound_calls: 1024,
+        ..TubConfig::default()
+    };
+    Ok((
+        Tub::new(Identity::generate()?, registry.clone(), cfg)?,
+        registry,
+    ))
+}
+
+async fn listening_tub() -> Result<Tub> {
+    let (t, _) = tub().await?;
+    let l = TcpListener::bind(&"tcp:0:interface=127.0.0.1".parse()?).await?;
+    t.set_location(vec![l.hint_for(Host::Ipv4([127, 0, 0, 1].into()))]);
+    t.listen(l);
+    Ok(t)
+}
+
+/// A raw TLS server and client with Folio's own certificates and rustls configurations.
+struct RawTls {
+    addr: std::net::SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl RawTls {
+    async fn start() -> Result<RawTls> {
+        let server_id = Identity::generate()?;
+        let client_id = Identity::generate()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(folio_rpc::tls::server_config(&server_id)?);
+        let connector =
+            tokio_rustls::TlsConnector::from(folio_rpc::tls::client_config(&client_id)?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = s.set_nodelay(true);
+                    let Ok(mut tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    // Echo whatever arrives, in whatever pieces, until the client closes.
+                    let mut buf = vec![0u8; CHUNK];
+                    loop {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if n < 64 && tls.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                                if n < 64 && tls.flush().await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let server_name = rustls::pki_types::ServerName::try_from(format!(
+            "{}.tub.folio.invalid",
+            server_id.tubid()
+        ))?;
+        Ok(RawTls {
+            addr,
+            connector,
+            server_name,
+        })
+    }
+
+    async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let s = tokio::net::TcpStream::connect(self.addr).await?;
+        s.set_nodelay(true)?;
+        Ok(self.connector.connect(self.server_name.clone(), s).await?)
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let mut report = Report {
+        rows: Vec::new(),
+        json: Vec::new(),
+    };
+    let server = listening_tub().await?;
+    let furl = server.register_as(EchoRef::serve(EchoImpl), "echo")?;
+    let (client, _) = tub().await?;
+    let echo: EchoRef = client.get(&furl).await?;
+    let raw = RawTls::start().await?;
+
+    // 1. Round trip.
+    let n = args.round_trips.max(10);
+    for i in 0..n / 10 {
+        echo.ping(i as u64).await?;
+    }
+    let mut rtts = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        echo.ping(i as u64).await?;
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+    let mut tls = raw.connect().await?;
+    let mut raw_rtts = Vec::with_capacity(n);
+    let mut buf = [0u8; 16];
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        tls.write_all(&[7u8; 16]).await?;
+        tls.flush().await?;
+        tls.read_exact(&mut buf).await?;
+        if i >= n / 10 {
+            raw_rtts.push(t.elapsed());
+        }
+    }
+    raw_rtts.sort();
+    let rtt = micros(percentile(&rtts, 50));
+    let raw_rtt = micros(percentile(&raw_rtts, 50));
+    report.figure("rtt_us", "round trip, typed call (median)", rtt, "µs");
+    report.figure(
+        "rtt_p99_us",
+        "round trip, typed call (p99)",
+        micros(percentile(&rtts, 99)),
+        "µs",
+    );
+    report.figure(
+        "raw_tls_rtt_us",
+        "round trip, raw TLS 16 B (median)",
+        raw_rtt,
+        "µs",
+    );
+    report.figure("rtt_ratio", "  ratio (target ≤ 1.25)", rtt / raw_rtt, "×");
+
+    // 2. Pipelined calls with 64 outstanding.
+    let total = args.pipelined_calls.max(64);
+    let t = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..64 {
+        let echo = echo.clone();
+        let count = total / 64 + usize::from(w < total % 64);
+        workers.push(tokio::spawn(async move {
+            for i in 0..count {
+                echo.ping(i as u64).await.expect("ping");
+            }
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    let cps = total as f64 / t.elapsed().as_secs_f64();
+    report.figure(
+        "calls_per_s_64",
+        "pipelined calls/s (64 outstanding)",
+        cps,
+        "calls/s",
+    );
+
+    // 3. Bulk.
+    let chunks = args.bulk_mib * 1024 * 1024 / CHUNK;
+    let data = Bytes(vec![0xa5u8; CHUNK]);
+    let t = Instant::now();
+    let mut inflight = Vec::new();
+    for _ in 0..chunks {
+        let echo = echo.clone();
+        let data = data.clone();
+        inflight.push(tokio::spawn(
+            async move { echo.sink(data).await.expect("sink") },
+        ));
+        if inflight.len() >= 8 {
+            inflight.remove(0).await?;
+        }
+    }
+    for f in inflight {
+        f.await?;
+    }
+    let bulk = (chunks * CHUNK) as f64 / (1024.0 * 1024.0) / t.elapsed().as_secs_f64();
+    let mut tls = raw.connect().await?;
+    let t = Instant::now();
+    for _ in 0..chunks {
+        tls.write_all(&data[..]).await?;
+    }
+    tls.flush().await?;
+    tls.shutdown().await?;
+    let raw_bulk = (chunks * CHUNK) as f64 / (1024.0 * 1024.0) / t.elapsed().as_secs_f64();
+    report.figure("bulk_mib_s", "bulk, 64 KiB call arguments", bulk, "MiB/s");
+    report.figure(
+        "raw_tls_bulk_mib_s",
+        "bulk, raw TLS 64 KiB writes",
+        raw_bulk,
+        "MiB/s",
+    );
+    report.figure("bulk_ratio", "  ratio (target ≥ 0.8)", bulk / raw_bulk, "×");
+
+    // 4. Connect.
+    let mut connects = Vec::new();
+    for _ in 0..args.connects.max(5) {
+        let (fresh, _) = tub().await?;
+        let t = Instant::now();
+        let e: EchoRef = fresh.get(&furl).await?;
+        e.ping(1).await?;
+        connects.push(t.elapsed());
+        fresh.shutdown().await;
+    }
+    connects.sort();
+    let mut raw_connects = Vec::new();
+    for _ in 0..args.connects.max(5) {
+        let t = Instant::now();
+        let mut tls = raw.connect().await?;
+        tls.write_all(&[1]).await?;
+        tls.flush().await?;
+        let mut one = [0u8; 1];
+        tls.read_exact(&mut one).await?;
+        raw_connects.push(t.elapsed());
+    }
+    raw_connects.sort();
+    let connect = micros(percentile(&connects, 50));
+    let raw_connect = micros(percentile(&raw_connects, 50));
+    report.figure(
+        "connect_us",
+        "connect + handshake + first answer (median)",
+        connect,
+        "µs",
+    );
+    report.figure(
+        "raw_tls_connect_us",
+        "raw TCP + TLS handshake + 1 B echo (median)",
+        raw_connect,
+        "µs",
+    );
+    report.figure(
+        "connect_ratio",
+        "  ratio (target ≤ 1.15)",
+        connect / raw_connect,
+        "×",
+    );
+
+    // 5. Memory per idle connection (both ends are in this process: the figure covers one
+    // client end plus one server end, which is what a connection costs a grid of two).
+    let before = rss_bytes()?;
+    let mut idle = Vec::new();
+    for _ in 0..args.idle {
+        let (t, _) = tub().await?;
+        let e: EchoRef = t.get(&furl).await?;
+        e.ping(0).await?;
+        idle.push((t, e));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = rss_bytes()?;
+    let per_conn = after.saturating_sub(before) as f64 / args.idle.max(1) as f64;
+    report.figure(
+        "idle_conn_bytes",
+        "RSS per idle connection (both ends)",
+        per_conn,
+        "bytes",
+    );
+    report.figure(
+        "idle_conns_held",
+        "idle connections held",
+        idle.len() as f64,
+        "",
+    );
+    drop(idle);
+
+    if args.json {
+        let body: Vec<String> = report
+            .json
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "\"{k}\": {}",
+                    if v.is_finite() {
+                        format!("{v:.3}")
+                    } else {
+                        "null".into()
+                    }
+                )
+            })
+            .collect();
+        println!("{{{}}}", body.join(", "));
+    } else {
+        println!(
+            "folio-bench on 127.0.0.1{}",
+            if args.pinned {
+                " (pinned to CPU 0)"
+            } else {
+                ""
+            }
+        );
+        for (label, value) in &report.rows {
+            println!("  {label:<46} {value}");
+        }
+    }
+    Ok(())
+}
+
+fn rss_bytes() -> Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").context("reading /proc/self/statm")?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .context("statm has no RSS field")?
+        .parse()?;
+    Ok(pages * 4096)
+}
