@@ -4,6 +4,7 @@
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as Tokens};
 use quote::{format_ident, quote};
+use syn::ext::IdentExt;
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::{
@@ -33,7 +34,7 @@ pub fn interface(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 fn wire_name(attr: Tokens, default: &Ident) -> syn::Result<String> {
     if attr.is_empty() {
-        return Ok(default.to_string());
+        return Ok(default.unraw().to_string());
     }
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
     let mut name = None;
@@ -55,7 +56,7 @@ fn wire_name(attr: Tokens, default: &Ident) -> syn::Result<String> {
             other => return Err(Error::new_spanned(other, "expected name = \"wire.name\"")),
         }
     }
-    Ok(name.unwrap_or_else(|| default.to_string()))
+    Ok(name.unwrap_or_else(|| default.unraw().to_string()))
 }
 
 fn result_parts(ty: &Type) -> Option<(Type, Type)> {
@@ -92,6 +93,15 @@ fn parse_method(m: &mut syn::TraitItemFn) -> syn::Result<Method> {
         return Err(Error::new_spanned(
             &sig.generics,
             "interface methods cannot be generic",
+        ));
+    }
+    if matches!(
+        sig.ident.unraw().to_string().as_str(),
+        "serve" | "object_ref"
+    ) {
+        return Err(Error::new_spanned(
+            &sig.ident,
+            "`serve` and `object_ref` are taken by the generated handle; rename the method",
         ));
     }
     let oneway = m.attrs.iter().any(|a| a.path().is_ident("oneway"));
@@ -200,7 +210,7 @@ fn expand(attr: Tokens, mut item: ItemTrait) -> syn::Result<Tokens> {
         } = m;
         let params: Vec<_> = args.iter().map(|(n, t)| quote!(#n: #t)).collect();
         let names: Vec<_> = args.iter().map(|(n, _)| n).collect();
-        let method_wire = LitStr::new(&name.to_string(), name.span());
+        let method_wire = LitStr::new(&name.unraw().to_string(), name.span());
         if *oneway {
             quote! {
                 #(#attrs)*
@@ -231,23 +241,23 @@ fn expand(attr: Tokens, mut item: ItemTrait) -> syn::Result<Tokens> {
         } = m;
         let names: Vec<_> = args.iter().map(|(n, _)| n).collect();
         let types: Vec<_> = args.iter().map(|(_, t)| t).collect();
-        let method_wire = LitStr::new(&name.to_string(), name.span());
+        let method_wire = LitStr::new(&name.unraw().to_string(), name.span());
         let run = if *oneway {
             quote! {
-                this.0.#name(#(#names),*).await;
-                ctx.encode_reply::<(), ()>(::core::result::Result::Ok(()))
+                __folio_this.0.#name(#(#names),*).await;
+                __folio_ctx.encode_reply::<(), ()>(::core::result::Result::Ok(()))
             }
         } else {
             quote! {
-                let result: ::core::result::Result<#ok, #err> = this.0.#name(#(#names),*).await;
-                ctx.encode_reply(result)
+                let __folio_result: ::core::result::Result<#ok, #err> = __folio_this.0.#name(#(#names),*).await;
+                __folio_ctx.encode_reply(__folio_result)
             }
         };
         quote! {
             #method_wire => {
                 #[allow(unused_parens)]
-                let (#(#names,)*): (#(#types,)*) = ctx.decode_args(method, args)?;
-                let this = self;
+                let (#(#names,)*): (#(#types,)*) = __folio_ctx.decode_args(__folio_method, __folio_args)?;
+                let __folio_this = self;
                 ::core::result::Result::Ok(::std::boxed::Box::pin(async move { #run }))
             }
         }
@@ -274,7 +284,7 @@ fn expand(attr: Tokens, mut item: ItemTrait) -> syn::Result<Tokens> {
             pub const INTERFACE: &'static str = #wire;
 
             #[doc = #serve_doc]
-            pub fn serve<T: #name>(object: T) -> Self {
+            pub fn serve<__FolioImpl: #name>(object: __FolioImpl) -> Self {
                 #ref_ty(#rpc::ObjectRef::local(::std::sync::Arc::new(#server_ty(object))))
             }
 
@@ -318,24 +328,24 @@ fn expand(attr: Tokens, mut item: ItemTrait) -> syn::Result<Tokens> {
         }
 
         #[doc = #server_doc]
-        #vis struct #server_ty<T>(pub T);
+        #vis struct #server_ty<__FolioImpl>(pub __FolioImpl);
 
-        impl<T: #name> #rpc::Dispatch for #server_ty<T> {
+        impl<__FolioImpl: #name> #rpc::Dispatch for #server_ty<__FolioImpl> {
             fn interface(&self) -> &'static str {
                 #wire
             }
 
             fn call(
                 self: ::std::sync::Arc<Self>,
-                method: &str,
-                args: &[u8],
-                ctx: #rpc::CallContext,
+                __folio_method: &str,
+                __folio_args: &[u8],
+                __folio_ctx: #rpc::CallContext,
             ) -> ::core::result::Result<#rpc::ReplyFuture, #rpc::Refusal> {
-                match method {
+                match __folio_method {
                     #(#dispatch_arms)*
                     _ => ::core::result::Result::Err(#rpc::Refusal::UnknownMethod {
                         interface: #wire.into(),
-                        method: method.into(),
+                        method: __folio_method.into(),
                     }),
                 }
             }

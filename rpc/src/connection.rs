@@ -49,9 +49,14 @@ type Observer = Box<dyn FnOnce(&str) + Send>;
 /// references in an answer are decoded before any later `Decref` is applied.
 type Completion = Box<dyn FnOnce(Result<Reply, String>) + Send>;
 
-/// A frame waiting for the writer, with the permit it releases once written.
+/// A frame waiting for the writer, with the permits it releases once written: an inbound-call
+/// slot for an answer, and its bytes' share of the write budget.
 enum Outgoing {
-    Frame(Vec<u8>, Option<OwnedSemaphorePermit>),
+    Frame(
+        Vec<u8>,
+        Option<OwnedSemaphorePermit>,
+        Option<OwnedSemaphorePermit>,
+    ),
     Close(Option<Vec<u8>>),
 }
 
@@ -87,7 +92,14 @@ pub(crate) struct ConnShared {
     next_generation: AtomicU64,
     inbound: Arc<Semaphore>,
     outbound: Arc<Semaphore>,
+    /// Bytes that may wait for the writer. Our own calls wait for room; frames the peer
+    /// provokes (answers, pongs, decrefs) that find none mean the peer is not reading, and the
+    /// connection is closed rather than buffering without limit.
+    write_budget: Arc<Semaphore>,
     life: Mutex<LifeState>,
+    /// Set once by close(): the reader checks it between frames, so a closed connection stops
+    /// consuming input even while input keeps arriving.
+    is_closed: std::sync::atomic::AtomicBool,
     closed_tx: watch::Sender<Option<String>>,
     started: Instant,
     last_received_ms: AtomicU64,
@@ -160,6 +172,8 @@ impl ConnShared {
             next_generation: AtomicU64::new(1), // 0 marks the root, which is never counted
             inbound: Arc::new(Semaphore::new(config.max_inbound_calls.max(1))),
             outbound: Arc::new(Semaphore::new(config.max_outbound_calls.max(1))),
+            write_budget: Arc::new(Semaphore::new(config.max_write_queue.max(1))),
+            is_closed: std::sync::atomic::AtomicBool::new(false),
             life: Mutex::new(LifeState {
                 closed: None,
                 observers: Vec::new(),
@@ -233,15 +247,57 @@ impl ConnShared {
             .saturating_sub(Duration::from_millis(ms))
     }
 
-    /// Queues a message; returns false if the connection is closed or it cannot be encoded.
+    fn budget_for(&self, frame: &[u8]) -> u32 {
+        frame.len().clamp(1, self.config.max_write_queue.max(1)) as u32
+    }
+
+    /// Queues a frame the peer provoked. Returns false if the connection is closed, the frame
+    /// cannot be encoded, or the peer has left too much unread (which closes the connection).
     fn send_message(&self, msg: &Message<'_>, permit: Option<OwnedSemaphorePermit>) -> bool {
-        match encode_frame(msg, self.max_frame_out) {
-            Ok(frame) => self.out.send(Outgoing::Frame(frame, permit)).is_ok(),
+        let frame = match encode_frame(msg, self.max_frame_out) {
+            Ok(frame) => frame,
             Err(e) => {
                 warn!("cannot send a message: {e}");
+                return false;
+            }
+        };
+        match self
+            .write_budget
+            .clone()
+            .try_acquire_many_owned(self.budget_for(&frame))
+        {
+            Ok(budget) => self
+                .out
+                .send(Outgoing::Frame(frame, permit, Some(budget)))
+                .is_ok(),
+            Err(_) => {
+                // Nothing more can reach a peer that does not read: drop the stream at once.
+                self.close_with(
+                    &format!(
+                        "the peer is not reading: over {} bytes are waiting to be sent to it",
+                        self.config.max_write_queue
+                    ),
+                    None,
+                    Duration::ZERO,
+                );
                 false
             }
         }
+    }
+
+    /// Queues a frame of our own (a call), waiting for room in the write budget.
+    async fn send_own(&self, frame: Vec<u8>) -> bool {
+        let Ok(budget) = self
+            .write_budget
+            .clone()
+            .acquire_many_owned(self.budget_for(&frame))
+            .await
+        else {
+            return false;
+        };
+        self.out
+            .send(Outgoing::Frame(frame, None, Some(budget)))
+            .is_ok()
     }
 
     /// Runs `observer` once when the connection closes (at once if it has).
@@ -266,14 +322,21 @@ impl ConnShared {
         }
     }
 
-    /// Closes the connection, once. Pending calls fail with `reason`; observers run.
+    /// Closes the connection, once. Pending calls fail with `reason`; observers run. The
+    /// writer gets a few seconds to deliver the goodbye.
     pub(crate) fn close(&self, reason: &str, goodbye: Option<GoodbyeReason>) {
+        self.close_with(reason, goodbye, Duration::from_secs(10));
+    }
+
+    /// Like [`ConnShared::close`], with the time the writer may linger to flush.
+    fn close_with(&self, reason: &str, goodbye: Option<GoodbyeReason>, linger: Duration) {
         let (observers, tasks) = {
             let mut life = lock(&self.life);
             if life.closed.is_some() {
                 return;
             }
             life.closed = Some(reason.to_string());
+            self.is_closed.store(true, Ordering::SeqCst);
             (
                 std::mem::take(&mut life.observers),
                 std::mem::take(&mut life.tasks),
@@ -287,24 +350,44 @@ impl ConnShared {
         let farewell = goodbye
             .and_then(|g| encode_frame(&Message::Goodbye { reason: g }, self.max_frame_out).ok());
         let _ = self.out.send(Outgoing::Close(farewell));
-        // The writer task is left to say goodbye and shut the stream; the others stop now.
+        // The writer task is left to say goodbye and shut the stream, for a while; the others
+        // stop now.
         for t in tasks.iter().skip(1) {
             t.abort();
+        }
+        if let Some(writer) = tasks.first().cloned() {
+            if linger.is_zero() {
+                writer.abort();
+            } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    tokio::time::sleep(linger).await;
+                    writer.abort();
+                });
+            }
         }
         let _ = self.closed_tx.send(Some(reason.to_string()));
         if let Some(tub) = self.tub.upgrade() {
             tub.forget_connection(self);
         }
         for o in observers {
-            o(reason);
+            if std::panic::catch_unwind(AssertUnwindSafe(|| o(reason))).is_err() {
+                warn!("a disconnect observer panicked");
+            }
         }
-        // Exported objects are no longer reachable through this connection.
-        let mut ex = lock(&self.exports);
-        ex.by_id.clear();
-        ex.by_ptr.clear();
+        // Exported objects are no longer reachable through this connection. They are dropped
+        // after the lock is released: their Drop may use this connection.
+        let released = {
+            let mut ex = lock(&self.exports);
+            ex.by_ptr.clear();
+            std::mem::take(&mut ex.by_id)
+        };
+        drop(released);
     }
 
     fn export(&self, obj: &Arc<dyn Dispatch>) -> Result<u64, String> {
+        if let Some(reason) = self.closed_reason() {
+            return Err(format!("the connection is closed ({reason})"));
+        }
         let mut ex = lock(&self.exports);
         let key = Arc::as_ptr(obj) as *const () as usize;
         if let Some(&id) = ex.by_ptr.get(&key) {
@@ -345,7 +428,9 @@ impl ConnShared {
         if entry.1 == 0 {
             let (obj, _) = ex.by_id.remove(&id).expect("present");
             ex.by_ptr.remove(&(Arc::as_ptr(&obj) as *const () as usize));
+            drop(ex);
             debug!(id, "export released");
+            drop(obj); // outside the lock: its Drop may use this connection
         }
     }
 
@@ -446,6 +531,9 @@ impl RefCodec for ConnShared {
 
     fn decode(&self, d: RefDesc) -> Result<ObjectRef, String> {
         match d {
+            RefDesc::Mine {
+                id: ROOT_OBJECT, ..
+            } => Err("export id 0 is reserved for the root object".into()),
             RefDesc::Mine { id, interface } => {
                 Ok(ObjectRef(RefKind::Remote(self.import(id, interface)?)))
             }
@@ -463,7 +551,7 @@ impl RefCodec for ConnShared {
                     furl,
                     interface,
                     tub: self.tub.clone(),
-                    resolved: tokio::sync::OnceCell::new(),
+                    resolved: Mutex::new(None),
                 }))))
             }
             RefDesc::Local { .. } => Err("a loopback reference arrived over a connection".into()),
@@ -541,7 +629,7 @@ impl RemoteInner {
         if let Some(reason) = conn.closed_reason() {
             return Err(CallError::Disconnected(reason));
         }
-        if conn.out.send(Outgoing::Frame(frame, None)).is_err() {
+        if !conn.send_own(frame).await {
             return Err(CallError::Disconnected("the connection is closing".into()));
         }
         let result = rx.await;
@@ -571,9 +659,11 @@ impl RemoteInner {
             method,
             args: &args,
         })?;
-        conn.out
-            .send(Outgoing::Frame(frame, None))
-            .map_err(|_| CallError::Disconnected("the connection is closing".into()))
+        if conn.send_own(frame).await {
+            Ok(())
+        } else {
+            Err(CallError::Disconnected("the connection is closing".into()))
+        }
     }
 }
 
@@ -590,9 +680,9 @@ async fn writer_loop<S>(
             // Write everything that is ready, then flush once.
             while let Some(item) = next.take() {
                 match item {
-                    Outgoing::Frame(frame, permit) => {
+                    Outgoing::Frame(frame, permit, budget) => {
                         w.write_encoded(&frame).await.map_err(|e| e.to_string())?;
-                        drop(permit);
+                        drop((permit, budget));
                     }
                     Outgoing::Close(farewell) => {
                         if let Some(f) = farewell {
@@ -614,11 +704,25 @@ async fn writer_loop<S>(
     }
 }
 
+/// Closes the connection if the reader stops for any reason it did not report (a panic in
+/// user code it ran, for example), so that pending calls never hang on a dead reader.
+struct CloseOnDrop(Arc<ConnShared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close("the connection's reader stopped", None);
+    }
+}
+
 async fn reader_loop<S>(shared: Arc<ConnShared>, mut r: FrameReader<ReadHalf<TlsStream<S>>>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let _guard = CloseOnDrop(shared.clone());
     let (reason, goodbye) = loop {
+        if shared.is_closed.load(Ordering::Relaxed) {
+            break ("closed".into(), None);
+        }
         let frame = match r.next_frame().await {
             Ok(Some(f)) => f,
             Ok(None) => break ("the peer closed the connection".to_string(), None),

@@ -193,12 +193,21 @@ impl CallContext {
 
     /// Encodes a method's result.
     pub fn encode_reply<T: Serialize, E: Serialize>(&self, result: Result<T, E>) -> Reply {
+        struct Recording;
+        impl Drop for Recording {
+            fn drop(&mut self) {
+                // Also on a panic in a user Serialize: later encodings must not inherit it.
+                KEEP.with(|k| k.borrow_mut().take());
+            }
+        }
         KEEP.with(|k| *k.borrow_mut() = Some(Vec::new()));
+        let recording = Recording;
         let encoded = with_codec(&self.codec, || match &result {
             Ok(v) => postcard::to_allocvec(v).map(Reply::Ok),
             Err(e) => postcard::to_allocvec(e).map(Reply::AppError),
         });
         let kept = KEEP.with(|k| k.borrow_mut().take()).unwrap_or_default();
+        drop(recording);
         self.kept
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -295,7 +304,8 @@ pub(crate) struct LazyRef {
     pub(crate) furl: Furl,
     pub(crate) interface: String,
     pub(crate) tub: Weak<TubInner>,
-    pub(crate) resolved: tokio::sync::OnceCell<ObjectRef>,
+    /// The reference last reached; reached again once its connection is lost.
+    pub(crate) resolved: Mutex<Option<ObjectRef>>,
 }
 
 impl fmt::Debug for ObjectRef {
@@ -421,23 +431,31 @@ impl ObjectRef {
         let RefKind::Furl(lazy) = &self.0 else {
             return Ok(self.clone());
         };
-        let r = lazy
+        let cached = lazy
             .resolved
-            .get_or_try_init(|| async {
-                let tub = lazy
-                    .tub
-                    .upgrade()
-                    .ok_or_else(|| "the Tub has shut down".to_string())?;
-                // Boxed: resolving a FURL makes a call, and a call may resolve a FURL.
-                let r = Box::pin(TubInner::get_reference(&tub, &lazy.furl))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                r.check_interface(&lazy.interface)
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>(r)
-            })
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(r) = cached {
+            let live = match &r.0 {
+                RefKind::Remote(inner) => inner.conn.closed_reason().is_none(),
+                _ => true,
+            };
+            if live {
+                return Ok(r);
+            }
+        }
+        let tub = lazy
+            .tub
+            .upgrade()
+            .ok_or_else(|| CallError::Unreachable("the Tub has shut down".to_string()))?;
+        // Boxed: resolving a FURL makes a call, and a call may resolve a FURL.
+        let r = Box::pin(TubInner::get_reference(&tub, &lazy.furl))
             .await
-            .map_err(CallError::Unreachable)?;
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        r.check_interface(&lazy.interface)
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        *lazy.resolved.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
         Ok(r.clone())
     }
 }
@@ -465,9 +483,17 @@ pub(crate) fn decode_answer<T: DeserializeOwned, E: DeserializeOwned>(
             take_ref_error().unwrap_or_else(|| e.to_string())
         ))
     };
+    fn exact<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, postcard::Error> {
+        let (v, rest) = postcard::take_from_bytes::<V>(bytes)?;
+        if rest.is_empty() {
+            Ok(v)
+        } else {
+            Err(postcard::Error::DeserializeBadEncoding)
+        }
+    }
     match reply {
-        Reply::Ok(bytes) => with_codec(codec, || postcard::from_bytes::<T>(&bytes)).map_err(bad),
-        Reply::AppError(bytes) => match with_codec(codec, || postcard::from_bytes::<E>(&bytes)) {
+        Reply::Ok(bytes) => with_codec(codec, || exact::<T>(&bytes)).map_err(bad),
+        Reply::AppError(bytes) => match with_codec(codec, || exact::<E>(&bytes)) {
             Ok(e) => Err(CallError::App(e)),
             Err(e) => Err(bad(e)),
         },

@@ -80,6 +80,7 @@ pub struct ReconnectorStatus {
 }
 
 struct Shared {
+    stopped: std::sync::atomic::AtomicBool,
     status: Mutex<ReconnectorStatus>,
     wake: Notify,
     task: Mutex<Option<AbortHandle>>,
@@ -106,6 +107,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Sets the state unless the reconnector was stopped (the task may run on briefly after
+/// `stop()` aborts it).
+fn set_state(shared: &Shared, state: ReconnectorState) {
+    let mut st = lock(&shared.status);
+    if !shared.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+        st.state = state;
+    }
+}
+
 impl Reconnector {
     pub(crate) fn start(
         tub: Weak<TubInner>,
@@ -114,6 +124,7 @@ impl Reconnector {
         on_connect: Box<dyn Fn(ObjectRef) + Send + Sync>,
     ) -> Reconnector {
         let shared = Arc::new(Shared {
+            stopped: std::sync::atomic::AtomicBool::new(false),
             status: Mutex::new(ReconnectorStatus {
                 state: ReconnectorState::Connecting,
                 last_error: None,
@@ -137,13 +148,17 @@ impl Reconnector {
         lock(&self.shared.status).clone()
     }
 
-    /// Retries now instead of waiting out the backoff (after a laptop resumes, say).
+    /// Retries now instead of waiting out the backoff (after a laptop resumes, say). Does
+    /// nothing while connecting or connected.
     pub fn reset(&self) {
-        self.shared.wake.notify_one();
+        self.shared.wake.notify_waiters();
     }
 
     /// Stops reconnecting. A live connection stays up.
     pub fn stop(&self) {
+        self.shared
+            .stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(t) = lock(&self.shared.task).take() {
             t.abort();
         }
@@ -165,11 +180,8 @@ async fn run(
 ) {
     let mut failures: u32 = 0;
     loop {
-        {
-            let mut st = lock(&shared.status);
-            st.state = ReconnectorState::Connecting;
-            st.attempts += 1;
-        }
+        set_state(&shared, ReconnectorState::Connecting);
+        lock(&shared.status).attempts += 1;
         let Some(t) = tub.upgrade() else { return };
         let result = TubInner::get_reference(&t, &furl).await;
         drop(t);
@@ -196,12 +208,20 @@ async fn run(
         }
         let random = u32::from_le_bytes(crate::random_bytes::<4>()) as f64 / u32::MAX as f64;
         let wait = policy.delay(failures.saturating_sub(1), random);
-        lock(&shared.status).state = ReconnectorState::Waiting {
-            next_attempt: SystemTime::now() + wait,
-        };
+        // Register for reset() before announcing the wait, so a reset that sees "waiting"
+        // cannot be missed.
+        let woken = shared.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        set_state(
+            &shared,
+            ReconnectorState::Waiting {
+                next_attempt: SystemTime::now() + wait,
+            },
+        );
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shared.wake.notified() => debug!("reset: retrying now"),
+            _ = woken => debug!("reset: retrying now"),
         }
     }
 }

@@ -58,6 +58,9 @@ pub struct TubConfig {
     pub disconnect_timeout: Option<Duration>,
     /// Time allowed for connecting to one hint and completing the handshake.
     pub dial_timeout: Duration,
+    /// Bytes that may wait to be written to one connection. Our calls wait for room; a peer
+    /// that provokes more (by not reading its answers) is disconnected.
+    pub max_write_queue: usize,
 }
 
 impl Default for TubConfig {
@@ -72,6 +75,7 @@ impl Default for TubConfig {
             keepalive: Some(Duration::from_secs(240)),
             disconnect_timeout: None,
             dial_timeout: Duration::from_secs(120),
+            max_write_queue: 16 * 1024 * 1024,
         }
     }
 }
@@ -264,9 +268,16 @@ impl TubInner {
         {
             conns.remove(&peer);
             drop(conns);
-            if let Some(s) = lock(&self.status).get_mut(&peer) {
-                s.connected = false;
-                s.last_error = conn.closed_reason();
+            let mut status = lock(&self.status);
+            if let Some(s) = status.get_mut(&peer) {
+                if s.hints.is_empty() {
+                    // A peer that only ever dialed us: nothing worth keeping once it is gone,
+                    // and anyone can make new identities.
+                    status.remove(&peer);
+                } else {
+                    s.connected = false;
+                    s.last_error = conn.closed_reason();
+                }
             }
         }
     }
@@ -283,6 +294,11 @@ impl TubInner {
     {
         let (conn, start) =
             ConnShared::create(est, self.me.clone(), self.config.clone(), hint.clone());
+        if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
+            conn.close("the Tub shut down", Some(GoodbyeReason::Shutdown));
+            start();
+            return conn;
+        }
         let peer = conn.info.peer;
         let mut conns = lock(&self.connections);
         let (winner, loser, why) = match conns.get(&peer).filter(|c| c.closed_reason().is_none()) {

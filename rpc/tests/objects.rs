@@ -760,13 +760,123 @@ async fn keepalive_and_disconnect_timeout(net: Net) {
         waited >= Duration::from_millis(250),
         "not before the timeout ({waited:?})"
     );
-    let status = server.connection_status();
-    let s = status.iter().find(|s| s.tubid == silent.tubid()).unwrap();
+    // The silent peer is told why, then the stream ends.
+    let mut est = _est;
+    use folio_rpc::message::{decode, GoodbyeReason, Message};
+    let mut pings = 0;
+    loop {
+        let frame = est
+            .reader
+            .next_frame()
+            .await
+            .unwrap()
+            .expect("a goodbye frame");
+        match decode(frame).unwrap() {
+            Message::Ping { .. } => pings += 1,
+            Message::Goodbye { reason } => {
+                assert_eq!(reason, GoodbyeReason::Timeout);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
     assert!(
-        s.last_error
-            .as_deref()
-            .unwrap_or("")
-            .contains("nothing received"),
-        "{s:?}"
+        pings >= 1,
+        "the silent peer was pinged before being dropped"
     );
+    assert!(est.reader.next_frame().await.unwrap().is_none());
+}
+
+// Parameter names that the generated code must not capture.
+#[interface(name = "test.hygiene.v1")]
+pub trait Hygiene {
+    async fn r#type(
+        &self,
+        this: u8,
+        ctx: u8,
+        method: u8,
+        args: u8,
+        result: u8,
+    ) -> Result<u8, CalcError>;
+}
+
+struct HygieneImpl;
+
+impl Hygiene for HygieneImpl {
+    async fn r#type(
+        &self,
+        this: u8,
+        ctx: u8,
+        method: u8,
+        args: u8,
+        result: u8,
+    ) -> Result<u8, CalcError> {
+        Ok(this + ctx + method + args + result)
+    }
+}
+
+#[tokio::test]
+async fn generated_code_is_hygienic() {
+    let tub = Tub::new(
+        Identity::generate().unwrap(),
+        Arc::new(folio_rpc::NoConnector),
+        TubConfig::default(),
+    )
+    .unwrap();
+    let furl = tub.register(HygieneRef::serve(HygieneImpl)).unwrap();
+    let h: HygieneRef = tub.get(&furl).await.unwrap();
+    assert_eq!(h.r#type(1, 2, 3, 4, 5).await.unwrap(), 15);
+    let raw = h
+        .object_ref()
+        .call::<_, u8, CalcError>("test.hygiene.v1", "type", &(1u8, 1u8, 1u8, 1u8, 1u8))
+        .await;
+    assert_eq!(raw.unwrap(), 5, "the wire name of r#type is \"type\"");
+}
+
+/// A peer that sends pings but never reads the pongs is cut off once the unread bytes reach
+/// the write budget, instead of being buffered without limit.
+#[tokio::test]
+async fn peer_that_never_reads_is_cut_off() {
+    let server = Tub::new(
+        Identity::generate().unwrap(),
+        Arc::new(folio_rpc::NoConnector),
+        TubConfig {
+            max_write_queue: 4096,
+            ..TubConfig::default()
+        },
+    )
+    .unwrap();
+    let rude =
+        folio_rpc::Handshaker::new(Arc::new(Identity::generate().unwrap()), Default::default())
+            .unwrap();
+    let (a, b) = tokio::io::duplex(16 * 1024);
+    let (est, accepted) = tokio::join!(rude.connect(a, server.tubid()), server.accept(b));
+    accepted.unwrap();
+    let mut est = est.unwrap();
+    let flood = async {
+        for nonce in 0..200_000u64 {
+            if est
+                .writer
+                .send_message(&folio_rpc::message::Message::Ping { nonce })
+                .await
+                .is_err()
+            {
+                return nonce;
+            }
+        }
+        200_000
+    };
+    let t0 = std::time::Instant::now();
+    let sent = tokio::time::timeout(Duration::from_secs(30), flood)
+        .await
+        .expect("the flood ends");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "cut off at once, not after a linger"
+    );
+    assert!(
+        sent < 200_000,
+        "the server hung up before the whole flood was sent ({sent} pings)"
+    );
+    assert!(server.connection_info(&rude.tubid()).is_none());
 }
