@@ -158,6 +158,9 @@ pub enum HandshakeError {
     /// The server refused new connections.
     #[error("the peer is busy and refused the connection")]
     Busy,
+    /// This party (as server) refused the connection after reading the client's hello.
+    #[error("connection refused: {0}")]
+    Refused(String),
     /// The prelude was malformed.
     #[error("malformed prelude: {0}")]
     MalformedPrelude(String),
@@ -261,7 +264,9 @@ impl HandshakeError {
             | Busy
             | MalformedPrelude(_) => Some(Phase::Prelude),
             CertificateMismatch(_) | Tls(_) | TlsTooLarge(_) => Some(Phase::Tls),
-            NoCommonVersion { .. } | ClaimMismatch { .. } | BadHello(_) => Some(Phase::Hello),
+            NoCommonVersion { .. } | ClaimMismatch { .. } | BadHello(_) | Refused(_) => {
+                Some(Phase::Hello)
+            }
             Config(_) => None,
         }
     }
@@ -397,8 +402,28 @@ impl Handshaker {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        let seq = self.next_connection_seq();
+        self.connect_with_seq(io, target, seq).await
+    }
+
+    /// The next dial's `connection_seq`. Every attempt of one dial (one per hint, run in
+    /// parallel) carries the same number, so the server keeps just one of them.
+    pub fn next_connection_seq(&self) -> u64 {
+        self.connection_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The client path with a `connection_seq` from [`Handshaker::next_connection_seq`].
+    pub async fn connect_with_seq<S>(
+        &self,
+        io: S,
+        target: TubId,
+        seq: u64,
+    ) -> Result<Established<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
         let span = info_span!("handshake", side = "client", peer = %target);
-        self.run_client(io, &target).instrument(span).await
+        self.run_client(io, &target, seq).instrument(span).await
     }
 
     /// The server path, for a stream this party accepted (whatever opened the socket).
@@ -406,11 +431,30 @@ impl Handshaker {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let span = info_span!("handshake", side = "server");
-        self.run_server(io).instrument(span).await
+        self.accept_with(io, &|_| Ok(())).await
     }
 
-    async fn run_client<S>(&self, io: S, target: &TubId) -> Result<Established<S>, HandshakeError>
+    /// The server path, with `admit` deciding, once the client's hello is known, whether to
+    /// go on (the Tub refuses a second connection from the same dial this way). A refused
+    /// client sees the stream close instead of a hello.
+    pub async fn accept_with<S>(
+        &self,
+        io: S,
+        admit: &Admit<'_>,
+    ) -> Result<Established<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let span = info_span!("handshake", side = "server");
+        self.run_server(io, admit).instrument(span).await
+    }
+
+    async fn run_client<S>(
+        &self,
+        io: S,
+        target: &TubId,
+        seq: u64,
+    ) -> Result<Established<S>, HandshakeError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -440,13 +484,16 @@ impl Handshaker {
             Status::Busy => return Err(HandshakeError::Busy),
         }
         debug!("prelude accepted");
-        let seq = self.connection_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let hello = self.hello(self.local.tubid(), seq);
-        self.finish(tls, Side::Client, self.local.tubid(), hello)
+        self.finish(tls, Side::Client, self.local.tubid(), hello, None)
             .await
     }
 
-    async fn run_server<S>(&self, mut io: S) -> Result<Established<S>, HandshakeError>
+    async fn run_server<S>(
+        &self,
+        mut io: S,
+        admit: &Admit<'_>,
+    ) -> Result<Established<S>, HandshakeError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -491,7 +538,8 @@ impl Handshaker {
         .await?;
         let tls = TlsStream::server(io, server_config).map_err(HandshakeError::Config)?;
         let hello = self.hello(request.target, 0);
-        self.finish(tls, Side::Server, request.target, hello).await
+        self.finish(tls, Side::Server, request.target, hello, Some(admit))
+            .await
     }
 
     /// The TLS and hello phases, the same for both sides.
@@ -501,6 +549,7 @@ impl Handshaker {
         side: Side,
         local: TubId,
         hello: Hello,
+        admit: Option<&Admit<'_>>,
     ) -> Result<Established<S>, HandshakeError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -524,28 +573,54 @@ impl Handshaker {
         let (r, w) = tokio::io::split(tls);
         let mut reader = FrameReader::new(r, MAX_HELLO_LEN);
         let mut writer = FrameWriter::new(w, MAX_HELLO_LEN);
-        let peer_hello = timed(Phase::Hello, cfg.hello_timeout, async {
-            writer
-                .send_message(&hello)
-                .await
-                .map_err(|e| HandshakeError::frame(Phase::Hello, e))?;
-            match reader.next_frame().await {
-                Ok(Some(bytes)) => Hello::decode(bytes),
-                Ok(None) => Err(HandshakeError::Closed(Phase::Hello)),
-                Err(e) => Err(HandshakeError::frame(Phase::Hello, e)),
+        // The client speaks first; the server answers once it has read (and admitted) the
+        // client's hello. The client's hello follows its TLS Finished, so this costs no
+        // round trip.
+        let ours = (hello.min_version, hello.max_version);
+        let outcome = timed(Phase::Hello, cfg.hello_timeout, async {
+            if side == Side::Client {
+                writer
+                    .send_message(&hello)
+                    .await
+                    .map_err(|e| HandshakeError::frame(Phase::Hello, e))?;
             }
+            let peer_hello = match reader.next_frame().await {
+                Ok(Some(bytes)) => Hello::decode(bytes)?,
+                Ok(None) => return Err(HandshakeError::Closed(Phase::Hello)),
+                Err(e) => return Err(HandshakeError::frame(Phase::Hello, e)),
+            };
+            if peer_hello.tubid != peer {
+                return Err(HandshakeError::ClaimMismatch {
+                    claimed: peer_hello.tubid,
+                    actual: peer,
+                });
+            }
+            let version = negotiate(ours, (peer_hello.min_version, peer_hello.max_version));
+            if side == Side::Server {
+                if let (Ok(version), Some(admit)) = (&version, admit) {
+                    let info = ConnectionInfo {
+                        side,
+                        local,
+                        peer,
+                        version: *version,
+                        local_hello: hello.clone(),
+                        peer_hello: peer_hello.clone(),
+                    };
+                    if let Err(reason) = admit(&info) {
+                        let _ = writer.shutdown().await;
+                        return Err(HandshakeError::Refused(reason));
+                    }
+                }
+                // Sent even without a common version, so the client can say so too.
+                writer
+                    .send_message(&hello)
+                    .await
+                    .map_err(|e| HandshakeError::frame(Phase::Hello, e))?;
+            }
+            Ok((peer_hello, version?))
         })
         .await?;
-        if peer_hello.tubid != peer {
-            return Err(HandshakeError::ClaimMismatch {
-                claimed: peer_hello.tubid,
-                actual: peer,
-            });
-        }
-        let version = negotiate(
-            (hello.min_version, hello.max_version),
-            (peer_hello.min_version, peer_hello.max_version),
-        )?;
+        let (peer_hello, version) = outcome;
         reader.set_max_len(cfg.max_frame_len);
         writer.set_max_len(peer_hello.max_frame_len);
         debug!(version, "handshake complete");
@@ -573,6 +648,9 @@ async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, message: &[u8], within: Durat
     })
     .await;
 }
+
+/// The admission check a server runs on a client's hello (see [`Handshaker::accept_with`]).
+pub type Admit<'a> = dyn Fn(&ConnectionInfo) -> Result<(), String> + Send + Sync + 'a;
 
 /// The highest version both ranges contain.
 pub fn negotiate(ours: (u16, u16), theirs: (u16, u16)) -> Result<u16, HandshakeError> {
@@ -670,7 +748,7 @@ mod tests {
             a.read_exact(&mut answer).await.unwrap();
             let tls = TlsStream::client(a, alice.client_config.clone(), &target).unwrap();
             alice
-                .finish(tls, Side::Client, liar, alice.hello(liar, 1))
+                .finish(tls, Side::Client, liar, alice.hello(liar, 1), None)
                 .await
         };
         let (_c, s) = tokio::join!(client, bob.accept(b));

@@ -364,6 +364,9 @@ impl TubInner {
         // Every hint goes to the connector, even types this crate does not know: an embedder's
         // connector may handle its own. Unsupported ones come back at once and are skipped.
         let mut attempts = JoinSet::new();
+        // One sequence number for every attempt of this dial: the server admits only the
+        // first of them to arrive, so both ends keep the same one.
+        let seq = self.handshaker.next_connection_seq();
         for hint in furl.hints() {
             let text = hint.to_string();
             let tub = self.arc();
@@ -376,7 +379,7 @@ impl TubInner {
                     let attempt = async {
                         let stream = tub.connector.connect(&hint).await?;
                         tub.set_hint_status(tubid, &text, "negotiating".into());
-                        let est = tub.handshaker.connect(stream, tubid).await?;
+                        let est = tub.handshaker.connect_with_seq(stream, tubid, seq).await?;
                         Ok::<_, DialFailure>(est)
                     };
                     let result = match tokio::time::timeout(tub.config.dial_timeout, attempt).await
@@ -462,7 +465,30 @@ impl TubInner {
         if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ReferenceError::Shutdown);
         }
-        self.dial(furl).await
+        match self.dial(furl).await {
+            // The peer dialed us meanwhile (and its connection won): use that one.
+            Err(e) => self.live_connection(&tubid).ok_or(e),
+            ok => ok,
+        }
+    }
+
+    /// The server's admission rule, run on a client's hello: refuse a second connection from
+    /// the same dial (same incarnation, same dialer sequence) while the first is live. Every
+    /// other duplicate is settled by the rule in [`new_connection_wins`] once established.
+    fn admit(&self, new: &ConnectionInfo) -> Result<(), String> {
+        if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("the Tub is shutting down".into());
+        }
+        let conns = lock(&self.connections);
+        let Some(old) = conns.get(&new.peer).filter(|c| c.closed_reason().is_none()) else {
+            return Ok(());
+        };
+        if old.info.peer_hello.incarnation == new.peer_hello.incarnation
+            && dial_key(&old.info) == dial_key(new)
+        {
+            return Err("another attempt of the same dial is already connected".into());
+        }
+        Ok(())
     }
 
     pub(crate) async fn get_reference(
@@ -658,7 +684,11 @@ impl Tub {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let est = self.inner.handshaker.accept(stream).await?;
+        let inner = &self.inner;
+        let est = inner
+            .handshaker
+            .accept_with(stream, &|info| inner.admit(info))
+            .await?;
         let info = est.info.clone();
         self.inner.adopt(est, None, None);
         Ok(info)

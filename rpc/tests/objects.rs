@@ -154,6 +154,7 @@ both!(
     dead_hint_beside_a_good_one,
     persisted_furl_survives_a_restart,
     keepalive_and_disconnect_timeout,
+    parallel_hints_to_one_tub_end_with_one_connection,
 );
 
 async fn call_and_answer(net: Net) {
@@ -879,4 +880,36 @@ async fn peer_that_never_reads_is_cut_off() {
         "the server hung up before the whole flood was sent ({sent} pings)"
     );
     assert!(server.connection_info(&rude.tubid()).is_none());
+}
+
+async fn parallel_hints_to_one_tub_end_with_one_connection(net: Net) {
+    let grid = Grid::new(net);
+    for _ in 0..10 {
+        let (server, client) = (grid.tub().await, grid.tub().await);
+        grid.add_hint(&server).await;
+        grid.add_hint(&server).await;
+        let furl = server
+            .register(CalcRef::serve(Arc::new(CalcImpl::default())))
+            .unwrap();
+        assert_eq!(furl.hints().len(), 3);
+        let r: CalcRef = client.get(&furl).await.unwrap();
+        assert_eq!(r.add(1, 1).await.unwrap(), 2);
+        // Whatever the order the attempts finished in, both ends kept the same connection,
+        // and it stays up.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(r.add(2, 2).await.unwrap(), 4);
+        assert_eq!(
+            (client.connection_count(), server.connection_count()),
+            (1, 1)
+        );
+        let (c, s) = (
+            client.connection_info(&server.tubid()).unwrap(),
+            server.connection_info(&client.tubid()).unwrap(),
+        );
+        assert_eq!(c.local_hello.connection_seq, s.peer_hello.connection_seq);
+        assert_eq!(
+            (c.side, s.side),
+            (folio_rpc::Side::Client, folio_rpc::Side::Server)
+        );
+    }
 }

@@ -154,6 +154,37 @@ impl Grid {
         }
     }
 
+    /// Gives `tub` one more place to be reached (a second listener), added to its location.
+    pub async fn add_hint(&self, tub: &Tub) {
+        let mut location = tub.location();
+        match self.net {
+            Net::Mem => {
+                let name = {
+                    let mut n = self.next.lock().unwrap();
+                    *n += 1;
+                    format!("alias{}", *n)
+                };
+                self.mem
+                    .tubs
+                    .lock()
+                    .unwrap()
+                    .insert(name.clone(), tub.clone());
+                location.push(format!("mem:{name}").parse().unwrap());
+            }
+            Net::Tcp => {
+                let l = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+                    .await
+                    .unwrap();
+                location.push(Hint::Tcp {
+                    host: Host::Ipv4(std::net::Ipv4Addr::LOCALHOST),
+                    port: l.local_addr().unwrap().port(),
+                });
+                tub.listen(TcpL(l));
+            }
+        }
+        tub.set_location(location);
+    }
+
     /// Takes a memory Tub off the network (its listener goes away).
     pub fn unplug(&self, furl: &Furl) {
         if let Some(Hint::Unknown(h)) = furl.hints().first() {
