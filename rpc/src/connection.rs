@@ -45,6 +45,16 @@ use crate::tub::{TubConfig, TubInner};
 
 type Observer = Box<dyn FnOnce(&str) + Send>;
 
+/// An inbound call, decoded and ready to run (it sends its own answer).
+type CallTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Inbound calls waiting for a free slot, in arrival order.
+#[derive(Default)]
+struct CallQueue {
+    tasks: std::collections::VecDeque<(CallTask, usize)>,
+    bytes: usize,
+}
+
 /// Completes one outstanding call. Runs on the reader task, in message order, so that the
 /// references in an answer are decoded before any later `Decref` is applied.
 type Completion = Box<dyn FnOnce(Result<Reply, String>) + Send>;
@@ -91,6 +101,11 @@ pub(crate) struct ConnShared {
     imports: Mutex<HashMap<u64, ImportEntry>>,
     next_generation: AtomicU64,
     inbound: Arc<Semaphore>,
+    /// Calls decoded while every inbound slot was taken. The reader keeps reading (answers to
+    /// our own calls may be right behind them: a method calling back into its caller must
+    /// not deadlock) until this queue is full, and only then stops.
+    queue: Mutex<CallQueue>,
+    queue_room: tokio::sync::Notify,
     outbound: Arc<Semaphore>,
     /// Bytes that may wait for the writer. Our own calls wait for room; frames the peer
     /// provokes (answers, pongs, decrefs) that find none mean the peer is not reading, and the
@@ -171,6 +186,8 @@ impl ConnShared {
             imports: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1), // 0 marks the root, which is never counted
             inbound: Arc::new(Semaphore::new(config.max_inbound_calls.max(1))),
+            queue: Mutex::new(CallQueue::default()),
+            queue_room: tokio::sync::Notify::new(),
             outbound: Arc::new(Semaphore::new(config.max_outbound_calls.max(1))),
             write_budget: Arc::new(Semaphore::new(config.max_write_queue.max(1))),
             is_closed: std::sync::atomic::AtomicBool::new(false),
@@ -374,6 +391,10 @@ impl ConnShared {
                 warn!("a disconnect observer panicked");
             }
         }
+        // Calls still waiting for a slot will never be answered.
+        let queued = std::mem::take(&mut *lock(&self.queue));
+        drop(queued);
+        self.queue_room.notify_waiters();
         // Exported objects are no longer reachable through this connection. They are dropped
         // after the lock is released: their Drop may use this connection.
         let released = {
@@ -494,6 +515,77 @@ impl ConnShared {
             generation: 0,
             furl: OnceLock::new(),
         })))
+    }
+
+    /// Waits until a call of `size` argument bytes may be queued (always at once when the
+    /// queue is empty).
+    async fn wait_for_queue_room(&self, size: usize) {
+        loop {
+            let room = self.queue_room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let q = lock(&self.queue);
+                if q.tasks.is_empty()
+                    || self.is_closed.load(Ordering::Relaxed)
+                    || (q.tasks.len() < self.config.max_queued_calls
+                        && q.bytes + size <= self.config.max_queued_call_bytes)
+                {
+                    return;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Starts `task` now (returning it with its slot, to run inline) if a slot is free and no
+    /// call waits before it; otherwise queues it.
+    fn admit_call(
+        self: &Arc<Self>,
+        task: CallTask,
+        size: usize,
+    ) -> Option<(CallTask, OwnedSemaphorePermit)> {
+        let mut q = lock(&self.queue);
+        if q.tasks.is_empty() {
+            if let Ok(slot) = self.inbound.clone().try_acquire_owned() {
+                return Some((task, slot));
+            }
+        }
+        q.bytes += size;
+        q.tasks.push_back((task, size));
+        // A slot may have come free meanwhile.
+        while !q.tasks.is_empty() {
+            let Ok(slot) = self.inbound.clone().try_acquire_owned() else {
+                break;
+            };
+            let (task, size) = q.tasks.pop_front().expect("not empty");
+            q.bytes -= size;
+            self.spawn_call(task, slot);
+        }
+        None
+    }
+
+    fn spawn_call(self: &Arc<Self>, task: CallTask, slot: OwnedSemaphorePermit) {
+        let conn = self.clone();
+        tokio::spawn(async move {
+            task.await;
+            conn.finish_call(slot);
+        });
+    }
+
+    /// A call finished: its slot goes to the next queued call, if any.
+    fn finish_call(self: &Arc<Self>, slot: OwnedSemaphorePermit) {
+        let mut q = lock(&self.queue);
+        match q.tasks.pop_front() {
+            Some((task, size)) => {
+                q.bytes -= size;
+                drop(q);
+                self.queue_room.notify_waiters();
+                self.spawn_call(task, slot);
+            }
+            // Released under the lock, so that admit_call cannot miss it.
+            None => drop(slot),
+        }
     }
 
     fn root(&self) -> Arc<dyn Dispatch> {
@@ -744,10 +836,8 @@ where
                 method,
                 args,
             } => {
-                let Ok(permit) = shared.inbound.clone().acquire_owned().await else {
-                    break ("closed".into(), None);
-                };
-                dispatch(&shared, Some(id), target, interface, method, args, permit).await;
+                shared.wait_for_queue_room(args.len()).await;
+                dispatch(&shared, Some(id), target, interface, method, args).await;
             }
             Message::Oneway {
                 target,
@@ -755,10 +845,8 @@ where
                 method,
                 args,
             } => {
-                let Ok(permit) = shared.inbound.clone().acquire_owned().await else {
-                    break ("closed".into(), None);
-                };
-                dispatch(&shared, None, target, interface, method, args, permit).await;
+                shared.wait_for_queue_room(args.len()).await;
+                dispatch(&shared, None, target, interface, method, args).await;
             }
             Message::Answer { id, body } => {
                 let reply = match body {
@@ -796,7 +884,6 @@ async fn dispatch(
     interface: &str,
     method: &str,
     args: &[u8],
-    permit: OwnedSemaphorePermit,
 ) {
     let ctx = CallContext::new(shared.codec(), Some(shared.info.peer));
     let object = if target == ROOT_OBJECT {
@@ -820,13 +907,14 @@ async fn dispatch(
                     id,
                     body: AnswerBody::Refused(refusal),
                 },
-                Some(permit),
+                None,
             );
         }
         (Err(refusal), None) => debug!(%refusal, "one-way call refused"),
         (Ok(fut), id) => {
-            let shared = shared.clone();
-            let mut task = Box::pin(async move {
+            let conn = shared.clone();
+            let task: CallTask = Box::pin(async move {
+                let shared = conn;
                 let ctx = ctx;
                 let reply = CatchUnwind(AssertUnwindSafe(fut)).await.unwrap_or_else(|| {
                     Reply::Refused(Refusal::Failed("the method panicked".into()))
@@ -837,7 +925,7 @@ async fn dispatch(
                         Reply::AppError(b) => AnswerBody::AppError(b),
                         Reply::Refused(r) => AnswerBody::Refused(r.clone()),
                     };
-                    if !shared.send_message(&Message::Answer { id, body }, Some(permit)) {
+                    if !shared.send_message(&Message::Answer { id, body }, None) {
                         let body = AnswerBody::Refused(Refusal::Failed(format!(
                             "the answer exceeds the peer's frame limit of {} bytes",
                             shared.max_frame_out
@@ -847,9 +935,16 @@ async fn dispatch(
                 }
                 ctx.release_kept();
             });
-            let first = std::future::poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx))).await;
-            if first.is_pending() {
-                tokio::spawn(task);
+            if let Some((task, slot)) = shared.admit_call(task, args.len()) {
+                let conn = shared.clone();
+                let mut task = Box::pin(async move {
+                    task.await;
+                    conn.finish_call(slot);
+                });
+                let first = std::future::poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx))).await;
+                if first.is_pending() {
+                    tokio::spawn(task);
+                }
             }
         }
     }

@@ -42,8 +42,13 @@ use crate::tubid::TubId;
 pub struct TubConfig {
     /// Handshake timeouts and sizes.
     pub handshake: HandshakeConfig,
-    /// Calls from one peer that may run at once; beyond it the connection stops reading.
+    /// Calls from one peer that may run at once; later ones wait in arrival order.
     pub max_inbound_calls: usize,
+    /// Calls from one peer that may wait for a slot; beyond it (or `max_queued_call_bytes`
+    /// of their arguments) the connection stops reading.
+    pub max_queued_calls: usize,
+    /// Argument bytes of the calls waiting for a slot.
+    pub max_queued_call_bytes: usize,
     /// Calls to one peer that may await answers at once; beyond it callers wait.
     pub max_outbound_calls: usize,
     /// Objects one connection may export (references we sent).
@@ -68,6 +73,8 @@ impl Default for TubConfig {
         TubConfig {
             handshake: HandshakeConfig::default(),
             max_inbound_calls: 256,
+            max_queued_calls: 4096,
+            max_queued_call_bytes: 16 * 1024 * 1024,
             max_outbound_calls: 4096,
             max_exports: 65_536,
             max_imports: 65_536,

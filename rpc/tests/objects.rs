@@ -155,6 +155,7 @@ both!(
     persisted_furl_survives_a_restart,
     keepalive_and_disconnect_timeout,
     parallel_hints_to_one_tub_end_with_one_connection,
+    callbacks_beyond_the_inbound_bound_do_not_deadlock,
 );
 
 async fn call_and_answer(net: Net) {
@@ -912,4 +913,38 @@ async fn parallel_hints_to_one_tub_end_with_one_connection(net: Net) {
             (folio_rpc::Side::Client, folio_rpc::Side::Server)
         );
     }
+}
+
+async fn callbacks_beyond_the_inbound_bound_do_not_deadlock(net: Net) {
+    let grid = Grid::new(net);
+    let tight = TubConfig {
+        max_inbound_calls: 2,
+        max_queued_calls: 64,
+        ..Grid::config()
+    };
+    let server = grid
+        .tub_with(Identity::generate().unwrap(), tight.clone())
+        .await;
+    let client = grid.tub_with(Identity::generate().unwrap(), tight).await;
+    let furl = server
+        .register(CalcRef::serve(Arc::new(CalcImpl::default())))
+        .unwrap();
+    let r: CalcRef = client.get(&furl).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let watcher = WatcherRef::serve(WatcherImpl(seen.clone()));
+    // 20 calls whose methods each call back into the caller and wait for the answer, against
+    // a server that runs 2 calls at a time: the callbacks' answers arrive behind queued calls,
+    // and must still be read. (Before the call queue, this deadlocked.)
+    let calls: Vec<_> = (0..20u64)
+        .map(|n| {
+            let (r, w) = (r.clone(), watcher.clone());
+            tokio::spawn(async move { r.subscribe(w, n).await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
 }
