@@ -37,8 +37,8 @@ use crate::furl::Furl;
 use crate::handshake::{ConnectionInfo, Established};
 use crate::message::{self, AnswerBody, GoodbyeReason, Message, ROOT_OBJECT};
 use crate::object::{
-    decode_answer, with_codec, CallContext, CallError, Dispatch, LazyRef, ObjectRef, RefCodec,
-    RefDesc, RefKind, Refusal, Reply,
+    decode_answer, encode_args, resolve_refs, CallContext, CallError, Dispatch, LazyRef, ObjectRef,
+    RefCodec, RefDesc, RefKind, Refusal, Reply,
 };
 use crate::tls::TlsStream;
 use crate::tub::{TubConfig, TubInner};
@@ -55,9 +55,9 @@ struct CallQueue {
     bytes: usize,
 }
 
-/// Completes one outstanding call. Runs on the reader task, in message order, so that the
-/// references in an answer are decoded before any later `Decref` is applied.
-type Completion = Box<dyn FnOnce(Result<Reply, String>) + Send>;
+/// Completes one outstanding call with the answer and its resolved reference table. Runs on
+/// the reader task, in message order.
+type Completion = Box<dyn FnOnce(Result<(Reply, Vec<ObjectRef>), String>) + Send>;
 
 /// A frame waiting for the writer, with the permits it releases once written: an inbound-call
 /// slot for an answer, and its bytes' share of the write budget.
@@ -664,14 +664,6 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl RemoteInner {
-    fn encode_args<E>(&self, args: &impl Serialize) -> Result<Vec<u8>, CallError<E>> {
-        let codec = self.conn.codec();
-        with_codec(&codec, || postcard::to_allocvec(args)).map_err(|e| {
-            let why = crate::object::take_ref_error().unwrap_or_else(|| e.to_string());
-            CallError::Protocol(format!("arguments could not be encoded: {why}"))
-        })
-    }
-
     fn frame<E>(&self, msg: &Message<'_>) -> Result<Vec<u8>, CallError<E>> {
         encode_frame(msg, self.conn.max_frame_out)
             .map_err(|e| CallError::Protocol(format!("the call is too large for the peer: {e}")))
@@ -699,19 +691,19 @@ impl RemoteInner {
             .await
             .map_err(|_| CallError::Disconnected("closed".into()))?;
         let id = conn.next_call_id.fetch_add(1, Ordering::Relaxed);
-        let args = self.encode_args(args)?;
+        let (args, refs) = encode_args(&conn.codec(), args)?;
         let frame = self.frame(&Message::Call {
             id,
             target: self.id,
             interface,
             method,
             args: &args,
+            refs,
         })?;
         let (tx, rx) = oneshot::channel::<Result<T, CallError<E>>>();
-        let codec = conn.codec();
         let complete: Completion = Box::new(move |reply| {
             let result = match reply {
-                Ok(reply) => decode_answer(&codec, reply),
+                Ok((reply, refs)) => decode_answer(reply, &refs),
                 Err(reason) => Err(CallError::Disconnected(reason)),
             };
             let _ = tx.send(result);
@@ -744,12 +736,13 @@ impl RemoteInner {
         if let Some(reason) = conn.closed_reason() {
             return Err(CallError::Disconnected(reason));
         }
-        let args = self.encode_args(args)?;
+        let (args, refs) = encode_args(&conn.codec(), args)?;
         let frame = self.frame(&Message::Oneway {
             target: self.id,
             interface,
             method,
             args: &args,
+            refs,
         })?;
         if conn.send_own(frame).await {
             Ok(())
@@ -835,29 +828,37 @@ where
                 interface,
                 method,
                 args,
+                refs,
             } => {
                 shared.wait_for_queue_room(args.len()).await;
-                dispatch(&shared, Some(id), target, interface, method, args).await;
+                dispatch(&shared, Some(id), target, interface, method, args, refs).await;
             }
             Message::Oneway {
                 target,
                 interface,
                 method,
                 args,
+                refs,
             } => {
                 shared.wait_for_queue_room(args.len()).await;
-                dispatch(&shared, None, target, interface, method, args).await;
+                dispatch(&shared, None, target, interface, method, args, refs).await;
             }
             Message::Answer { id, body } => {
-                let reply = match body {
-                    AnswerBody::Ok(b) => Reply::Ok(b.to_vec()),
-                    AnswerBody::AppError(b) => Reply::AppError(b.to_vec()),
-                    AnswerBody::Refused(r) => Reply::Refused(r),
+                // The reference table is resolved whether or not anyone still waits for the
+                // answer: what it carried is imported, and released again if unused.
+                let (reply, table) = match body {
+                    AnswerBody::Ok { value, refs } => (Reply::Ok(value.to_vec()), refs),
+                    AnswerBody::AppError { value, refs } => (Reply::AppError(value.to_vec()), refs),
+                    AnswerBody::Refused(r) => (Reply::Refused(r), Vec::new()),
                 };
-                // An unknown id is a call whose caller gave up: nothing to do.
+                let answer = match resolve_refs(&shared.codec(), table) {
+                    Ok(refs) => (reply, refs),
+                    Err(e) => (Reply::Refused(Refusal::BadReference(e)), Vec::new()),
+                };
+                // An unknown id is a call whose caller gave up.
                 let complete = lock(&shared.pending).remove(&id);
                 if let Some(complete) = complete {
-                    complete(Ok(reply));
+                    complete(Ok(answer));
                 }
             }
             Message::Decref { target, count } => shared.decref(target, count),
@@ -884,14 +885,26 @@ async fn dispatch(
     interface: &str,
     method: &str,
     args: &[u8],
+    table: Vec<crate::object::RefDesc>,
 ) {
-    let ctx = CallContext::new(shared.codec(), Some(shared.info.peer));
+    // Resolve the reference table first, so that what it carries is accounted for (imported,
+    // and released again) even if the call is refused.
+    let refs = match resolve_refs(&shared.codec(), table) {
+        Ok(refs) => Ok(refs),
+        Err(e) => Err(Refusal::BadReference(e)),
+    };
+    let (refs, refused) = match refs {
+        Ok(r) => (r, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let ctx = CallContext::new(shared.codec(), Some(shared.info.peer), refs);
     let object = if target == ROOT_OBJECT {
         Some(shared.root())
     } else {
         shared.exported(target)
     };
     let started = match object {
+        _ if refused.is_some() => Err(refused.expect("checked")),
         None => Err(Refusal::UnknownObject { target }),
         Some(obj) if obj.interface() != interface => Err(Refusal::WrongInterface {
             expected: interface.to_string(),
@@ -920,9 +933,10 @@ async fn dispatch(
                     Reply::Refused(Refusal::Failed("the method panicked".into()))
                 });
                 if let Some(id) = id {
+                    let refs = ctx.take_out_refs();
                     let body = match &reply {
-                        Reply::Ok(b) => AnswerBody::Ok(b),
-                        Reply::AppError(b) => AnswerBody::AppError(b),
+                        Reply::Ok(b) => AnswerBody::Ok { value: b, refs },
+                        Reply::AppError(b) => AnswerBody::AppError { value: b, refs },
                         Reply::Refused(r) => AnswerBody::Refused(r.clone()),
                     };
                     if !shared.send_message(&Message::Answer { id, body }, None) {

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::object::RefDesc;
 use crate::object::Refusal;
 
 /// The object id of a connection's root object, through which FURLs are resolved.
@@ -30,6 +31,8 @@ pub enum Message<'a> {
         /// The arguments: a postcard-encoded tuple.
         #[serde(borrow)]
         args: &'a [u8],
+        /// The references inside the arguments, indexed from the payload.
+        refs: Vec<RefDesc>,
     },
     /// Like `Call`, but no answer is wanted, and none is sent, not even a refusal.
     Oneway {
@@ -44,6 +47,8 @@ pub enum Message<'a> {
         /// The arguments.
         #[serde(borrow)]
         args: &'a [u8],
+        /// The references inside the arguments.
+        refs: Vec<RefDesc>,
     },
     /// The outcome of a call.
     Answer {
@@ -80,10 +85,22 @@ pub enum Message<'a> {
 /// The outcome of a call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AnswerBody<'a> {
-    /// The method returned `Ok`: the postcard-encoded value.
-    Ok(#[serde(borrow)] &'a [u8]),
-    /// The method returned its own error: the postcard-encoded error value.
-    AppError(#[serde(borrow)] &'a [u8]),
+    /// The method returned `Ok`.
+    Ok {
+        /// The postcard-encoded value.
+        #[serde(borrow)]
+        value: &'a [u8],
+        /// The references inside it.
+        refs: Vec<RefDesc>,
+    },
+    /// The method returned its own error.
+    AppError {
+        /// The postcard-encoded error value.
+        #[serde(borrow)]
+        value: &'a [u8],
+        /// The references inside it.
+        refs: Vec<RefDesc>,
+    },
     /// The call was refused before or after the method ran.
     Refused(Refusal),
 }
@@ -136,6 +153,7 @@ mod tests {
                 interface: "i",
                 method: "m",
                 args: &[1, 2],
+                refs: vec![RefDesc::Yours { id: 4 }],
             },
             Message::Answer {
                 id: 7,
@@ -166,12 +184,13 @@ mod tests {
             interface: "folio.root",
             method: "get_reference",
             args: &[0x02, b'h', b'i'],
+            refs: vec![],
         };
         let mut want = vec![0x00, 0x01, 0x00, 0x0a];
         want.extend_from_slice(b"folio.root");
         want.push(0x0d);
         want.extend_from_slice(b"get_reference");
-        want.extend_from_slice(&[0x03, 0x02, b'h', b'i']);
+        want.extend_from_slice(&[0x03, 0x02, b'h', b'i', 0x00]);
         assert_eq!(postcard::to_allocvec(&m).unwrap(), want);
     }
 }

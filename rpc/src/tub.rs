@@ -394,6 +394,15 @@ impl TubInner {
                         Ok(r) => r,
                         Err(_) => Err(DialFailure::Timeout(tub.config.dial_timeout)),
                     };
+                    // Each attempt records its own end, whatever order they are collected in.
+                    match &result {
+                        Ok(_) => {}
+                        Err(DialFailure::Connect(ConnectError::Unsupported { kind })) => {
+                            let why = format!("skipped: no handler for {kind:?} hints");
+                            tub.set_hint_status(tubid, &text, why);
+                        }
+                        Err(e) => tub.set_hint_status(tubid, &text, format!("failed: {e}")),
+                    }
                     (text, handler, result)
                 }
                 .instrument(span),
@@ -413,27 +422,23 @@ impl TubInner {
             };
             match result {
                 Ok(est) => {
-                    for other in unfinished(furl.hints(), &text, &failures, &skipped) {
-                        self.set_hint_status(
-                            tubid,
-                            &other,
-                            "cancelled: another hint connected first".into(),
-                        );
-                    }
                     attempts.abort_all();
+                    if let Some(s) = lock(&self.status).get_mut(&tubid) {
+                        for h in &mut s.hints {
+                            if h.hint != text
+                                && matches!(h.status.as_str(), "connecting" | "negotiating")
+                            {
+                                h.status = "cancelled: another hint connected first".into();
+                            }
+                        }
+                    }
                     self.set_hint_status(tubid, &text, "connected".into());
                     return Ok(self.adopt(est, Some(text), handler));
                 }
-                Err(DialFailure::Connect(ConnectError::Unsupported { kind })) => {
-                    let why = format!("skipped: no handler for {kind:?} hints");
-                    self.set_hint_status(tubid, &text, why.clone());
+                Err(DialFailure::Connect(ConnectError::Unsupported { .. })) => {
                     skipped.push(format!("{text}: no handler"));
                 }
-                Err(e) => {
-                    let why = e.to_string();
-                    self.set_hint_status(tubid, &text, format!("failed: {why}"));
-                    failures.push((text, why));
-                }
+                Err(e) => failures.push((text, e.to_string())),
             }
         }
         if failures.is_empty() {
@@ -539,22 +544,6 @@ impl TubInner {
             };
         }
     }
-}
-
-/// Hints still being tried when `winner` connected.
-fn unfinished(
-    hints: &[Hint],
-    winner: &str,
-    failed: &[(String, String)],
-    skipped: &[String],
-) -> Vec<String> {
-    hints
-        .iter()
-        .map(|h| h.to_string())
-        .filter(|h| h != winner)
-        .filter(|h| !failed.iter().any(|(f, _)| f == h))
-        .filter(|h| !skipped.iter().any(|s| s.starts_with(&format!("{h}:"))))
-        .collect()
 }
 
 fn empty_status(tubid: TubId) -> PeerStatus {

@@ -31,6 +31,8 @@ pub trait Calc {
     /// Calls `who` back with `n`, then returns.
     async fn subscribe(&self, who: WatcherRef, n: u64) -> Result<(), CalcError>;
     async fn slow(&self, ms: u64) -> Result<u64, CalcError>;
+    /// Returns a new counter after a while.
+    async fn late_counter(&self, ms: u64) -> Result<CounterRef, CalcError>;
     /// Gives the reference back as it came.
     async fn echo(&self, c: CounterRef) -> Result<CounterRef, CalcError>;
     /// Calls `incr` on a counter that may live on a third Tub.
@@ -77,6 +79,10 @@ impl Calc for Arc<CalcImpl> {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         self.running.fetch_sub(1, Ordering::SeqCst);
         Ok(ms)
+    }
+    async fn late_counter(&self, ms: u64) -> Result<CounterRef, CalcError> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(CounterRef::serve(CounterImpl(AtomicU64::new(0))))
     }
     async fn echo(&self, c: CounterRef) -> Result<CounterRef, CalcError> {
         Ok(c)
@@ -156,6 +162,7 @@ both!(
     keepalive_and_disconnect_timeout,
     parallel_hints_to_one_tub_end_with_one_connection,
     callbacks_beyond_the_inbound_bound_do_not_deadlock,
+    references_in_refused_and_abandoned_calls_are_released,
 );
 
 async fn call_and_answer(net: Net) {
@@ -947,4 +954,37 @@ async fn callbacks_beyond_the_inbound_bound_do_not_deadlock(net: Net) {
     let mut got = seen.lock().unwrap().clone();
     got.sort();
     assert_eq!(got, (0..20).collect::<Vec<_>>());
+}
+
+async fn references_in_refused_and_abandoned_calls_are_released(net: Net) {
+    let grid = Grid::new(net);
+    let (server, client, _calc, r) = pair(&grid).await;
+    // A refused call's arguments carried a reference: the refusing side still imports it and
+    // releases it, so the caller's export goes away.
+    let mine = CounterRef::serve(CounterImpl(AtomicU64::new(0)));
+    let e = r
+        .object_ref()
+        .call::<_, u64, CalcError>(CalcRef::INTERFACE, "no_such_method", &(mine,))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, CallError::Refused(Refusal::UnknownMethod { .. })),
+        "{e}"
+    );
+    eventually(10, "the refused call's reference is released", || {
+        client.exports_to(&server.tubid()) == 0
+    })
+    .await;
+
+    // A caller that gives up on a call whose answer carries a reference: the reference is
+    // imported when the answer arrives anyway, and released.
+    let base = server.exports_to(&client.tubid());
+    let abandoned = tokio::time::timeout(Duration::from_millis(20), r.late_counter(200)).await;
+    assert!(abandoned.is_err(), "the caller gave up");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(10, "the abandoned answer's reference is released", || {
+        server.exports_to(&client.tubid()) == base
+    })
+    .await;
+    assert_eq!(r.add(1, 1).await.unwrap(), 2);
 }
