@@ -649,6 +649,14 @@ impl RefCodec for ConnShared {
             RefDesc::Local { .. } => Err("a loopback reference arrived over a connection".into()),
         }
     }
+
+    fn rollback(&self, table: &[RefDesc]) {
+        for desc in table {
+            if let RefDesc::Mine { id, .. } = desc {
+                self.decref(*id, 1);
+            }
+        }
+    }
 }
 
 /// Removes a pending call's entry if the caller gives up (its future is dropped).
@@ -664,9 +672,14 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl RemoteInner {
+    /// Frames a call; if it cannot be sent, what its reference table counted is undone.
     fn frame<E>(&self, msg: &Message<'_>) -> Result<Vec<u8>, CallError<E>> {
-        encode_frame(msg, self.conn.max_frame_out)
-            .map_err(|e| CallError::Protocol(format!("the call is too large for the peer: {e}")))
+        encode_frame(msg, self.conn.max_frame_out).map_err(|e| {
+            if let Message::Call { refs, .. } | Message::Oneway { refs, .. } = msg {
+                self.conn.rollback(refs);
+            }
+            CallError::Protocol(format!("the call is too large for the peer: {e}"))
+        })
     }
 
     pub(crate) async fn call<A, T, E>(
@@ -692,14 +705,15 @@ impl RemoteInner {
             .map_err(|_| CallError::Disconnected("closed".into()))?;
         let id = conn.next_call_id.fetch_add(1, Ordering::Relaxed);
         let (args, refs) = encode_args(&conn.codec(), args)?;
-        let frame = self.frame(&Message::Call {
+        let msg = Message::Call {
             id,
             target: self.id,
             interface,
             method,
             args: &args,
             refs,
-        })?;
+        };
+        let frame = self.frame(&msg)?;
         let (tx, rx) = oneshot::channel::<Result<T, CallError<E>>>();
         let complete: Completion = Box::new(move |reply| {
             let result = match reply {
@@ -939,7 +953,15 @@ async fn dispatch(
                         Reply::AppError(b) => AnswerBody::AppError { value: b, refs },
                         Reply::Refused(r) => AnswerBody::Refused(r.clone()),
                     };
-                    if !shared.send_message(&Message::Answer { id, body }, None) {
+                    let msg = Message::Answer { id, body };
+                    if !shared.send_message(&msg, None) {
+                        if let Message::Answer {
+                            body: AnswerBody::Ok { refs, .. } | AnswerBody::AppError { refs, .. },
+                            ..
+                        } = &msg
+                        {
+                            shared.rollback(refs);
+                        }
                         let body = AnswerBody::Refused(Refusal::Failed(format!(
                             "the answer exceeds the peer's frame limit of {} bytes",
                             shared.max_frame_out

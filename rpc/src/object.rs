@@ -269,6 +269,8 @@ pub enum RefDesc {
 pub(crate) trait RefCodec: Send + Sync {
     fn encode(&self, r: &ObjectRef) -> Result<RefDesc, String>;
     fn decode(&self, d: RefDesc) -> Result<ObjectRef, String>;
+    /// Undoes what `encode` counted for a table that will not be sent after all.
+    fn rollback(&self, _table: &[RefDesc]) {}
 }
 
 thread_local! {
@@ -308,9 +310,15 @@ pub(crate) fn encode_value<V: Serialize + ?Sized>(
     }
     let prev = OUT_REFS.with(|o| o.borrow_mut().replace(Vec::new()));
     let _restore = Restore(prev);
-    let bytes = with_codec(codec, || postcard::to_allocvec(value))?;
+    let bytes = with_codec(codec, || postcard::to_allocvec(value));
     let refs = OUT_REFS.with(|o| o.borrow_mut().take()).unwrap_or_default();
-    Ok((bytes, refs))
+    match bytes {
+        Ok(bytes) => Ok((bytes, refs)),
+        Err(e) => {
+            codec.rollback(&refs);
+            Err(e)
+        }
+    }
 }
 
 /// Turns a received reference table into live references. Imports happen here, in message
