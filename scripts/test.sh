@@ -9,6 +9,16 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# System packages the integration tests run for real (they fail loudly without them).
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  step "installing $2 (for the tests that run a real $1)"
+  if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$2"
+}
+need i2pd i2pd
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -2,6 +2,8 @@
 //! (by PID) when a test ends, however it ends, and bounded waits for their output.
 #![warn(missing_docs)]
 
+pub mod i2pd;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;

@@ -4,7 +4,8 @@
 //! FURLs, TLS or RPC: `folio-handlers` maps hints onto it, and `folio-rpc` runs the handshake
 //! over whatever stream comes back.
 //!
-//! Today: TCP ([`tcp`]). Tor and I2P join as their own modules behind cargo features.
+//! Today: TCP ([`tcp`]) and I2P through a SAM v3.1 bridge (`i2p`, cargo feature `i2p`, on by
+//! default). Tor joins as its own module behind a feature.
 //!
 //! ```
 //! use folio_transports::tcp::{self, ListenSpec};
@@ -23,4 +24,6 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "i2p")]
+pub mod i2p;
 pub mod tcp;

@@ -1,0 +1,203 @@
+//! Tubs over a real i2pd router on 127.0.0.1 (started by the test, stopped after it).
+//! i2pd 2.45 takes 20 s to create each SAM session, so the sessions are made in parallel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use folio_handlers::i2p::{I2pHandler, I2pListener};
+use folio_handlers::Registry;
+use folio_rpc::{interface, Furl, Hint, Identity, Side, Swissnum, Tub, TubConfig};
+use folio_tests::i2pd::I2pd;
+use folio_transports::i2p::SamConfig;
+
+#[interface(name = "test.i2p.echo.v1")]
+pub trait Echo {
+    async fn echo(&self, text: String) -> Result<String, String>;
+    /// Calls `back` over the same connection and returns what it said.
+    async fn call_back(&self, back: EchoRef, text: String) -> Result<String, String>;
+}
+
+struct EchoImpl(&'static str);
+
+impl Echo for EchoImpl {
+    async fn echo(&self, text: String) -> Result<String, String> {
+        Ok(format!("{}: {text}", self.0))
+    }
+    async fn call_back(&self, back: EchoRef, text: String) -> Result<String, String> {
+        back.echo(text).await.map_err(|e| e.to_string())
+    }
+}
+
+fn i2p_registry(cfg: &SamConfig) -> (Registry, Arc<I2pHandler>) {
+    let handler = Arc::new(I2pHandler::new(cfg.clone()));
+    let mut registry = Registry::empty();
+    registry.set("i2p", handler.clone());
+    (registry, handler)
+}
+
+async fn serve(pem: &str, listener: I2pListener) -> (Tub, Furl) {
+    let tub = Tub::new(
+        Identity::from_pem(pem).unwrap(),
+        Arc::new(Registry::empty()),
+        TubConfig::default(),
+    )
+    .unwrap();
+    tub.set_location(vec![listener.hint()]);
+    tub.listen(listener);
+    let furl = tub
+        .register_as(EchoRef::serve(EchoImpl("server")), "echo")
+        .unwrap();
+    (tub, furl)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tubs_talk_over_a_real_i2pd() {
+    tokio::time::timeout(Duration::from_secs(240), run())
+        .await
+        .expect("the I2P test finished in time");
+}
+
+async fn run() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let t0 = std::time::Instant::now();
+    let step = |what: &str| eprintln!("[{:6.2}s] {what}", t0.elapsed().as_secs_f64());
+    let router = I2pd::start();
+    step("router up");
+    let cfg = SamConfig::zero_hop(router.sam);
+    let dir = std::env::temp_dir().join(format!("folio-i2p-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("listener.i2p.key");
+
+    // The listener's session (with a new saved key) and the dialer's, in parallel.
+    let (registry, handler) = i2p_registry(&cfg);
+    let (listener, prepared) = tokio::join!(I2pListener::start(&cfg, &key), handler.prepare());
+    let listener = listener.expect("the I2P listener starts");
+    prepared.expect("the dialing session starts");
+    step("sessions ready");
+    let address = listener.address().to_string();
+    assert!(
+        address.ends_with(".b32.i2p") && address.len() == 60,
+        "{address}"
+    );
+    let key_mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(key_mode & 0o777, 0o600, "the destination key is private");
+
+    let server_pem = Identity::generate().unwrap().to_pem();
+    let (server, furl) = serve(&server_pem, listener).await;
+    assert!(
+        furl.to_string().contains(&format!("@i2p:{address}/echo")),
+        "{furl}"
+    );
+    // Over I2P a peer that goes away may leave the stream open on our side: the keepalive
+    // and disconnect timeout notice (the node sets these for tor and i2p too).
+    let lively = TubConfig {
+        keepalive: Some(Duration::from_secs(1)),
+        disconnect_timeout: Some(Duration::from_secs(6)),
+        ..TubConfig::default()
+    };
+    let client = Tub::new(Identity::generate().unwrap(), Arc::new(registry), lively).unwrap();
+
+    // A call over I2P, and a call back the other way over the same connection.
+    step("dialing");
+    let echo: EchoRef = client.get(&furl).await.expect("reached over I2P");
+    step("connected");
+    assert_eq!(echo.echo("hello".into()).await.unwrap(), "server: hello");
+    let mine = EchoRef::serve(EchoImpl("client"));
+    assert_eq!(
+        echo.call_back(mine, "and back".into()).await.unwrap(),
+        "client: and back"
+    );
+
+    // The listener's end of the stream came over a socket it opened to the SAM bridge, and it
+    // was still the TLS server (Tahoe-LAFS #2861).
+    assert_eq!(
+        server.connection_info(&client.tubid()).unwrap().side,
+        Side::Server
+    );
+    let status = client.connection_status();
+    let s = status.iter().find(|s| s.tubid == server.tubid()).unwrap();
+    assert_eq!(
+        s.winning_hint.as_deref(),
+        Some(format!("i2p:{address}").as_str())
+    );
+    assert!(
+        s.handler
+            .as_deref()
+            .unwrap_or("")
+            .contains(&format!("SAM bridge at {}", router.sam)),
+        "{s:?}"
+    );
+
+    step("calls done");
+    // Restarted with its saved key, the listener is at the same address, and reachable there.
+    server.shutdown().await;
+    drop(server);
+    // A restarted node is a new process, seconds later. Give the router a moment to retire
+    // the old session: i2pd 2.45 hands a new session on the same key the old session's
+    // destination if it is still there, and then loses it when the old session goes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let listener = I2pListener::start(&cfg, &key)
+        .await
+        .expect("the listener restarts");
+    assert_eq!(listener.address(), address);
+    let (server, again) = serve(&server_pem, listener).await;
+    assert_eq!(again, furl, "the same FURL after a restart");
+    // Not asserted yet: that the restarted listener is *reachable* there. On i2pd 2.45, a
+    // SESSION CREATE with the key of a destination the router still holds reuses that
+    // destination, and once streams have flowed through the old session, streams to the new
+    // one are never delivered (reproduced with raw SAM, without Folio). Tracked in the issue.
+    step("listener restarted at the same address");
+
+    // An unknown destination fails with a clear error, and the status says so.
+    let nowhere = Furl::new(
+        Identity::generate().unwrap().tubid(),
+        vec![Hint::I2p {
+            addr: format!("{}.b32.i2p", "a".repeat(52)),
+            port: None,
+        }],
+        Swissnum::random(),
+    );
+    let e = client
+        .get_reference(&nowhere)
+        .await
+        .unwrap_err()
+        .to_string();
+    step("unknown destination refused");
+    assert!(
+        e.contains("i2p:")
+            && (e.contains("cannot be reached") || e.contains("SAM bridge answered")),
+        "{e}"
+    );
+
+    // A bridge that is not running: the handler says what to check.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (dead_registry, _) = i2p_registry(&SamConfig::zero_hop(closed));
+    let lonely = Tub::new(
+        Identity::generate().unwrap(),
+        Arc::new(dead_registry),
+        TubConfig::default(),
+    )
+    .unwrap();
+    let e = lonely.get_reference(&furl).await.unwrap_err().to_string();
+    assert!(e.contains("is i2pd") && e.contains("running"), "{e}");
+    let hint_status = &lonely.connection_status()[0].hints[0].status;
+    assert!(
+        hint_status.contains(&format!("SAM bridge at {closed} refused the connection")),
+        "{hint_status}"
+    );
+
+    // Close every SAM client before the router stops (i2pd 2.45 can hang otherwise).
+    client.shutdown().await;
+    server.shutdown().await;
+    drop((client, server, lonely, echo));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(router);
+    let _ = std::fs::remove_dir_all(&dir);
+}

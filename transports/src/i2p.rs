@@ -1,0 +1,574 @@
+//! I2P through a SAM v3.1 bridge (i2pd's or Java I2P's), with a small client of our own.
+//!
+//! SAM is a line protocol over TCP to the router's bridge. A **session** is a local I2P
+//! destination, alive while its control connection stays open; each stream then uses a fresh
+//! TCP connection to the bridge:
+//!
+//! - **dial**: `STREAM CONNECT` on a new bridge connection, which then carries the stream;
+//! - **listen**: `STREAM ACCEPT` on a new bridge connection, which waits for an inbound stream
+//!   and then carries it. The socket was opened *by us*, outbound, yet the stream on it was
+//!   *accepted*: Folio hands it to the server side of the handshake (Tahoe-LAFS #2861).
+//!
+//! Why not `yosemite`: i2pd 2.45 (Debian bookworm) needs `i2cp.leaseSetType=1` on
+//! `SESSION CREATE`, which yosemite cannot send, and a configurable bridge host. See
+//! `../shared/recipes/i2pd-offline.md` for the router behaviour this client was written against.
+//!
+//! Replies are parsed by [`parse_reply`], which never panics and bounds every line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+/// The longest SAM reply line accepted (a private destination with certificate is ~900
+/// characters; a reply carrying one is well under 4 KiB).
+pub const MAX_LINE: usize = 4096;
+
+/// Where the bridge is and how sessions are made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamConfig {
+    /// The bridge's TCP address (i2pd's default is 127.0.0.1:7656).
+    pub bridge: SocketAddr,
+    /// Hops in inbound tunnels (0 for tests on one router; 3 is I2P's default).
+    pub inbound_length: u8,
+    /// Hops in outbound tunnels.
+    pub outbound_length: u8,
+    /// Parallel inbound tunnels.
+    pub inbound_quantity: u8,
+    /// Parallel outbound tunnels.
+    pub outbound_quantity: u8,
+    /// Other `key=value` session options, sent as given (for example `i2cp.leaseSetType=1`,
+    /// which i2pd 2.45 needs for streams between two local destinations).
+    pub extra_options: Vec<(String, String)>,
+    /// Time allowed for `SESSION CREATE` (i2pd 2.45 takes 20 s).
+    pub session_timeout: Duration,
+    /// Time allowed for other exchanges with the bridge.
+    pub timeout: Duration,
+}
+
+impl Default for SamConfig {
+    fn default() -> Self {
+        SamConfig {
+            bridge: SocketAddr::from(([127, 0, 0, 1], 7656)),
+            inbound_length: 3,
+            outbound_length: 3,
+            inbound_quantity: 2,
+            outbound_quantity: 2,
+            extra_options: vec![("i2cp.leaseSetType".into(), "1".into())],
+            session_timeout: Duration::from_secs(90),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl SamConfig {
+    /// Zero-hop tunnels, one of each: what a test router with no peers can build.
+    pub fn zero_hop(bridge: SocketAddr) -> Self {
+        SamConfig {
+            bridge,
+            inbound_length: 0,
+            outbound_length: 0,
+            inbound_quantity: 1,
+            outbound_quantity: 1,
+            ..SamConfig::default()
+        }
+    }
+
+    fn options(&self) -> String {
+        let mut out = format!(
+            "inbound.length={} outbound.length={} inbound.quantity={} outbound.quantity={}",
+            self.inbound_length,
+            self.outbound_length,
+            self.inbound_quantity,
+            self.outbound_quantity
+        );
+        for (k, v) in &self.extra_options {
+            out.push_str(&format!(" {k}={v}"));
+        }
+        out
+    }
+}
+
+/// What went wrong with the bridge or the I2P network.
+#[derive(Debug, thiserror::Error)]
+pub enum SamError {
+    /// Nothing answers at the bridge address.
+    #[error("SAM bridge at {addr} refused the connection: is i2pd (or I2P with SAM enabled) running? ({source})")]
+    BridgeUnreachable {
+        /// The bridge address.
+        addr: SocketAddr,
+        /// The connect error.
+        source: std::io::Error,
+    },
+    /// The bridge speaks no SAM version this client does (3.1).
+    #[error("the SAM bridge at {0} does not speak SAM 3.1 (NOVERSION)")]
+    NoVersion(SocketAddr),
+    /// The destination could not be reached (no lease set found, or it refused).
+    #[error("I2P destination {dest} cannot be reached (CANT_REACH_PEER{})", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    CantReachPeer {
+        /// The destination, shortened.
+        dest: String,
+        /// The bridge's message, if any.
+        message: Option<String>,
+    },
+    /// The destination or private key is malformed.
+    #[error("the SAM bridge rejected the destination or key as invalid (INVALID_KEY){}", .0.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    InvalidKey(Option<String>),
+    /// The bridge refused an operation with this result code.
+    #[error("the SAM bridge answered {result} to {what}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Refused {
+        /// The command.
+        what: &'static str,
+        /// The RESULT= value.
+        result: String,
+        /// The MESSAGE= value, if any.
+        message: Option<String>,
+    },
+    /// An exchange took too long.
+    #[error("the SAM bridge at {addr} did not answer {what} within {after:?}")]
+    Timeout {
+        /// The bridge.
+        addr: SocketAddr,
+        /// The command.
+        what: &'static str,
+        /// The time allowed.
+        after: Duration,
+    },
+    /// The bridge sent something that is not a SAM reply.
+    #[error("malformed SAM reply: {0}")]
+    Protocol(String),
+    /// The connection to the bridge failed.
+    #[error("SAM bridge connection: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A parsed reply line: `TOPIC KIND KEY=VALUE ...` (values may be quoted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// For example `HELLO`, `SESSION`, `STREAM`.
+    pub topic: String,
+    /// For example `REPLY`, `STATUS`.
+    pub kind: String,
+    /// The `KEY=VALUE` pairs.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Reply {
+    /// A field's value.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+}
+
+/// Parses one reply line (without its newline). Never panics; refuses lines over
+/// [`MAX_LINE`], unterminated quotes, and duplicate keys.
+pub fn parse_reply(line: &str) -> Result<Reply, SamError> {
+    if line.len() > MAX_LINE {
+        return Err(SamError::Protocol(format!("a {}-byte line", line.len())));
+    }
+    let mut rest = line.trim_end_matches('\r').trim_start();
+    let mut word = || -> Option<String> {
+        let end = rest.find(' ').unwrap_or(rest.len());
+        let w = &rest[..end];
+        rest = rest[end..].trim_start();
+        (!w.is_empty()).then(|| w.to_string())
+    };
+    let topic = word().ok_or_else(|| SamError::Protocol("an empty line".into()))?;
+    let kind = word().ok_or_else(|| SamError::Protocol(format!("{topic:?} with no reply kind")))?;
+    let mut fields = BTreeMap::new();
+    while !rest.is_empty() {
+        let (key, after) = match rest.find(['=', ' ']) {
+            Some(i) if rest.as_bytes()[i] == b'=' => (&rest[..i], &rest[i + 1..]),
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if key.is_empty() {
+            return Err(SamError::Protocol(format!(
+                "a value with no key in {line:?}"
+            )));
+        }
+        let (value, after) = if let Some(q) = after.strip_prefix('"') {
+            let close = q
+                .find('"')
+                .ok_or_else(|| SamError::Protocol(format!("an unterminated quote in {line:?}")))?;
+            (q[..close].to_string(), &q[close + 1..])
+        } else if after.starts_with(' ') || after.is_empty() {
+            (String::new(), after)
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            (after[..end].to_string(), &after[end..])
+        };
+        if fields.insert(key.to_string(), value).is_some() {
+            return Err(SamError::Protocol(format!("key {key} given twice")));
+        }
+        rest = after.trim_start();
+    }
+    Ok(Reply {
+        topic,
+        kind,
+        fields,
+    })
+}
+
+/// Reads one line, byte by byte, so that nothing after it (stream data) is consumed.
+async fn read_line(s: &mut TcpStream) -> Result<String, SamError> {
+    let mut line = Vec::with_capacity(128);
+    loop {
+        let mut b = [0u8; 1];
+        if s.read(&mut b).await? == 0 {
+            return Err(SamError::Protocol(
+                "the bridge closed the connection mid-reply".into(),
+            ));
+        }
+        if b[0] == b'\n' {
+            break;
+        }
+        if line.len() >= MAX_LINE {
+            return Err(SamError::Protocol(format!(
+                "a reply line over {MAX_LINE} bytes"
+            )));
+        }
+        line.push(b[0]);
+    }
+    String::from_utf8(line).map_err(|_| SamError::Protocol("a reply that is not UTF-8".into()))
+}
+
+fn check(reply: &Reply, what: &'static str, dest: Option<&str>) -> Result<(), SamError> {
+    let message = reply.get("MESSAGE").map(str::to_string);
+    match reply.get("RESULT") {
+        Some("OK") => Ok(()),
+        Some("CANT_REACH_PEER") | Some("PEER_NOT_FOUND") => Err(SamError::CantReachPeer {
+            dest: short(dest.unwrap_or("?")),
+            message,
+        }),
+        Some("INVALID_KEY") => Err(SamError::InvalidKey(message)),
+        Some(other) => Err(SamError::Refused {
+            what,
+            result: other.to_string(),
+            message,
+        }),
+        None => Err(SamError::Protocol(format!(
+            "{what}: no RESULT in the reply"
+        ))),
+    }
+}
+
+fn short(dest: &str) -> String {
+    if dest.len() > 24 {
+        format!("{}…", &dest[..24])
+    } else {
+        dest.to_string()
+    }
+}
+
+/// One command/reply exchange on a bridge connection, within `after`.
+async fn exchange(
+    s: &mut TcpStream,
+    addr: SocketAddr,
+    command: &str,
+    what: &'static str,
+    after: Duration,
+) -> Result<Reply, SamError> {
+    let fut = async {
+        // One write: i2pd 2.45 treats a command split across reads as malformed.
+        s.write_all(format!("{command}\n").as_bytes()).await?;
+        s.flush().await?;
+        parse_reply(&read_line(s).await?)
+    };
+    tokio::time::timeout(after, fut)
+        .await
+        .map_err(|_| SamError::Timeout { addr, what, after })?
+}
+
+/// Opens a bridge connection and says HELLO (SAM 3.1).
+async fn open(cfg: &SamConfig) -> Result<TcpStream, SamError> {
+    let addr = cfg.bridge;
+    let mut s = tokio::time::timeout(cfg.timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| SamError::Timeout {
+            addr,
+            what: "the connection",
+            after: cfg.timeout,
+        })?
+        .map_err(|source| SamError::BridgeUnreachable { addr, source })?;
+    let _ = s.set_nodelay(true);
+    let reply = exchange(
+        &mut s,
+        addr,
+        "HELLO VERSION MIN=3.1 MAX=3.1",
+        "HELLO",
+        cfg.timeout,
+    )
+    .await?;
+    if reply.get("RESULT") == Some("NOVERSION") {
+        return Err(SamError::NoVersion(addr));
+    }
+    check(&reply, "HELLO", None)?;
+    Ok(s)
+}
+
+/// A new private destination (Ed25519): `(public, private)` in I2P base64.
+pub async fn generate_destination(cfg: &SamConfig) -> Result<(String, String), SamError> {
+    let mut s = open(cfg).await?;
+    let reply = exchange(
+        &mut s,
+        cfg.bridge,
+        "DEST GENERATE SIGNATURE_TYPE=7",
+        "DEST GENERATE",
+        cfg.timeout,
+    )
+    .await?;
+    match (reply.get("PUB"), reply.get("PRIV")) {
+        (Some(p), Some(k)) if !p.is_empty() && !k.is_empty() => Ok((p.to_string(), k.to_string())),
+        _ => Err(SamError::Protocol("DEST REPLY without PUB and PRIV".into())),
+    }
+}
+
+/// The `.b32.i2p` address of a public destination in I2P base64.
+pub fn b32_address(public_dest: &str) -> Result<String, SamError> {
+    let mut spec = data_encoding::Specification::new();
+    spec.symbols
+        .push_str("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-~");
+    spec.padding = Some('=');
+    let b64 = spec
+        .encoding()
+        .map_err(|e| SamError::Protocol(e.to_string()))?;
+    let raw = b64
+        .decode(public_dest.as_bytes())
+        .map_err(|e| SamError::Protocol(format!("a destination that is not I2P base64: {e}")))?;
+    let hash = ring::digest::digest(&ring::digest::SHA256, &raw);
+    let mut b32 = data_encoding::BASE32_NOPAD.encode(hash.as_ref());
+    b32.make_ascii_lowercase();
+    Ok(format!("{b32}.b32.i2p"))
+}
+
+/// Which destination a session uses.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A fresh, throwaway one (for dialing).
+    Transient,
+    /// A saved private key (for a listener whose address must survive restarts).
+    Private(String),
+}
+
+impl fmt::Debug for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Transient => f.write_str("Transient"),
+            Destination::Private(_) => f.write_str("Private(..)"),
+        }
+    }
+}
+
+/// A SAM STREAM session: a local destination, alive while this value lives.
+#[derive(Debug)]
+pub struct Session {
+    cfg: SamConfig,
+    id: String,
+    public: String,
+    address: String,
+    _control: TcpStream,
+}
+
+impl Session {
+    /// Creates a session (i2pd 2.45 takes 20 s to answer).
+    pub async fn create(cfg: &SamConfig, destination: Destination) -> Result<Session, SamError> {
+        let mut control = open(cfg).await?;
+        let suffix: u64 = rand_suffix();
+        let id = format!("folio-{suffix:016x}");
+        let dest = match &destination {
+            Destination::Transient => "TRANSIENT".to_string(),
+            Destination::Private(k) => k.clone(),
+        };
+        let command = format!(
+            "SESSION CREATE STYLE=STREAM ID={id} DESTINATION={dest} SIGNATURE_TYPE=7 {}",
+            cfg.options()
+        );
+        debug!(%id, "creating SAM session");
+        let reply = exchange(
+            &mut control,
+            cfg.bridge,
+            &command,
+            "SESSION CREATE",
+            cfg.session_timeout,
+        )
+        .await?;
+        check(&reply, "SESSION CREATE", None)?;
+        let lookup = exchange(
+            &mut control,
+            cfg.bridge,
+            "NAMING LOOKUP NAME=ME",
+            "NAMING LOOKUP",
+            cfg.timeout,
+        )
+        .await?;
+        check(&lookup, "NAMING LOOKUP", None)?;
+        let public = lookup
+            .get("VALUE")
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| SamError::Protocol("NAMING REPLY without VALUE".into()))?
+            .to_string();
+        let address = b32_address(&public)?;
+        debug!(%id, %address, "SAM session ready");
+        Ok(Session {
+            cfg: cfg.clone(),
+            id,
+            public,
+            address,
+            _control: control,
+        })
+    }
+
+    /// This session's `.b32.i2p` address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// This session's public destination (I2P base64).
+    pub fn public_destination(&self) -> &str {
+        &self.public
+    }
+
+    /// Opens a stream to `dest` (a `.b32.i2p` name or a base64 destination).
+    pub async fn connect(&self, dest: &str) -> Result<TcpStream, SamError> {
+        let mut s = open(&self.cfg).await?;
+        let command = format!(
+            "STREAM CONNECT ID={} DESTINATION={dest} SILENT=false",
+            self.id
+        );
+        let reply = exchange(
+            &mut s,
+            self.cfg.bridge,
+            &command,
+            "STREAM CONNECT",
+            self.cfg.timeout,
+        )
+        .await?;
+        check(&reply, "STREAM CONNECT", Some(dest))?;
+        Ok(s)
+    }
+
+    /// Waits for the next inbound stream. The returned socket is one this process opened to
+    /// the bridge; the stream on it was *accepted* from `peer`.
+    pub async fn accept(&self) -> Result<(TcpStream, String), SamError> {
+        let mut s = open(&self.cfg).await?;
+        let command = format!("STREAM ACCEPT ID={} SILENT=false", self.id);
+        let reply = exchange(
+            &mut s,
+            self.cfg.bridge,
+            &command,
+            "STREAM ACCEPT",
+            self.cfg.timeout,
+        )
+        .await?;
+        check(&reply, "STREAM ACCEPT", None)?;
+        // Then, when a stream arrives, its peer's destination on a line of its own (SAM 3.1:
+        // no FROM_PORT/TO_PORT), and after that the stream's bytes. No timeout: a listener waits.
+        let peer = read_line(&mut s).await?;
+        let peer = peer.split(' ').next().unwrap_or("").to_string();
+        Ok((s, peer))
+    }
+}
+
+fn rand_suffix() -> u64 {
+    let mut b = [0u8; 8];
+    // The session id only needs to be unique on this bridge.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        return t;
+    }
+    u64::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_replies() {
+        let r = parse_reply("HELLO REPLY RESULT=OK VERSION=3.1").unwrap();
+        assert_eq!((r.topic.as_str(), r.kind.as_str()), ("HELLO", "REPLY"));
+        assert_eq!(r.get("RESULT"), Some("OK"));
+        assert_eq!(r.get("VERSION"), Some("3.1"));
+        let r =
+            parse_reply("STREAM STATUS RESULT=I2P_ERROR MESSAGE=\"no lease set here\"\r").unwrap();
+        assert_eq!(r.get("MESSAGE"), Some("no lease set here"));
+        let r = parse_reply("DEST REPLY PUB=abc~-= PRIV=x=y").unwrap();
+        assert_eq!(r.get("PUB"), Some("abc~-="));
+        assert_eq!(r.get("PRIV"), Some("x=y"));
+        let r = parse_reply("SESSION STATUS RESULT=OK FLAG").unwrap();
+        assert_eq!(r.get("FLAG"), Some(""));
+    }
+
+    #[test]
+    fn refuses_malformed_replies() {
+        assert!(parse_reply("").is_err());
+        assert!(parse_reply("HELLO").is_err());
+        assert!(parse_reply("A B MESSAGE=\"open").is_err());
+        assert!(parse_reply("A B =x").is_err());
+        assert!(parse_reply("A B K=1 K=2").is_err());
+        assert!(parse_reply(&"x".repeat(MAX_LINE + 1)).is_err());
+    }
+
+    #[test]
+    fn result_codes_become_clear_errors() {
+        let r = parse_reply("STREAM STATUS RESULT=CANT_REACH_PEER").unwrap();
+        let e = check(
+            &r,
+            "STREAM CONNECT",
+            Some("abcdefghijklmnopqrstuvwxyz0123456789.b32.i2p"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cannot be reached"), "{e}");
+        let r = parse_reply("STREAM STATUS RESULT=INVALID_KEY").unwrap();
+        assert!(matches!(
+            check(&r, "x", None),
+            Err(SamError::InvalidKey(None))
+        ));
+        let r = parse_reply("SESSION STATUS RESULT=DUPLICATED_ID").unwrap();
+        assert!(check(&r, "SESSION CREATE", None)
+            .unwrap_err()
+            .to_string()
+            .contains("DUPLICATED_ID"));
+    }
+
+    #[test]
+    fn b32_of_a_destination() {
+        // 387 bytes of zeros, I2P base64: the b32 is the SHA-256 of the raw bytes.
+        let raw = vec![0u8; 387];
+        let b64 = data_encoding::BASE64
+            .encode(&raw)
+            .replace('+', "-")
+            .replace('/', "~");
+        let addr = b32_address(&b64).unwrap();
+        let mut want = data_encoding::BASE32_NOPAD
+            .encode(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref());
+        want.make_ascii_lowercase();
+        assert_eq!(addr, format!("{want}.b32.i2p"));
+        assert_eq!(addr.len(), 52 + ".b32.i2p".len());
+        assert!(b32_address("not base64!").is_err());
+    }
+
+    #[tokio::test]
+    async fn bridge_not_running_says_so() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let e = generate_destination(&SamConfig::zero_hop(addr))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "SAM bridge at {addr} refused the connection: is i2pd"
+            )),
+            "{e}"
+        );
+    }
+}
