@@ -65,6 +65,11 @@ impl Handler for I2pHandler {
         format!("i2p (SAM bridge at {})", self.cfg.bridge)
     }
 
+    fn reveals_ip(&self) -> bool {
+        // Only the local SAM bridge sees our address; peers see an I2P destination.
+        false
+    }
+
     fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a> {
         Box::pin(async move {
             let Hint::I2p { addr, .. } = hint else {

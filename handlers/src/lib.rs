@@ -37,7 +37,28 @@ pub trait Handler: Send + Sync {
 
     /// Opens a stream for `hint`, which has this handler's type.
     fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a>;
+
+    /// Whether a connection made by this handler can reveal this host's IP address to the
+    /// peer or the network (a direct TCP connection does; Tor and I2P do not). A private
+    /// registry refuses such handlers.
+    fn reveals_ip(&self) -> bool;
 }
+
+/// How `tcp:` hints are dialed (`[connections] tcp = ...` in `tahoe.cfg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpPolicy {
+    /// Direct TCP connections.
+    Direct,
+    /// Through the Tor handler (its exit reaches the host).
+    Tor,
+    /// Not at all: `tcp:` hints are skipped.
+    Disabled,
+}
+
+/// A handler or route refused by the registry's privacy mode.
+#[derive(Debug, thiserror::Error)]
+#[error("privacy mode: {0}")]
+pub struct PolicyError(String);
 
 /// Direct TCP connections for `tcp:` hints.
 #[derive(Debug, Clone)]
@@ -63,6 +84,10 @@ impl Handler for TcpHandler {
         "tcp (direct)".into()
     }
 
+    fn reveals_ip(&self) -> bool {
+        true
+    }
+
     fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a> {
         Box::pin(async move {
             let Hint::Tcp { host, port } = hint else {
@@ -81,10 +106,18 @@ impl Handler for TcpHandler {
     }
 }
 
-/// Hint type → handler.
+/// Hint type → handler, under a policy.
+///
+/// A **private** registry ([`Registry::private`]) never opens a connection that could reveal
+/// the host's IP address: it refuses to hold a handler that [`Handler::reveals_ip`], and
+/// checks again on every dial. The flag cannot be cleared; the node's `--hide-ip` /
+/// `reveal-IP-address = false` builds on it, so a configuration mistake cannot undo it.
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: BTreeMap<String, Arc<dyn Handler>>,
+    /// Hint types dialed by another type's handler (`tcp = tor`: "tcp" → "tor").
+    routes: BTreeMap<String, String>,
+    private: bool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -101,28 +134,72 @@ impl Registry {
         Registry::default()
     }
 
+    /// A registry in privacy mode, for life: no handler that reveals the IP address.
+    pub fn private() -> Self {
+        Registry {
+            private: true,
+            ..Registry::default()
+        }
+    }
+
     /// A registry with the direct TCP handler for `tcp:` hints.
     pub fn with_tcp() -> Self {
         let mut r = Registry::empty();
-        r.set("tcp", Arc::new(TcpHandler::default()));
+        r.set("tcp", Arc::new(TcpHandler::default()))
+            .expect("a non-private registry takes any handler");
         r
     }
 
-    /// Uses `handler` for hints of type `kind`, replacing any other.
-    pub fn set(&mut self, kind: &str, handler: Arc<dyn Handler>) {
-        self.handlers.insert(kind.to_string(), handler);
+    /// Whether this registry is in privacy mode.
+    pub fn is_private(&self) -> bool {
+        self.private
     }
 
-    /// Stops handling hints of type `kind` (`tcp = disabled`).
+    /// Uses `handler` for hints of type `kind`, replacing any other. A private registry
+    /// refuses a handler that reveals the IP address.
+    pub fn set(&mut self, kind: &str, handler: Arc<dyn Handler>) -> Result<(), PolicyError> {
+        if self.private && handler.reveals_ip() {
+            return Err(PolicyError(format!(
+                "{} would reveal this host's IP address; it cannot handle {kind:?} hints here",
+                handler.describe()
+            )));
+        }
+        self.handlers.insert(kind.to_string(), handler);
+        Ok(())
+    }
+
+    /// Sets how `tcp:` hints are dialed. `Direct` is refused in privacy mode.
+    pub fn set_tcp_policy(&mut self, policy: TcpPolicy) -> Result<(), PolicyError> {
+        self.routes.remove("tcp");
+        match policy {
+            TcpPolicy::Direct => self.set("tcp", Arc::new(TcpHandler::default())),
+            TcpPolicy::Tor => {
+                self.handlers.remove("tcp");
+                self.routes.insert("tcp".into(), "tor".into());
+                Ok(())
+            }
+            TcpPolicy::Disabled => {
+                self.handlers.remove("tcp");
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops handling hints of type `kind`.
     pub fn disable(&mut self, kind: &str) {
         self.handlers.remove(kind);
+        self.routes.remove(kind);
     }
 
-    /// The handler for a hint, if its type has one.
+    /// The handler for a hint, if its type has one (following a route such as `tcp = tor`).
     pub fn handler_for(&self, hint: &Hint) -> Option<&Arc<dyn Handler>> {
         match hint {
             Hint::Unknown(_) => None,
-            _ => self.handlers.get(hint.kind()),
+            _ => {
+                let kind = hint.kind();
+                let via = self.routes.get(kind).map(String::as_str).unwrap_or(kind);
+                self.handlers.get(via)
+            }
         }
     }
 
@@ -138,7 +215,26 @@ impl Registry {
 impl Connector for Registry {
     fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a> {
         match self.handler_for(hint) {
+            // Checked on every dial too, not only when handlers are installed.
+            Some(h) if self.private && h.reveals_ip() => {
+                let refused = ConnectError::Refused {
+                    hint: hint.to_string(),
+                    reason: "privacy mode forbids connections that reveal the IP address".into(),
+                };
+                Box::pin(async move { Err(refused) })
+            }
             Some(h) => h.connect(hint),
+            None if self.routes.contains_key(hint.kind()) => {
+                let refused = ConnectError::Refused {
+                    hint: hint.to_string(),
+                    reason: format!(
+                        "{} hints go through the {} handler, and none is configured",
+                        hint.kind(),
+                        self.routes[hint.kind()]
+                    ),
+                };
+                Box::pin(async move { Err(refused) })
+            }
             None => {
                 let kind = hint.kind().to_string();
                 Box::pin(async move { Err(ConnectError::Unsupported { kind }) })

@@ -30,8 +30,11 @@ impl Echo for EchoImpl {
 
 fn i2p_registry(cfg: &SamConfig) -> (Registry, Arc<I2pHandler>) {
     let handler = Arc::new(I2pHandler::new(cfg.clone()));
-    let mut registry = Registry::empty();
-    registry.set("i2p", handler.clone());
+    // Privacy mode: I2P never reveals our address, so a private registry takes it.
+    let mut registry = Registry::private();
+    registry
+        .set("i2p", handler.clone())
+        .expect("i2p is allowed in privacy mode");
     (registry, handler)
 }
 
