@@ -18,6 +18,7 @@ need() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$2"
 }
 need i2pd i2pd
+need tor tor
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

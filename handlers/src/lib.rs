@@ -21,6 +21,8 @@
 
 #[cfg(feature = "i2p")]
 pub mod i2p;
+#[cfg(feature = "tor-system")]
+pub mod tor;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -401,7 +401,11 @@ impl TubInner {
                             let why = format!("skipped: no handler for {kind:?} hints");
                             tub.set_hint_status(tubid, &text, why);
                         }
-                        Err(e) => tub.set_hint_status(tubid, &text, format!("failed: {e}")),
+                        Err(e) => tub.set_hint_status(
+                            tubid,
+                            &text,
+                            format!("failed: {}", without_hint(&text, e)),
+                        ),
                     }
                     (text, handler, result)
                 }
@@ -438,7 +442,10 @@ impl TubInner {
                 Err(DialFailure::Connect(ConnectError::Unsupported { .. })) => {
                     skipped.push(format!("{text}: no handler"));
                 }
-                Err(e) => failures.push((text, e.to_string())),
+                Err(e) => {
+                    let why = without_hint(&text, &e);
+                    failures.push((text, why));
+                }
             }
         }
         if failures.is_empty() {
@@ -544,6 +551,15 @@ impl TubInner {
             };
         }
     }
+}
+
+/// A dial error's text without the hint it starts with (the status shows the hint already).
+fn without_hint(hint: &str, e: &DialFailure) -> String {
+    let text = e.to_string();
+    text.strip_prefix(hint)
+        .and_then(|t| t.strip_prefix(": "))
+        .map(str::to_string)
+        .unwrap_or(text)
 }
 
 fn empty_status(tubid: TubId) -> PeerStatus {

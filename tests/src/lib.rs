@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod i2pd;
+pub mod tornet;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};

@@ -27,3 +27,5 @@
 #[cfg(feature = "i2p")]
 pub mod i2p;
 pub mod tcp;
+#[cfg(feature = "tor-system")]
+pub mod tor;

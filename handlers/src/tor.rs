@@ -1,0 +1,227 @@
+//! The `tor:` handler (and `tcp = tor`) through a system tor, and onion-service listeners.
+//!
+//! Dialing goes through tor's SOCKS port with the host name left to tor. Listening adds an
+//! onion service on tor's control port whose virtual port maps to a listener on 127.0.0.1;
+//! its key is saved (mode `0600`) and given back at every start, so the `.onion` address
+//! survives restarts. Streams from that listener go to the Tub's server side.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use folio_rpc::connector::{AcceptFuture, ConnectError, ConnectFuture, Listener};
+use folio_rpc::{BoxStream, Hint, Host};
+use folio_transports::tor::{dial, Control, TorError};
+
+use crate::Handler;
+
+/// Dials `tor:` hints (and `tcp:` hints routed over Tor) through a system tor's SOCKS port.
+#[derive(Debug, Clone)]
+pub struct TorHandler {
+    socks: SocketAddr,
+    timeout: Duration,
+}
+
+impl TorHandler {
+    /// A handler using tor's SOCKS port at `socks`.
+    pub fn new(socks: SocketAddr) -> Self {
+        TorHandler {
+            socks,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Addresses that must never be sent to a Tor exit: they name the exit's own network.
+fn local_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| local_address(IpAddr::V4(v4)))
+        }
+    }
+}
+
+impl Handler for TorHandler {
+    fn describe(&self) -> String {
+        format!("tor (system tor, SOCKS at {})", self.socks)
+    }
+
+    fn reveals_ip(&self) -> bool {
+        false
+    }
+
+    fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a> {
+        Box::pin(async move {
+            let (host, port) = match hint {
+                Hint::Tor { onion, port } => (onion.clone(), *port),
+                Hint::Tcp { host, port } => {
+                    let ip = match host {
+                        Host::Ipv4(a) => Some(IpAddr::V4(*a)),
+                        Host::Ipv6(a) => Some(IpAddr::V6(*a)),
+                        Host::Name(_) => None,
+                    };
+                    if ip.is_some_and(local_address) {
+                        return Err(ConnectError::Refused {
+                            hint: hint.to_string(),
+                            reason: "a private or loopback address cannot be reached through Tor"
+                                .into(),
+                        });
+                    }
+                    (host.to_dial_string(), *port)
+                }
+                other => {
+                    return Err(ConnectError::Unsupported {
+                        kind: other.kind().to_string(),
+                    })
+                }
+            };
+            let stream = dial(self.socks, &host, port, self.timeout)
+                .await
+                .map_err(|e| ConnectError::Failed {
+                    hint: hint.to_string(),
+                    source: Box::new(e),
+                })?;
+            Ok(Box::new(stream) as BoxStream)
+        })
+    }
+}
+
+/// Why an onion listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OnionListenError {
+    /// tor refused or failed.
+    #[error("{0}")]
+    Tor(#[from] TorError),
+    /// The key file could not be read or written.
+    #[error("onion service key {path}: {source}")]
+    Key {
+        /// The key file.
+        path: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+/// Accepts streams for a Tub at a persistent `.onion` address.
+#[derive(Debug)]
+pub struct OnionListener {
+    _control: Control,
+    local: tokio::net::TcpListener,
+    onion: String,
+    virtual_port: u16,
+}
+
+impl OnionListener {
+    /// Adds an onion service on the tor whose control port is `control`, with the key saved
+    /// at `key_path` (made and saved, mode `0600`, the first time), mapping `virtual_port` to
+    /// a new listener on 127.0.0.1.
+    pub async fn start(
+        control: SocketAddr,
+        key_path: &Path,
+        virtual_port: u16,
+    ) -> Result<OnionListener, OnionListenError> {
+        let key_err = |source| OnionListenError::Key {
+            path: key_path.display().to_string(),
+            source,
+        };
+        let saved = match std::fs::read_to_string(key_path) {
+            Ok(k) => Some(k.trim().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(key_err(e)),
+        };
+        let mut ctl = Control::connect(control, Duration::from_secs(30)).await?;
+        let local = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(TorError::Io)?;
+        let target = local.local_addr().map_err(TorError::Io)?;
+        let (id, key) = ctl
+            .add_onion(saved.as_deref(), virtual_port, target)
+            .await?;
+        if saved.is_none() {
+            crate::write_secret(key_path, &key).map_err(key_err)?;
+        }
+        Ok(OnionListener {
+            _control: ctl,
+            local,
+            onion: format!("{id}.onion"),
+            virtual_port,
+        })
+    }
+
+    /// The `.onion` name.
+    pub fn onion(&self) -> &str {
+        &self.onion
+    }
+
+    /// The hint to put in the Tub's location.
+    pub fn hint(&self) -> Hint {
+        Hint::Tor {
+            onion: self.onion.clone(),
+            port: self.virtual_port,
+        }
+    }
+}
+
+impl Listener for OnionListener {
+    fn accept(&mut self) -> AcceptFuture<'_> {
+        Box::pin(async move {
+            let (s, _) = self.local.accept().await?;
+            let _ = s.set_nodelay(true);
+            Ok(Box::new(s) as BoxStream)
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("tor:{}:{}", self.onion, self.virtual_port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_addresses_never_go_to_an_exit() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.5",
+            "169.254.1.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(local_address(a.parse().unwrap()), "{a}");
+        }
+        for a in ["8.8.8.8", "2001:db8::1"] {
+            assert!(!local_address(a.parse().unwrap()), "{a}");
+        }
+    }
+
+    #[tokio::test]
+    async fn loopback_tcp_hint_refused_over_tor() {
+        let h = TorHandler::new("127.0.0.1:9".parse().unwrap());
+        let hint: Hint = "tcp:127.0.0.1:80".parse().unwrap();
+        let e = h.connect(&hint).await.err().unwrap();
+        assert!(
+            e.to_string().contains("cannot be reached through Tor"),
+            "{e}"
+        );
+    }
+}

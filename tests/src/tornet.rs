@@ -1,0 +1,75 @@
+//! A real private Tor network on 127.0.0.1 for tests: 3 directory authorities, 2 relays and a
+//! client, from the Debian `tor` package, driven by `tests/scripts/tor-private-network.sh`.
+//! Dropping it stops exactly the tor processes it started.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A running private network.
+#[derive(Debug)]
+pub struct TorNet {
+    dir: PathBuf,
+    base: u16,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/tor-private-network.sh")
+}
+
+impl TorNet {
+    /// Sets up and starts the network and waits (up to 120 s) until its client has
+    /// bootstrapped and sees every relay. Panics with the script's output when `tor` is
+    /// missing or the network does not come up: these tests must not pass silently.
+    pub fn start() -> TorNet {
+        for tool in ["tor", "tor-gencert"] {
+            if Command::new(tool).arg("--version").output().is_err() {
+                panic!(
+                    "{tool} is not installed: scripts/test.sh installs it (apt-get install -y tor)"
+                );
+            }
+        }
+        let base = 20000 + (std::process::id() % 40) as u16 * 500;
+        let dir = std::env::temp_dir().join(format!("folio-tornet-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir); // the script creates it (with its own marker)
+        let net = TorNet { dir, base };
+        for step in [&["setup"][..], &["start"], &["wait", "120"]] {
+            let out = net.run(step);
+            if !out.status.success() {
+                panic!(
+                    "the private Tor network failed at `{}`:\n{}\n{}",
+                    step.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        net
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("bash")
+            .arg(script())
+            .args(args)
+            .env("NET", &self.dir)
+            .env("BASE", self.base.to_string())
+            .output()
+            .expect("bash runs the network script")
+    }
+
+    /// The client tor's SOCKS port.
+    pub fn socks(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.base + 305).into()
+    }
+
+    /// The client tor's control port (no authentication).
+    pub fn control(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.base + 205).into()
+    }
+}
+
+impl Drop for TorNet {
+    fn drop(&mut self) {
+        let _ = self.run(&["stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

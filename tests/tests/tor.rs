@@ -1,0 +1,172 @@
+//! Tubs over a real private Tor network on 127.0.0.1: an onion-service listener and a dialer
+//! going through a system tor's SOCKS port.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use folio_handlers::tor::{OnionListener, TorHandler};
+use folio_handlers::{Registry, TcpPolicy};
+use folio_rpc::{interface, Furl, Identity, Side, Tub, TubConfig};
+use folio_tests::tornet::TorNet;
+
+#[interface(name = "test.tor.echo.v1")]
+pub trait Echo {
+    async fn echo(&self, text: String) -> Result<String, String>;
+    async fn call_back(&self, back: EchoRef, text: String) -> Result<String, String>;
+}
+
+struct EchoImpl(&'static str);
+
+impl Echo for EchoImpl {
+    async fn echo(&self, text: String) -> Result<String, String> {
+        Ok(format!("{}: {text}", self.0))
+    }
+    async fn call_back(&self, back: EchoRef, text: String) -> Result<String, String> {
+        back.echo(text).await.map_err(|e| e.to_string())
+    }
+}
+
+async fn serve(pem: &str, listener: OnionListener) -> (Tub, Furl) {
+    let tub = Tub::new(
+        Identity::from_pem(pem).unwrap(),
+        Arc::new(Registry::private()),
+        TubConfig::default(),
+    )
+    .unwrap();
+    tub.set_location(vec![listener.hint()]);
+    tub.listen(listener);
+    let furl = tub
+        .register_as(EchoRef::serve(EchoImpl("server")), "echo")
+        .unwrap();
+    (tub, furl)
+}
+
+/// The first connection to a new onion service waits for its descriptor to spread.
+async fn get_with_retries(tub: &Tub, furl: &Furl) -> EchoRef {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        match tub.get::<EchoRef>(furl).await {
+            Ok(r) => return r,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => panic!("the onion service was never reached: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tubs_talk_over_a_private_tor_network() {
+    let net = TorNet::start();
+    tokio::time::timeout(Duration::from_secs(300), run(&net))
+        .await
+        .expect("the Tor test finished in time");
+    drop(net);
+}
+
+async fn run(net: &TorNet) {
+    let dir = std::env::temp_dir().join(format!("folio-tor-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("onion.key");
+    let listener = OnionListener::start(net.control(), &key, 3456)
+        .await
+        .expect("the onion service starts");
+    let onion = listener.onion().to_string();
+    assert!(onion.ends_with(".onion") && onion.len() == 62, "{onion}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let pem = Identity::generate().unwrap().to_pem();
+    let (server, furl) = serve(&pem, listener).await;
+    assert!(
+        furl.to_string()
+            .contains(&format!("@tor:{onion}:3456/echo")),
+        "{furl}"
+    );
+
+    // A client in privacy mode: Tor only, tcp hints over Tor too.
+    let mut registry = Registry::private();
+    registry
+        .set("tor", Arc::new(TorHandler::new(net.socks())))
+        .unwrap();
+    registry.set_tcp_policy(TcpPolicy::Tor).unwrap();
+    let client = Tub::new(
+        Identity::generate().unwrap(),
+        Arc::new(registry),
+        TubConfig::default(),
+    )
+    .unwrap();
+
+    let echo = get_with_retries(&client, &furl).await;
+    assert_eq!(echo.echo("hello".into()).await.unwrap(), "server: hello");
+    let mine = EchoRef::serve(EchoImpl("client"));
+    assert_eq!(
+        echo.call_back(mine, "and back".into()).await.unwrap(),
+        "client: and back"
+    );
+    assert_eq!(
+        server.connection_info(&client.tubid()).unwrap().side,
+        Side::Server
+    );
+    let status = client.connection_status();
+    let s = status.iter().find(|s| s.tubid == server.tubid()).unwrap();
+    assert_eq!(
+        s.winning_hint.as_deref(),
+        Some(format!("tor:{onion}:3456").as_str())
+    );
+    assert!(
+        s.handler
+            .as_deref()
+            .unwrap_or("")
+            .contains(&format!("SOCKS at {}", net.socks())),
+        "{s:?}"
+    );
+
+    // A loopback tcp: hint routed over Tor is refused, not sent to an exit.
+    let local: Furl = format!("folio://{}@tcp:127.0.0.1:3456/echo", server.tubid())
+        .parse()
+        .unwrap();
+    let other = Tub::new(
+        Identity::generate().unwrap(),
+        Arc::new({
+            let mut r = Registry::private();
+            r.set("tor", Arc::new(TorHandler::new(net.socks())))
+                .unwrap();
+            r.set_tcp_policy(TcpPolicy::Tor).unwrap();
+            r
+        }),
+        TubConfig::default(),
+    )
+    .unwrap();
+    let e = other.get_reference(&local).await.unwrap_err().to_string();
+    assert!(e.contains("cannot be reached through Tor"), "{e}");
+
+    // Restarted with its saved key, the service has the same address and is reached again.
+    server.shutdown().await;
+    drop(server);
+    let listener = OnionListener::start(net.control(), &key, 3456)
+        .await
+        .expect("the onion service restarts");
+    assert_eq!(listener.onion(), onion);
+    let (server, again) = serve(&pem, listener).await;
+    assert_eq!(again, furl);
+    let fresh = Tub::new(
+        Identity::generate().unwrap(),
+        Arc::new({
+            let mut r = Registry::private();
+            r.set("tor", Arc::new(TorHandler::new(net.socks())))
+                .unwrap();
+            r
+        }),
+        TubConfig::default(),
+    )
+    .unwrap();
+    let echo2 = get_with_retries(&fresh, &furl).await;
+    assert_eq!(echo2.echo("again".into()).await.unwrap(), "server: again");
+
+    client.shutdown().await;
+    fresh.shutdown().await;
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
