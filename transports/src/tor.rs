@@ -149,6 +149,11 @@ pub fn parse_control_reply(lines: &[String]) -> Result<ControlReply, TorError> {
             (Some(h), None, None) if i == lines.len() - 1 => (h, ""),
             _ => return Err(TorError::Protocol(format!("line {line:?}"))),
         };
+        // Exactly three digits, 100 to 999 ("054" or "+12" are not status codes).
+        let digits = head.as_bytes();
+        if !digits.iter().all(u8::is_ascii_digit) || digits[0] == b'0' {
+            return Err(TorError::Protocol(format!("status {head:?}")));
+        }
         let c: u16 = head
             .parse()
             .map_err(|_| TorError::Protocol(format!("status {head:?}")))?;
@@ -323,6 +328,9 @@ mod tests {
         assert!(parse_control_reply(&lines(&["25"])).is_err());
         assert!(parse_control_reply(&lines(&["abc OK"])).is_err());
         assert!(parse_control_reply(&lines(&["250-a", "551 b"])).is_err());
+        // Found by the tor_control_reply fuzz target: not three digits from 100 to 999.
+        assert!(parse_control_reply(&lines(&["054 U04"])).is_err());
+        assert!(parse_control_reply(&lines(&["+12 x"])).is_err());
     }
 
     #[tokio::test]
