@@ -249,23 +249,9 @@ impl Connector for Registry {
     }
 }
 
-/// Writes a secret (a key, a FURL) to `path` with mode `0600`, replacing it atomically.
-pub fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+/// Writes a key file readable by its owner only (see [`folio_rpc::identity::write_private`]).
+pub(crate) fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    folio_rpc::identity::write_private(path, format!("{text}\n").as_bytes())
 }
 
 /// A TCP listener for a Tub: every connection it accepts is handed to the server side of

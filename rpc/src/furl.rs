@@ -436,20 +436,7 @@ impl Furl {
     /// Writes the FURL to `path` (one line, mode `0600`: whoever reads a FURL can use the
     /// object), replacing the file atomically.
     pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        writeln!(f, "{self}")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        crate::identity::write_private(path, format!("{self}\n").as_bytes())
     }
 
     /// Reads a FURL written by [`Furl::save`] (surrounding whitespace is ignored).

@@ -159,24 +159,10 @@ impl Identity {
 
     /// Writes the identity to `path` with mode `0600`, replacing the file atomically.
     pub fn save(&self, path: &Path) -> Result<(), IdentityError> {
-        let io = |source| IdentityError::Io {
+        write_private(path, self.to_pem().as_bytes()).map_err(|source| IdentityError::Io {
             path: path.display().to_string(),
             source,
-        };
-        let tmp = path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut file = opts.open(&tmp).map_err(io)?;
-        file.write_all(self.to_pem().as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(io)
+        })
     }
 
     /// Reads an identity file, refusing one that other users can read.
@@ -215,6 +201,25 @@ impl Identity {
             Ok(id)
         }
     }
+}
+
+/// Writes a secret (a key, a FURL) to `path`, readable by its owner only (mode `0600`),
+/// replacing any previous file atomically (write to a temporary file, sync, rename).
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts.open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
 }
 
 fn random_serial() -> [u8; 16] {
