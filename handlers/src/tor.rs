@@ -19,6 +19,7 @@ use crate::Handler;
 #[derive(Debug, Clone)]
 pub struct TorHandler {
     socks: SocketAddr,
+    control: Option<SocketAddr>,
     timeout: Duration,
 }
 
@@ -27,7 +28,36 @@ impl TorHandler {
     pub fn new(socks: SocketAddr) -> Self {
         TorHandler {
             socks,
+            control: None,
             timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// A handler for the tor whose control port is `control`: it asks tor where its SOCKS
+    /// port is, and before each dial whether tor has finished bootstrapping, so that a dial
+    /// made too early fails with tor's progress ("tor is bootstrapping: 45% (Loading relay
+    /// descriptors)") instead of a bare SOCKS error.
+    pub async fn from_control(control: SocketAddr) -> Result<Self, TorError> {
+        let mut ctl = Control::connect(control, Duration::from_secs(30)).await?;
+        let socks = ctl.socks_address().await?;
+        Ok(TorHandler {
+            socks,
+            control: Some(control),
+            timeout: Duration::from_secs(120),
+        })
+    }
+
+    async fn check_bootstrapped(&self) -> Result<(), TorError> {
+        let Some(control) = self.control else {
+            return Ok(());
+        };
+        let mut ctl = Control::connect(control, Duration::from_secs(30)).await?;
+        match ctl.bootstrap().await? {
+            (100, _) => Ok(()),
+            (p, summary) => Err(TorError::Unreachable {
+                target: "the Tor network".into(),
+                reason: format!("tor is bootstrapping: {p}% ({summary})"),
+            }),
         }
     }
 }
@@ -56,7 +86,10 @@ fn local_address(ip: IpAddr) -> bool {
 
 impl Handler for TorHandler {
     fn describe(&self) -> String {
-        format!("tor (system tor, SOCKS at {})", self.socks)
+        match self.control {
+            Some(c) => format!("tor (system tor, SOCKS at {}, control at {c})", self.socks),
+            None => format!("tor (system tor, SOCKS at {})", self.socks),
+        }
     }
 
     fn reveals_ip(&self) -> bool {
@@ -88,12 +121,14 @@ impl Handler for TorHandler {
                     })
                 }
             };
+            let failed = |e: TorError| ConnectError::Failed {
+                hint: hint.to_string(),
+                source: Box::new(e),
+            };
+            self.check_bootstrapped().await.map_err(failed)?;
             let stream = dial(self.socks, &host, port, self.timeout)
                 .await
-                .map_err(|e| ConnectError::Failed {
-                    hint: hint.to_string(),
-                    source: Box::new(e),
-                })?;
+                .map_err(failed)?;
             Ok(Box::new(stream) as BoxStream)
         })
     }

@@ -85,11 +85,13 @@ async fn run(net: &TorNet) {
         "{furl}"
     );
 
-    // A client in privacy mode: Tor only, tcp hints over Tor too.
+    // A client in privacy mode: Tor only, tcp hints over Tor too. Its handler finds tor's
+    // SOCKS port through the control port, and checks the bootstrap before dialing.
+    let handler = TorHandler::from_control(net.control())
+        .await
+        .expect("tor's control port");
     let mut registry = Registry::private();
-    registry
-        .set("tor", Arc::new(TorHandler::new(net.socks())))
-        .unwrap();
+    registry.set("tor", Arc::new(handler)).unwrap();
     registry.set_tcp_policy(TcpPolicy::Tor).unwrap();
     let client = Tub::new(
         Identity::generate().unwrap(),
@@ -115,11 +117,13 @@ async fn run(net: &TorNet) {
         s.winning_hint.as_deref(),
         Some(format!("tor:{onion}:3456").as_str())
     );
+    let handler = s.handler.as_deref().unwrap_or("");
     assert!(
-        s.handler
-            .as_deref()
-            .unwrap_or("")
-            .contains(&format!("SOCKS at {}", net.socks())),
+        handler.contains(&format!("SOCKS at {}", net.socks())),
+        "{s:?}"
+    );
+    assert!(
+        handler.contains(&format!("control at {}", net.control())),
         "{s:?}"
     );
 

@@ -168,6 +168,24 @@ pub fn parse_control_reply(lines: &[String]) -> Result<ControlReply, TorError> {
     })
 }
 
+/// Parses a bootstrap status such as
+/// `NOTICE BOOTSTRAP PROGRESS=45 TAG=loading_descriptors SUMMARY="Loading relay descriptors"`.
+pub fn parse_bootstrap(value: &str) -> Result<(u8, String), TorError> {
+    let progress = value
+        .split(' ')
+        .find_map(|w| w.strip_prefix("PROGRESS="))
+        .and_then(|p| p.parse::<u8>().ok())
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| TorError::Protocol(format!("bootstrap status {value:?}")))?;
+    let summary = value
+        .split("SUMMARY=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("")
+        .to_string();
+    Ok((progress, summary))
+}
+
 /// A connection to tor's control port.
 #[derive(Debug)]
 pub struct Control {
@@ -271,6 +289,37 @@ impl Control {
         Ok(reply)
     }
 
+    /// The address of tor's first SOCKS listener (`GETINFO net/listeners/socks`).
+    pub async fn socks_address(&mut self) -> Result<SocketAddr, TorError> {
+        let reply = self
+            .command("GETINFO net/listeners/socks", "GETINFO net/listeners/socks")
+            .await?;
+        let value = reply
+            .value("net/listeners/socks")
+            .ok_or_else(|| TorError::Protocol("GETINFO without net/listeners/socks".into()))?;
+        let first = value.split(' ').next().unwrap_or("").trim_matches('"');
+        first.parse().map_err(|_| {
+            TorError::Protocol(format!(
+                "tor has no usable SOCKS listener ({value:?}); set SocksPort"
+            ))
+        })
+    }
+
+    /// How far tor has bootstrapped: `(percent, summary)`, from
+    /// `GETINFO status/bootstrap-phase`.
+    pub async fn bootstrap(&mut self) -> Result<(u8, String), TorError> {
+        let reply = self
+            .command(
+                "GETINFO status/bootstrap-phase",
+                "GETINFO status/bootstrap-phase",
+            )
+            .await?;
+        let value = reply
+            .value("status/bootstrap-phase")
+            .ok_or_else(|| TorError::Protocol("GETINFO without status/bootstrap-phase".into()))?;
+        parse_bootstrap(value)
+    }
+
     /// Adds an onion service mapping `virtual_port` to `target`. `key` is a saved
     /// `ED25519-V3:...` key, or `None` for a new one. Returns `(service_id, key)`.
     pub async fn add_onion(
@@ -331,6 +380,23 @@ mod tests {
         // Found by the tor_control_reply fuzz target: not three digits from 100 to 999.
         assert!(parse_control_reply(&lines(&["054 U04"])).is_err());
         assert!(parse_control_reply(&lines(&["+12 x"])).is_err());
+    }
+
+    #[test]
+    fn parses_bootstrap_status() {
+        let v = "NOTICE BOOTSTRAP PROGRESS=45 TAG=loading_descriptors SUMMARY=\"Loading relay descriptors\"";
+        assert_eq!(
+            parse_bootstrap(v).unwrap(),
+            (45, "Loading relay descriptors".to_string())
+        );
+        assert_eq!(
+            parse_bootstrap("NOTICE BOOTSTRAP PROGRESS=100 TAG=done")
+                .unwrap()
+                .0,
+            100
+        );
+        assert!(parse_bootstrap("NOTICE BOOTSTRAP PROGRESS=101").is_err());
+        assert!(parse_bootstrap("garbage").is_err());
     }
 
     #[tokio::test]
