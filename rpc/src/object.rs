@@ -138,14 +138,19 @@ pub trait Dispatch: Send + Sync + 'static {
 pub struct CallContext {
     codec: Arc<dyn RefCodec>,
     peer: Option<TubId>,
+    state: Arc<CallState>,
+}
+
+/// A call's reference tables, in one allocation.
+struct CallState {
+    /// The call's reference table, already resolved.
+    in_refs: Vec<ObjectRef>,
     /// References encoded into the reply, kept alive until the answer is queued: otherwise a
     /// reference dropped with the method's result could send its decref ahead of the answer
     /// that mentions it.
-    kept: Arc<Mutex<Vec<ObjectRef>>>,
-    /// The call's reference table, already resolved.
-    in_refs: Arc<Vec<ObjectRef>>,
+    kept: Mutex<Vec<ObjectRef>>,
     /// The reply's reference table.
-    out_refs: Arc<Mutex<Vec<RefDesc>>>,
+    out_refs: Mutex<Vec<RefDesc>>,
 }
 
 impl fmt::Debug for CallContext {
@@ -165,20 +170,28 @@ impl CallContext {
         CallContext {
             codec,
             peer,
-            kept: Arc::default(),
-            in_refs: Arc::new(in_refs),
-            out_refs: Arc::default(),
+            state: Arc::new(CallState {
+                in_refs,
+                kept: Mutex::new(Vec::new()),
+                out_refs: Mutex::new(Vec::new()),
+            }),
         }
     }
 
     /// The reply's reference table (taken once the reply is encoded).
     pub(crate) fn take_out_refs(&self) -> Vec<RefDesc> {
-        std::mem::take(&mut *self.out_refs.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(
+            &mut *self
+                .state
+                .out_refs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// Releases the references the reply carried (after the answer is queued).
     pub(crate) fn release_kept(&self) {
-        std::mem::take(&mut *self.kept.lock().unwrap_or_else(|p| p.into_inner()));
+        std::mem::take(&mut *self.state.kept.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// The calling Tub, or `None` for a call from this process.
@@ -192,7 +205,7 @@ impl CallContext {
         method: &str,
         bytes: &[u8],
     ) -> Result<A, Refusal> {
-        let decoded = decode_value::<A>(&self.in_refs, bytes);
+        let decoded = decode_value::<A>(&self.state.in_refs, bytes);
         decoded.map_err(|e| match take_ref_error() {
             Some(r) => Refusal::BadReference(r),
             None => Refusal::BadArguments {
@@ -219,13 +232,18 @@ impl CallContext {
         };
         let kept = KEEP.with(|k| k.borrow_mut().take()).unwrap_or_default();
         drop(recording);
-        self.kept
+        self.state
+            .kept
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(kept);
         match encoded {
             Ok((reply, refs)) => {
-                *self.out_refs.lock().unwrap_or_else(|p| p.into_inner()) = refs;
+                *self
+                    .state
+                    .out_refs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = refs;
                 reply
             }
             Err(e) => {
