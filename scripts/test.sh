@@ -19,6 +19,8 @@ need() {
 }
 need i2pd i2pd
 need tor tor
+# The robustness test holds about 2,400 sockets in one process.
+ulimit -n 20000 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
