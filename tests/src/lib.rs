@@ -2,6 +2,7 @@
 //! (by PID) when a test ends, however it ends, and bounded waits for their output.
 #![warn(missing_docs)]
 
+pub mod echo;
 pub mod i2pd;
 pub mod tornet;
 

@@ -6,27 +6,10 @@ use std::time::Duration;
 
 use folio_handlers::i2p::{I2pHandler, I2pListener};
 use folio_handlers::Registry;
-use folio_rpc::{interface, Furl, Hint, Identity, Side, Swissnum, Tub, TubConfig};
+use folio_rpc::{Furl, Hint, Identity, Side, Swissnum, Tub, TubConfig};
+use folio_tests::echo::{serve, EchoImpl, EchoRef};
 use folio_tests::i2pd::I2pd;
 use folio_transports::i2p::SamConfig;
-
-#[interface(name = "test.i2p.echo.v1")]
-pub trait Echo {
-    async fn echo(&self, text: String) -> Result<String, String>;
-    /// Calls `back` over the same connection and returns what it said.
-    async fn call_back(&self, back: EchoRef, text: String) -> Result<String, String>;
-}
-
-struct EchoImpl(&'static str);
-
-impl Echo for EchoImpl {
-    async fn echo(&self, text: String) -> Result<String, String> {
-        Ok(format!("{}: {text}", self.0))
-    }
-    async fn call_back(&self, back: EchoRef, text: String) -> Result<String, String> {
-        back.echo(text).await.map_err(|e| e.to_string())
-    }
-}
 
 fn i2p_registry(cfg: &SamConfig) -> (Registry, Arc<I2pHandler>) {
     let handler = Arc::new(I2pHandler::new(cfg.clone()));
@@ -36,21 +19,6 @@ fn i2p_registry(cfg: &SamConfig) -> (Registry, Arc<I2pHandler>) {
         .set("i2p", handler.clone())
         .expect("i2p is allowed in privacy mode");
     (registry, handler)
-}
-
-async fn serve(pem: &str, listener: I2pListener) -> (Tub, Furl) {
-    let tub = Tub::new(
-        Identity::from_pem(pem).unwrap(),
-        Arc::new(Registry::empty()),
-        TubConfig::default(),
-    )
-    .unwrap();
-    tub.set_location(vec![listener.hint()]);
-    tub.listen(listener);
-    let furl = tub
-        .register_as(EchoRef::serve(EchoImpl("server")), "echo")
-        .unwrap();
-    (tub, furl)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +58,8 @@ async fn run() {
     assert_eq!(key_mode & 0o777, 0o600, "the destination key is private");
 
     let server_pem = Identity::generate().unwrap().to_pem();
-    let (server, furl) = serve(&server_pem, listener).await;
+    let hint = listener.hint();
+    let (server, furl) = serve(&server_pem, listener, hint);
     assert!(
         furl.to_string().contains(&format!("@i2p:{address}/echo")),
         "{furl}"
@@ -147,7 +116,8 @@ async fn run() {
         .await
         .expect("the listener restarts");
     assert_eq!(listener.address(), address);
-    let (server, again) = serve(&server_pem, listener).await;
+    let hint = listener.hint();
+    let (server, again) = serve(&server_pem, listener, hint);
     assert_eq!(again, furl, "the same FURL after a restart");
     // Not asserted yet: that the restarted listener is *reachable* there. On i2pd 2.45, a
     // SESSION CREATE with the key of a destination the router still holds reuses that

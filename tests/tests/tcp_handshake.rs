@@ -69,31 +69,40 @@ async fn two_tasks_over_tcp_through_the_registry() {
     assert_eq!(conn.info.peer, server.tubid());
 }
 
-#[test]
-fn two_processes_over_tcp() {
-    let dir = std::env::temp_dir().join(format!("folio-2proc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let exe = env!("CARGO_BIN_EXE_folio-handshake-peer");
+const PEER: &str = env!("CARGO_BIN_EXE_folio-handshake-peer");
 
-    let mut listen_cmd = Command::new(exe);
-    listen_cmd.args([
+/// Starts `folio-handshake-peer listen` with its identity in `dir`, and returns it, its
+/// output, and the FURL it printed first.
+fn listening_peer(dir: &std::path::Path) -> (ChildGuard, folio_tests::Lines, String) {
+    let mut cmd = Command::new(PEER);
+    cmd.args([
         "listen",
         dir.join("server.pem").to_str().unwrap(),
         "tcp:0:interface=127.0.0.1",
     ]);
-    let mut server = ChildGuard::spawn("listening peer", listen_cmd).unwrap();
-    let server_lines = server.lines();
-    let first = server_lines.next_within(Duration::from_secs(30));
+    let mut peer = ChildGuard::spawn("listening peer", cmd).unwrap();
+    let lines = peer.lines();
+    let first = lines.next_within(Duration::from_secs(30));
     let furl = first
         .strip_prefix("FURL ")
-        .expect("the listener prints its FURL first");
+        .expect("the listener prints its FURL first")
+        .to_string();
+    (peer, lines, furl)
+}
+
+#[test]
+fn two_processes_over_tcp() {
+    let dir = std::env::temp_dir().join(format!("folio-2proc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut server, server_lines, furl) = listening_peer(&dir);
+    let furl = furl.as_str();
     let parsed: Furl = furl.parse().unwrap();
     assert_eq!(parsed.swissnum().as_str().len(), 32);
     // The identity file was written 0600 and names the same Tub as the FURL.
     let saved = Identity::load(&dir.join("server.pem")).unwrap();
     assert_eq!(saved.tubid(), parsed.tubid());
 
-    let mut dial_cmd = Command::new(exe);
+    let mut dial_cmd = Command::new(PEER);
     dial_cmd.args(["dial", dir.join("client.pem").to_str().unwrap(), furl]);
     let mut client = ChildGuard::spawn("dialing peer", dial_cmd).unwrap();
     let client_lines = client.lines();
@@ -114,25 +123,12 @@ fn two_processes_over_tcp() {
 fn dialing_a_furl_for_the_wrong_tub_fails_clearly_across_processes() {
     let dir = std::env::temp_dir().join(format!("folio-2proc-wrong-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let exe = env!("CARGO_BIN_EXE_folio-handshake-peer");
-    let mut listen_cmd = Command::new(exe);
-    listen_cmd.args([
-        "listen",
-        dir.join("server.pem").to_str().unwrap(),
-        "tcp:0:interface=127.0.0.1",
-    ]);
-    let mut server = ChildGuard::spawn("listening peer", listen_cmd).unwrap();
-    let furl: Furl = server
-        .lines()
-        .next_within(Duration::from_secs(30))
-        .strip_prefix("FURL ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut server, _lines, furl) = listening_peer(&dir);
+    let furl: Furl = furl.parse().unwrap();
     // Same address, another Tub's id.
     let other = Identity::generate().unwrap().tubid();
     let wrong = Furl::new(other, furl.hints().to_vec(), Swissnum::random());
-    let out = Command::new(exe)
+    let out = Command::new(PEER)
         .args([
             "dial",
             dir.join("client.pem").to_str().unwrap(),

@@ -6,40 +6,9 @@ use std::time::Duration;
 
 use folio_handlers::tor::{OnionListener, TorHandler};
 use folio_handlers::{Registry, TcpPolicy};
-use folio_rpc::{interface, Furl, Identity, Side, Tub, TubConfig};
+use folio_rpc::{Furl, Identity, Side, Tub, TubConfig};
+use folio_tests::echo::{serve, EchoImpl, EchoRef};
 use folio_tests::tornet::TorNet;
-
-#[interface(name = "test.tor.echo.v1")]
-pub trait Echo {
-    async fn echo(&self, text: String) -> Result<String, String>;
-    async fn call_back(&self, back: EchoRef, text: String) -> Result<String, String>;
-}
-
-struct EchoImpl(&'static str);
-
-impl Echo for EchoImpl {
-    async fn echo(&self, text: String) -> Result<String, String> {
-        Ok(format!("{}: {text}", self.0))
-    }
-    async fn call_back(&self, back: EchoRef, text: String) -> Result<String, String> {
-        back.echo(text).await.map_err(|e| e.to_string())
-    }
-}
-
-async fn serve(pem: &str, listener: OnionListener) -> (Tub, Furl) {
-    let tub = Tub::new(
-        Identity::from_pem(pem).unwrap(),
-        Arc::new(Registry::private()),
-        TubConfig::default(),
-    )
-    .unwrap();
-    tub.set_location(vec![listener.hint()]);
-    tub.listen(listener);
-    let furl = tub
-        .register_as(EchoRef::serve(EchoImpl("server")), "echo")
-        .unwrap();
-    (tub, furl)
-}
 
 /// The first connection to a new onion service waits for its descriptor to spread.
 async fn get_with_retries(tub: &Tub, furl: &Furl) -> EchoRef {
@@ -78,7 +47,8 @@ async fn run(net: &TorNet) {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
     let pem = Identity::generate().unwrap().to_pem();
-    let (server, furl) = serve(&pem, listener).await;
+    let hint = listener.hint();
+    let (server, furl) = serve(&pem, listener, hint);
     assert!(
         furl.to_string()
             .contains(&format!("@tor:{onion}:3456/echo")),
@@ -153,7 +123,8 @@ async fn run(net: &TorNet) {
         .await
         .expect("the onion service restarts");
     assert_eq!(listener.onion(), onion);
-    let (server, again) = serve(&pem, listener).await;
+    let hint = listener.hint();
+    let (server, again) = serve(&pem, listener, hint);
     assert_eq!(again, furl);
     let fresh = Tub::new(
         Identity::generate().unwrap(),

@@ -1,0 +1,45 @@
+//! The small service the transport tests (TCP, I2P, Tor) serve and call: an echo, and a call
+//! back over the same connection, so that calls go both ways.
+
+use std::sync::Arc;
+
+use folio_handlers::Registry;
+use folio_rpc::{interface, Furl, Hint, Identity, Listener, Tub, TubConfig};
+
+/// Echoes, and calls back.
+#[interface(name = "test.echo.v1")]
+pub trait Echo {
+    /// Returns `"<name>: <text>"`.
+    async fn echo(&self, text: String) -> Result<String, String>;
+    /// Calls `back` over the same connection and returns what it said.
+    async fn call_back(&self, back: EchoRef, text: String) -> Result<String, String>;
+}
+
+/// An echo that prefixes its name.
+pub struct EchoImpl(pub &'static str);
+
+impl Echo for EchoImpl {
+    async fn echo(&self, text: String) -> Result<String, String> {
+        Ok(format!("{}: {text}", self.0))
+    }
+    async fn call_back(&self, back: EchoRef, text: String) -> Result<String, String> {
+        back.echo(text).await.map_err(|e| e.to_string())
+    }
+}
+
+/// A Tub with the identity in `pem`, reachable at `hint` through `listener`, exporting an
+/// `EchoImpl("server")` under the name `echo`. It dials nothing (a private, empty registry).
+pub fn serve(pem: &str, listener: impl Listener, hint: Hint) -> (Tub, Furl) {
+    let tub = Tub::new(
+        Identity::from_pem(pem).unwrap(),
+        Arc::new(Registry::private()),
+        TubConfig::default(),
+    )
+    .unwrap();
+    tub.set_location(vec![hint]);
+    tub.listen(listener);
+    let furl = tub
+        .register_as(EchoRef::serve(EchoImpl("server")), "echo")
+        .unwrap();
+    (tub, furl)
+}
