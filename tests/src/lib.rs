@@ -41,6 +41,29 @@ impl ChildGuard {
         Lines::new(stdout, self.name.clone())
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("not yet reaped").id()
+    }
+
+    /// Sends SIGTERM (a clean stop) to the child.
+    pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends SIGKILL (a crash) to the child.
+    pub fn crash(&self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) on the pid of a child we have not reaped yet (so it cannot have
+        // been reused).
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
     /// Waits up to `timeout` for the child to exit and returns its status.
     pub fn wait_timeout(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let child = self.child.as_mut().expect("not yet reaped");
