@@ -9,4 +9,6 @@
 //! drive the same pieces directly.
 #![warn(missing_docs)]
 
+pub mod introducer;
+pub mod private;
 pub mod storage;

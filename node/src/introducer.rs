@@ -1,0 +1,724 @@
+//! The introducer: signed announcements, published by nodes and fanned out to subscribers.
+//!
+//! A node announces its services (a storage server's FURL and permutation seed, its nickname
+//! and version) in an [`Announcement`], signed with the Ed25519 key in `private/node.privkey`.
+//! The signature covers `b"folio-announcement-v1\0"` followed by the postcard encoding of the
+//! announcement, which travels as opaque bytes so that every party verifies exactly what was
+//! signed before decoding it ([`SignedAnnouncement::verify`]).
+//!
+//! The [`IntroducerService`] verifies each published announcement, keeps only the highest
+//! sequence number per (service, key) — an older or replayed one is ignored and logged — and
+//! calls every subscriber of that service back through the [`SubscriberRef`] it passed to
+//! `subscribe`. A subscriber that joins late gets every current announcement at once.
+//!
+//! The [`IntroducerClient`] keeps a reconnecting connection to each configured introducer,
+//! publishes and subscribes again after every reconnection, verifies what it hears (it
+//! trusts the introducer for availability only, never for content), and caches the
+//! announcements so that a restarted node finds its servers while the introducers are down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use folio_rpc::{
+    interface, Bytes, Furl, ReconnectPolicy, Reconnector, ReconnectorStatus, TubId, TypedRef,
+};
+use ring::signature::{UnparsedPublicKey, ED25519};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::private::SigningKey;
+
+/// What every signature covers before the announcement's bytes.
+pub const SIGNATURE_CONTEXT: &[u8] = b"folio-announcement-v1\0";
+/// The largest encoded announcement accepted.
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 8 * 1024;
+/// The most announcements one `announce` call may carry.
+pub const MAX_BATCH: usize = 256;
+
+/// What a node says about one of its services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The service: `storage` for storage servers.
+    pub service: String,
+    /// The node's nickname, for people.
+    pub nickname: String,
+    /// The software that runs it (`folio-tahoe/0.1.0`).
+    pub version: String,
+    /// Grows with every new announcement from the same key; the highest one wins.
+    pub seqnum: u64,
+    /// Random: two announcements never have the same bytes.
+    pub nonce: [u8; 16],
+    /// The service's FURL (for storage: the storage server).
+    pub furl: Option<String>,
+    /// Orders this server in the per-file permutation (storage only).
+    pub permutation_seed: Option<[u8; 32]>,
+}
+
+/// An announcement as it travels: the signed bytes, the signature, the signer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAnnouncement {
+    /// The postcard encoding of an [`Announcement`].
+    pub body: Bytes,
+    /// The Ed25519 signature over [`SIGNATURE_CONTEXT`] + `body` (64 bytes).
+    pub signature: Bytes,
+    /// The signer's Ed25519 public key.
+    pub key: [u8; 32],
+}
+
+/// An announcement whose signature and contents were checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Who signed it.
+    pub key: [u8; 32],
+    /// What it says.
+    pub ann: Announcement,
+    /// The original, to pass on.
+    pub signed: SignedAnnouncement,
+}
+
+impl Verified {
+    /// The announced FURL, parsed.
+    pub fn furl(&self) -> Option<Furl> {
+        self.ann.furl.as_deref().and_then(|f| f.parse().ok())
+    }
+}
+
+/// Why an announcement was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AnnouncementError {
+    /// No signature, or not 64 bytes.
+    #[error("the announcement is not signed")]
+    Unsigned,
+    /// The signature does not match the key and the bytes.
+    #[error("bad signature")]
+    BadSignature,
+    /// The bytes are not an announcement.
+    #[error("undecodable announcement: {0}")]
+    Malformed(String),
+    /// Too many bytes.
+    #[error("announcement of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// A field is out of bounds.
+    #[error("invalid announcement field {field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Announcement {
+    /// Signs the announcement.
+    pub fn sign(&self, key: &SigningKey) -> SignedAnnouncement {
+        let body = postcard::to_allocvec(self).expect("announcements always encode");
+        let mut msg = SIGNATURE_CONTEXT.to_vec();
+        msg.extend_from_slice(&body);
+        SignedAnnouncement {
+            body: Bytes(body),
+            signature: Bytes(key.sign(&msg).to_vec()),
+            key: key.public(),
+        }
+    }
+
+    fn check(&self) -> Result<(), AnnouncementError> {
+        let invalid = |field: &str, reason: &str| {
+            Err(AnnouncementError::Invalid {
+                field: field.to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        let s = &self.service;
+        if s.is_empty()
+            || s.len() > 64
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return invalid("service", "must be 1-64 of [a-z0-9-]");
+        }
+        if self.nickname.chars().count() > 64 || self.nickname.chars().any(char::is_control) {
+            return invalid("nickname", "at most 64 printable characters");
+        }
+        if self.version.len() > 128 || self.version.chars().any(char::is_control) {
+            return invalid("version", "at most 128 printable characters");
+        }
+        if let Some(f) = &self.furl {
+            if let Err(e) = f.parse::<Furl>() {
+                return invalid("furl", &e.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SignedAnnouncement {
+    /// Checks the size, the signature and then the contents, in that order: nothing is
+    /// decoded before the signature holds.
+    pub fn verify(&self) -> Result<Verified, AnnouncementError> {
+        if self.body.len() > MAX_ANNOUNCEMENT_BYTES {
+            return Err(AnnouncementError::TooLarge(self.body.len()));
+        }
+        if self.signature.len() != 64 {
+            return Err(AnnouncementError::Unsigned);
+        }
+        let mut msg = SIGNATURE_CONTEXT.to_vec();
+        msg.extend_from_slice(&self.body);
+        UnparsedPublicKey::new(&ED25519, &self.key)
+            .verify(&msg, &self.signature)
+            .map_err(|_| AnnouncementError::BadSignature)?;
+        let ann: Announcement = postcard::from_bytes(&self.body)
+            .map_err(|e| AnnouncementError::Malformed(e.to_string()))?;
+        ann.check()?;
+        Ok(Verified {
+            key: self.key,
+            ann,
+            signed: self.clone(),
+        })
+    }
+}
+
+/// What the introducer did with a published announcement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PublishOutcome {
+    /// Stored and passed on to subscribers.
+    Accepted,
+    /// Not newer than the one held (sequence number `current`): ignored.
+    Stale {
+        /// The sequence number the introducer holds for this (service, key).
+        current: u64,
+    },
+}
+
+/// Errors of the introducer interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum IntroducerError {
+    /// The announcement was refused.
+    #[error("{0}")]
+    Announcement(AnnouncementError),
+    /// The introducer holds as many announcements or subscribers as it is configured to.
+    #[error("introducer full: {0}")]
+    Full(String),
+    /// The service name is not valid.
+    #[error("invalid service name")]
+    BadService,
+    /// Too many announcements in one call.
+    #[error("batch of {0} announcements exceeds {MAX_BATCH}")]
+    BatchTooLarge(usize),
+}
+
+/// The introducer, as publishers and subscribers call it.
+#[interface(name = "folio.introducer.v1")]
+pub trait Introducer {
+    /// Publishes a signed announcement.
+    async fn publish(&self, ann: SignedAnnouncement) -> Result<PublishOutcome, IntroducerError>;
+    /// Asks to be called back with every current and future announcement of `service`.
+    async fn subscribe(
+        &self,
+        subscriber: SubscriberRef,
+        service: String,
+    ) -> Result<(), IntroducerError>;
+}
+
+/// A subscriber, as the introducer calls it back.
+#[interface(name = "folio.introducer.subscriber.v1")]
+pub trait Subscriber {
+    /// New or updated announcements.
+    async fn announce(&self, anns: Vec<SignedAnnouncement>) -> Result<(), IntroducerError>;
+}
+
+/// Limits of an introducer.
+#[derive(Debug, Clone)]
+pub struct IntroducerLimits {
+    /// Announcements held, over all services and keys.
+    pub max_announcements: usize,
+    /// Subscriptions held.
+    pub max_subscribers: usize,
+}
+
+impl Default for IntroducerLimits {
+    fn default() -> Self {
+        IntroducerLimits {
+            max_announcements: 10_000,
+            max_subscribers: 10_000,
+        }
+    }
+}
+
+struct Subscription {
+    service: String,
+    peer: Option<TubId>,
+    sub: SubscriberRef,
+}
+
+#[derive(Default)]
+struct IntroducerState {
+    anns: BTreeMap<(String, [u8; 32]), Verified>,
+    subs: HashMap<u64, Subscription>,
+}
+
+/// The introducer service. Serve it with [`IntroducerService::serve`].
+#[derive(Clone)]
+pub struct IntroducerService {
+    state: Arc<Mutex<IntroducerState>>,
+    next_id: Arc<AtomicU64>,
+    limits: IntroducerLimits,
+}
+
+impl IntroducerService {
+    /// An empty introducer.
+    pub fn new(limits: IntroducerLimits) -> Self {
+        IntroducerService {
+            state: Arc::default(),
+            next_id: Arc::default(),
+            limits,
+        }
+    }
+
+    /// A reference to register on a Tub.
+    pub fn serve(&self) -> IntroducerRef {
+        IntroducerRef::serve(self.clone())
+    }
+
+    /// The announcements held, for status displays.
+    pub fn announcements(&self) -> Vec<Verified> {
+        lock(&self.state).anns.values().cloned().collect()
+    }
+
+    /// The number of live subscriptions.
+    pub fn subscriber_count(&self) -> usize {
+        lock(&self.state).subs.len()
+    }
+
+    fn deliver(sub: SubscriberRef, anns: Vec<SignedAnnouncement>) {
+        tokio::spawn(async move {
+            for chunk in anns.chunks(MAX_BATCH) {
+                if let Err(e) = sub.announce(chunk.to_vec()).await {
+                    debug!(error = %e, "subscriber did not take announcements");
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn valid_service(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+impl Introducer for IntroducerService {
+    async fn publish(&self, ann: SignedAnnouncement) -> Result<PublishOutcome, IntroducerError> {
+        let v = ann.verify().map_err(|e| {
+            warn!(error = %e, "refused an announcement");
+            IntroducerError::Announcement(e)
+        })?;
+        let key = (v.ann.service.clone(), v.key);
+        let targets = {
+            let mut st = lock(&self.state);
+            if let Some(cur) = st.anns.get(&key) {
+                if v.ann.seqnum <= cur.ann.seqnum {
+                    info!(
+                        service = %v.ann.service,
+                        nickname = %v.ann.nickname,
+                        seqnum = v.ann.seqnum,
+                        current = cur.ann.seqnum,
+                        "ignored an announcement that is not newer than the one held (replayed or old)"
+                    );
+                    return Ok(PublishOutcome::Stale {
+                        current: cur.ann.seqnum,
+                    });
+                }
+            } else if st.anns.len() >= self.limits.max_announcements {
+                return Err(IntroducerError::Full(format!(
+                    "{} announcements",
+                    st.anns.len()
+                )));
+            }
+            info!(service = %v.ann.service, nickname = %v.ann.nickname, seqnum = v.ann.seqnum, "announcement accepted");
+            st.anns.insert(key, v.clone());
+            st.subs
+                .values()
+                .filter(|s| s.service == v.ann.service)
+                .map(|s| s.sub.clone())
+                .collect::<Vec<_>>()
+        };
+        for sub in targets {
+            Self::deliver(sub, vec![v.signed.clone()]);
+        }
+        Ok(PublishOutcome::Accepted)
+    }
+
+    async fn subscribe(
+        &self,
+        subscriber: SubscriberRef,
+        service: String,
+    ) -> Result<(), IntroducerError> {
+        if !valid_service(&service) {
+            return Err(IntroducerError::BadService);
+        }
+        let peer = subscriber.object_ref().tubid();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let current = {
+            let mut st = lock(&self.state);
+            // One subscription per (peer, service): a re-subscription replaces the old one.
+            st.subs
+                .retain(|_, s| !(s.peer.is_some() && s.peer == peer && s.service == service));
+            if st.subs.len() >= self.limits.max_subscribers {
+                return Err(IntroducerError::Full(format!(
+                    "{} subscribers",
+                    st.subs.len()
+                )));
+            }
+            st.subs.insert(
+                id,
+                Subscription {
+                    service: service.clone(),
+                    peer,
+                    sub: subscriber.clone(),
+                },
+            );
+            st.anns
+                .values()
+                .filter(|v| v.ann.service == service)
+                .map(|v| v.signed.clone())
+                .collect::<Vec<_>>()
+        };
+        let state = self.state.clone();
+        subscriber.object_ref().on_disconnect(move |_| {
+            lock(&state).subs.remove(&id);
+        });
+        info!(%service, subscriber = ?peer, held = current.len(), "subscribed");
+        if !current.is_empty() {
+            Self::deliver(subscriber, current);
+        }
+        Ok(())
+    }
+}
+
+/// Called with each new or updated verified announcement a client hears.
+pub type AnnouncementSink = Arc<dyn Fn(&Verified) + Send + Sync>;
+
+struct ClientState {
+    anns: Mutex<BTreeMap<(String, [u8; 32]), Verified>>,
+    sink: AnnouncementSink,
+    cache: Option<PathBuf>,
+}
+
+impl ClientState {
+    /// Keeps `v` if it is newer than what is held; tells the sink.
+    fn offer(&self, v: Verified) -> bool {
+        let key = (v.ann.service.clone(), v.key);
+        {
+            let mut anns = lock(&self.anns);
+            if let Some(cur) = anns.get(&key) {
+                if v.ann.seqnum <= cur.ann.seqnum {
+                    return false;
+                }
+            }
+            anns.insert(key, v.clone());
+        }
+        (self.sink)(&v);
+        true
+    }
+
+    fn save_cache(&self) {
+        let Some(path) = &self.cache else { return };
+        let entries: Vec<CacheEntry> = lock(&self.anns)
+            .values()
+            .map(|v| CacheEntry::from(&v.signed))
+            .collect();
+        let text = serde_json::to_string_pretty(&entries).expect("cache entries encode");
+        if let Err(e) = folio_rpc::identity::write_private(path, text.as_bytes()) {
+            warn!(path = %path.display(), error = %e, "could not save the announcement cache");
+        }
+    }
+}
+
+/// One cached announcement, hex-encoded for people who look at the file.
+#[derive(Serialize, Deserialize)]
+struct CacheEntry {
+    key: String,
+    body: String,
+    signature: String,
+}
+
+impl From<&SignedAnnouncement> for CacheEntry {
+    fn from(s: &SignedAnnouncement) -> Self {
+        let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
+        CacheEntry {
+            key: hex(&s.key),
+            body: hex(&s.body),
+            signature: hex(&s.signature),
+        }
+    }
+}
+
+impl CacheEntry {
+    fn decode(&self) -> Option<SignedAnnouncement> {
+        let hex = |s: &str| data_encoding::HEXLOWER.decode(s.as_bytes()).ok();
+        Some(SignedAnnouncement {
+            key: hex(&self.key)?.try_into().ok()?,
+            body: Bytes(hex(&self.body)?),
+            signature: Bytes(hex(&self.signature)?),
+        })
+    }
+}
+
+/// The largest announcement cache read at start.
+const MAX_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+struct ClientSubscriber(Arc<ClientState>);
+
+impl Subscriber for ClientSubscriber {
+    async fn announce(&self, anns: Vec<SignedAnnouncement>) -> Result<(), IntroducerError> {
+        if anns.len() > MAX_BATCH {
+            return Err(IntroducerError::BatchTooLarge(anns.len()));
+        }
+        let mut changed = false;
+        for a in anns {
+            match a.verify() {
+                Ok(v) => changed |= self.0.offer(v),
+                // The introducer passes on what it verified; a bad one here means a bad
+                // introducer. Skip it and keep the rest.
+                Err(e) => warn!(error = %e, "refused an announcement from the introducer"),
+            }
+        }
+        if changed {
+            self.0.save_cache();
+        }
+        Ok(())
+    }
+}
+
+/// One introducer as the client sees it.
+#[derive(Debug, Clone)]
+pub struct IntroducerConnection {
+    /// The name in `tahoe.cfg` (`default` for `introducer.furl`).
+    pub name: String,
+    /// The introducer's FURL.
+    pub furl: Furl,
+    /// What the reconnector is doing.
+    pub status: ReconnectorStatus,
+}
+
+/// What a node publishes and subscribes to.
+pub struct ClientOptions {
+    /// The introducers, by name.
+    pub introducers: Vec<(String, Furl)>,
+    /// Announcements to publish on every (re)connection.
+    pub publish: Vec<SignedAnnouncement>,
+    /// Services to subscribe to.
+    pub subscribe: Vec<String>,
+    /// Where to cache announcements (`private/introducer_cache.json`).
+    pub cache: Option<PathBuf>,
+    /// How to reconnect.
+    pub policy: ReconnectPolicy,
+}
+
+/// A node's link to its introducers.
+pub struct IntroducerClient {
+    conns: Vec<(String, Reconnector)>,
+    state: Arc<ClientState>,
+}
+
+impl IntroducerClient {
+    /// Loads the cache (passing each verified entry to `sink`), then connects to every
+    /// introducer, publishing and subscribing after each connection.
+    pub fn start(
+        tub: &folio_rpc::Tub,
+        opts: ClientOptions,
+        sink: AnnouncementSink,
+    ) -> IntroducerClient {
+        let state = Arc::new(ClientState {
+            anns: Mutex::default(),
+            sink,
+            cache: opts.cache.clone(),
+        });
+        if let Some(path) = &opts.cache {
+            let loaded = load_cache(path);
+            let mut n = 0;
+            for v in loaded {
+                n += usize::from(state.offer(v));
+            }
+            if n > 0 {
+                info!(announcements = n, "loaded the announcement cache");
+            }
+        }
+        let subscriber = SubscriberRef::serve(ClientSubscriber(state.clone()));
+        let publish = Arc::new(opts.publish);
+        let services = Arc::new(opts.subscribe);
+        let mut conns = Vec::new();
+        for (name, furl) in opts.introducers {
+            let (publish, services, subscriber) =
+                (publish.clone(), services.clone(), subscriber.clone());
+            let label = name.clone();
+            let rc = tub.connect_to(furl, opts.policy, move |r| {
+                let intro = match IntroducerRef::from_object_ref(r) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        warn!(introducer = %label, error = %e, "not an introducer");
+                        return;
+                    }
+                };
+                let (publish, services, subscriber, label) = (
+                    publish.clone(),
+                    services.clone(),
+                    subscriber.clone(),
+                    label.clone(),
+                );
+                tokio::spawn(async move {
+                    for ann in publish.iter() {
+                        match intro.publish(ann.clone()).await {
+                            Ok(outcome) => {
+                                debug!(introducer = %label, ?outcome, "published")
+                            }
+                            Err(e) => {
+                                warn!(introducer = %label, error = %e, "publishing failed")
+                            }
+                        }
+                    }
+                    for service in services.iter() {
+                        if let Err(e) = intro.subscribe(subscriber.clone(), service.clone()).await {
+                            warn!(introducer = %label, error = %e, "subscribing failed");
+                        }
+                    }
+                    info!(introducer = %label, "published and subscribed");
+                });
+            });
+            conns.push((name, rc));
+        }
+        IntroducerClient { conns, state }
+    }
+
+    /// Each introducer and its connection state.
+    pub fn connections(&self) -> Vec<IntroducerConnection> {
+        self.conns
+            .iter()
+            .map(|(name, rc)| IntroducerConnection {
+                name: name.clone(),
+                furl: rc.furl().clone(),
+                status: rc.status(),
+            })
+            .collect()
+    }
+
+    /// Every announcement held (heard or cached).
+    pub fn announcements(&self) -> Vec<Verified> {
+        lock(&self.state.anns).values().cloned().collect()
+    }
+
+    /// Stops reconnecting.
+    pub fn stop(&self) {
+        for (_, rc) in &self.conns {
+            rc.stop();
+        }
+    }
+}
+
+fn load_cache(path: &std::path::Path) -> Vec<Verified> {
+    let text = match std::fs::metadata(path) {
+        Ok(m) if m.len() > MAX_CACHE_BYTES => {
+            warn!(path = %path.display(), "announcement cache too large; ignored");
+            return Vec::new();
+        }
+        Ok(_) => match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot read the announcement cache");
+                return Vec::new();
+            }
+        },
+        Err(_) => return Vec::new(),
+    };
+    let entries: Vec<CacheEntry> = match serde_json::from_str(&text) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "announcement cache unreadable; ignored");
+            return Vec::new();
+        }
+    };
+    entries
+        .iter()
+        .filter_map(|e| e.decode())
+        .filter_map(|s| match s.verify() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                warn!(error = %e, "dropped a cached announcement");
+                None
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(seqnum: u64) -> Announcement {
+        Announcement {
+            service: "storage".into(),
+            nickname: "alpha".into(),
+            version: "folio-tahoe/test".into(),
+            seqnum,
+            nonce: [7; 16],
+            furl: None,
+            permutation_seed: Some([1; 32]),
+        }
+    }
+
+    #[test]
+    fn signed_announcements_verify_and_tampering_is_caught() {
+        let key = SigningKey::generate();
+        let s = ann(3).sign(&key);
+        assert_eq!(s.verify().unwrap().ann, ann(3));
+
+        let mut forged = s.clone();
+        let last = forged.body.len() - 1;
+        forged.body[last] ^= 1;
+        assert_eq!(forged.verify(), Err(AnnouncementError::BadSignature));
+
+        let mut other_key = s.clone();
+        other_key.key = SigningKey::generate().public();
+        assert_eq!(other_key.verify(), Err(AnnouncementError::BadSignature));
+
+        let mut unsigned = s.clone();
+        unsigned.signature = Bytes(Vec::new());
+        assert_eq!(unsigned.verify(), Err(AnnouncementError::Unsigned));
+    }
+
+    #[test]
+    fn invalid_fields_are_refused_even_when_signed() {
+        let key = SigningKey::generate();
+        let mut a = ann(1);
+        a.service = "Storage Server".into();
+        assert!(matches!(
+            a.sign(&key).verify(),
+            Err(AnnouncementError::Invalid { field, .. }) if field == "service"
+        ));
+        let mut a = ann(1);
+        a.furl = Some("http://example.org/".into());
+        assert!(matches!(
+            a.sign(&key).verify(),
+            Err(AnnouncementError::Invalid { field, .. }) if field == "furl"
+        ));
+        let mut a = ann(1);
+        a.nickname = "bell\u{7}".into();
+        assert!(a.sign(&key).verify().is_err());
+    }
+
+    #[test]
+    fn cache_entries_round_trip() {
+        let s = ann(9).sign(&SigningKey::generate());
+        let e = CacheEntry::from(&s);
+        assert_eq!(e.decode().unwrap(), s);
+    }
+}

@@ -1,0 +1,282 @@
+//! The introducer over real TCP on 127.0.0.1: refusals of forged, replayed and unsigned
+//! announcements, fan-out to subscribers (late ones included), and the client's cache.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use folio_handlers::{Registry, TcpListener};
+use folio_node::introducer::{
+    Announcement, AnnouncementError, ClientOptions, IntroducerClient, IntroducerError,
+    IntroducerLimits, IntroducerRef, IntroducerService, PublishOutcome, SignedAnnouncement,
+    Subscriber, SubscriberRef, Verified,
+};
+use folio_node::private::SigningKey;
+use folio_rpc::{Bytes, CallError, Furl, Host, Identity, ReconnectPolicy, Tub, TubConfig};
+
+async fn tub() -> Tub {
+    Tub::new(
+        Identity::generate().unwrap(),
+        Arc::new(Registry::with_tcp()),
+        TubConfig::default(),
+    )
+    .unwrap()
+}
+
+async fn introducer() -> (Tub, IntroducerService, Furl) {
+    let t = tub().await;
+    let l = TcpListener::bind(&"tcp:0:interface=127.0.0.1".parse().unwrap())
+        .await
+        .unwrap();
+    t.set_location(vec![l.hint_for(Host::Ipv4([127, 0, 0, 1].into()))]);
+    t.listen(l);
+    let svc = IntroducerService::new(IntroducerLimits::default());
+    let furl = t.register(svc.serve()).unwrap();
+    (t, svc, furl)
+}
+
+fn ann(nickname: &str, seqnum: u64) -> Announcement {
+    Announcement {
+        service: "storage".into(),
+        nickname: nickname.into(),
+        version: "test".into(),
+        seqnum,
+        nonce: folio_node::private::random_bytes(),
+        furl: None,
+        permutation_seed: Some([9; 32]),
+    }
+}
+
+/// A subscriber that records what it hears.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<SignedAnnouncement>>>);
+
+impl Subscriber for Recorder {
+    async fn announce(&self, anns: Vec<SignedAnnouncement>) -> Result<(), IntroducerError> {
+        self.0.lock().unwrap().extend(anns);
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn nicknames(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let v = s.verify().unwrap();
+                (v.ann.nickname, v.ann.seqnum)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn forged_replayed_and_unsigned_announcements_are_refused() {
+    let (_it, svc, furl) = introducer().await;
+    let client = tub().await;
+    let intro: IntroducerRef = client.get(&furl).await.unwrap();
+    let key = SigningKey::generate();
+
+    assert_eq!(
+        intro.publish(ann("a", 5).sign(&key)).await.unwrap(),
+        PublishOutcome::Accepted
+    );
+
+    // Forged: the bytes changed after signing.
+    let mut forged = ann("a", 6).sign(&key);
+    let n = forged.body.len();
+    forged.body[n - 1] ^= 0x40;
+    match intro.publish(forged).await {
+        Err(CallError::App(IntroducerError::Announcement(AnnouncementError::BadSignature))) => {}
+        other => panic!("forged announcement: {other:?}"),
+    }
+    // Signed by another key than the one it names.
+    let mut stolen = ann("a", 7).sign(&SigningKey::generate());
+    stolen.key = key.public();
+    assert!(matches!(
+        intro.publish(stolen).await,
+        Err(CallError::App(IntroducerError::Announcement(
+            AnnouncementError::BadSignature
+        )))
+    ));
+    // Unsigned.
+    let mut unsigned = ann("a", 8).sign(&key);
+    unsigned.signature = Bytes(Vec::new());
+    assert!(matches!(
+        intro.publish(unsigned).await,
+        Err(CallError::App(IntroducerError::Announcement(
+            AnnouncementError::Unsigned
+        )))
+    ));
+    // Replayed (the same one again) and older: ignored, the held one stays.
+    let older = ann("a-old", 4).sign(&key);
+    assert_eq!(
+        intro.publish(older).await.unwrap(),
+        PublishOutcome::Stale { current: 5 }
+    );
+    let held = svc.announcements();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].ann.seqnum, 5);
+    assert_eq!(held[0].ann.nickname, "a");
+
+    // Newer wins.
+    assert_eq!(
+        intro.publish(ann("a-new", 9).sign(&key)).await.unwrap(),
+        PublishOutcome::Accepted
+    );
+    assert_eq!(svc.announcements()[0].ann.nickname, "a-new");
+    // The connection survived every refusal.
+    assert_eq!(client.connection_count(), 1);
+}
+
+#[tokio::test]
+async fn subscribers_hear_current_and_future_announcements_and_late_joiners_catch_up() {
+    let (_it, _svc, furl) = introducer().await;
+    let (k1, k2, k3) = (
+        SigningKey::generate(),
+        SigningKey::generate(),
+        SigningKey::generate(),
+    );
+
+    let early_tub = tub().await;
+    let early_intro: IntroducerRef = early_tub.get(&furl).await.unwrap();
+    let early = Recorder::default();
+    early_intro
+        .subscribe(SubscriberRef::serve(early.clone()), "storage".into())
+        .await
+        .unwrap();
+
+    let publisher = tub().await;
+    let p: IntroducerRef = publisher.get(&furl).await.unwrap();
+    p.publish(ann("one", 1).sign(&k1)).await.unwrap();
+    p.publish(ann("two", 1).sign(&k2)).await.unwrap();
+    let mut other_service = ann("helper", 1);
+    other_service.service = "helper".into();
+    p.publish(other_service.sign(&k3)).await.unwrap();
+    p.publish(ann("two", 2).sign(&k2)).await.unwrap();
+
+    eventually(
+        "the early subscriber to hear three storage announcements",
+        || early.nicknames().len() == 3,
+    )
+    .await;
+    assert_eq!(
+        early.nicknames(),
+        vec![("one".into(), 1), ("two".into(), 1), ("two".into(), 2)]
+    );
+
+    // A late subscriber gets the current state at once: one per key, the newest.
+    let late_tub = tub().await;
+    let late_intro: IntroducerRef = late_tub.get(&furl).await.unwrap();
+    let late = Recorder::default();
+    late_intro
+        .subscribe(SubscriberRef::serve(late.clone()), "storage".into())
+        .await
+        .unwrap();
+    eventually("the late subscriber to catch up", || {
+        late.nicknames().len() == 2
+    })
+    .await;
+    assert_eq!(late.nicknames(), vec![("one".into(), 1), ("two".into(), 2)]);
+
+    // A bad service name is refused.
+    assert!(matches!(
+        late_intro
+            .subscribe(SubscriberRef::serve(Recorder::default()), "No Such".into())
+            .await,
+        Err(CallError::App(IntroducerError::BadService))
+    ));
+}
+
+#[tokio::test]
+async fn clients_publish_subscribe_and_fall_back_to_their_cache() {
+    let (itub, svc, furl) = introducer().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("introducer_cache.json");
+    let key = SigningKey::generate();
+    let policy = ReconnectPolicy {
+        initial: Duration::from_millis(100),
+        ..ReconnectPolicy::default()
+    };
+
+    let heard: Arc<Mutex<Vec<Verified>>> = Arc::default();
+    let h = heard.clone();
+    let t = tub().await;
+    let client = IntroducerClient::start(
+        &t,
+        ClientOptions {
+            introducers: vec![("default".into(), furl.clone())],
+            publish: vec![ann("me", 1).sign(&key)],
+            subscribe: vec!["storage".into()],
+            cache: Some(cache.clone()),
+            policy,
+        },
+        Arc::new(move |v: &Verified| h.lock().unwrap().push(v.clone())),
+    );
+    // It published, subscribed, and heard its own announcement back.
+    eventually("the client to hear its own announcement", || {
+        heard.lock().unwrap().len() == 1
+    })
+    .await;
+    assert_eq!(svc.announcements().len(), 1);
+    assert!(client.connections()[0].status.connections >= 1);
+    eventually("the cache to be written", || cache.exists()).await;
+    client.stop();
+    t.shutdown().await;
+
+    // The introducer goes away; a restarted client still knows the server from its cache.
+    itub.shutdown().await;
+    let heard2: Arc<Mutex<Vec<Verified>>> = Arc::default();
+    let h2 = heard2.clone();
+    let t2 = tub().await;
+    let client2 = IntroducerClient::start(
+        &t2,
+        ClientOptions {
+            introducers: vec![("default".into(), furl)],
+            publish: Vec::new(),
+            subscribe: vec!["storage".into()],
+            cache: Some(cache.clone()),
+            policy,
+        },
+        Arc::new(move |v: &Verified| h2.lock().unwrap().push(v.clone())),
+    );
+    assert_eq!(heard2.lock().unwrap().len(), 1, "the cache was not used");
+    assert_eq!(heard2.lock().unwrap()[0].ann.nickname, "me");
+    assert_eq!(client2.announcements().len(), 1);
+
+    // A tampered cache entry is dropped, not trusted.
+    client2.stop();
+    let text = std::fs::read_to_string(&cache).unwrap();
+    let tampered = text.replacen("\"body\": \"", "\"body\": \"00", 1);
+    std::fs::write(&cache, tampered).unwrap();
+    let heard3: Arc<Mutex<Vec<Verified>>> = Arc::default();
+    let h3 = heard3.clone();
+    let client3 = IntroducerClient::start(
+        &t2,
+        ClientOptions {
+            introducers: Vec::new(),
+            publish: Vec::new(),
+            subscribe: Vec::new(),
+            cache: Some(cache),
+            policy,
+        },
+        Arc::new(move |v: &Verified| h3.lock().unwrap().push(v.clone())),
+    );
+    assert!(heard3.lock().unwrap().is_empty());
+    client3.stop();
+}
