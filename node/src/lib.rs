@@ -9,6 +9,7 @@
 //! drive the same pieces directly.
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod introducer;
 pub mod private;
 pub mod storage;
