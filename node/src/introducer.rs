@@ -123,6 +123,18 @@ impl Announcement {
         }
     }
 
+    /// Decodes and checks the bytes of an announcement whose signature holds. (Exposed for
+    /// the fuzz target; [`SignedAnnouncement::verify`] is the way in.)
+    pub fn from_signed_bytes(body: &[u8]) -> Result<Announcement, AnnouncementError> {
+        if body.len() > MAX_ANNOUNCEMENT_BYTES {
+            return Err(AnnouncementError::TooLarge(body.len()));
+        }
+        let ann: Announcement =
+            postcard::from_bytes(body).map_err(|e| AnnouncementError::Malformed(e.to_string()))?;
+        ann.check()?;
+        Ok(ann)
+    }
+
     fn check(&self) -> Result<(), AnnouncementError> {
         let invalid = |field: &str, reason: &str| {
             Err(AnnouncementError::Invalid {
@@ -169,9 +181,7 @@ impl SignedAnnouncement {
         UnparsedPublicKey::new(&ED25519, &self.key)
             .verify(&msg, &self.signature)
             .map_err(|_| AnnouncementError::BadSignature)?;
-        let ann: Announcement = postcard::from_bytes(&self.body)
-            .map_err(|e| AnnouncementError::Malformed(e.to_string()))?;
-        ann.check()?;
+        let ann = Announcement::from_signed_bytes(&self.body)?;
         Ok(Verified {
             key: self.key,
             ann,
@@ -411,6 +421,8 @@ struct ClientState {
     anns: Mutex<BTreeMap<(String, [u8; 32]), Verified>>,
     sink: AnnouncementSink,
     cache: Option<PathBuf>,
+    /// One cache writer at a time (they share a temporary file name).
+    saving: Mutex<()>,
 }
 
 impl ClientState {
@@ -432,6 +444,7 @@ impl ClientState {
 
     fn save_cache(&self) {
         let Some(path) = &self.cache else { return };
+        let _one_at_a_time = lock(&self.saving);
         let entries: Vec<CacheEntry> = lock(&self.anns)
             .values()
             .map(|v| CacheEntry::from(&v.signed))
@@ -542,6 +555,7 @@ impl IntroducerClient {
             anns: Mutex::default(),
             sink,
             cache: opts.cache.clone(),
+            saving: Mutex::new(()),
         });
         if let Some(path) = &opts.cache {
             let loaded = load_cache(path);

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod immutable;
 pub mod introducer;
 pub mod private;
 pub mod storage;

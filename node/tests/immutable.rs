@@ -1,0 +1,812 @@
+//! Immutable files end to end: storage servers on their own Tubs, a client Tub reaching them
+//! over TCP on 127.0.0.1, uploads and downloads through `folio_node::immutable`.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use folio_handlers::{Registry, TcpListener};
+use folio_node::broker::ConnectedServer;
+use folio_node::immutable::{
+    download, upload, CapError, ChkCap, DownloadError, EncodingParams, FileSource, Phase, Progress,
+    ReadCap, ShareFront, UploadError, UploadReport, LIT_MAX,
+};
+use folio_node::storage::{si_b32, Storage, StorageConfig, StorageServerRef};
+use folio_rpc::{Host, Identity, Tub, TubConfig};
+
+/// Runs a test body on a two-thread runtime, bounded as a whole.
+fn run_for(secs: u64, body: impl Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(secs), body)
+                .await
+                .expect("test timed out")
+        })
+}
+
+fn run(body: impl Future<Output = ()>) {
+    run_for(120, body)
+}
+
+fn tub() -> Tub {
+    Tub::new(
+        Identity::generate().unwrap(),
+        Arc::new(Registry::with_tcp()),
+        TubConfig::default(),
+    )
+    .unwrap()
+}
+
+struct Server {
+    dir: PathBuf,
+    tub: Tub,
+    _storage: Storage,
+    running: bool,
+}
+
+/// Storage servers, each on its own listening Tub, and a client Tub connected to all.
+struct Grid {
+    _tmp: tempfile::TempDir,
+    servers: Vec<Server>,
+    client: Tub,
+    connected: Vec<ConnectedServer>,
+}
+
+impl Grid {
+    async fn new(n: usize) -> Grid {
+        Grid::with(n, |_, _| {}).await
+    }
+
+    async fn with(n: usize, adjust: impl Fn(usize, &mut StorageConfig)) -> Grid {
+        let tmp = tempfile::tempdir().unwrap();
+        let client = tub();
+        let mut servers = Vec::new();
+        let mut connected = Vec::new();
+        for i in 0..n {
+            let dir = tmp.path().join(format!("server{i}"));
+            let mut config = StorageConfig::new(&dir);
+            adjust(i, &mut config);
+            let storage = Storage::open(config).unwrap();
+            let server = tub();
+            let listener = TcpListener::bind(&"tcp:0:interface=127.0.0.1".parse().unwrap())
+                .await
+                .unwrap();
+            server.set_location(vec![listener.hint_for(Host::Ipv4([127, 0, 0, 1].into()))]);
+            server.listen(listener);
+            let furl = server.register_as(storage.serve(), "storage").unwrap();
+            let ss: StorageServerRef =
+                tokio::time::timeout(Duration::from_secs(10), client.get(&furl))
+                    .await
+                    .expect("connecting timed out")
+                    .unwrap();
+            connected.push(ConnectedServer {
+                key: [i as u8 + 1; 32],
+                nickname: format!("server{i}"),
+                permutation_seed: [i as u8 + 101; 32],
+                server: ss,
+            });
+            servers.push(Server {
+                dir,
+                tub: server,
+                _storage: storage,
+                running: true,
+            });
+        }
+        Grid {
+            _tmp: tmp,
+            servers,
+            client,
+            connected,
+        }
+    }
+
+    /// Shuts server `i`'s Tub down: its connections close, calls to it fail.
+    async fn stop(&mut self, i: usize) {
+        let s = &mut self.servers[i];
+        if s.running {
+            tokio::time::timeout(Duration::from_secs(10), s.tub.shutdown())
+                .await
+                .expect("shutdown timed out");
+            s.running = false;
+        }
+    }
+
+    /// The index of the server named `nickname`.
+    fn index(&self, nickname: &str) -> usize {
+        self.connected
+            .iter()
+            .position(|c| c.nickname == nickname)
+            .unwrap()
+    }
+
+    /// Servers holding each share, from an upload report.
+    fn holders(&self, report: &UploadReport) -> Vec<(u16, usize)> {
+        let mut out = Vec::new();
+        for s in &report.servers {
+            for n in s.uploaded.iter().chain(&s.already_had) {
+                out.push((*n, self.index(&s.nickname)));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Finished share files of server `i` (not lease files).
+    fn share_files(&self, i: usize) -> Vec<PathBuf> {
+        files_under(&self.servers[i].dir.join("shares"))
+            .into_iter()
+            .filter(|p| !p.starts_with(self.servers[i].dir.join("shares/incoming")))
+            .filter(|p| p.extension().is_none())
+            .collect()
+    }
+
+    fn incoming_files(&self, i: usize) -> Vec<PathBuf> {
+        files_under(&self.servers[i].dir.join("shares/incoming"))
+    }
+
+    fn share_path(&self, i: usize, si: &[u8; 16], shnum: u16) -> PathBuf {
+        let b = si_b32(si);
+        self.servers[i]
+            .dir
+            .join("shares")
+            .join(&b[..2])
+            .join(&b)
+            .join(shnum.to_string())
+    }
+
+    async fn shutdown(mut self) {
+        for i in 0..self.servers.len() {
+            self.stop(i).await;
+        }
+        self.client.shutdown().await;
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Deterministic, incompressible-looking bytes (xorshift64*), from `seed` at `offset`.
+fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
+    for (i, chunk) in buf.chunks_mut(8).enumerate() {
+        let mut x = (seed ^ (offset / 8 + i as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}
+
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    fill(seed, 0, &mut v);
+    v
+}
+
+const CONVERGENCE: [u8; 32] = [0x11; 32];
+const LEASE: [u8; 32] = [0x22; 32];
+
+async fn put(grid: &Grid, params: &EncodingParams, bytes: &[u8]) -> UploadReport {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        upload(
+            &grid.connected,
+            params,
+            &CONVERGENCE,
+            &LEASE,
+            bytes.to_vec(),
+            Progress::new(),
+        ),
+    )
+    .await
+    .expect("upload timed out")
+    .unwrap()
+}
+
+async fn get(grid: &Grid, cap: &ReadCap) -> Result<Vec<u8>, DownloadError> {
+    let mut out = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        download(&grid.connected, cap, &mut out, Progress::new()),
+    )
+    .await
+    .expect("download timed out")?;
+    Ok(out)
+}
+
+/// 3-of-10, happy 7, with small segments (960 bytes: 1000 rounded down to 64 * 3).
+fn small_segments() -> EncodingParams {
+    EncodingParams {
+        max_segment_size: 1000,
+        ..EncodingParams::default()
+    }
+}
+
+#[test]
+fn round_trips_of_every_size() {
+    run(async {
+        let grid = Grid::new(10).await;
+        let params = small_segments();
+        let seg = params.segment_size_for(1 << 20);
+        assert_eq!(seg, 960);
+        let cases: Vec<(&str, usize, EncodingParams, bool)> = vec![
+            ("empty", 0, params, false),
+            ("one byte, inline", 1, params, false),
+            (
+                "one byte, on the grid",
+                1,
+                EncodingParams {
+                    max_inline: 0,
+                    ..params
+                },
+                true,
+            ),
+            ("inline limit", LIT_MAX, params, false),
+            ("just above the inline limit", LIT_MAX + 1, params, true),
+            ("exactly one segment", seg as usize, params, true),
+            ("one segment and a byte", seg as usize + 1, params, true),
+            (
+                "many segments, short tail",
+                seg as usize * 37 + 123,
+                params,
+                true,
+            ),
+            (
+                "default segments",
+                3 * 131_072 + 5,
+                EncodingParams::default(),
+                true,
+            ),
+        ];
+        for (what, len, params, chk) in cases {
+            let bytes = data(len as u64, len);
+            let progress = Progress::new();
+            let report = upload(
+                &grid.connected,
+                &params,
+                &CONVERGENCE,
+                &LEASE,
+                bytes.clone(),
+                progress.clone(),
+            )
+            .await
+            .unwrap();
+            let snap = progress.snapshot();
+            assert_eq!(snap.phase, Phase::Done, "{what}");
+            assert_eq!(
+                (snap.bytes_total, snap.bytes_done),
+                (len as u64, len as u64)
+            );
+            assert_eq!(matches!(report.cap, ReadCap::Chk(_)), chk, "{what}");
+            assert_eq!(report.cap.size(), len as u64);
+            if chk {
+                assert_eq!(report.happiness, 10, "{what}");
+                assert_eq!(report.shares_placed, 10, "{what}");
+                assert_eq!(report.servers.len(), 10, "{what}: one share per server");
+            } else {
+                assert!(
+                    report.servers.is_empty(),
+                    "{what}: a LIT cap touches no server"
+                );
+            }
+            // The cap survives being written out and read back.
+            let cap: ReadCap = report.cap.to_string().parse().unwrap();
+            assert_eq!(cap, report.cap);
+            let progress = Progress::new();
+            let mut out = Vec::new();
+            let dl = download(&grid.connected, &cap, &mut out, progress.clone())
+                .await
+                .unwrap();
+            assert!(out == bytes, "{what}: the download differs");
+            assert_eq!(dl.size, len as u64);
+            assert!(dl.corrupt.is_empty());
+            assert_eq!(progress.snapshot().bytes_done, len as u64);
+            if chk {
+                // The three primary shares, from three servers.
+                let mut shares: Vec<u16> = dl
+                    .servers_used
+                    .iter()
+                    .flat_map(|(_, v)| v.clone())
+                    .collect();
+                shares.sort();
+                assert_eq!(shares, vec![0, 1, 2], "{what}");
+            }
+        }
+        grid.shutdown().await;
+    })
+}
+
+/// 100 MiB streamed from a file on disk to a file on disk, 3-of-4 with 1 MiB segments.
+#[test]
+fn hundred_mib_file_streams() {
+    run_for(300, async {
+        let grid = Grid::new(4).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("input");
+        let output = tmp.path().join("output");
+        const LEN: u64 = 100 << 20;
+        {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+            let mut buf = vec![0u8; 1 << 20];
+            for i in 0..LEN / buf.len() as u64 {
+                fill(42, i * buf.len() as u64, &mut buf);
+                f.write_all(&buf).unwrap();
+            }
+            f.flush().unwrap();
+        }
+        let params = EncodingParams {
+            max_segment_size: 1 << 20,
+            ..EncodingParams::new(3, 4, 4).unwrap()
+        };
+        let started = Instant::now();
+        let report = tokio::time::timeout(
+            Duration::from_secs(200),
+            upload(
+                &grid.connected,
+                &params,
+                &CONVERGENCE,
+                &LEASE,
+                FileSource::open(&input).unwrap(),
+                Progress::new(),
+            ),
+        )
+        .await
+        .expect("upload timed out")
+        .unwrap();
+        let up = started.elapsed();
+        assert_eq!(report.happiness, 4);
+        let started = Instant::now();
+        let mut out = tokio::fs::File::create(&output).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(200),
+            download(&grid.connected, &report.cap, &mut out, Progress::new()),
+        )
+        .await
+        .expect("download timed out")
+        .unwrap();
+        drop(out);
+        let down = started.elapsed();
+        eprintln!("100 MiB: upload {up:?}, download {down:?}");
+        // Compare the files a chunk at a time.
+        let (mut a, mut b) = (
+            std::fs::File::open(&input).unwrap(),
+            std::fs::File::open(&output).unwrap(),
+        );
+        assert_eq!(b.metadata().unwrap().len(), LEN);
+        let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        for _ in 0..LEN / x.len() as u64 {
+            a.read_exact(&mut x).unwrap();
+            b.read_exact(&mut y).unwrap();
+            assert!(x == y, "the downloaded file differs");
+        }
+        grid.shutdown().await;
+    })
+}
+
+/// With 3-of-10 on ten servers (one share each), any seven may be down.
+#[test]
+fn download_survives_seven_servers_down_and_not_eight() {
+    run(async {
+        let params = small_segments();
+        let bytes = data(7, 960 * 12 + 500);
+        // Keep the holders of: recovery shares only; primary shares only; a mix.
+        for keep in [[7u16, 8, 9], [0, 1, 2], [1, 5, 9]] {
+            let mut grid = Grid::new(10).await;
+            let report = put(&grid, &params, &bytes).await;
+            let holders = grid.holders(&report);
+            assert_eq!(holders.len(), 10);
+            for &(shnum, server) in &holders {
+                if !keep.contains(&shnum) {
+                    grid.stop(server).await;
+                }
+            }
+            let out = get(&grid, &report.cap).await.unwrap();
+            assert!(out == bytes, "kept shares {keep:?}: the download differs");
+
+            // An eighth server down: two shares left, three needed.
+            let (_, eighth) = holders.iter().find(|(n, _)| *n == keep[0]).unwrap();
+            grid.stop(*eighth).await;
+            let err = get(&grid, &report.cap).await.unwrap_err();
+            match &err {
+                DownloadError::NotEnoughShares {
+                    found,
+                    total,
+                    needed,
+                    servers,
+                    failed,
+                    ..
+                } => {
+                    assert_eq!((*found, *total, *needed), (2, 10, 3));
+                    assert_eq!(*servers, 2);
+                    assert_eq!(*failed, 8);
+                }
+                other => panic!("expected NotEnoughShares, got {other:?}"),
+            }
+            let text = err.to_string();
+            assert!(
+                text.starts_with("found 2 shares of 10 (need 3) on 2 servers"),
+                "{text}"
+            );
+            grid.shutdown().await;
+        }
+    })
+}
+
+fn flip(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x04;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The storage server's share file has a 40-byte header before the share.
+const SERVER_HEADER: u64 = 40;
+
+#[test]
+fn corrupt_shares_are_detected_reported_and_replaced() {
+    run(async {
+        let grid = Grid::new(10).await;
+        let params = small_segments();
+        let bytes = data(9, 960 * 20 + 17);
+        let report = put(&grid, &params, &bytes).await;
+        let ReadCap::Chk(chk) = &report.cap else {
+            panic!("a CHK cap")
+        };
+        let si = chk.storage_index();
+        let holders = grid.holders(&report);
+        let holder = |shnum: u16| holders.iter().find(|(n, _)| *n == shnum).unwrap().1;
+
+        // Share 0: a bit of segment 5's block. Share 1: a bit of its UEB copy.
+        let p0 = grid.share_path(holder(0), &si, 0);
+        let share0 = std::fs::read(&p0).unwrap();
+        let front = ShareFront::decode_for(&share0[SERVER_HEADER as usize..], chk, 0).unwrap();
+        let (block5, _) = front.layout.block_range(5);
+        flip(&p0, SERVER_HEADER + block5 + 100);
+        let p1 = grid.share_path(holder(1), &si, 1);
+        flip(&p1, SERVER_HEADER + 64 + 20);
+
+        let mut out = Vec::new();
+        let dl = tokio::time::timeout(
+            Duration::from_secs(60),
+            download(&grid.connected, &report.cap, &mut out, Progress::new()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(out == bytes, "the download differs");
+        let mut corrupt: Vec<u16> = dl.corrupt.iter().map(|c| c.shnum).collect();
+        corrupt.sort();
+        assert_eq!(corrupt, vec![0, 1], "{:?}", dl.corrupt);
+        assert!(dl.corrupt.iter().any(|c| c.reason.contains("block 5")));
+        assert!(dl.corrupt.iter().any(|c| c.reason.contains("UEB")));
+
+        // Both servers were told.
+        for shnum in [0u16, 1] {
+            let log = grid.servers[holder(shnum)]
+                .dir
+                .join("corruption-advisories/advisories.log");
+            let text = std::fs::read_to_string(&log).unwrap();
+            let line = text.lines().next().unwrap();
+            let fields: Vec<&str> = line.splitn(5, ' ').collect();
+            assert_eq!(fields[1], "immutable", "{line}");
+            assert_eq!(fields[2], si_b32(&si), "{line}");
+            assert_eq!(fields[3], shnum.to_string(), "{line}");
+        }
+        // Nobody else was.
+        for (shnum, server) in &holders {
+            if *shnum > 1 {
+                let log = grid.servers[*server]
+                    .dir
+                    .join("corruption-advisories/advisories.log");
+                assert!(!log.exists() || std::fs::read(&log).unwrap().is_empty());
+            }
+        }
+        grid.shutdown().await;
+    })
+}
+
+#[test]
+fn convergence_same_secret_same_cap() {
+    run(async {
+        let grid = Grid::new(10).await;
+        let params = small_segments();
+        let bytes = data(3, 5000);
+        let first = put(&grid, &params, &bytes).await;
+        let again = put(&grid, &params, &bytes).await;
+        assert_eq!(first.cap, again.cap);
+        assert_eq!(first.cap.to_string(), again.cap.to_string());
+        // The second upload found every share in place and wrote none.
+        assert_eq!(again.shares_placed, 10);
+        assert!(again.servers.iter().all(|s| s.uploaded.is_empty()));
+        assert_eq!(
+            again
+                .servers
+                .iter()
+                .map(|s| s.already_had.len())
+                .sum::<usize>(),
+            10
+        );
+
+        let other = upload(
+            &grid.connected,
+            &params,
+            &[0x33; 32],
+            &LEASE,
+            bytes.clone(),
+            Progress::new(),
+        )
+        .await
+        .unwrap();
+        assert_ne!(other.cap, first.cap);
+        assert_ne!(other.storage_index, first.storage_index);
+        // Other parameters, another cap too.
+        let wider = put(
+            &grid,
+            &EncodingParams {
+                needed: 4,
+                ..params
+            },
+            &bytes,
+        )
+        .await;
+        assert_ne!(wider.cap, first.cap);
+        // Every one reads back.
+        for cap in [&first.cap, &other.cap, &wider.cap] {
+            assert!(get(&grid, cap).await.unwrap() == bytes);
+        }
+        grid.shutdown().await;
+    })
+}
+
+fn assert_nothing_stored(grid: &Grid) {
+    for i in 0..grid.servers.len() {
+        assert!(
+            grid.share_files(i).is_empty(),
+            "server {i} kept shares: {:?}",
+            grid.share_files(i)
+        );
+        assert!(
+            grid.incoming_files(i).is_empty(),
+            "server {i} kept partial uploads: {:?}",
+            grid.incoming_files(i)
+        );
+    }
+}
+
+#[test]
+fn upload_refused_below_happiness_leaves_nothing() {
+    run(async {
+        // Four of ten servers down: six can take shares, happy is seven.
+        let mut grid = Grid::new(10).await;
+        for i in [1, 4, 6, 8] {
+            grid.stop(i).await;
+        }
+        let err = upload(
+            &grid.connected,
+            &small_segments(),
+            &CONVERGENCE,
+            &LEASE,
+            data(5, 10_000),
+            Progress::new(),
+        )
+        .await
+        .unwrap_err();
+        match &err {
+            UploadError::NotHappy {
+                found,
+                happy,
+                failed,
+                ..
+            } => assert_eq!((*found, *happy, *failed), (6, 7, 4)),
+            other => panic!("expected NotHappy, got {other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .starts_with("found 6 servers that can take shares, need happy=7"),
+            "{err}"
+        );
+        assert_nothing_stored(&grid);
+        grid.shutdown().await;
+
+        // Five of ten servers read-only: they allocate nothing.
+        let grid = Grid::with(10, |i, c| c.readonly = i % 2 == 0).await;
+        let err = upload(
+            &grid.connected,
+            &small_segments(),
+            &CONVERGENCE,
+            &LEASE,
+            data(5, 10_000),
+            Progress::new(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UploadError::NotHappy {
+                    found: 5,
+                    happy: 7,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_nothing_stored(&grid);
+        // With happy = 5 the same grid takes the file: two shares on some servers.
+        let params = EncodingParams {
+            happy: 5,
+            ..small_segments()
+        };
+        let report = put(&grid, &params, &data(5, 10_000)).await;
+        assert_eq!(report.happiness, 5);
+        assert_eq!(report.shares_placed, 10);
+        assert!(get(&grid, &report.cap).await.unwrap() == data(5, 10_000));
+        grid.shutdown().await;
+    })
+}
+
+#[test]
+fn servers_failing_mid_upload() {
+    run(async {
+        // One server of ten dies while shares are being written: happiness holds (9 >= 7).
+        let mut grid = Grid::new(10).await;
+        let params = EncodingParams {
+            max_segment_size: 4096,
+            ..EncodingParams::default()
+        };
+        let bytes = data(11, 6 << 20);
+        let progress = Progress::new();
+        let victim_key = {
+            // The first server in permuted order holds share 0; any server will do.
+            grid.connected[3].key
+        };
+        let upload_fut = upload(
+            &grid.connected,
+            &params,
+            &CONVERGENCE,
+            &LEASE,
+            bytes.clone(),
+            progress.clone(),
+        );
+        let watcher = async {
+            while !(progress.snapshot().phase == Phase::Pushing
+                && progress.snapshot().bytes_done > 0)
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            grid.servers[3].tub.shutdown().await;
+        };
+        let (report, ()) = tokio::join!(upload_fut, watcher);
+        let report = report.unwrap();
+        assert!(
+            report.failed_servers.iter().any(|(n, _)| n == "server3"),
+            "{:?}",
+            report.failed_servers
+        );
+        assert_eq!(report.happiness, 9);
+        assert!(report.servers.iter().all(|s| s.key != victim_key));
+        grid.servers[3].running = false;
+        assert!(get(&grid, &report.cap).await.unwrap() == bytes);
+        grid.shutdown().await;
+
+        // Four die: six left, happy is seven. The upload fails and aborts every writer.
+        let mut grid = Grid::new(10).await;
+        let progress = Progress::new();
+        let upload_fut = upload(
+            &grid.connected,
+            &params,
+            &CONVERGENCE,
+            &LEASE,
+            bytes.clone(),
+            progress.clone(),
+        );
+        let watcher = async {
+            while !(progress.snapshot().phase == Phase::Pushing
+                && progress.snapshot().bytes_done > 0)
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            for i in [0, 2, 5, 7] {
+                grid.servers[i].tub.shutdown().await;
+            }
+        };
+        let (result, ()) = tokio::join!(upload_fut, watcher);
+        match result {
+            Err(UploadError::LostServers { found, happy, .. }) => {
+                assert!(found < 7, "{found}");
+                assert_eq!(happy, 7);
+            }
+            other => panic!("expected LostServers, got {other:?}"),
+        }
+        for i in [0, 2, 5, 7] {
+            grid.servers[i].running = false;
+        }
+        // The live servers were told to abort: nothing of the file is kept.
+        for i in [1, 3, 4, 6, 8, 9] {
+            assert!(grid.share_files(i).is_empty(), "server {i}");
+            assert!(grid.incoming_files(i).is_empty(), "server {i}");
+        }
+        grid.shutdown().await;
+    })
+}
+
+#[test]
+fn cap_strings() {
+    let cap = ReadCap::Chk(ChkCap {
+        key: [0xab; 32],
+        ueb_hash: [0xcd; 32],
+        needed: 3,
+        total: 10,
+        size: 1_000_000,
+    });
+    let text = cap.to_string();
+    let fields: Vec<&str> = text.split(':').collect();
+    assert_eq!(&fields[..2], ["folio", "CHK"]);
+    assert_eq!(fields[2].len(), 52);
+    assert_eq!(fields[3].len(), 52);
+    assert_eq!(&fields[4..], ["3", "10", "1000000"]);
+    assert_eq!(text.parse::<ReadCap>().unwrap(), cap);
+    let lit = ReadCap::Lit(b"hi".to_vec());
+    assert_eq!(lit.to_string().parse::<ReadCap>().unwrap(), lit);
+
+    let with = |i: usize, v: &str| {
+        let mut f = fields.clone();
+        f[i] = v;
+        f.join(":")
+    };
+    let refused = [
+        ("wrong prefix", text.replacen("folio:CHK:", "URI:CHK:", 1)),
+        ("lowercase type", text.replacen("CHK", "chk", 1)),
+        ("extra field", format!("{text}:7")),
+        ("missing field", fields[..6].join(":")),
+        ("trailing newline", format!("{text}\n")),
+        ("uppercase base32", with(2, &fields[2].to_ascii_uppercase())),
+        ("bad base32", with(3, &"1".repeat(52))),
+        ("short key", with(2, &fields[2][..26])),
+        ("k > N", with(4, "11")),
+        ("k = 0", with(4, "0")),
+        ("N > 256", with(5, "300")),
+        ("leading zero", with(6, "01000000")),
+        ("negative size", with(6, "-5")),
+        ("size 0", with(6, "0")),
+        ("size too large", with(6, "281474976710657")),
+        ("LIT too long", format!("folio:LIT:{}", "a".repeat(100))),
+    ];
+    for (what, s) in refused {
+        let e = s.parse::<ReadCap>();
+        assert!(e.is_err(), "{what}: {s} was accepted");
+    }
+    assert_eq!(
+        with(4, "11").parse::<ReadCap>().unwrap_err(),
+        CapError::Shares {
+            needed: 11,
+            total: 10
+        }
+    );
+    assert_eq!(
+        format!("{text}:7").parse::<ReadCap>().unwrap_err(),
+        CapError::FieldCount(6)
+    );
+    assert_eq!(
+        "URI:CHK:x".parse::<ReadCap>().unwrap_err(),
+        CapError::UnknownPrefix
+    );
+}
