@@ -9,8 +9,14 @@
 //! drive the same pieces directly.
 #![warn(missing_docs)]
 
+pub mod broker;
 pub mod config;
+pub mod control;
+pub mod create;
+pub mod files;
 pub mod immutable;
 pub mod introducer;
+pub mod node;
 pub mod private;
 pub mod storage;
+pub mod transfer;

@@ -1,11 +1,12 @@
-//! README's main command must keep working: run `tahoe demo` and check what it reports.
+//! README's main command must keep working: run `tahoe demo` (the demo grid) and
+//! `tahoe demo-handshake`, and check what they report.
 
 use std::process::Command;
 
 #[test]
-fn tahoe_demo_runs_end_to_end() {
+fn tahoe_demo_handshake_runs_end_to_end() {
     let out = Command::new(env!("CARGO_BIN_EXE_tahoe"))
-        .args(["demo", "--round-trips", "20"])
+        .args(["demo-handshake", "--round-trips", "20"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -39,9 +40,47 @@ fn tahoe_version_and_help() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("tahoe "));
     let out = Command::new(env!("CARGO_BIN_EXE_tahoe"))
-        .args(["demo", "--help"])
+        .args(["demo-handshake", "--help"])
         .output()
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--round-trips"));
+}
+
+#[test]
+fn tahoe_demo_grid_stores_loses_seven_servers_and_gets_the_file_back() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tahoe"))
+        .args(["demo", "--size-mib", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "the client sees 10 storage servers",
+        "cap: folio:CHK:",
+        "10 shares on 10 servers",
+        "stopped: storage1, storage2, storage3, storage4, storage5, storage6, storage7",
+        "identical to the original: yes",
+        "refused, as it must be: download failed: found 2 shares of 10 (need 3)",
+        "Storage servers: 2 of 10 connected",
+        "done in",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    let dir = stdout
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("Folio demo grid in "))
+        .expect("the first line names the directory");
+    assert!(
+        !std::path::Path::new(dir).exists(),
+        "the demo left {dir} behind"
+    );
 }

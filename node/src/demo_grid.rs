@@ -1,0 +1,261 @@
+//! `tahoe demo`: a whole grid on 127.0.0.1, in a temporary directory, in one command.
+//!
+//! 1. `create-introducer`, ten `create-node`s and a `create-client`, exactly as a person
+//!    would make them, then every node started in this process.
+//! 2. The client finds the ten storage servers through the introducer.
+//! 3. A file is uploaded 3-of-10 (the defaults), encrypted and erasure-coded.
+//! 4. Seven storage nodes are stopped; the file comes back intact from the other three.
+//! 5. An eighth is stopped; the download now fails, saying how many shares it found.
+//! 6. The client's status table and the timings; then everything is stopped and removed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use folio_node::control::TransferProgress;
+use folio_node::create::{self, CreateArgs, Kind};
+use folio_node::node::Node;
+use folio_node::transfer::human;
+
+/// Options of `tahoe demo`.
+#[derive(Debug, Args)]
+pub struct DemoGridArgs {
+    /// Storage nodes to run (at least 10: the file is stored 3-of-10).
+    #[arg(long, default_value_t = 10)]
+    pub servers: usize,
+    /// Size of the file to upload, in MiB.
+    #[arg(long, default_value_t = 16)]
+    pub size_mib: u64,
+    /// Keep the grid's directory instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+struct Cleanup {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.keep {
+            println!("(kept {})", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn step(t0: Instant, text: &str) {
+    println!("\n[{:6.2}s] {text}", t0.elapsed().as_secs_f64());
+}
+
+async fn make(kind: Kind, dir: &Path, nickname: &str, introducer: Option<&str>) -> Result<()> {
+    let args = CreateArgs {
+        basedir: Some(dir.to_path_buf()),
+        nickname: Some(nickname.to_string()),
+        hostname: (kind != Kind::Client).then(|| "127.0.0.1".to_string()),
+        introducers: introducer.map(|f| vec![f.to_string()]).unwrap_or_default(),
+        shares_needed: 3,
+        shares_happy: 7,
+        shares_total: 10,
+        ..CreateArgs::default()
+    };
+    let plan = create::plan(kind, &args)?;
+    create::create(plan).await?;
+    Ok(())
+}
+
+/// A deterministic file of `len` bytes that does not compress.
+fn write_sample(path: &Path, len: u64) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut left = len;
+    while left > 0 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        let n = left.min(8) as usize;
+        f.write_all(&b[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(data_encoding::HEXLOWER.encode(ctx.finish().as_ref()))
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn quiet_progress() -> Arc<dyn Fn(TransferProgress) + Send + Sync> {
+    Arc::new(|_| {})
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoGridArgs) -> Result<()> {
+    if args.servers < 10 {
+        bail!("--servers must be at least 10: the demo stores 3-of-10 and stops 7, then 8");
+    }
+    let t0 = Instant::now();
+    let dir = std::env::temp_dir().join(format!("folio-demo-grid-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _cleanup = Cleanup {
+        dir: dir.clone(),
+        keep: args.keep,
+    };
+    println!("Folio demo grid in {}", dir.display());
+
+    step(t0, "create-introducer, start it");
+    let intro_dir = dir.join("introducer");
+    make(Kind::Introducer, &intro_dir, "introducer", None).await?;
+    let introducer = Node::start(&intro_dir).await?;
+    let furl = std::fs::read_to_string(intro_dir.join("private/introducer.furl"))?
+        .trim()
+        .to_string();
+    println!("  introducer FURL: {furl}");
+
+    step(
+        t0,
+        &format!(
+            "create-node x{} and create-client, start them",
+            args.servers
+        ),
+    );
+    let mut servers = Vec::new();
+    for i in 1..=args.servers {
+        let d = dir.join(format!("storage{i}"));
+        make(Kind::Node, &d, &format!("storage{i}"), Some(&furl)).await?;
+        servers.push(Node::start(&d).await?);
+    }
+    let client_dir = dir.join("client");
+    make(Kind::Client, &client_dir, "client", Some(&furl)).await?;
+    let client = Node::start(&client_dir).await?;
+    let broker = client.broker().expect("a client has a broker").clone();
+    let t = Instant::now();
+    wait_for(
+        "the client to connect to every server",
+        Duration::from_secs(60),
+        || broker.connected().len() == args.servers,
+    )
+    .await?;
+    println!(
+        "  the client sees {} storage servers ({:.0} ms after it started)",
+        args.servers,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+
+    let size = args.size_mib * 1024 * 1024;
+    step(
+        t0,
+        &format!(
+            "upload a {} file (3-of-10, AES-CTR, Merkle trees)",
+            human(size)
+        ),
+    );
+    let input = dir.join("input.bin");
+    write_sample(&input, size)?;
+    let digest = sha256_file(&input)?;
+    let t = Instant::now();
+    let up = client.upload_path(&input, quiet_progress()).await?;
+    let up_secs = t.elapsed().as_secs_f64();
+    println!("  cap: {}", up.cap);
+    println!(
+        "  {} shares on {} servers in {:.2} s ({}/s)",
+        up.shares,
+        up.servers.len(),
+        up_secs,
+        human((size as f64 / up_secs) as u64)
+    );
+
+    step(t0, "stop 7 storage nodes");
+    let stopped: Vec<String> = (0..7).map(|i| format!("storage{}", i + 1)).collect();
+    for s in &servers[..7] {
+        s.shutdown().await;
+    }
+    println!("  stopped: {}", stopped.join(", "));
+    wait_for("the client to notice", Duration::from_secs(30), || {
+        broker.connected().len() == args.servers - 7
+    })
+    .await?;
+
+    step(t0, "download with 3 of 10 servers left");
+    let output = dir.join("output.bin");
+    let t = Instant::now();
+    let out = tokio::fs::File::create(&output).await?;
+    let down = client.download_to(&up.cap, out, quiet_progress()).await?;
+    let down_secs = t.elapsed().as_secs_f64();
+    let same = sha256_file(&output)? == digest;
+    println!(
+        "  {} in {:.2} s ({}/s) from {}; identical to the original: {}",
+        human(down.size),
+        down_secs,
+        human((size as f64 / down_secs) as u64),
+        down.servers.join(", "),
+        if same { "yes" } else { "NO" }
+    );
+    if !same {
+        bail!("the downloaded file differs from the original");
+    }
+
+    step(t0, "stop an 8th: only 2 of the 3 needed shares remain");
+    servers[7].shutdown().await;
+    wait_for("the client to notice", Duration::from_secs(30), || {
+        broker.connected().len() == args.servers - 8
+    })
+    .await?;
+    let out = tokio::fs::File::create(dir.join("output2.bin")).await?;
+    match client.download_to(&up.cap, out, quiet_progress()).await {
+        Ok(_) => bail!("the download should have failed with 2 servers"),
+        Err(e) => println!("  refused, as it must be: {e}"),
+    }
+
+    step(t0, "the client's view of the grid (tahoe status)");
+    print!("{}", folio_node::control::render(&client.status()));
+
+    step(t0, "timings");
+    println!(
+        "  upload    {:>8.2} s  {:>12}/s",
+        up_secs,
+        human((size as f64 / up_secs) as u64)
+    );
+    println!(
+        "  download  {:>8.2} s  {:>12}/s",
+        down_secs,
+        human((size as f64 / down_secs) as u64)
+    );
+
+    for s in &servers[8..] {
+        s.shutdown().await;
+    }
+    client.shutdown().await;
+    introducer.shutdown().await;
+    println!("\ndone in {:.2} s.", t0.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,599 @@
+//! A running node: `tahoe run BASEDIR`.
+//!
+//! [`Node::start`] reads `tahoe.cfg` and `private/`, refuses a configuration that could
+//! reveal the IP address of a node that must hide it, builds the handler registry and the
+//! Tub, starts the listeners (TCP, onion service, I2P destination), and then the services:
+//! an introducer (a node made with `create-introducer`), or a storage server, the
+//! introducer client and the storage broker. It also opens the control port that
+//! `tahoe status` reads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use folio_handlers::{Registry, TcpListener};
+use folio_rpc::{Furl, Hint, Host, ReconnectPolicy, ReconnectorState, Swissnum, Tub, TubConfig};
+use folio_transports::tcp::ListenSpec;
+use tracing::{info, warn};
+
+use crate::broker::{unix_secs, Override, StorageBroker};
+use crate::config::{Location, NodeConfig, TubPort};
+use crate::control::{
+    Control, ControlError, ControlRef, IntroducerStatus, NodeStatus, ProgressRef, SinkRef,
+    TransferProgress, TransferReport, UploadRef,
+};
+use crate::files::{Files, Reporter};
+use crate::immutable::EncodingParams;
+use crate::introducer::{
+    Announcement, ClientOptions, IntroducerClient, IntroducerLimits, IntroducerService,
+};
+use crate::private::{random_bytes, PrivateDir};
+
+/// The software version nodes announce.
+pub const VERSION: &str = concat!("folio-tahoe/", env!("CARGO_PKG_VERSION"));
+
+/// The file whose presence marks a base directory as an introducer's (Tahoe's name).
+pub const INTRODUCER_MARKER: &str = "tahoe-introducer.tac";
+/// The file whose presence marks a base directory as a client or storage node's.
+pub const CLIENT_MARKER: &str = "tahoe-client.tac";
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `BASEDIR` is not a node directory.
+    #[error("{0} is not a node directory (no {CLIENT_MARKER} or {INTRODUCER_MARKER}); make one with `tahoe create-node`, `create-client` or `create-introducer`")]
+    NotANode(String),
+    /// `tahoe.cfg` is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The configuration would reveal the IP address of a node that must hide it.
+    #[error("refusing to start: {0}")]
+    Privacy(crate::config::PrivacyError),
+    /// A file in `private/` is missing or wrong.
+    #[error(transparent)]
+    Private(#[from] crate::private::PrivateError),
+    /// A handler could not be set up.
+    #[error("{0}")]
+    Handler(String),
+    /// A listener could not start.
+    #[error("{0}")]
+    Listen(String),
+    /// The storage server could not start.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// Something else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A running node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tub: Tub,
+    kind: &'static str,
+    nickname: String,
+    hide_ip: bool,
+    listeners: Vec<String>,
+    handlers: Vec<(String, String)>,
+    introducer: Option<IntroducerService>,
+    client: Option<IntroducerClient>,
+    broker: Option<Arc<StorageBroker>>,
+    storage_enabled: bool,
+    control_furl: Furl,
+    basedir: PathBuf,
+    files: Option<Files>,
+}
+
+/// The Tub settings of a node: keepalives, and a disconnect timeout because over Tor and
+/// I2P a vanished peer can leave a stream open on our side indefinitely.
+pub fn node_tub_config() -> TubConfig {
+    TubConfig {
+        keepalive: Some(Duration::from_secs(60)),
+        disconnect_timeout: Some(Duration::from_secs(180)),
+        ..TubConfig::default()
+    }
+}
+
+/// How a node reconnects to its introducers and storage servers.
+pub fn node_reconnect_policy() -> ReconnectPolicy {
+    ReconnectPolicy {
+        max: Duration::from_secs(300),
+        ..ReconnectPolicy::default()
+    }
+}
+
+impl Node {
+    /// Starts the node in `basedir`.
+    pub async fn start(basedir: &Path) -> Result<Node, StartError> {
+        let kind = if basedir.join(INTRODUCER_MARKER).exists() {
+            "introducer"
+        } else if basedir.join(CLIENT_MARKER).exists() {
+            "node"
+        } else {
+            return Err(StartError::NotANode(basedir.display().to_string()));
+        };
+        let cfg = NodeConfig::load(&basedir.join("tahoe.cfg"))?;
+        let hide_ip = !cfg.node.reveal_ip;
+        if hide_ip {
+            cfg.check_privacy().map_err(StartError::Privacy)?;
+        }
+        let private = PrivateDir::open(basedir)?;
+        let identity = private.identity()?;
+
+        let registry = build_registry(&cfg, hide_ip).await?;
+        let handlers = registry.describe();
+        let tub = Tub::new(identity, Arc::new(registry), node_tub_config())
+            .map_err(|e| StartError::Other(format!("making the Tub: {e}")))?;
+        info!(tubid = %tub.tubid(), kind, "starting");
+
+        let mut listeners = Vec::new();
+        let mut auto_hints = Vec::new();
+        start_listeners(&cfg, basedir, &tub, &mut listeners, &mut auto_hints).await?;
+        let location = match &cfg.node.tub_location {
+            Location::Disabled => Vec::new(),
+            Location::Hints(h) => h.clone(),
+            Location::Auto => auto_hints,
+            Location::AutoAnd(extra) => {
+                let mut h = auto_hints;
+                h.extend(extra.iter().cloned());
+                h
+            }
+        };
+        tub.set_location(location.clone());
+
+        // Services.
+        let (mut introducer, mut client, mut broker, mut storage_enabled, mut files) =
+            (None, None, None, false, None);
+        if kind == "introducer" {
+            let svc = IntroducerService::new(IntroducerLimits::default());
+            let name = private.swissnum_for("introducer.furl")?;
+            let furl = tub
+                .register_as(svc.serve(), name.as_str())
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            private.save_furl("introducer.furl", &furl)?;
+            info!(%furl, "introducer ready (FURL also in private/introducer.furl)");
+            introducer = Some(svc);
+        } else {
+            let mut publish = Vec::new();
+            if cfg.storage.enabled {
+                if location.is_empty() {
+                    return Err(StartError::Storage(
+                        "a storage server needs a location peers can reach: set [node] tub.port and tub.location, or `[storage] enabled = false`".into(),
+                    ));
+                }
+                let furl = start_storage(&cfg, basedir, &tub, &private)?;
+                let key = private.signing_key()?;
+                let ann = Announcement {
+                    service: "storage".into(),
+                    nickname: cfg.node.nickname.clone(),
+                    version: VERSION.into(),
+                    seqnum: private.next_seqnum()?,
+                    nonce: random_bytes(),
+                    furl: Some(furl.to_string()),
+                    permutation_seed: Some(permutation_seed(&key.public())),
+                };
+                publish.push(ann.sign(&key));
+                storage_enabled = true;
+            }
+            let overrides = cfg
+                .server_overrides
+                .iter()
+                .map(|o| Override {
+                    tubid: o.tubid,
+                    nickname: o.nickname.clone(),
+                    hints: o.hints.clone(),
+                })
+                .collect();
+            let b = StorageBroker::new(tub.clone(), node_reconnect_policy(), overrides);
+            if cfg.client.introducers.is_empty() {
+                warn!("no introducer configured ([client] introducer.furl): this node will only know the servers in its announcement cache");
+            }
+            let c = IntroducerClient::start(
+                &tub,
+                ClientOptions {
+                    introducers: cfg.client.introducers.clone(),
+                    publish,
+                    subscribe: vec!["storage".into()],
+                    cache: Some(private.file("introducer_cache.json")),
+                    policy: node_reconnect_policy(),
+                },
+                b.sink(),
+            );
+            let params = EncodingParams::new(
+                cfg.client.shares_needed,
+                cfg.client.shares_happy,
+                cfg.client.shares_total,
+            )
+            .map_err(|e| StartError::Other(format!("[client] shares.*: {e}")))?;
+            let tmp = basedir.join("tmp");
+            // Spools left by a crash.
+            if let Ok(entries) = std::fs::read_dir(&tmp) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().starts_with("upload-") {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+            files = Some(Files {
+                broker: b.clone(),
+                params,
+                private: private.clone(),
+                tmp,
+            });
+            client = Some(c);
+            broker = Some(b);
+        }
+
+        // The control port, on loopback only.
+        let _ = std::fs::remove_file(private.file("control.furl"));
+        let spec: ListenSpec = "tcp:0:interface=127.0.0.1"
+            .parse()
+            .map_err(|e| StartError::Listen(format!("control port: {e}")))?;
+        let ctl = TcpListener::bind(&spec)
+            .await
+            .map_err(|e| StartError::Listen(format!("control port: {e}")))?;
+        let ctl_hint = ctl.hint_for(Host::Ipv4([127, 0, 0, 1].into()));
+        tub.listen(ctl);
+        let swiss = Swissnum::random();
+        let control_furl = Furl::new(tub.tubid(), vec![ctl_hint], swiss.clone());
+
+        let node = Node {
+            inner: Arc::new(Inner {
+                tub: tub.clone(),
+                kind,
+                nickname: cfg.node.nickname.clone(),
+                hide_ip,
+                listeners,
+                handlers,
+                introducer,
+                client,
+                broker,
+                storage_enabled,
+                control_furl: control_furl.clone(),
+                basedir: basedir.to_path_buf(),
+                files,
+            }),
+        };
+        tub.register_as(
+            ControlRef::serve(ControlObject(Arc::downgrade(&node.inner))),
+            swiss.as_str(),
+        )
+        .map_err(|e| StartError::Other(e.to_string()))?;
+        private.save_furl("control.furl", &control_furl)?;
+        Ok(node)
+    }
+
+    /// The node's Tub.
+    pub fn tub(&self) -> &Tub {
+        &self.inner.tub
+    }
+
+    /// The storage broker (client and storage nodes).
+    pub fn broker(&self) -> Option<&Arc<StorageBroker>> {
+        self.inner.broker.as_ref()
+    }
+
+    /// The control FURL (also in `private/control.furl`).
+    pub fn control_furl(&self) -> &Furl {
+        &self.inner.control_furl
+    }
+
+    /// Uploads the file at `path` to the grid (a client or storage node).
+    pub async fn upload_path(
+        &self,
+        path: &Path,
+        progress: Arc<dyn Fn(TransferProgress) + Send + Sync>,
+    ) -> Result<TransferReport, ControlError> {
+        let files = self.inner.files.as_ref().ok_or(ControlError::NotAClient)?;
+        files.upload_path(path, Reporter::Local(progress)).await
+    }
+
+    /// Downloads the file `cap` names into `out`.
+    pub async fn download_to<W: tokio::io::AsyncWrite + Unpin + Send>(
+        &self,
+        cap: &str,
+        out: W,
+        progress: Arc<dyn Fn(TransferProgress) + Send + Sync>,
+    ) -> Result<TransferReport, ControlError> {
+        let files = self.inner.files.as_ref().ok_or(ControlError::NotAClient)?;
+        files.download_to(cap, out, Reporter::Local(progress)).await
+    }
+
+    /// What the node sees.
+    pub fn status(&self) -> NodeStatus {
+        status_of(&self.inner)
+    }
+
+    /// Stops reconnecting, closes every connection and listener.
+    pub async fn shutdown(&self) {
+        if let Some(c) = &self.inner.client {
+            c.stop();
+        }
+        if let Some(b) = &self.inner.broker {
+            b.stop();
+        }
+        self.inner.tub.shutdown().await;
+        let _ = std::fs::remove_file(self.inner.basedir.join("private").join("control.furl"));
+        info!("stopped");
+    }
+}
+
+fn status_of(inner: &Inner) -> NodeStatus {
+    let introducers = inner
+        .client
+        .as_ref()
+        .map(|c| {
+            c.connections()
+                .into_iter()
+                .map(|ic| {
+                    let (connected, since, next_attempt) = match ic.status.state {
+                        ReconnectorState::Connected { since } => {
+                            (true, Some(unix_secs(since)), None)
+                        }
+                        ReconnectorState::Waiting { next_attempt } => {
+                            (false, None, Some(unix_secs(next_attempt)))
+                        }
+                        _ => (false, None, None),
+                    };
+                    IntroducerStatus {
+                        name: ic.name,
+                        tubid: ic.furl.tubid().to_string(),
+                        connected,
+                        since,
+                        last_error: ic.status.last_error,
+                        next_attempt,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    NodeStatus {
+        kind: inner.kind.into(),
+        nickname: inner.nickname.clone(),
+        tubid: inner.tub.tubid().to_string(),
+        version: VERSION.into(),
+        location: inner.tub.location().iter().map(Hint::to_string).collect(),
+        listeners: inner.listeners.clone(),
+        handlers: inner.handlers.clone(),
+        hide_ip: inner.hide_ip,
+        introducers,
+        storage_servers: inner
+            .broker
+            .as_ref()
+            .map(|b| b.status())
+            .unwrap_or_default(),
+        storage_enabled: inner.storage_enabled,
+        announcements: inner
+            .introducer
+            .as_ref()
+            .map(|i| (i.announcements().len() as u64, i.subscriber_count() as u64)),
+    }
+}
+
+struct ControlObject(std::sync::Weak<Inner>);
+
+impl Control for ControlObject {
+    async fn status(&self) -> Result<NodeStatus, ControlError> {
+        let inner = self.0.upgrade().ok_or(ControlError::ShuttingDown)?;
+        Ok(status_of(&inner))
+    }
+
+    async fn upload(&self) -> Result<UploadRef, ControlError> {
+        let inner = self.0.upgrade().ok_or(ControlError::ShuttingDown)?;
+        let files = inner.files.as_ref().ok_or(ControlError::NotAClient)?;
+        Ok(UploadRef::serve(files.spool().await?))
+    }
+
+    async fn download(
+        &self,
+        cap: String,
+        sink: SinkRef,
+        progress: ProgressRef,
+    ) -> Result<TransferReport, ControlError> {
+        let files = {
+            let inner = self.0.upgrade().ok_or(ControlError::ShuttingDown)?;
+            inner.files.clone().ok_or(ControlError::NotAClient)?
+        };
+        files.download_to_sink(&cap, sink, progress).await
+    }
+}
+
+/// A storage server's permutation seed: a hash of its announcement key.
+pub fn permutation_seed(key: &[u8; 32]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"folio-permutation-seed-v1\0");
+    ctx.update(key);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+async fn build_registry(cfg: &NodeConfig, hide_ip: bool) -> Result<Registry, StartError> {
+    let policy = |e: folio_handlers::PolicyError| StartError::Handler(e.to_string());
+    let mut reg = if hide_ip {
+        Registry::private()
+    } else {
+        Registry::with_tcp()
+    };
+    if cfg.tor.enabled {
+        let handler = if let Some(control) = cfg.tor.control_port {
+            folio_handlers::tor::TorHandler::from_control(control)
+                .await
+                .map_err(|e| {
+                    StartError::Handler(format!(
+                        "tor: the control port {control} ([tor] control.port): {e}"
+                    ))
+                })?
+        } else if let Some(socks) = cfg.tor.socks_port {
+            folio_handlers::tor::TorHandler::new(socks)
+        } else {
+            return Err(StartError::Handler(
+                "[tor] enabled = true needs control.port or socks.port".into(),
+            ));
+        };
+        reg.set("tor", Arc::new(handler)).map_err(policy)?;
+    }
+    if cfg.i2p.enabled {
+        reg.set(
+            "i2p",
+            Arc::new(folio_handlers::i2p::I2pHandler::new(sam_config(cfg))),
+        )
+        .map_err(policy)?;
+    }
+    reg.set_tcp_policy(cfg.connections.tcp).map_err(policy)?;
+    Ok(reg)
+}
+
+/// The SAM settings from `[i2p]`.
+pub fn sam_config(cfg: &NodeConfig) -> folio_transports::i2p::SamConfig {
+    let mut sam = folio_transports::i2p::SamConfig {
+        bridge: cfg.i2p.sam_port,
+        ..Default::default()
+    };
+    if let Some(v) = cfg.i2p.inbound_length {
+        sam.inbound_length = v;
+    }
+    if let Some(v) = cfg.i2p.outbound_length {
+        sam.outbound_length = v;
+    }
+    if let Some(v) = cfg.i2p.inbound_quantity {
+        sam.inbound_quantity = v;
+    }
+    if let Some(v) = cfg.i2p.outbound_quantity {
+        sam.outbound_quantity = v;
+    }
+    sam
+}
+
+async fn start_listeners(
+    cfg: &NodeConfig,
+    basedir: &Path,
+    tub: &Tub,
+    listeners: &mut Vec<String>,
+    auto_hints: &mut Vec<Hint>,
+) -> Result<(), StartError> {
+    let specs: Vec<ListenSpec> = match &cfg.node.tub_port {
+        TubPort::Disabled => Vec::new(),
+        TubPort::Listen(specs) => specs.clone(),
+        TubPort::Default => vec!["tcp:0".parse().expect("a valid listen spec")],
+    };
+    for spec in specs {
+        let l = TcpListener::bind(&spec)
+            .await
+            .map_err(|e| StartError::Listen(format!("[node] tub.port {spec}: {e}")))?;
+        let bound = l.local_spec();
+        for ip in auto_addresses(&bound) {
+            auto_hints.push(l.hint_for(ip));
+        }
+        listeners.push(bound.to_string());
+        info!(on = %bound, "listening");
+        tub.listen(l);
+    }
+    if cfg.tor.onion {
+        let control = cfg.tor.control_port.ok_or_else(|| {
+            StartError::Listen("[tor] onion = true needs [tor] control.port".into())
+        })?;
+        let key = basedir.join(&cfg.tor.onion_private_key_file);
+        let l =
+            folio_handlers::tor::OnionListener::start(control, &key, cfg.tor.onion_external_port)
+                .await
+                .map_err(|e| StartError::Listen(format!("onion service: {e}")))?;
+        auto_hints.push(l.hint());
+        listeners.push(l.hint().to_string());
+        info!(onion = %l.onion(), "listening as an onion service");
+        tub.listen(l);
+    }
+    if cfg.i2p.dest {
+        let key = basedir.join(&cfg.i2p.dest_private_key_file);
+        let l = folio_handlers::i2p::I2pListener::start(&sam_config(cfg), &key)
+            .await
+            .map_err(|e| StartError::Listen(format!("I2P destination: {e}")))?;
+        auto_hints.push(l.hint());
+        listeners.push(l.hint().to_string());
+        info!(address = %l.address(), "listening on I2P");
+        tub.listen(l);
+    }
+    Ok(())
+}
+
+/// The hosts an `AUTO` location advertises for a TCP listener: the listener's own address
+/// when it is bound to one, else every non-loopback address of this host (loopback when it
+/// has none).
+fn auto_addresses(spec: &ListenSpec) -> Vec<Host> {
+    let ip = spec.addr.ip();
+    if !ip.is_unspecified() {
+        return vec![host_of(ip)];
+    }
+    let mut out: Vec<Host> = local_addresses()
+        .into_iter()
+        .filter(|a| !a.is_loopback())
+        .map(host_of)
+        .collect();
+    if out.is_empty() {
+        out.push(Host::Ipv4([127, 0, 0, 1].into()));
+    }
+    out
+}
+
+fn host_of(ip: std::net::IpAddr) -> Host {
+    match ip {
+        std::net::IpAddr::V4(a) => Host::Ipv4(a),
+        std::net::IpAddr::V6(a) => Host::Ipv6(a),
+    }
+}
+
+/// The IPv4 addresses of this host's interfaces.
+fn local_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    // SAFETY: getifaddrs fills a linked list that we only read and then free once.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) != 0 {
+            return out;
+        }
+        let mut cur = list;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !out.contains(&ip.into()) {
+                    out.push(ip.into());
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    out
+}
+
+fn start_storage(
+    cfg: &NodeConfig,
+    basedir: &Path,
+    tub: &Tub,
+    private: &PrivateDir,
+) -> Result<Furl, StartError> {
+    let dir = cfg
+        .storage
+        .storage_dir
+        .clone()
+        .map(|d| if d.is_absolute() { d } else { basedir.join(d) })
+        .unwrap_or_else(|| basedir.join("storage"));
+    let storage = crate::storage::Storage::open(crate::storage::StorageConfig {
+        dir,
+        reserved_space: cfg.storage.reserved_space,
+        ..Default::default()
+    })
+    .map_err(|e| StartError::Storage(e.to_string()))?;
+    let name = private.swissnum_for("storage.furl")?;
+    let furl = tub
+        .register_as(storage.serve(), name.as_str())
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    private.save_furl("storage.furl", &furl)?;
+    Ok(furl)
+}
