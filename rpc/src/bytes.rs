@@ -4,6 +4,8 @@
 //! element at a time. For bulk data (share blocks, file segments) use `Bytes` in interface
 //! signatures instead: the same postcard wire form (a varint length, then the bytes), but
 //! encoded and decoded with one copy.
+//!
+//! [`borrowed`] does the same for the `&[u8]` payload fields of the protocol's own messages.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -76,6 +78,27 @@ impl<'de> Deserialize<'de> for Bytes {
     }
 }
 
+/// `#[serde(with = "crate::bytes::borrowed")]` for a `&[u8]` field of a wire message.
+///
+/// serde's `[u8]` impl encodes a sequence: one `serialize_u8` call per byte (postcard then
+/// pushes each byte on its own). This encodes through `serialize_bytes` instead, one copy,
+/// with the same postcard wire form (a varint length, then the bytes). Decoding is serde's
+/// own `&[u8]` impl, which already takes the bytes path: postcard hands out a slice of the
+/// input, so nothing is allocated and nothing is read beyond the frame.
+pub(crate) mod borrowed {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Encodes `v` as one byte string.
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    /// Borrows a byte string from the input.
+    pub fn deserialize<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<&'a [u8], D::Error> {
+        <&'a [u8]>::deserialize(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +111,27 @@ mod tests {
         assert_eq!(as_vec, as_bytes);
         assert_eq!(postcard::from_bytes::<Bytes>(&as_vec).unwrap().0, v);
         assert_eq!(postcard::from_bytes::<Vec<u8>>(&as_bytes).unwrap(), v);
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Borrowed<'a> {
+        #[serde(borrow, with = "super::borrowed")]
+        b: &'a [u8],
+    }
+
+    #[test]
+    fn borrowed_has_the_wire_form_of_a_sequence_and_decodes_in_place() {
+        for len in [0usize, 1, 127, 128, 300, 70_000] {
+            let v: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let as_seq = postcard::to_allocvec(&(v.as_slice(),)).unwrap();
+            let as_bytes = postcard::to_allocvec(&Borrowed { b: &v }).unwrap();
+            assert_eq!(as_seq, as_bytes, "length {len}");
+            let back: Borrowed<'_> = postcard::from_bytes(&as_bytes).unwrap();
+            assert_eq!(back.b, &v[..]);
+            // A slice of the input, not a copy.
+            assert!(len == 0 || as_bytes.as_ptr_range().contains(&back.b.as_ptr()));
+            // A length past the end of the input is refused, not allocated for.
+            assert!(postcard::from_bytes::<Borrowed<'_>>(&as_bytes[..as_bytes.len() - 1]).is_err());
+        }
     }
 }

@@ -3,6 +3,10 @@
 //! Every frame after the hello carries exactly one [`Message`], postcard-encoded. Variants are
 //! numbered by their position (postcard writes the variant index as a varint), so new variants
 //! are only ever appended. `docs/protocol.md` specifies each one.
+//!
+//! The payload fields (`args`, `value`) are encoded with `serialize_bytes`
+//! ([`crate::bytes::borrowed`]), not as serde's per-byte sequence: the same wire bytes, one
+//! copy. Decoding borrows them from the frame.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +33,7 @@ pub enum Message<'a> {
         #[serde(borrow)]
         method: &'a str,
         /// The arguments: a postcard-encoded tuple.
-        #[serde(borrow)]
+        #[serde(borrow, with = "crate::bytes::borrowed")]
         args: &'a [u8],
         /// The references inside the arguments, indexed from the payload.
         refs: Vec<RefDesc>,
@@ -45,7 +49,7 @@ pub enum Message<'a> {
         #[serde(borrow)]
         method: &'a str,
         /// The arguments.
-        #[serde(borrow)]
+        #[serde(borrow, with = "crate::bytes::borrowed")]
         args: &'a [u8],
         /// The references inside the arguments.
         refs: Vec<RefDesc>,
@@ -88,7 +92,7 @@ pub enum AnswerBody<'a> {
     /// The method returned `Ok`.
     Ok {
         /// The postcard-encoded value.
-        #[serde(borrow)]
+        #[serde(borrow, with = "crate::bytes::borrowed")]
         value: &'a [u8],
         /// The references inside it.
         refs: Vec<RefDesc>,
@@ -96,7 +100,7 @@ pub enum AnswerBody<'a> {
     /// The method returned its own error.
     AppError {
         /// The postcard-encoded error value.
-        #[serde(borrow)]
+        #[serde(borrow, with = "crate::bytes::borrowed")]
         value: &'a [u8],
         /// The references inside it.
         refs: Vec<RefDesc>,
@@ -172,6 +176,135 @@ mod tests {
             assert_eq!(decode(&bytes).unwrap(), m);
             bytes.push(0);
             assert!(decode(&bytes).is_err());
+        }
+    }
+
+    /// The messages as they were derived before their payloads went through
+    /// `serialize_bytes`: serde's sequence encoding of `&[u8]`, the reference wire form.
+    mod as_sequence {
+        use super::super::RefDesc;
+        use serde::Serialize;
+
+        // Only the variants with payloads; those after them do not shift their indices.
+        #[derive(Serialize)]
+        pub enum Message<'a> {
+            Call {
+                id: u64,
+                target: u64,
+                interface: &'a str,
+                method: &'a str,
+                args: &'a [u8],
+                refs: Vec<RefDesc>,
+            },
+            Oneway {
+                target: u64,
+                interface: &'a str,
+                method: &'a str,
+                args: &'a [u8],
+                refs: Vec<RefDesc>,
+            },
+            Answer {
+                id: u64,
+                body: AnswerBody<'a>,
+            },
+        }
+
+        #[derive(Serialize)]
+        pub enum AnswerBody<'a> {
+            Ok { value: &'a [u8], refs: Vec<RefDesc> },
+            AppError { value: &'a [u8], refs: Vec<RefDesc> },
+        }
+    }
+
+    #[test]
+    fn payloads_keep_the_wire_form_of_a_sequence() {
+        for len in [0usize, 1, 127, 128, 300, 65_536 + 9] {
+            let p: Vec<u8> = (0..len).map(|i| (i * 31 + 5) as u8).collect();
+            let refs = vec![RefDesc::Yours { id: 4 }];
+            let pairs = [
+                (
+                    Message::Call {
+                        id: 7,
+                        target: 3,
+                        interface: "i",
+                        method: "m",
+                        args: &p,
+                        refs: refs.clone(),
+                    },
+                    as_sequence::Message::Call {
+                        id: 7,
+                        target: 3,
+                        interface: "i",
+                        method: "m",
+                        args: &p,
+                        refs: refs.clone(),
+                    },
+                ),
+                (
+                    Message::Oneway {
+                        target: 3,
+                        interface: "i",
+                        method: "m",
+                        args: &p,
+                        refs: refs.clone(),
+                    },
+                    as_sequence::Message::Oneway {
+                        target: 3,
+                        interface: "i",
+                        method: "m",
+                        args: &p,
+                        refs: refs.clone(),
+                    },
+                ),
+                (
+                    Message::Answer {
+                        id: 300,
+                        body: AnswerBody::Ok {
+                            value: &p,
+                            refs: refs.clone(),
+                        },
+                    },
+                    as_sequence::Message::Answer {
+                        id: 300,
+                        body: as_sequence::AnswerBody::Ok {
+                            value: &p,
+                            refs: refs.clone(),
+                        },
+                    },
+                ),
+                (
+                    Message::Answer {
+                        id: 1,
+                        body: AnswerBody::AppError {
+                            value: &p,
+                            refs: vec![],
+                        },
+                    },
+                    as_sequence::Message::Answer {
+                        id: 1,
+                        body: as_sequence::AnswerBody::AppError {
+                            value: &p,
+                            refs: vec![],
+                        },
+                    },
+                ),
+            ];
+            for (m, reference) in pairs {
+                let bytes = postcard::to_allocvec(&m).unwrap();
+                assert_eq!(bytes, postcard::to_allocvec(&reference).unwrap(), "{len}");
+                let back = decode(&bytes).unwrap();
+                assert_eq!(back, m);
+                // The payload is a slice of the frame, not a copy.
+                if let Message::Call { args: b, .. }
+                | Message::Oneway { args: b, .. }
+                | Message::Answer {
+                    body: AnswerBody::Ok { value: b, .. } | AnswerBody::AppError { value: b, .. },
+                    ..
+                } = back
+                {
+                    assert!(len == 0 || bytes.as_ptr_range().contains(&b.as_ptr()));
+                }
+            }
         }
     }
 
