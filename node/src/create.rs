@@ -232,9 +232,6 @@ pub fn plan(kind: Kind, args: &CreateArgs) -> Result<Plan, CreateError> {
     if listen.tor && !tor_available {
         return refuse("--listen=tor needs a tor: --tor-control-port=tcp:127.0.0.1:9051 (a running tor) or --tor-launch");
     }
-    if args.tor_launch {
-        return refuse("--tor-launch is not supported yet: start tor with a control port (ControlPort 9051, CookieAuthentication 1) and give --tor-control-port=tcp:127.0.0.1:9051");
-    }
     let sam = args
         .i2p_sam_port
         .as_deref()
@@ -323,6 +320,10 @@ pub fn plan(kind: Kind, args: &CreateArgs) -> Result<Plan, CreateError> {
         config.tor.enabled = true;
         config.tor.control_port = Some(c);
     }
+    if args.tor_launch {
+        config.tor.enabled = true;
+        config.tor.launch = true;
+    }
     config.tor.onion = listen.tor;
     config.tor.onion_external_port = ONION_PORT;
     if i2p_enabled {
@@ -408,16 +409,29 @@ pub async fn create(mut plan: Plan) -> Result<PathBuf, CreateError> {
         hints.push(hint);
     }
     if plan.listen.tor {
-        let control = plan
-            .config
-            .tor
-            .control_port
-            .expect("checked by plan(): --listen=tor has a control port");
+        // With --tor-launch, a tor of the node's own, kept off the network: making the
+        // onion service's key needs no network.
+        let mut launched = None;
+        let control = match plan.config.tor.control_port {
+            Some(c) => c,
+            None => {
+                let mut opts = crate::node::tor_launch_options(&plan.config, dir);
+                opts.disable_network = true;
+                let tor = folio_transports::tor_launch::LaunchedTor::start(&opts)
+                    .await
+                    .map_err(|e| io("launching tor (--tor-launch)", &e))?;
+                let c = tor.control();
+                launched = Some(tor);
+                c
+            }
+        };
         let key = dir.join(&plan.config.tor.onion_private_key_file);
         let l = folio_handlers::tor::OnionListener::start(control, &key, ONION_PORT)
             .await
-            .map_err(|e| io("making the onion service (--tor-control-port)", &e))?;
+            .map_err(|e| io("making the onion service", &e))?;
         hints.push(l.hint());
+        drop(l);
+        drop(launched);
     }
     if plan.listen.i2p {
         let sam = crate::node::sam_config(&plan.config);

@@ -28,6 +28,7 @@ use crate::introducer::{
     Announcement, ClientOptions, IntroducerClient, IntroducerLimits, IntroducerService,
 };
 use crate::private::{random_bytes, PrivateDir};
+use folio_transports::tor_launch::{LaunchOptions, LaunchedTor};
 
 /// The software version nodes announce.
 pub const VERSION: &str = concat!("folio-tahoe/", env!("CARGO_PKG_VERSION"));
@@ -86,6 +87,7 @@ struct Inner {
     control_furl: Furl,
     basedir: PathBuf,
     files: Option<Files>,
+    launched_tor: std::sync::Mutex<Option<LaunchedTor>>,
 }
 
 /// The Tub settings of a node: keepalives, and a disconnect timeout because over Tor and
@@ -124,7 +126,7 @@ impl Node {
         let private = PrivateDir::open(basedir)?;
         let identity = private.identity()?;
 
-        let registry = build_registry(&cfg, hide_ip).await?;
+        let (registry, launched_tor, tor_control) = build_registry(&cfg, basedir, hide_ip).await?;
         let handlers = registry.describe();
         let tub = Tub::new(identity, Arc::new(registry), node_tub_config())
             .map_err(|e| StartError::Other(format!("making the Tub: {e}")))?;
@@ -132,7 +134,15 @@ impl Node {
 
         let mut listeners = Vec::new();
         let mut auto_hints = Vec::new();
-        start_listeners(&cfg, basedir, &tub, &mut listeners, &mut auto_hints).await?;
+        start_listeners(
+            &cfg,
+            basedir,
+            tor_control,
+            &tub,
+            &mut listeners,
+            &mut auto_hints,
+        )
+        .await?;
         let location = match &cfg.node.tub_location {
             Location::Disabled => Vec::new(),
             Location::Hints(h) => h.clone(),
@@ -256,6 +266,7 @@ impl Node {
                 control_furl: control_furl.clone(),
                 basedir: basedir.to_path_buf(),
                 files,
+                launched_tor: std::sync::Mutex::new(launched_tor),
             }),
         };
         tub.register_as(
@@ -317,6 +328,15 @@ impl Node {
             b.stop();
         }
         self.inner.tub.shutdown().await;
+        let tor = self
+            .inner
+            .launched_tor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut tor) = tor {
+            tokio::task::spawn_blocking(move || tor.stop()).await.ok();
+        }
         let _ = std::fs::remove_file(self.inner.basedir.join("private").join("control.furl"));
         info!("stopped");
     }
@@ -412,21 +432,49 @@ pub fn permutation_seed(key: &[u8; 32]) -> [u8; 32] {
     out
 }
 
-async fn build_registry(cfg: &NodeConfig, hide_ip: bool) -> Result<Registry, StartError> {
+/// How the node launches its own tor (`[tor] launch = true`): `tor.executable` or `tor`,
+/// state in `private/tor-statedir`.
+pub fn tor_launch_options(cfg: &NodeConfig, basedir: &Path) -> LaunchOptions {
+    let mut opts = LaunchOptions::new(basedir.join("private").join("tor-statedir"));
+    if let Some(exe) = &cfg.tor.executable {
+        opts.executable = exe.clone();
+    }
+    opts
+}
+
+/// The registry, the tor this node launched (if any) and tor's control port (if known).
+async fn build_registry(
+    cfg: &NodeConfig,
+    basedir: &Path,
+    hide_ip: bool,
+) -> Result<(Registry, Option<LaunchedTor>, Option<std::net::SocketAddr>), StartError> {
     let policy = |e: folio_handlers::PolicyError| StartError::Handler(e.to_string());
     let mut reg = if hide_ip {
         Registry::private()
     } else {
         Registry::with_tcp()
     };
+    let mut launched = None;
+    let mut tor_control = cfg.tor.control_port;
+    if cfg.tor.enabled && cfg.tor.launch {
+        let tor = LaunchedTor::start(&tor_launch_options(cfg, basedir))
+            .await
+            .map_err(|e| StartError::Handler(format!("tor: [tor] launch = true: {e}")))?;
+        info!(control = %tor.control(), pid = ?tor.pid(), "launched tor");
+        tor_control = Some(tor.control());
+        launched = Some(tor);
+    }
     if cfg.tor.enabled {
-        let handler = if let Some(control) = cfg.tor.control_port {
+        let handler = if let Some(control) = tor_control {
             folio_handlers::tor::TorHandler::from_control(control)
                 .await
                 .map_err(|e| {
-                    StartError::Handler(format!(
-                        "tor: the control port {control} ([tor] control.port): {e}"
-                    ))
+                    let which = if launched.is_some() {
+                        "of the tor this node launched"
+                    } else {
+                        "([tor] control.port)"
+                    };
+                    StartError::Handler(format!("tor: the control port {control} {which}: {e}"))
                 })?
         } else if let Some(socks) = cfg.tor.socks_port {
             folio_handlers::tor::TorHandler::new(socks)
@@ -445,7 +493,7 @@ async fn build_registry(cfg: &NodeConfig, hide_ip: bool) -> Result<Registry, Sta
         .map_err(policy)?;
     }
     reg.set_tcp_policy(cfg.connections.tcp).map_err(policy)?;
-    Ok(reg)
+    Ok((reg, launched, tor_control))
 }
 
 /// The SAM settings from `[i2p]`.
@@ -472,6 +520,7 @@ pub fn sam_config(cfg: &NodeConfig) -> folio_transports::i2p::SamConfig {
 async fn start_listeners(
     cfg: &NodeConfig,
     basedir: &Path,
+    tor_control: Option<std::net::SocketAddr>,
     tub: &Tub,
     listeners: &mut Vec<String>,
     auto_hints: &mut Vec<Hint>,
@@ -494,8 +543,8 @@ async fn start_listeners(
         tub.listen(l);
     }
     if cfg.tor.onion {
-        let control = cfg.tor.control_port.ok_or_else(|| {
-            StartError::Listen("[tor] onion = true needs [tor] control.port".into())
+        let control = tor_control.ok_or_else(|| {
+            StartError::Listen("[tor] onion = true needs [tor] control.port or launch".into())
         })?;
         let key = basedir.join(&cfg.tor.onion_private_key_file);
         let l =

@@ -207,3 +207,162 @@ fn hidden_grid_over_a_real_tor_network() {
     let control = format!("--tor-control-port=tcp:{}", net.control());
     hidden_grid(tmp.path(), "tor", &[control], |_| {});
 }
+
+/// Processes whose command line names `torrc`.
+fn tors_using(torrc: &Path) -> Vec<u32> {
+    let needle = torrc.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+}
+
+/// `--tor-launch`: the node makes its onion key with a tor of its own at create time (kept
+/// off the network), and runs its own tor while it runs, stopping it when it stops. Here that
+/// tor joins the private test network (through `[tor] tor.executable`, a wrapper that adds
+/// the network's authorities), so the test stays on 127.0.0.1 and proves the launched tor
+/// carries real traffic: the node reaches the introducer's onion service through it, and a
+/// node using the network's own tor reaches the launching node's onion service.
+#[test]
+fn tor_launch_runs_a_tor_of_the_nodes_own() {
+    let net = TorNet::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let control = format!("--tor-control-port=tcp:{}", net.control());
+    let intro = base.join("introducer");
+    create(&[
+        "create-introducer",
+        "--listen=tor",
+        "--hide-ip",
+        &control,
+        intro.to_str().unwrap(),
+    ]);
+    let mut procs = vec![run(&intro)];
+    let furl = wait_for_file(
+        &intro.join("private/introducer.furl"),
+        Duration::from_secs(120),
+    );
+
+    let dir = base.join("launcher");
+    create(&[
+        "create-node",
+        "--listen=tor",
+        "--tor-launch",
+        "--hide-ip",
+        "--nickname=launcher",
+        &format!("--introducer={furl}"),
+        dir.to_str().unwrap(),
+    ]);
+    let cfg = std::fs::read_to_string(dir.join("tahoe.cfg")).unwrap();
+    assert!(cfg.contains("launch = true"), "{cfg}");
+    assert!(cfg.contains("tcp = tor"), "{cfg}");
+    let location = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("tub.location = "))
+        .expect("a location")
+        .to_string();
+    assert!(
+        location.starts_with("tor:") && location.ends_with(".onion:3457"),
+        "{location}"
+    );
+    let key = dir.join("private/tor_onion.privkey");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // The tor used at create time is gone.
+    let torrc = dir.join("private/tor-statedir/torrc");
+    assert!(torrc.exists());
+    assert_eq!(
+        tors_using(&torrc),
+        Vec::<u32>::new(),
+        "the create-time tor still runs"
+    );
+
+    let mut wrapper = String::from(
+        "#!/bin/sh\nexec tor \"$@\" --TestingTorNetwork 1 --ClientUseIPv6 0 \\\n  --PathsNeededToBuildCircuits 0.67",
+    );
+    for auth in net.dir_authorities() {
+        wrapper.push_str(&format!(" \\\n  --DirAuthority '{auth}'"));
+    }
+    wrapper.push('\n');
+    let wrapper_path = base.join("tor-testnet");
+    std::fs::write(&wrapper_path, wrapper).unwrap();
+    std::fs::set_permissions(
+        &wrapper_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    add_to_section(
+        &dir,
+        "tor",
+        &format!("tor.executable = {}", wrapper_path.display()),
+    );
+
+    let other = base.join("other");
+    create(&[
+        "create-node",
+        "--listen=tor",
+        "--hide-ip",
+        "--nickname=other",
+        &control,
+        &format!("--introducer={furl}"),
+        other.to_str().unwrap(),
+    ]);
+    procs.push(run(&dir));
+    procs.push(run(&other));
+    let dirs = vec![dir.clone(), other.clone()];
+    let sts = wait_for_grid(&dirs, Duration::from_secs(240));
+    for st in &sts {
+        check_hidden(st, "tor");
+    }
+    let st = &sts[0];
+    assert_eq!(st["listeners"][0].as_str().unwrap(), location, "{st}");
+    let pid_file = dir.join("private/tor-statedir/tor.pid");
+    let tor_pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(tors_using(&torrc), vec![tor_pid]);
+    let tor_handler = st["handlers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p[0] == "tor")
+        .map(|p| p[1].as_str().unwrap().to_string())
+        .expect("a tor handler");
+    assert!(tor_handler.contains("SOCKS at 127.0.0.1:"), "{tor_handler}");
+    assert!(
+        !tor_handler.contains(&net.control().to_string()),
+        "the launcher must use its own tor: {tor_handler}"
+    );
+
+    for p in &procs {
+        p.terminate();
+    }
+    for p in &mut procs {
+        assert!(p.wait_timeout(Duration::from_secs(30)).success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(tor_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the node left its tor {tor_pid} running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -10,7 +10,12 @@ use std::process::Command;
 pub struct TorNet {
     dir: PathBuf,
     base: u16,
+    // One network at a time per process: two on two cores miss their voting deadlines.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_NETWORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/tor-private-network.sh")
@@ -28,10 +33,16 @@ impl TorNet {
                 );
             }
         }
-        let base = 20000 + (std::process::id() % 40) as u16 * 500;
-        let dir = std::env::temp_dir().join(format!("folio-tornet-{}", std::process::id()));
+        let guard = ONE_NETWORK.lock().unwrap_or_else(|p| p.into_inner());
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let base = 20000 + ((std::process::id() + 7 * n) % 40) as u16 * 500;
+        let dir = std::env::temp_dir().join(format!("folio-tornet-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir); // the script creates it (with its own marker)
-        let net = TorNet { dir, base };
+        let net = TorNet {
+            dir,
+            base,
+            _one_at_a_time: guard,
+        };
         for step in [&["setup"][..], &["start"], &["wait", "120"]] {
             let out = net.run(step);
             if !out.status.success() {
@@ -59,6 +70,15 @@ impl TorNet {
     /// The client tor's SOCKS port.
     pub fn socks(&self) -> std::net::SocketAddr {
         ([127, 0, 0, 1], self.base + 305).into()
+    }
+
+    /// The network's `DirAuthority` lines, for a tor that should join it.
+    pub fn dir_authorities(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("dirauthorities.conf"))
+            .expect("the network's authorities were written at setup")
+            .lines()
+            .filter_map(|l| l.strip_prefix("DirAuthority ").map(str::to_string))
+            .collect()
     }
 
     /// The client tor's control port (no authentication).

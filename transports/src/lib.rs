@@ -29,3 +29,5 @@ pub mod i2p;
 pub mod tcp;
 #[cfg(feature = "tor-system")]
 pub mod tor;
+#[cfg(feature = "tor-system")]
+pub mod tor_launch;
