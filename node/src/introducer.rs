@@ -423,7 +423,14 @@ struct ClientState {
     cache: Option<PathBuf>,
     /// One cache writer at a time (they share a temporary file name).
     saving: Mutex<()>,
+    /// The most (service, key) pairs held: a hostile introducer cannot make a client hold,
+    /// cache and dial without end.
+    max: usize,
 }
+
+/// The most announcements (distinct service and key) a client holds; newer versions of
+/// those it holds are still taken.
+pub const MAX_HELD_ANNOUNCEMENTS: usize = 10_000;
 
 impl ClientState {
     /// Keeps `v` if it is newer than what is held; tells the sink.
@@ -435,6 +442,13 @@ impl ClientState {
                 if v.ann.seqnum <= cur.ann.seqnum {
                     return false;
                 }
+            } else if anns.len() >= self.max {
+                warn!(
+                    held = anns.len(),
+                    nickname = %v.ann.nickname,
+                    "ignored an announcement from a new key: holding as many as allowed"
+                );
+                return false;
             }
             anns.insert(key, v.clone());
         }
@@ -556,6 +570,7 @@ impl IntroducerClient {
             sink,
             cache: opts.cache.clone(),
             saving: Mutex::new(()),
+            max: MAX_HELD_ANNOUNCEMENTS,
         });
         if let Some(path) = &opts.cache {
             let loaded = load_cache(path);
@@ -727,6 +742,29 @@ mod tests {
         let mut a = ann(1);
         a.nickname = "bell\u{7}".into();
         assert!(a.sign(&key).verify().is_err());
+    }
+
+    #[test]
+    fn a_client_holds_a_bounded_number_of_keys_but_takes_updates() {
+        let seen = Arc::new(Mutex::new(0usize));
+        let s = seen.clone();
+        let state = ClientState {
+            anns: Mutex::default(),
+            sink: Arc::new(move |_: &Verified| *lock(&s) += 1),
+            cache: None,
+            saving: Mutex::new(()),
+            max: 3,
+        };
+        let keys: Vec<SigningKey> = (0..4).map(|_| SigningKey::generate()).collect();
+        for k in &keys {
+            state.offer(ann(1).sign(k).verify().unwrap());
+        }
+        assert_eq!(lock(&state.anns).len(), 3);
+        assert_eq!(*lock(&seen), 3);
+        // A newer announcement from a key already held is still taken.
+        assert!(state.offer(ann(2).sign(&keys[0]).verify().unwrap()));
+        assert!(!state.offer(ann(2).sign(&keys[3]).verify().unwrap()));
+        assert_eq!(*lock(&seen), 4);
     }
 
     #[test]
