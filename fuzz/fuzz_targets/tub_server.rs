@@ -1,0 +1,651 @@
+//! A Tub's server side, fed what a hostile client sends over an in-memory stream
+//! (`tokio::io::duplex`).
+//!
+//! A fuzz input alone cannot get past TLS (the server would need a handshake signed with a
+//! real key), so the target has two layers. The first byte `m` of the input chooses the mode,
+//! `(m & 0x7f) % 3`, and the rest `r` is what the client sends:
+//!
+//! - `0` **raw**: `r` is written to the socket in three chunks: the prelude, then TLS records.
+//!   Covers the prelude decoder, its refusals, the TLS record layer and the handshake bounds.
+//! - `1` **stream**: a real client handshake (fixed throwaway identities, the keys of
+//!   `seeds/identity_pem/`), then `r` is written *inside* TLS in three chunks: frame headers
+//!   and payloads as the server's `FrameReader` sees them.
+//! - `2` **frames**: a real handshake, then `r` is split at every [`SEP`] (four `0xf5` bytes)
+//!   and each piece is sent as one frame: the payloads the message decoder and dispatch see.
+//!
+//! After the handshake the server exports a `fuzz.calc.v1` object under the swissnum `obj`:
+//! a call of `get_reference("obj")` on the root (object 0) exports it as object 1. Its methods
+//! take and return references, call back into the client (`bump`, answered by the input's own
+//! `Answer` frames, or not), hold references (`keep`/`forget`), sleep, and produce answers over
+//! the client's 4 KiB frame limit (`repeat`). The Tub's limits are small, so that the queue,
+//! export and import bounds are reachable in a few kilobytes.
+//!
+//! If `m & 0x80`, the client shuts its write side after `r` (TLS close_notify); otherwise the
+//! stream stays open and the server's timeouts run.
+//!
+//! Everything runs on a current-thread runtime with paused time: timers fire as soon as
+//! nothing else can run, so timeouts cost nothing and every await below is bounded in virtual
+//! time; a hang is reported as a panic. Invariants, beyond not panicking:
+//! - `Tub::accept` returns within the handshake's timeouts, whatever the bytes;
+//! - a real client's handshake succeeds (modes 1 and 2);
+//! - after the input the server has 0 or 1 connection, and exports no more than its limit;
+//! - a client that closed its side (`m & 0x80`, modes 1 and 2) is dropped within bounded time
+//!   (every method of the served object is bounded, so no backpressure can last);
+//! - `Tub::shutdown` completes in bounded time, leaves no connection, and the server closes
+//!   its end of the stream within bounded time.
+//!
+//! Seeds (`seeds/tub_server/`) are real traffic: a real client Tub talks to the server through
+//! a TLS-terminating proxy that records what the client sends. Regenerate them with
+//! (the fuzzer exits once they are written):
+//!
+//! ```sh
+//! FOLIO_FUZZ_WRITE_SEEDS=$PWD/fuzz/seeds/tub_server RUSTC_BOOTSTRAP=1 \
+//!   cargo fuzz run --fuzz-dir fuzz tub_server -- -runs=0
+//! ```
+#![no_main]
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use folio_rpc::connector::ConnectFuture;
+use folio_rpc::{
+    interface, BoxStream, Connector, Established, HandshakeConfig, Handshaker, Hint, Identity,
+    NoConnector, Tub, TubConfig,
+};
+use libfuzzer_sys::fuzz_target;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::task::JoinHandle;
+
+/// Separates frame payloads in mode 2. `0xf5` never occurs in UTF-8.
+const SEP: &[u8] = &[0xf5; 4];
+/// The swissnum the served object is registered under.
+const OBJECT_NAME: &str = "obj";
+const DUPLEX: usize = 64 * 1024;
+const MAX_EXPORTS: usize = 16;
+/// How long the served object waits for the client to answer a callback.
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The server: `seeds/identity_pem/ed25519` (a throwaway key).
+const SERVER_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIM+0ny42ifZmt/fdsAGgKZZ4eWmorJUaqGHKWT/XbZii
+-----END PRIVATE KEY-----
+-----BEGIN CERTIFICATE-----
+MIIBSDCB+6ADAgECAhQ9xCaXTR1tu5/1Kbxc5iL+aG9+GTAFBgMrZXAwGTEXMBUG
+A1UEAwwOZm9saW8gdHViIHNlZWQwIBcNMjYxMTI3MTYzOTU2WhgPMjEyNjExMDMx
+NjM5NTZaMBkxFzAVBgNVBAMMDmZvbGlvIHR1YiBzZWVkMCowBQYDK2VwAyEA04lN
+PGM7ZOvprD74LXf4gOSBNRwwBiJ5nR0v/+nWVBajUzBRMB0GA1UdDgQWBBSA5dqe
+Gd8zz6P6OqRrafKz8i0xhjAfBgNVHSMEGDAWgBSA5dqeGd8zz6P6OqRrafKz8i0x
+hjAPBgNVHRMBAf8EBTADAQH/MAUGAytlcANBACsrUgkSkB0BEG4wbQbu1EI8RW8i
+7BeeYlRHIfO5xui0KTwKK3uftrFQjlAWmKv6URQH+S8U1Rt9G/2kG0UyGgY=
+-----END CERTIFICATE-----
+";
+
+/// The client: `seeds/identity_pem/p256` (a throwaway key).
+const CLIENT_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgSTQ/rElvlQw5RbTh
+nqO5fn2ntrqHkEB4dClr62R5DBChRANCAAQ4rt+fMzMq2CdkwEM5EEBTlKtqOwLv
+tOS24BbGUmxuNwSQDgZyuJsJd10ExEOkLWUkZmtPYHg4unZjwWTqRVaX
+-----END PRIVATE KEY-----
+-----BEGIN CERTIFICATE-----
+MIIBizCCATGgAwIBAgIUQsv9c57JOyffAoQPXIgFh8XO60IwCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPZm9saW8gcDI1NiBzZWVkMCAXDTI2MTEyNzE2Mzk1NloYDzIx
+MjYxMTAzMTYzOTU2WjAaMRgwFgYDVQQDDA9mb2xpbyBwMjU2IHNlZWQwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAAQ4rt+fMzMq2CdkwEM5EEBTlKtqOwLvtOS24BbG
+UmxuNwSQDgZyuJsJd10ExEOkLWUkZmtPYHg4unZjwWTqRVaXo1MwUTAdBgNVHQ4E
+FgQUdtk83q+8jhVMl2rHfqLGgvV9XtAwHwYDVR0jBBgwFoAUdtk83q+8jhVMl2rH
+fqLGgvV9XtAwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEA3lWB
+w32nkqZtKPQ5DOziSFzPYC/qZ6kxOZSZt77h2s8CID8aZ0wkAj0fnPyI0kfh8R6G
+/Ff5baaqz/UBJlmt+9m2
+-----END CERTIFICATE-----
+";
+
+#[interface(name = "fuzz.calc.v1")]
+pub trait Calc {
+    async fn add(&self, a: u64, b: u64) -> Result<u64, String>;
+    /// A new counter object, exported by the answer.
+    async fn counter(&self, start: u64) -> Result<CounterRef, String>;
+    /// The reference back as it came.
+    async fn echo(&self, c: CounterRef) -> Result<CounterRef, String>;
+    /// Calls `incr` on `c` (the client's object, or a gift): a call from server to client.
+    async fn bump(&self, c: CounterRef) -> Result<u64, String>;
+    /// Holds `c` until `forget`.
+    async fn keep(&self, c: CounterRef) -> Result<u64, String>;
+    async fn forget(&self) -> Result<u64, String>;
+    /// Sleeps (at most a second).
+    async fn slow(&self, ms: u64) -> Result<u64, String>;
+    /// `text` `times` times (at most 64 KiB): large answers.
+    async fn repeat(&self, text: String, times: u32) -> Result<String, String>;
+    #[oneway]
+    async fn note(&self, text: String);
+}
+
+#[interface(name = "fuzz.counter.v1")]
+pub trait Counter {
+    async fn incr(&self) -> Result<u64, String>;
+}
+
+#[derive(Default)]
+struct CalcImpl {
+    kept: Mutex<Vec<CounterRef>>,
+}
+
+impl Calc for CalcImpl {
+    async fn add(&self, a: u64, b: u64) -> Result<u64, String> {
+        a.checked_add(b).ok_or_else(|| "overflow".to_string())
+    }
+    async fn counter(&self, start: u64) -> Result<CounterRef, String> {
+        Ok(CounterRef::serve(CounterImpl(Mutex::new(start))))
+    }
+    async fn echo(&self, c: CounterRef) -> Result<CounterRef, String> {
+        Ok(c)
+    }
+    async fn bump(&self, c: CounterRef) -> Result<u64, String> {
+        match tokio::time::timeout(CALLBACK_TIMEOUT, c.incr()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer".into()),
+        }
+    }
+    async fn keep(&self, c: CounterRef) -> Result<u64, String> {
+        let mut kept = self.kept.lock().unwrap();
+        kept.push(c);
+        Ok(kept.len() as u64)
+    }
+    async fn forget(&self) -> Result<u64, String> {
+        let dropped = std::mem::take(&mut *self.kept.lock().unwrap());
+        Ok(dropped.len() as u64)
+    }
+    async fn slow(&self, ms: u64) -> Result<u64, String> {
+        let ms = ms.min(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(ms)
+    }
+    async fn repeat(&self, text: String, times: u32) -> Result<String, String> {
+        let times = (times as usize).min((64 * 1024) / text.len().max(1));
+        Ok(text.repeat(times))
+    }
+    async fn note(&self, _text: String) {}
+}
+
+struct CounterImpl(Mutex<u64>);
+
+impl Counter for CounterImpl {
+    async fn incr(&self) -> Result<u64, String> {
+        let mut n = self.0.lock().unwrap();
+        *n = n.wrapping_add(1);
+        Ok(*n)
+    }
+}
+
+fn identity(pem: &str) -> Identity {
+    Identity::from_pem(pem).expect("the fixed identities load")
+}
+
+fn short_handshake() -> HandshakeConfig {
+    HandshakeConfig {
+        prelude_timeout: Duration::from_secs(1),
+        tls_timeout: Duration::from_secs(1),
+        hello_timeout: Duration::from_secs(1),
+        ..HandshakeConfig::default()
+    }
+}
+
+/// The fuzzing client's handshake: the smallest frame limit, so large answers hit it.
+fn client_handshake() -> HandshakeConfig {
+    HandshakeConfig {
+        max_frame_len: folio_rpc::handshake::MIN_FRAME_LIMIT,
+        ..short_handshake()
+    }
+}
+
+fn server_tub() -> Tub {
+    let config = TubConfig {
+        handshake: short_handshake(),
+        max_inbound_calls: 4,
+        max_queued_calls: 8,
+        max_queued_call_bytes: 16 * 1024,
+        max_outbound_calls: 4,
+        max_exports: MAX_EXPORTS,
+        max_imports: 16,
+        accept_gifts: true,
+        keepalive: Some(Duration::from_secs(30)),
+        disconnect_timeout: None,
+        dial_timeout: Duration::from_secs(1),
+        max_write_queue: 64 * 1024,
+    };
+    let tub = Tub::new(identity(SERVER_PEM), Arc::new(NoConnector), config).unwrap();
+    tub.set_location(vec!["mem:server".parse().unwrap()]);
+    tub
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// Awaits `fut`, which must finish within `secs` seconds of virtual time.
+async fn bounded<T>(what: &str, secs: u64, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {secs} s (virtual time)"),
+    }
+}
+
+/// Lets every task run until all wait (for input or a timer): one virtual millisecond.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+fn thirds(bytes: &[u8]) -> std::slice::Chunks<'_, u8> {
+    bytes.chunks(bytes.len().div_ceil(3).max(1))
+}
+
+fn split_frames(mut rest: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    if rest.is_empty() {
+        return out;
+    }
+    while let Some(i) = rest.windows(SEP.len()).position(|w| w == SEP) {
+        out.push(&rest[..i]);
+        rest = &rest[i + SEP.len()..];
+    }
+    out.push(rest);
+    out
+}
+
+fuzz_target!(
+    init: {
+        if let Some(dir) = std::env::var_os("FOLIO_FUZZ_WRITE_SEEDS") {
+            runtime().block_on(seeds::write(Path::new(&dir)));
+            std::process::exit(0);
+        }
+    },
+    |data: &[u8]| {
+        let Some((&m, rest)) = data.split_first() else {
+            return;
+        };
+        let close = m & 0x80 != 0;
+        runtime().block_on(async {
+            match (m & 0x7f) % 3 {
+                0 => raw(rest, close).await,
+                1 => after_handshake(rest, false, close).await,
+                _ => after_handshake(rest, true, close).await,
+            }
+        });
+    }
+);
+
+/// Mode 0: bytes on the socket, before any handshake.
+async fn raw(bytes: &[u8], close: bool) {
+    let server = server_tub();
+    let (client_end, server_end) = tokio::io::duplex(DUPLEX);
+    let tub = server.clone();
+    let accept = tokio::spawn(async move { tub.accept(server_end).await });
+    let (mut from_server, mut to_server) = tokio::io::split(client_end);
+    let drain = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut from_server, &mut tokio::io::sink()).await;
+    });
+    bounded("writing the input", 60, async {
+        for chunk in thirds(bytes) {
+            if to_server.write_all(chunk).await.is_err() {
+                break;
+            }
+            settle().await;
+        }
+        if close {
+            let _ = to_server.shutdown().await;
+        }
+    })
+    .await;
+    // Prelude, refusal, answer, TLS, hello: five phases of at most 1 s each.
+    let accepted = bounded("Tub::accept", 10, accept).await.unwrap();
+    assert!(server.connection_count() <= usize::from(accepted.is_ok()));
+    finish(&server, drain).await;
+    drop(to_server);
+}
+
+/// Modes 1 and 2: a real handshake, then the input inside TLS.
+async fn after_handshake(input: &[u8], as_frames: bool, close: bool) {
+    let server = server_tub();
+    server
+        .register_as(CalcRef::serve(CalcImpl::default()), OBJECT_NAME)
+        .unwrap();
+    let client = Handshaker::new(Arc::new(identity(CLIENT_PEM)), client_handshake()).unwrap();
+    let (client_end, server_end) = tokio::io::duplex(DUPLEX);
+    let tub = server.clone();
+    let accept = tokio::spawn(async move { tub.accept(server_end).await });
+    let est = bounded(
+        "the client handshake",
+        10,
+        client.connect(client_end, server.tubid()),
+    )
+    .await
+    .expect("a real client's handshake failed");
+    let info = bounded("Tub::accept", 10, accept)
+        .await
+        .unwrap()
+        .expect("the server refused a real client");
+    assert_eq!(info.peer, client.tubid());
+    assert_eq!(server.connection_count(), 1);
+    let Established {
+        mut reader,
+        mut writer,
+        ..
+    } = est;
+    // Read (and ignore) what the server sends, as a client that never answers would.
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = reader.next_frame().await {} });
+
+    bounded("sending the input", 600, async {
+        if as_frames {
+            for payload in split_frames(input) {
+                if writer.send_frame(payload).await.is_err() {
+                    break;
+                }
+                settle().await;
+            }
+        } else {
+            for chunk in thirds(input) {
+                if writer.write_encoded(chunk).await.is_err() || writer.flush().await.is_err() {
+                    break;
+                }
+                settle().await;
+            }
+        }
+        if close {
+            let _ = writer.shutdown().await;
+        }
+    })
+    .await;
+    settle().await;
+    if close {
+        bounded("dropping a client that closed", 600, async {
+            while server.connection_count() != 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+        .await;
+    }
+    assert!(server.exports_to(&client.tubid()) <= MAX_EXPORTS);
+    finish(&server, drain).await;
+    drop(writer);
+}
+
+/// The end of every run: at most one connection, and a shutdown that closes it, in bounded
+/// time, all the way to the stream.
+async fn finish(server: &Tub, drain: JoinHandle<()>) {
+    let n = server.connection_count();
+    assert!(n <= 1, "{n} connections from one client");
+    bounded("Tub::shutdown", 10, server.shutdown()).await;
+    assert_eq!(
+        server.connection_count(),
+        0,
+        "a connection survived shutdown"
+    );
+    // The writer gets 10 s to say goodbye and 5 s to close TLS.
+    bounded("the server closing its end of the stream", 60, drain)
+        .await
+        .unwrap();
+}
+
+/// Seeds from real traffic (see the header comment).
+mod seeds {
+    use super::*;
+    use folio_rpc::prelude;
+
+    /// What a client sent, as the server got it.
+    #[derive(Default)]
+    struct Capture {
+        /// Every byte on the socket, prelude and TLS records.
+        wire: Mutex<Vec<u8>>,
+        /// The frame payloads after the handshake.
+        frames: Mutex<Vec<Vec<u8>>>,
+    }
+
+    /// Records what is read from a stream.
+    struct Recorder {
+        io: DuplexStream,
+        capture: Arc<Capture>,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+            if let Poll::Ready(Ok(())) = polled {
+                let got = &buf.filled()[before..];
+                self.capture.wire.lock().unwrap().extend_from_slice(got);
+            }
+            polled
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// Dials the server through a proxy that terminates the client's TLS with the server's
+    /// key, opens its own connection to the server with the client's key, and forwards frames.
+    struct ProxyConnector {
+        server: Tub,
+        capture: Arc<Capture>,
+    }
+
+    impl Connector for ProxyConnector {
+        fn connect<'a>(&'a self, _hint: &'a Hint) -> ConnectFuture<'a> {
+            Box::pin(async move {
+                let (client_end, proxy_end) = tokio::io::duplex(DUPLEX);
+                let recorder = Recorder {
+                    io: proxy_end,
+                    capture: self.capture.clone(),
+                };
+                tokio::spawn(proxy(self.server.clone(), recorder, self.capture.clone()));
+                Ok(Box::new(client_end) as BoxStream)
+            })
+        }
+    }
+
+    async fn proxy(server: Tub, from_client: Recorder, capture: Arc<Capture>) {
+        let front =
+            Handshaker::new(Arc::new(identity(SERVER_PEM)), HandshakeConfig::default()).unwrap();
+        let back = Handshaker::new(Arc::new(identity(CLIENT_PEM)), client_handshake()).unwrap();
+        let front = front
+            .accept(from_client)
+            .await
+            .expect("proxy: client handshake");
+        let (up, down) = tokio::io::duplex(DUPLEX);
+        let tub = server.clone();
+        tokio::spawn(async move { tub.accept(down).await.expect("server handshake") });
+        let back = back
+            .connect(up, server.tubid())
+            .await
+            .expect("proxy: server handshake");
+        let (mut cr, mut cw) = (front.reader, front.writer);
+        let (mut sr, mut sw) = (back.reader, back.writer);
+        let upstream = async {
+            while let Ok(Some(f)) = cr.next_frame().await {
+                capture.frames.lock().unwrap().push(f.to_vec());
+                if sw.send_frame(f).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sw.shutdown().await;
+        };
+        let downstream = async {
+            while let Ok(Some(f)) = sr.next_frame().await {
+                if cw.send_frame(f).await.is_err() {
+                    break;
+                }
+            }
+            let _ = cw.shutdown().await;
+        };
+        tokio::join!(upstream, downstream);
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Scenario {
+        /// `get_reference` on the root, then the reference is dropped (a decref).
+        Root,
+        /// A typed call.
+        Call,
+        /// A reference passed in arguments, returned, called back (the client answers).
+        PassRef,
+        /// A reference returned, called, and dropped: its decref.
+        ReturnedRef,
+        /// A one-way call.
+        Oneway,
+        /// References held and released by the server; an answer over the frame limit;
+        /// calls queued behind slow ones.
+        Limits,
+        /// A call, then the client Tub shuts down: its goodbye.
+        Goodbye,
+        /// Everything above in one session, ending in a goodbye.
+        All,
+    }
+
+    async fn session(scenario: Scenario) -> Arc<Capture> {
+        use Scenario::*;
+        let server = server_tub();
+        let furl = server
+            .register_as(CalcRef::serve(CalcImpl::default()), OBJECT_NAME)
+            .unwrap();
+        let capture = Arc::new(Capture::default());
+        let connector = ProxyConnector {
+            server: server.clone(),
+            capture: capture.clone(),
+        };
+        let client = Tub::new(
+            identity(CLIENT_PEM),
+            Arc::new(connector),
+            TubConfig::default(),
+        )
+        .unwrap();
+        let calc: CalcRef = client.get(&furl).await.expect("get");
+        let all = scenario == All;
+        if scenario == Call || scenario == Goodbye || all {
+            assert_eq!(calc.add(2, 3).await.unwrap(), 5);
+        }
+        if scenario == PassRef || all {
+            let mine = CounterRef::serve(CounterImpl(Mutex::new(10)));
+            let back = calc.echo(mine.clone()).await.unwrap();
+            assert_eq!(back.incr().await.unwrap(), 11);
+            assert_eq!(calc.bump(mine.clone()).await.unwrap(), 12);
+        }
+        if scenario == ReturnedRef || all {
+            let c = calc.counter(5).await.unwrap();
+            assert_eq!(c.incr().await.unwrap(), 6);
+            drop(c);
+            settle().await;
+        }
+        if scenario == Oneway || all {
+            calc.note("hello".into()).await.unwrap();
+        }
+        if scenario == Limits || all {
+            let mine = CounterRef::serve(CounterImpl(Mutex::new(0)));
+            assert_eq!(calc.keep(mine.clone()).await.unwrap(), 1);
+            assert_eq!(calc.keep(mine.clone()).await.unwrap(), 2);
+            assert_eq!(calc.forget().await.unwrap(), 2);
+            assert!(calc.repeat("0123456789".into(), 1000).await.is_err());
+            let slow: Vec<_> = (0..6u64)
+                .map(|i| {
+                    let calc = calc.clone();
+                    tokio::spawn(async move { calc.slow(100 * i).await })
+                })
+                .collect();
+            for s in slow {
+                s.await.unwrap().unwrap();
+            }
+        }
+        drop(calc);
+        settle().await;
+        if matches!(scenario, Goodbye | All) {
+            client.shutdown().await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        capture
+    }
+
+    fn framed(frames: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in frames {
+            out.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            out.extend_from_slice(f);
+        }
+        out
+    }
+
+    pub async fn write(dir: &Path) {
+        use Scenario::*;
+        std::fs::create_dir_all(dir).unwrap();
+        let put = |name: &str, mode: u8, body: &[u8]| {
+            let mut bytes = vec![mode];
+            bytes.extend_from_slice(body);
+            std::fs::write(dir.join(name), bytes).unwrap();
+        };
+        let scenarios = [
+            ("root", Root),
+            ("call", Call),
+            ("pass_ref", PassRef),
+            ("returned_ref", ReturnedRef),
+            ("oneway", Oneway),
+            ("limits", Limits),
+            ("goodbye", Goodbye),
+            ("all", All),
+        ];
+        for (name, scenario) in scenarios {
+            let capture = session(scenario).await;
+            let frames = capture.frames.lock().unwrap().clone();
+            eprintln!("{name}:");
+            for f in &frames {
+                let msg = folio_rpc::message::decode(f).expect("a real client's message");
+                eprintln!("  {msg:?}");
+                assert!(
+                    !f.windows(SEP.len()).any(|w| w == SEP),
+                    "a payload contains the separator"
+                );
+            }
+            put(&format!("frames_{name}"), 0x02, &frames.join(SEP));
+            if matches!(scenario, Call | All) {
+                put(&format!("stream_{name}"), 0x01, &framed(&frames));
+            }
+            if scenario == All {
+                put("frames_all_then_close", 0x82, &frames.join(SEP));
+                put("stream_all_then_close", 0x81, &framed(&frames));
+                let wire = capture.wire.lock().unwrap().clone();
+                // The prelude request, then the ClientHello record (5-byte header + length).
+                let request = prelude::encode_request(&identity(SERVER_PEM).tubid());
+                assert!(wire.starts_with(&request));
+                let at = request.len();
+                let record = u16::from_be_bytes([wire[at + 3], wire[at + 4]]) as usize;
+                put("raw_request", 0x00, &request);
+                put("raw_first_flight", 0x80, &wire[..at + 5 + record]);
+                put("raw_whole_session", 0x80, &wire);
+            }
+        }
+        put("raw_http", 0x80, b"GET / HTTP/1.1\r\nHost: example\r\n\r\n");
+        put("frames_bad_message", 0x02, &[0xff; 3]);
+        eprintln!("seeds written to {}", dir.display());
+    }
+}
