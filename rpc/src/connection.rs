@@ -657,6 +657,18 @@ impl RefCodec for ConnShared {
             }
         }
     }
+
+    fn release_unaccepted(&self, ids: &[u64]) {
+        // The peer counted one sending of each entry; a decref gives it back, as if each had
+        // been imported and dropped at once. (The root, id 0, is never counted.)
+        let mut counts = std::collections::BTreeMap::<u64, u64>::new();
+        for &id in ids.iter().filter(|&&id| id != ROOT_OBJECT) {
+            *counts.entry(id).or_default() += 1;
+        }
+        for (target, count) in counts {
+            self.send_message(&Message::Decref { target, count }, None);
+        }
+    }
 }
 
 /// Removes a pending call's entry if the caller gives up (its future is dropped).

@@ -289,6 +289,9 @@ pub(crate) trait RefCodec: Send + Sync {
     fn decode(&self, d: RefDesc) -> Result<ObjectRef, String>;
     /// Undoes what `encode` counted for a table that will not be sent after all.
     fn rollback(&self, _table: &[RefDesc]) {}
+    /// Gives the sender back what it counted for the `Mine` entries (their ids) of a received
+    /// table that were never decoded, because an earlier entry was refused.
+    fn release_unaccepted(&self, _ids: &[u64]) {}
 }
 
 thread_local! {
@@ -340,12 +343,37 @@ pub(crate) fn encode_value<V: Serialize + ?Sized>(
 }
 
 /// Turns a received reference table into live references. Imports happen here, in message
-/// order, whatever becomes of the payload.
+/// order, whatever becomes of the payload. If an entry is refused, the entries already
+/// decoded are dropped (released as usual) and the refused entry and every later one are
+/// released to the sender as well, so that nothing the table carried stays counted.
 pub(crate) fn resolve_refs(
     codec: &Arc<dyn RefCodec>,
     table: Vec<RefDesc>,
 ) -> Result<Vec<ObjectRef>, String> {
-    table.into_iter().map(|d| codec.decode(d)).collect()
+    let mut refs = Vec::with_capacity(table.len());
+    let mut table = table.into_iter();
+    while let Some(desc) = table.next() {
+        let mine = match &desc {
+            RefDesc::Mine { id, .. } => Some(*id),
+            _ => None,
+        };
+        match codec.decode(desc) {
+            Ok(r) => refs.push(r),
+            Err(e) => {
+                drop(refs);
+                let unaccepted: Vec<u64> = mine
+                    .into_iter()
+                    .chain(table.filter_map(|d| match d {
+                        RefDesc::Mine { id, .. } => Some(id),
+                        _ => None,
+                    }))
+                    .collect();
+                codec.release_unaccepted(&unaccepted);
+                return Err(e);
+            }
+        }
+    }
+    Ok(refs)
 }
 
 /// Decodes exactly `bytes` as a `V` whose references index `refs`.
