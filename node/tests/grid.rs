@@ -2,62 +2,12 @@
 //! with `tahoe create-*`, run with `tahoe run`, watched with `tahoe status --json`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use folio_tests::ChildGuard;
-use serde_json::Value;
 
-fn tahoe() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tahoe"));
-    c.env("RUST_LOG", "warn");
-    c
-}
-
-fn create(args: &[&str]) {
-    let out = tahoe().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "tahoe {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn run(dir: &Path) -> ChildGuard {
-    let mut c = tahoe();
-    c.arg("run").arg(dir);
-    ChildGuard::spawn(&format!("tahoe run {}", dir.display()), c).unwrap()
-}
-
-fn wait_for_file(path: &Path, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(t) = std::fs::read_to_string(path) {
-            if !t.trim().is_empty() {
-                return t.trim().to_string();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} did not appear within {timeout:?}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn status(dir: &Path) -> Option<Value> {
-    let out = tahoe()
-        .args(["status", "--json", "--timeout", "5"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
+mod common;
+use common::{create, run, status, tahoe, wait_for_file};
 
 /// (nickname, connected) of every storage server `dir`'s node knows.
 fn servers(dir: &Path) -> Vec<(String, bool)> {

@@ -3,64 +3,14 @@
 //! through a real i2pd router, or only through a real private Tor network, on 127.0.0.1.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use folio_tests::i2pd::I2pd;
 use folio_tests::tornet::TorNet;
-use folio_tests::ChildGuard;
 use serde_json::Value;
 
-fn tahoe() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tahoe"));
-    c.env("RUST_LOG", "warn");
-    c
-}
-
-fn create(args: &[&str]) {
-    let out = tahoe().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "tahoe {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn run(dir: &Path) -> ChildGuard {
-    let mut c = tahoe();
-    c.arg("run").arg(dir);
-    ChildGuard::spawn(&format!("tahoe run {}", dir.display()), c).unwrap()
-}
-
-fn wait_for_file(path: &Path, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(t) = std::fs::read_to_string(path) {
-            if !t.trim().is_empty() {
-                return t.trim().to_string();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} did not appear within {timeout:?}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn status(dir: &Path) -> Option<Value> {
-    let out = tahoe()
-        .args(["status", "--json", "--timeout", "10"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
+mod common;
+use common::{create, run, status, wait_for_file};
 
 /// Adds `lines` right after the `[section]` header of `dir`'s tahoe.cfg.
 fn add_to_section(dir: &Path, section: &str, lines: &str) {

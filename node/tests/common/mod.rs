@@ -1,0 +1,61 @@
+//! What the node's process tests share: running `tahoe`, waiting for its files, reading
+//! `tahoe status --json`.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use folio_tests::ChildGuard;
+use serde_json::Value;
+
+pub fn tahoe() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tahoe"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+pub fn create(args: &[&str]) {
+    let out = tahoe().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "tahoe {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn run(dir: &Path) -> ChildGuard {
+    let mut c = tahoe();
+    c.arg("run").arg(dir);
+    ChildGuard::spawn(&format!("tahoe run {}", dir.display()), c).unwrap()
+}
+
+pub fn wait_for_file(path: &Path, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(t) = std::fs::read_to_string(path) {
+            if !t.trim().is_empty() {
+                return t.trim().to_string();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear within {timeout:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn status(dir: &Path) -> Option<Value> {
+    let out = tahoe()
+        .args(["status", "--json", "--timeout", "10"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
