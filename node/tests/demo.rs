@@ -3,18 +3,24 @@
 
 use std::process::Command;
 
-#[test]
-fn tahoe_demo_handshake_runs_end_to_end() {
+/// Runs `tahoe ARGS`, which must succeed; returns its stdout.
+fn tahoe_ok(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_tahoe"))
-        .args(["demo-handshake", "--round-trips", "20"])
+        .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
-        "{stdout}\n{}",
+        "tahoe {args:?}: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn tahoe_demo_handshake_runs_end_to_end() {
+    let stdout = tahoe_ok(&["demo-handshake", "--round-trips", "20"]);
     for expected in [
         "FURL   folio://",
         "connected in",
@@ -49,16 +55,7 @@ fn tahoe_version_and_help() {
 
 #[test]
 fn tahoe_demo_grid_stores_loses_seven_servers_and_gets_the_file_back() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tahoe"))
-        .args(["demo", "--size-mib", "1"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = tahoe_ok(&["demo", "--size-mib", "1"]);
     for expected in [
         "the client sees 10 storage servers",
         "cap: folio:CHK:",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use folio_tests::ChildGuard;
 
 mod common;
-use common::{create, run, status, tahoe, wait_for_file};
+use common::{create, files_under, run, status, tahoe, wait_for_file};
 
 /// (nickname, connected) of every storage server `dir`'s node knows.
 fn servers(dir: &Path) -> Vec<(String, bool)> {
@@ -299,7 +299,7 @@ fn a_storage_node_killed_mid_upload_keeps_no_partial_share() {
         drop(w);
     });
     let incoming = dir.join("storage/shares/incoming");
-    let leftover = walk_files(&incoming);
+    let leftover = files_under(&incoming);
     assert!(
         !leftover.is_empty(),
         "the crash should leave the partial upload in incoming/"
@@ -333,22 +333,7 @@ fn a_storage_node_killed_mid_upload_keeps_no_partial_share() {
         tub.shutdown().await;
     });
     assert!(
-        walk_files(&incoming).is_empty(),
+        files_under(&incoming).is_empty(),
         "incoming/ was not cleaned at start"
     );
-}
-
-fn walk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk_files(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

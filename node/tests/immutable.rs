@@ -16,6 +16,9 @@ use folio_node::immutable::{
 use folio_node::storage::{si_b32, Storage, StorageConfig, StorageServerRef};
 use folio_rpc::{Host, Identity, Tub, TubConfig};
 
+mod common;
+use common::files_under;
+
 /// Runs a test body on a two-thread runtime, bounded as a whole.
 fn run_for(secs: u64, body: impl Future<Output = ()>) {
     tokio::runtime::Builder::new_multi_thread()
@@ -166,22 +169,6 @@ impl Grid {
         }
         self.client.shutdown().await;
     }
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Deterministic, incompressible-looking bytes (xorshift64*), from `seed` at `offset`.

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,9 @@ use folio_node::storage::{
     StorageServerRef, TestVector, TestWriteVectors, MAX_CHUNK,
 };
 use folio_rpc::{Bytes, CallError, Furl, Host, Identity, Tub, TubConfig};
+
+mod common;
+use common::files_under;
 
 /// Runs a test body with a bound on the whole of it.
 fn run(body: impl Future<Output = ()>) {
@@ -117,22 +120,6 @@ impl Grid {
         self.client.shutdown().await;
         self.server.shutdown().await;
     }
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Polls `cond` every 10 ms, failing after 10 seconds.

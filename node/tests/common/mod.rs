@@ -1,8 +1,8 @@
-//! What the node's process tests share: running `tahoe`, waiting for its files, reading
-//! `tahoe status --json`.
+//! What the node's tests share: running `tahoe`, waiting for its files, reading
+//! `tahoe status --json`, listing the files a storage server left.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -58,4 +58,21 @@ pub fn status(dir: &Path) -> Option<Value> {
         return None;
     }
     serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Every file below `dir` (none when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
