@@ -6,10 +6,11 @@
 //!   before the next frame is read, then runs in its own task while holding one of the
 //!   connection's inbound permits; with every permit taken the reader stops reading, so a
 //!   flood of calls is slowed by TCP backpressure instead of being buffered.
-//! - the **writer** task drains a queue of encoded frames, batching what is ready into one
-//!   flush. Answers keep their inbound permit until written, so a peer that never reads
-//!   cannot grow the queue past the inbound bound; outbound calls hold an outbound permit
-//!   until answered.
+//! - the **writer** task drains a queue of encoded frames, gathering what is ready into one
+//!   TLS record and one write (see `FrameWriter::write_encoded`) before flushing. A frame
+//!   keeps its share of the write budget until the writer has taken it, so a peer that never
+//!   reads cannot grow the queue past the budget (plus the one record being gathered);
+//!   outbound calls hold an outbound permit until answered.
 //! - an optional **keepalive** task pings an idle peer and enforces the disconnect timeout.
 //!
 //! When the connection dies, for whatever reason, [`ConnShared::close`] runs exactly once:
@@ -788,7 +789,7 @@ async fn writer_loop<S>(
     let result: Result<(), String> = async {
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
-            // Write everything that is ready, then flush once.
+            // Gather everything that is ready, then write and flush once.
             while let Some(item) = next.take() {
                 match item {
                     Outgoing::Frame(frame, permit, budget) => {
