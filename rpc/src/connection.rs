@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,13 +34,13 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::frame::{encode_frame, FrameReader, FrameWriter};
+use crate::frame::{encode_frame, encode_frame_sized, FrameReader, FrameWriter};
 use crate::furl::Furl;
 use crate::handshake::{ConnectionInfo, Established};
 use crate::message::{self, AnswerBody, GoodbyeReason, Message, ROOT_OBJECT};
 use crate::object::{
     decode_answer, encode_args, resolve_refs, CallContext, CallError, Dispatch, LazyRef, ObjectRef,
-    RefCodec, RefDesc, RefKind, Refusal, Reply,
+    Outcome, RefCodec, RefDesc, RefKind, Refusal, Reply,
 };
 use crate::tls::TlsStream;
 use crate::tub::{TubConfig, TubInner};
@@ -57,8 +58,34 @@ struct CallQueue {
 }
 
 /// Completes one outstanding call with the answer and its resolved reference table. Runs on
-/// the reader task, in message order.
-type Completion = Box<dyn FnOnce(Result<(Reply, Vec<ObjectRef>), String>) + Send>;
+/// the reader task, in message order, and decodes the answer from the received frame.
+type Completion = Box<dyn for<'a> FnOnce(Result<(Outcome<'a>, Vec<ObjectRef>), String>) + Send>;
+
+/// The table of outstanding calls, keyed by call id.
+type Pending = HashMap<u64, Completion, BuildHasherDefault<CallIdHasher>>;
+
+/// Hashes call ids with one multiplication. The keys are our own counter, never chosen by the
+/// peer (whose answers only look ids up in a table bounded by `max_outbound_calls`), so the
+/// standard hasher's protection against chosen keys buys nothing on this path, taken twice
+/// per call. The multiplier spreads consecutive ids over the hash's high bits as well.
+#[derive(Default)]
+struct CallIdHasher(u64);
+
+impl Hasher for CallIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// A frame waiting for the writer, with the permits it releases once written: an inbound-call
 /// slot for an answer, and its bytes' share of the write budget.
@@ -96,7 +123,7 @@ pub(crate) struct ConnShared {
     tub: Weak<TubInner>,
     out: mpsc::UnboundedSender<Outgoing>,
     max_frame_out: u32,
-    pending: Mutex<HashMap<u64, Completion>>,
+    pending: Mutex<Pending>,
     next_call_id: AtomicU64,
     exports: Mutex<Exports>,
     imports: Mutex<HashMap<u64, ImportEntry>>,
@@ -177,7 +204,7 @@ impl ConnShared {
             me: me.clone(),
             tub,
             out: tx,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
             next_call_id: AtomicU64::new(1),
             exports: Mutex::new(Exports {
                 next_id: 1,
@@ -239,12 +266,13 @@ impl ConnShared {
         self.me.upgrade().expect("a connection in use is alive")
     }
 
-    fn codec(&self) -> Arc<dyn RefCodec> {
-        self.arc()
-    }
-
     /// Why the connection closed, if it has.
     pub(crate) fn closed_reason(&self) -> Option<String> {
+        // Every call asks, twice: the flag answers without the lock while the connection is
+        // open. It is set under the lock together with the reason.
+        if !self.is_closed.load(Ordering::SeqCst) {
+            return None;
+        }
         lock(&self.life).closed.clone()
     }
 
@@ -272,7 +300,7 @@ impl ConnShared {
     /// Queues a frame the peer provoked. Returns false if the connection is closed, the frame
     /// cannot be encoded, or the peer has left too much unread (which closes the connection).
     fn send_message(&self, msg: &Message<'_>, permit: Option<OwnedSemaphorePermit>) -> bool {
-        let frame = match encode_frame(msg, self.max_frame_out) {
+        let frame = match encode_frame_sized(msg, self.max_frame_out, msg.size_hint()) {
             Ok(frame) => frame,
             Err(e) => {
                 warn!("cannot send a message: {e}");
@@ -521,22 +549,27 @@ impl ConnShared {
     /// Waits until a call of `size` argument bytes may be queued (always at once when the
     /// queue is empty).
     async fn wait_for_queue_room(&self, size: usize) {
+        // Registering for a wake-up takes the Notify's lock: only do it when there is no room.
+        if self.has_queue_room(size) {
+            return;
+        }
         loop {
             let room = self.queue_room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            {
-                let q = lock(&self.queue);
-                if q.tasks.is_empty()
-                    || self.is_closed.load(Ordering::Relaxed)
-                    || (q.tasks.len() < self.config.max_queued_calls
-                        && q.bytes + size <= self.config.max_queued_call_bytes)
-                {
-                    return;
-                }
+            if self.has_queue_room(size) {
+                return;
             }
             room.await;
         }
+    }
+
+    fn has_queue_room(&self, size: usize) -> bool {
+        let q = lock(&self.queue);
+        q.tasks.is_empty()
+            || self.is_closed.load(Ordering::Relaxed)
+            || (q.tasks.len() < self.config.max_queued_calls
+                && q.bytes + size <= self.config.max_queued_call_bytes)
     }
 
     /// Starts `task` now (returning it with its slot, to run inline) if a slot is free and no
@@ -685,9 +718,13 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl RemoteInner {
+    fn codec(&self) -> Arc<dyn RefCodec> {
+        self.conn.clone()
+    }
+
     /// Frames a call; if it cannot be sent, what its reference table counted is undone.
     fn frame<E>(&self, msg: &Message<'_>) -> Result<Vec<u8>, CallError<E>> {
-        encode_frame(msg, self.conn.max_frame_out).map_err(|e| {
+        encode_frame_sized(msg, self.conn.max_frame_out, msg.size_hint()).map_err(|e| {
             if let Message::Call { refs, .. } | Message::Oneway { refs, .. } = msg {
                 self.conn.rollback(refs);
             }
@@ -717,7 +754,7 @@ impl RemoteInner {
             .await
             .map_err(|_| CallError::Disconnected("closed".into()))?;
         let id = conn.next_call_id.fetch_add(1, Ordering::Relaxed);
-        let (args, refs) = encode_args(&conn.codec(), args)?;
+        let (args, refs) = encode_args(&self.codec(), args)?;
         let msg = Message::Call {
             id,
             target: self.id,
@@ -763,7 +800,7 @@ impl RemoteInner {
         if let Some(reason) = conn.closed_reason() {
             return Err(CallError::Disconnected(reason));
         }
-        let (args, refs) = encode_args(&conn.codec(), args)?;
+        let (args, refs) = encode_args(&self.codec(), args)?;
         let frame = self.frame(&Message::Oneway {
             target: self.id,
             interface,
@@ -835,12 +872,17 @@ where
         if shared.is_closed.load(Ordering::Relaxed) {
             break ("closed".into(), None);
         }
+        // The clock is read once per read from the stream, not once per frame: the frames
+        // of one read arrived together.
+        let reads = !r.frame_buffered();
         let frame = match r.next_frame().await {
             Ok(Some(f)) => f,
             Ok(None) => break ("the peer closed the connection".to_string(), None),
             Err(e) => break (format!("read failed: {e}"), None),
         };
-        shared.touch();
+        if reads {
+            shared.touch();
+        }
         let msg = match message::decode(frame) {
             Ok(m) => m,
             Err(e) => {
@@ -874,13 +916,13 @@ where
                 // The reference table is resolved whether or not anyone still waits for the
                 // answer: what it carried is imported, and released again if unused.
                 let (reply, table) = match body {
-                    AnswerBody::Ok { value, refs } => (Reply::Ok(value.to_vec()), refs),
-                    AnswerBody::AppError { value, refs } => (Reply::AppError(value.to_vec()), refs),
-                    AnswerBody::Refused(r) => (Reply::Refused(r), Vec::new()),
+                    AnswerBody::Ok { value, refs } => (Outcome::Ok(value), refs),
+                    AnswerBody::AppError { value, refs } => (Outcome::AppError(value), refs),
+                    AnswerBody::Refused(r) => (Outcome::Refused(r), Vec::new()),
                 };
-                let answer = match resolve_refs(&shared.codec(), table) {
+                let answer = match resolve_refs(&*shared, table) {
                     Ok(refs) => (reply, refs),
-                    Err(e) => (Reply::Refused(Refusal::BadReference(e)), Vec::new()),
+                    Err(e) => (Outcome::Refused(Refusal::BadReference(e)), Vec::new()),
                 };
                 // An unknown id is a call whose caller gave up.
                 let complete = lock(&shared.pending).remove(&id);
@@ -916,7 +958,7 @@ async fn dispatch(
 ) {
     // Resolve the reference table first, so that what it carries is accounted for (imported,
     // and released again) even if the call is refused.
-    let refs = match resolve_refs(&shared.codec(), table) {
+    let refs = match resolve_refs(&**shared, table) {
         Ok(refs) => Ok(refs),
         Err(e) => Err(Refusal::BadReference(e)),
     };
@@ -924,7 +966,7 @@ async fn dispatch(
         Ok(r) => (r, None),
         Err(e) => (Vec::new(), Some(e)),
     };
-    let ctx = CallContext::new(shared.codec(), Some(shared.info.peer), refs);
+    let ctx = CallContext::new(shared.clone(), Some(shared.info.peer), refs);
     let object = if target == ROOT_OBJECT {
         Some(shared.root())
     } else {
@@ -984,15 +1026,12 @@ async fn dispatch(
                 }
                 ctx.release_kept();
             });
-            if let Some((task, slot)) = shared.admit_call(task, args.len()) {
-                let conn = shared.clone();
-                let mut task = Box::pin(async move {
-                    task.await;
-                    conn.finish_call(slot);
-                });
+            if let Some((mut task, slot)) = shared.admit_call(task, args.len()) {
                 let first = std::future::poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx))).await;
                 if first.is_pending() {
-                    tokio::spawn(task);
+                    shared.spawn_call(task, slot);
+                } else {
+                    shared.finish_call(slot);
                 }
             }
         }

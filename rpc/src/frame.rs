@@ -159,6 +159,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Whether the next frame is already buffered whole, so that [`FrameReader::next_frame`]
+    /// returns it without reading from the stream.
+    pub fn frame_buffered(&self) -> bool {
+        matches!(
+            self.decoder.decode(&self.buf[self.start..self.end]),
+            Ok(Decoded::Frame { .. })
+        )
+    }
+
     /// Reads and decodes the next frame as a `T`; `None` at a clean end of stream.
     pub async fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         match self.next_frame().await? {
@@ -323,7 +332,19 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
 /// Encodes `msg` as a complete frame (header included), refusing one longer than `max_len`.
 pub fn encode_frame<T: Serialize>(msg: &T, max_len: u32) -> Result<Vec<u8>, FrameError> {
-    let mut out = postcard::to_extend(msg, vec![0u8; HEADER_LEN])?;
+    encode_frame_sized(msg, max_len, 0)
+}
+
+/// [`encode_frame`] into a buffer made with room for `size_hint` payload bytes: a fair guess
+/// saves the buffer's growing (and copying) step by step from nothing as postcard writes.
+pub fn encode_frame_sized<T: Serialize>(
+    msg: &T,
+    max_len: u32,
+    size_hint: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let mut buf = Vec::with_capacity(HEADER_LEN + size_hint);
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    let mut out = postcard::to_extend(msg, buf)?;
     let len = out.len() - HEADER_LEN;
     if len > max_len as usize {
         return Err(FrameError::TooLarge {

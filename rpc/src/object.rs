@@ -114,6 +114,17 @@ pub enum Reply {
     Refused(Refusal),
 }
 
+/// An answer as the caller receives it: the encoded value borrowed from where it arrived (the
+/// received frame), so that it is decoded in place rather than copied out first.
+pub(crate) enum Outcome<'a> {
+    /// `Ok(value)`, postcard-encoded.
+    Ok(&'a [u8]),
+    /// `Err(error)`, postcard-encoded.
+    AppError(&'a [u8]),
+    /// The call could not complete.
+    Refused(Refusal),
+}
+
 /// The future a dispatched call runs.
 pub type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
 
@@ -347,7 +358,7 @@ pub(crate) fn encode_value<V: Serialize + ?Sized>(
 /// decoded are dropped (released as usual) and the refused entry and every later one are
 /// released to the sender as well, so that nothing the table carried stays counted.
 pub(crate) fn resolve_refs(
-    codec: &Arc<dyn RefCodec>,
+    codec: &dyn RefCodec,
     table: Vec<RefDesc>,
 ) -> Result<Vec<ObjectRef>, String> {
     let mut refs = Vec::with_capacity(table.len());
@@ -521,7 +532,7 @@ impl ObjectRef {
                 let codec: Arc<dyn RefCodec> = Arc::new(LocalCodec::default());
                 let (bytes, table) = encode_args(&codec, args)?;
                 check_local_interface(d.as_ref(), interface)?;
-                let refs = resolve_refs(&codec, table).map_err(CallError::Protocol)?;
+                let refs = resolve_refs(codec.as_ref(), table).map_err(CallError::Protocol)?;
                 let fut = d
                     .clone()
                     .call(method, &bytes, CallContext::new(codec, None, refs))
@@ -599,7 +610,7 @@ pub(crate) fn encode_args<A: Serialize, E>(
 
 /// Decodes an answer body with `codec` installed.
 pub(crate) fn decode_answer<T: DeserializeOwned, E: DeserializeOwned>(
-    reply: Reply,
+    reply: Outcome<'_>,
     refs: &[ObjectRef],
 ) -> Result<T, CallError<E>> {
     let bad = |e: postcard::Error| {
@@ -609,12 +620,12 @@ pub(crate) fn decode_answer<T: DeserializeOwned, E: DeserializeOwned>(
         ))
     };
     match reply {
-        Reply::Ok(bytes) => decode_value::<T>(refs, &bytes).map_err(bad),
-        Reply::AppError(bytes) => match decode_value::<E>(refs, &bytes) {
+        Outcome::Ok(bytes) => decode_value::<T>(refs, bytes).map_err(bad),
+        Outcome::AppError(bytes) => match decode_value::<E>(refs, bytes) {
             Ok(e) => Err(CallError::App(e)),
             Err(e) => Err(bad(e)),
         },
-        Reply::Refused(r) => Err(CallError::Refused(r)),
+        Outcome::Refused(r) => Err(CallError::Refused(r)),
     }
 }
 
@@ -634,14 +645,19 @@ where
     let codec: Arc<dyn RefCodec> = Arc::new(LocalCodec::default());
     let (bytes, table) = encode_args(&codec, args)?;
     check_local_interface(d.as_ref(), interface)?;
-    let refs = resolve_refs(&codec, table).map_err(CallError::Protocol)?;
+    let refs = resolve_refs(codec.as_ref(), table).map_err(CallError::Protocol)?;
     let ctx = CallContext::new(codec.clone(), None, refs);
     let fut = d
         .call(method, &bytes, ctx.clone())
         .map_err(CallError::Refused)?;
     let reply = fut.await;
-    let out = resolve_refs(&codec, ctx.take_out_refs()).map_err(CallError::Protocol)?;
-    decode_answer(reply, &out)
+    let out = resolve_refs(codec.as_ref(), ctx.take_out_refs()).map_err(CallError::Protocol)?;
+    let outcome = match &reply {
+        Reply::Ok(bytes) => Outcome::Ok(bytes),
+        Reply::AppError(bytes) => Outcome::AppError(bytes),
+        Reply::Refused(r) => Outcome::Refused(r.clone()),
+    };
+    decode_answer(outcome, &out)
 }
 
 fn check_local_interface<E>(d: &dyn Dispatch, interface: &str) -> Result<(), CallError<E>> {
