@@ -19,10 +19,14 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "tor-arti")]
+pub mod arti;
 #[cfg(feature = "i2p")]
 pub mod i2p;
 #[cfg(feature = "tor-system")]
 pub mod tor;
+#[cfg(any(feature = "tor-system", feature = "tor-arti"))]
+mod tor_target;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -250,6 +254,7 @@ impl Connector for Registry {
 }
 
 /// Writes a key file readable by its owner only (see [`folio_rpc::identity::write_private`]).
+#[cfg(any(feature = "tor-system", feature = "i2p"))]
 pub(crate) fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     folio_rpc::identity::write_private(path, format!("{text}\n").as_bytes())
 }

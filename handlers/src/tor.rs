@@ -5,14 +5,15 @@
 //! its key is saved (mode `0600`) and given back at every start, so the `.onion` address
 //! survives restarts. Streams from that listener go to the Tub's server side.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use folio_rpc::connector::{AcceptFuture, ConnectError, ConnectFuture, Listener};
-use folio_rpc::{BoxStream, Hint, Host};
+use folio_rpc::{BoxStream, Hint};
 use folio_transports::tor::{dial, Control, TorError};
 
+use crate::tor_target::tor_target;
 use crate::Handler;
 
 /// Dials `tor:` hints (and `tcp:` hints routed over Tor) through a system tor's SOCKS port.
@@ -62,28 +63,6 @@ impl TorHandler {
     }
 }
 
-/// Addresses that must never be sent to a Tor exit: they name the exit's own network.
-fn local_address(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| local_address(IpAddr::V4(v4)))
-        }
-    }
-}
-
 impl Handler for TorHandler {
     fn describe(&self) -> String {
         match self.control {
@@ -98,29 +77,7 @@ impl Handler for TorHandler {
 
     fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a> {
         Box::pin(async move {
-            let (host, port) = match hint {
-                Hint::Tor { onion, port } => (onion.clone(), *port),
-                Hint::Tcp { host, port } => {
-                    let ip = match host {
-                        Host::Ipv4(a) => Some(IpAddr::V4(*a)),
-                        Host::Ipv6(a) => Some(IpAddr::V6(*a)),
-                        Host::Name(_) => None,
-                    };
-                    if ip.is_some_and(local_address) {
-                        return Err(ConnectError::Refused {
-                            hint: hint.to_string(),
-                            reason: "a private or loopback address cannot be reached through Tor"
-                                .into(),
-                        });
-                    }
-                    (host.to_dial_string(), *port)
-                }
-                other => {
-                    return Err(ConnectError::Unsupported {
-                        kind: other.kind().to_string(),
-                    })
-                }
-            };
+            let (host, port) = tor_target(hint)?;
             let failed = |e: TorError| ConnectError::Failed {
                 hint: hint.to_string(),
                 source: Box::new(e),
@@ -227,27 +184,6 @@ impl Listener for OnionListener {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn local_addresses_never_go_to_an_exit() {
-        for a in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.0.1",
-            "172.16.5.5",
-            "169.254.1.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(local_address(a.parse().unwrap()), "{a}");
-        }
-        for a in ["8.8.8.8", "2001:db8::1"] {
-            assert!(!local_address(a.parse().unwrap()), "{a}");
-        }
-    }
 
     #[tokio::test]
     async fn loopback_tcp_hint_refused_over_tor() {

@@ -2,6 +2,7 @@
 //! back over the same connection, so that calls go both ways.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use folio_handlers::Registry;
 use folio_rpc::{interface, Furl, Hint, Identity, Listener, Tub, TubConfig};
@@ -42,4 +43,20 @@ pub fn serve(pem: &str, listener: impl Listener, hint: Hint) -> (Tub, Furl) {
         .register_as(EchoRef::serve(EchoImpl("server")), "echo")
         .unwrap();
     (tub, furl)
+}
+
+/// Gets the echo at `furl`, retrying for up to 90 s: the first connection to a new onion
+/// service waits for its descriptor to spread.
+pub async fn get_with_retries(tub: &Tub, furl: &Furl) -> EchoRef {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        match tub.get::<EchoRef>(furl).await {
+            Ok(r) => return r,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => panic!("the onion service was never reached: {e}"),
+        }
+    }
 }

@@ -7,23 +7,8 @@ use std::time::Duration;
 use folio_handlers::tor::{OnionListener, TorHandler};
 use folio_handlers::{Registry, TcpPolicy};
 use folio_rpc::{Furl, Identity, Side, Tub, TubConfig};
-use folio_tests::echo::{serve, EchoImpl, EchoRef};
+use folio_tests::echo::{get_with_retries, serve, EchoImpl, EchoRef};
 use folio_tests::tornet::TorNet;
-
-/// The first connection to a new onion service waits for its descriptor to spread.
-async fn get_with_retries(tub: &Tub, furl: &Furl) -> EchoRef {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        match tub.get::<EchoRef>(furl).await {
-            Ok(r) => return r,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                eprintln!("not yet: {e}");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            Err(e) => panic!("the onion service was never reached: {e}"),
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tubs_talk_over_a_private_tor_network() {

@@ -24,6 +24,8 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "tor-arti")]
+pub mod arti;
 #[cfg(feature = "i2p")]
 pub mod i2p;
 pub mod tcp;
