@@ -30,11 +30,11 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::frame::{encode_frame, encode_frame_sized, FrameReader, FrameWriter};
+use crate::frame::{encode_frame, FrameReader, FrameWriter};
 use crate::furl::Furl;
 use crate::handshake::{ConnectionInfo, Established};
 use crate::message::{self, AnswerBody, GoodbyeReason, Message, ROOT_OBJECT};
@@ -42,6 +42,7 @@ use crate::object::{
     decode_answer, encode_args, resolve_refs, CallContext, CallError, Dispatch, LazyRef, ObjectRef,
     Outcome, RefCodec, RefDesc, RefKind, Refusal, Reply,
 };
+use crate::outbox::{Outbox, PushError, Taken};
 use crate::tls::TlsStream;
 use crate::tub::{TubConfig, TubInner};
 
@@ -87,17 +88,6 @@ impl Hasher for CallIdHasher {
     }
 }
 
-/// A frame waiting for the writer, with the permits it releases once written: an inbound-call
-/// slot for an answer, and its bytes' share of the write budget.
-enum Outgoing {
-    Frame(
-        Vec<u8>,
-        Option<OwnedSemaphorePermit>,
-        Option<OwnedSemaphorePermit>,
-    ),
-    Close(Option<Vec<u8>>),
-}
-
 struct Exports {
     next_id: u64,
     by_id: HashMap<u64, (Arc<dyn Dispatch>, u64)>,
@@ -121,7 +111,10 @@ pub(crate) struct ConnShared {
     pub(crate) info: ConnectionInfo,
     me: Weak<ConnShared>,
     tub: Weak<TubInner>,
-    out: mpsc::UnboundedSender<Outgoing>,
+    /// Frames for the writer, within the write budget: our own calls wait for room; frames
+    /// the peer provokes (answers, pongs, decrefs) that find none mean the peer is not
+    /// reading, and the connection is closed rather than buffering without limit.
+    outbox: Outbox,
     max_frame_out: u32,
     pending: Mutex<Pending>,
     next_call_id: AtomicU64,
@@ -135,10 +128,6 @@ pub(crate) struct ConnShared {
     queue: Mutex<CallQueue>,
     queue_room: tokio::sync::Notify,
     outbound: Arc<Semaphore>,
-    /// Bytes that may wait for the writer. Our own calls wait for room; frames the peer
-    /// provokes (answers, pongs, decrefs) that find none mean the peer is not reading, and the
-    /// connection is closed rather than buffering without limit.
-    write_budget: Arc<Semaphore>,
     life: Mutex<LifeState>,
     /// Set once by close(): the reader checks it between frames, so a closed connection stops
     /// consuming input even while input keeps arriving.
@@ -163,13 +152,10 @@ pub(crate) struct RemoteInner {
 impl Drop for RemoteInner {
     fn drop(&mut self) {
         if let Some(count) = self.conn.release_import(self.id, self.generation) {
-            self.conn.send_message(
-                &Message::Decref {
-                    target: self.id,
-                    count,
-                },
-                None,
-            );
+            self.conn.send_message(&Message::Decref {
+                target: self.id,
+                count,
+            });
         }
     }
 }
@@ -196,14 +182,13 @@ impl ConnShared {
             writer,
             info,
         } = est;
-        let (tx, rx) = mpsc::unbounded_channel();
         let (closed_tx, _) = watch::channel(None);
         let shared = Arc::new_cyclic(|me| ConnShared {
             max_frame_out: writer.max_len(),
             info,
             me: me.clone(),
             tub,
-            out: tx,
+            outbox: Outbox::new(writer.max_len(), config.max_write_queue),
             pending: Mutex::new(Pending::default()),
             next_call_id: AtomicU64::new(1),
             exports: Mutex::new(Exports {
@@ -217,7 +202,6 @@ impl ConnShared {
             queue: Mutex::new(CallQueue::default()),
             queue_room: tokio::sync::Notify::new(),
             outbound: Arc::new(Semaphore::new(config.max_outbound_calls.max(1))),
-            write_budget: Arc::new(Semaphore::new(config.max_write_queue.max(1))),
             is_closed: std::sync::atomic::AtomicBool::new(false),
             life: Mutex::new(LifeState {
                 closed: None,
@@ -239,7 +223,7 @@ impl ConnShared {
                 side = ?conn.info.side,
                 hint = conn.winning_hint.as_deref().unwrap_or("-"),
             );
-            let w = tokio::spawn(writer_loop(conn.clone(), writer, rx).instrument(span.clone()));
+            let w = tokio::spawn(writer_loop(conn.clone(), writer).instrument(span.clone()));
             let r = tokio::spawn(reader_loop(conn.clone(), reader).instrument(span.clone()));
             let mut tasks = vec![w.abort_handle(), r.abort_handle()];
             if conn.config.keepalive.is_some() || conn.config.disconnect_timeout.is_some() {
@@ -293,30 +277,16 @@ impl ConnShared {
             .saturating_sub(Duration::from_millis(ms))
     }
 
-    fn budget_for(&self, frame: &[u8]) -> u32 {
-        frame.len().clamp(1, self.config.max_write_queue.max(1)) as u32
-    }
-
     /// Queues a frame the peer provoked. Returns false if the connection is closed, the frame
     /// cannot be encoded, or the peer has left too much unread (which closes the connection).
-    fn send_message(&self, msg: &Message<'_>, permit: Option<OwnedSemaphorePermit>) -> bool {
-        let frame = match encode_frame_sized(msg, self.max_frame_out, msg.size_hint()) {
-            Ok(frame) => frame,
-            Err(e) => {
+    fn send_message(&self, msg: &Message<'_>) -> bool {
+        match self.outbox.push(msg) {
+            Ok(()) => true,
+            Err(PushError::Encode(e)) => {
                 warn!("cannot send a message: {e}");
-                return false;
+                false
             }
-        };
-        match self
-            .write_budget
-            .clone()
-            .try_acquire_many_owned(self.budget_for(&frame))
-        {
-            Ok(budget) => self
-                .out
-                .send(Outgoing::Frame(frame, permit, Some(budget)))
-                .is_ok(),
-            Err(_) => {
+            Err(PushError::Full) => {
                 // Nothing more can reach a peer that does not read: drop the stream at once.
                 self.close_with(
                     &format!(
@@ -328,22 +298,8 @@ impl ConnShared {
                 );
                 false
             }
+            Err(PushError::Closed) => false,
         }
-    }
-
-    /// Queues a frame of our own (a call), waiting for room in the write budget.
-    async fn send_own(&self, frame: Vec<u8>) -> bool {
-        let Ok(budget) = self
-            .write_budget
-            .clone()
-            .acquire_many_owned(self.budget_for(&frame))
-            .await
-        else {
-            return false;
-        };
-        self.out
-            .send(Outgoing::Frame(frame, None, Some(budget)))
-            .is_ok()
     }
 
     /// Runs `observer` once when the connection closes (at once if it has).
@@ -395,7 +351,7 @@ impl ConnShared {
         }
         let farewell = goodbye
             .and_then(|g| encode_frame(&Message::Goodbye { reason: g }, self.max_frame_out).ok());
-        let _ = self.out.send(Outgoing::Close(farewell));
+        self.outbox.close(farewell);
         // The writer task is left to say goodbye and shut the stream, for a while; the others
         // stop now.
         for t in tasks.iter().skip(1) {
@@ -522,7 +478,7 @@ impl ConnShared {
         );
         drop(imports);
         if let Some(count) = stale {
-            self.send_message(&Message::Decref { target: id, count }, None);
+            self.send_message(&Message::Decref { target: id, count });
         }
         Ok(inner)
     }
@@ -700,7 +656,7 @@ impl RefCodec for ConnShared {
             *counts.entry(id).or_default() += 1;
         }
         for (target, count) in counts {
-            self.send_message(&Message::Decref { target, count }, None);
+            self.send_message(&Message::Decref { target, count });
         }
     }
 }
@@ -722,14 +678,23 @@ impl RemoteInner {
         self.conn.clone()
     }
 
-    /// Frames a call; if it cannot be sent, what its reference table counted is undone.
-    fn frame<E>(&self, msg: &Message<'_>) -> Result<Vec<u8>, CallError<E>> {
-        encode_frame_sized(msg, self.conn.max_frame_out, msg.size_hint()).map_err(|e| {
-            if let Message::Call { refs, .. } | Message::Oneway { refs, .. } = msg {
-                self.conn.rollback(refs);
+    /// Queues a call, waiting for room in the write budget. If it cannot be sent, what its
+    /// reference table counted is undone.
+    async fn send<E>(&self, msg: &Message<'_>) -> Result<(), CallError<E>> {
+        match self.conn.outbox.push_waiting(msg).await {
+            Ok(()) => Ok(()),
+            Err(PushError::Encode(e)) => {
+                if let Message::Call { refs, .. } | Message::Oneway { refs, .. } = msg {
+                    self.conn.rollback(refs);
+                }
+                Err(CallError::Protocol(format!(
+                    "the call is too large for the peer: {e}"
+                )))
             }
-            CallError::Protocol(format!("the call is too large for the peer: {e}"))
-        })
+            Err(PushError::Full | PushError::Closed) => {
+                Err(CallError::Disconnected("the connection is closing".into()))
+            }
+        }
     }
 
     pub(crate) async fn call<A, T, E>(
@@ -763,7 +728,6 @@ impl RemoteInner {
             args: &args,
             refs,
         };
-        let frame = self.frame(&msg)?;
         let (tx, rx) = oneshot::channel::<Result<T, CallError<E>>>();
         let complete: Completion = Box::new(move |reply| {
             let result = match reply {
@@ -777,9 +741,7 @@ impl RemoteInner {
         if let Some(reason) = conn.closed_reason() {
             return Err(CallError::Disconnected(reason));
         }
-        if !conn.send_own(frame).await {
-            return Err(CallError::Disconnected("the connection is closing".into()));
-        }
+        self.send(&msg).await?;
         let result = rx.await;
         drop(permit);
         result.unwrap_or_else(|_| {
@@ -796,56 +758,44 @@ impl RemoteInner {
         method: &str,
         args: &A,
     ) -> Result<(), CallError<()>> {
-        let conn = &*self.conn;
-        if let Some(reason) = conn.closed_reason() {
+        if let Some(reason) = self.conn.closed_reason() {
             return Err(CallError::Disconnected(reason));
         }
         let (args, refs) = encode_args(&self.codec(), args)?;
-        let frame = self.frame(&Message::Oneway {
+        self.send(&Message::Oneway {
             target: self.id,
             interface,
             method,
             args: &args,
             refs,
-        })?;
-        if conn.send_own(frame).await {
-            Ok(())
-        } else {
-            Err(CallError::Disconnected("the connection is closing".into()))
-        }
+        })
+        .await
     }
 }
 
-async fn writer_loop<S>(
-    shared: Arc<ConnShared>,
-    mut w: FrameWriter<WriteHalf<TlsStream<S>>>,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-) where
+async fn writer_loop<S>(shared: Arc<ConnShared>, mut w: FrameWriter<WriteHalf<TlsStream<S>>>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let result: Result<(), String> = async {
-        while let Some(first) = rx.recv().await {
-            let mut next = Some(first);
-            // Gather everything that is ready, then write and flush once.
-            while let Some(item) = next.take() {
-                match item {
-                    Outgoing::Frame(frame, permit, budget) => {
-                        w.write_encoded(&frame).await.map_err(|e| e.to_string())?;
-                        drop((permit, budget));
-                    }
-                    Outgoing::Close(farewell) => {
-                        if let Some(f) = farewell {
-                            let _ = w.write_encoded(&f).await;
-                        }
-                        let _ = tokio::time::timeout(Duration::from_secs(5), w.shutdown()).await;
-                        return Ok(());
-                    }
+        // Everything queued since the last take, written and flushed at once.
+        let mut batch = Vec::new();
+        loop {
+            match shared.outbox.take(&mut batch).await {
+                Taken::Frames => {
+                    w.write_encoded(&batch).await.map_err(|e| e.to_string())?;
+                    w.flush().await.map_err(|e| e.to_string())?;
+                    shared.outbox.written(&mut batch);
                 }
-                next = rx.try_recv().ok();
+                Taken::Close(farewell) => {
+                    if let Some(f) = farewell {
+                        let _ = w.write_encoded(&f).await;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(5), w.shutdown()).await;
+                    return Ok(());
+                }
             }
-            w.flush().await.map_err(|e| e.to_string())?;
         }
-        Ok(())
     }
     .await;
     if let Err(e) = result {
@@ -932,7 +882,7 @@ where
             }
             Message::Decref { target, count } => shared.decref(target, count),
             Message::Ping { nonce } => {
-                shared.send_message(&Message::Pong { nonce }, None);
+                shared.send_message(&Message::Pong { nonce });
             }
             Message::Pong { .. } => {}
             Message::Goodbye { reason } => {
@@ -984,13 +934,10 @@ async fn dispatch(
     match (started, id) {
         (Err(refusal), Some(id)) => {
             debug!(%refusal, "call refused");
-            shared.send_message(
-                &Message::Answer {
-                    id,
-                    body: AnswerBody::Refused(refusal),
-                },
-                None,
-            );
+            shared.send_message(&Message::Answer {
+                id,
+                body: AnswerBody::Refused(refusal),
+            });
         }
         (Err(refusal), None) => debug!(%refusal, "one-way call refused"),
         (Ok(fut), id) => {
@@ -1009,7 +956,7 @@ async fn dispatch(
                         Reply::Refused(r) => AnswerBody::Refused(r.clone()),
                     };
                     let msg = Message::Answer { id, body };
-                    if !shared.send_message(&msg, None) {
+                    if !shared.send_message(&msg) {
                         if let Message::Answer {
                             body: AnswerBody::Ok { refs, .. } | AnswerBody::AppError { refs, .. },
                             ..
@@ -1021,7 +968,7 @@ async fn dispatch(
                             "the answer exceeds the peer's frame limit of {} bytes",
                             shared.max_frame_out
                         )));
-                        shared.send_message(&Message::Answer { id, body }, None);
+                        shared.send_message(&Message::Answer { id, body });
                     }
                 }
                 ctx.release_kept();
@@ -1085,7 +1032,7 @@ async fn keepalive_loop(weak: Weak<ConnShared>) {
         if let Some(k) = keepalive {
             if idle >= k {
                 nonce += 1;
-                conn.send_message(&Message::Ping { nonce }, None);
+                conn.send_message(&Message::Ping { nonce });
             }
         }
     }

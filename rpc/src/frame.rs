@@ -24,13 +24,6 @@ const READ_CHUNK: usize = 16 * 1024;
 /// reallocate for each one.
 const SHRINK_ABOVE: usize = 256 * 1024 + HEADER_LEN;
 
-/// Frames written with [`FrameWriter::write_encoded`] are gathered up to this many bytes, the
-/// plaintext of one TLS record, and written together. Over TLS every write to the stream is
-/// sealed as a record of its own and sent with a syscall of its own, so a batch of small
-/// frames written one by one costs one AEAD seal and one `writev` each; gathered, they cost
-/// one of each. Larger frames are written as they are, without a copy.
-const BATCH_LEN: usize = 16 * 1024;
-
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -225,8 +218,6 @@ pub struct FrameWriter<W> {
     io: W,
     max_len: u32,
     scratch: Vec<u8>,
-    /// Encoded frames not yet written (see [`BATCH_LEN`]).
-    batch: Vec<u8>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -236,7 +227,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             io,
             max_len,
             scratch: Vec::new(),
-            batch: Vec::new(),
         }
     }
 
@@ -245,7 +235,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.max_len = max_len;
     }
 
-    /// Sends one frame and flushes it (after any frames queued before it).
+    /// Sends one frame and flushes it.
     pub async fn send_frame(&mut self, payload: &[u8]) -> Result<(), FrameError> {
         self.scratch.clear();
         self.scratch.reserve(HEADER_LEN + payload.len());
@@ -263,34 +253,18 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.write_scratch().await
     }
 
-    /// Queues a frame built by [`encode_frame`] (for batching): small frames are gathered
-    /// and reach the stream together, at the latest on [`FrameWriter::flush`].
-    pub async fn write_encoded(&mut self, frame: &[u8]) -> Result<(), FrameError> {
-        if self.batch.len() + frame.len() <= BATCH_LEN {
-            self.batch.extend_from_slice(frame);
-            return Ok(());
-        }
-        self.write_batch().await?;
-        if frame.len() < BATCH_LEN {
-            self.batch.extend_from_slice(frame);
-        } else {
-            self.io.write_all(frame).await?;
-        }
+    /// Writes frames built by [`encode_frame`] or [`append_frame`], one or many back to back,
+    /// without flushing. Over TLS each write to the stream is sealed as records of its own
+    /// and sent with a syscall of its own, so frames that are ready together are best written
+    /// with one call.
+    pub async fn write_encoded(&mut self, frames: &[u8]) -> Result<(), FrameError> {
+        self.io.write_all(frames).await?;
         Ok(())
     }
 
-    /// Writes the frames queued by [`FrameWriter::write_encoded`] and flushes the stream.
+    /// Flushes frames written with [`FrameWriter::write_encoded`].
     pub async fn flush(&mut self) -> Result<(), FrameError> {
-        self.write_batch().await?;
         self.io.flush().await?;
-        Ok(())
-    }
-
-    async fn write_batch(&mut self) -> Result<(), FrameError> {
-        if !self.batch.is_empty() {
-            self.io.write_all(&self.batch).await?;
-            self.batch.clear();
-        }
         Ok(())
     }
 
@@ -308,7 +282,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             });
         }
         self.scratch[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-        self.write_batch().await?;
         self.io.write_all(&self.scratch).await?;
         self.io.flush().await?;
         if self.scratch.capacity() > SHRINK_ABOVE {
@@ -317,9 +290,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
-    /// Writes what is queued, then shuts the stream down (for TLS: sends close_notify).
+    /// Shuts the stream down (for TLS: sends close_notify).
     pub async fn shutdown(&mut self) -> Result<(), FrameError> {
-        self.write_batch().await?;
         self.io.shutdown().await?;
         Ok(())
     }
@@ -332,28 +304,62 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
 /// Encodes `msg` as a complete frame (header included), refusing one longer than `max_len`.
 pub fn encode_frame<T: Serialize>(msg: &T, max_len: u32) -> Result<Vec<u8>, FrameError> {
-    encode_frame_sized(msg, max_len, 0)
+    let mut out = Vec::new();
+    append_frame(&mut out, msg, max_len)?;
+    Ok(out)
 }
 
-/// [`encode_frame`] into a buffer made with room for `size_hint` payload bytes: a fair guess
-/// saves the buffer's growing (and copying) step by step from nothing as postcard writes.
-pub fn encode_frame_sized<T: Serialize>(
+/// Encodes `msg` as a complete frame at the end of `out`, after the frames already there.
+/// Refuses a frame longer than `max_len`; on any error `out` is left as it was.
+pub fn append_frame<T: Serialize>(
+    out: &mut Vec<u8>,
     msg: &T,
     max_len: u32,
-    size_hint: usize,
-) -> Result<Vec<u8>, FrameError> {
-    let mut buf = Vec::with_capacity(HEADER_LEN + size_hint);
-    buf.extend_from_slice(&[0; HEADER_LEN]);
-    let mut out = postcard::to_extend(msg, buf)?;
-    let len = out.len() - HEADER_LEN;
-    if len > max_len as usize {
-        return Err(FrameError::TooLarge {
+) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let encoded = postcard::serialize_with_flavor(msg, AppendTo(out));
+    let len = out.len() - start - HEADER_LEN;
+    let checked = match encoded {
+        Err(e) => Err(FrameError::from(e)),
+        Ok(()) if len > max_len as usize => Err(FrameError::TooLarge {
             len: len as u64,
             max: max_len,
-        });
+        }),
+        Ok(()) => Ok(()),
+    };
+    match checked {
+        Ok(()) => {
+            out[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
     }
-    out[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(out)
+}
+
+/// A postcard output that appends to a borrowed `Vec` (postcard's own `to_extend` takes the
+/// vector by value and loses it on an error).
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -431,50 +437,18 @@ mod tests {
         ));
     }
 
-    /// Records each write it is given, as one piece.
-    #[derive(Default)]
-    struct Writes(Vec<Vec<u8>>);
-
-    impl AsyncWrite for Writes {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            self.0.push(buf.to_vec());
-            std::task::Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn queued_frames_are_written_together() {
-        let a = encode_frame(&1u8, 100).unwrap();
-        let b = encode_frame(&2u8, 100).unwrap();
-        let big = vec![7u8; BATCH_LEN];
-        let mut w = FrameWriter::new(Writes::default(), 1 << 20);
-        w.write_encoded(&a).await.unwrap();
-        w.write_encoded(&b).await.unwrap();
-        assert!(
-            w.get_ref().0.is_empty(),
-            "nothing is written before it must be"
-        );
-        w.write_encoded(&big).await.unwrap();
-        w.write_encoded(&a).await.unwrap();
-        w.flush().await.unwrap();
-        // The small frames in one write, ahead of the large one, which is written as it is.
-        assert_eq!(w.get_ref().0, [[a.clone(), b].concat(), big, a]);
+    #[test]
+    fn frames_append_back_to_back_and_failures_leave_no_trace() {
+        let mut out = Vec::new();
+        append_frame(&mut out, &("ab", 1u8), 10).unwrap();
+        append_frame(&mut out, &7u8, 10).unwrap();
+        assert_eq!(out, [0, 0, 0, 4, 2, b'a', b'b', 1, 0, 0, 0, 1, 7]);
+        assert_eq!(out[..8], encode_frame(&("ab", 1u8), 10).unwrap());
+        assert!(matches!(
+            append_frame(&mut out, &[0u8; 11], 10),
+            Err(FrameError::TooLarge { len: 11, max: 10 })
+        ));
+        assert_eq!(out.len(), 13);
     }
 
     #[tokio::test]

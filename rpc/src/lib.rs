@@ -102,6 +102,7 @@ pub mod handshake;
 pub mod identity;
 pub mod message;
 pub mod object;
+mod outbox;
 pub mod prelude;
 pub mod reconnector;
 pub mod tls;

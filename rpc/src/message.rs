@@ -135,43 +135,6 @@ impl std::fmt::Display for GoodbyeReason {
     }
 }
 
-impl Message<'_> {
-    /// About how many bytes the message encodes to, for sizing its buffer: its variable-length
-    /// fields, and room for the rest. A guess, not a bound.
-    pub fn size_hint(&self) -> usize {
-        // Variant index, ids, lengths and a short reason fit in this; a reference-table entry
-        // (an id and an interface name, or a FURL) in about `PER_REF`.
-        const FIXED: usize = 32;
-        const PER_REF: usize = 64;
-        FIXED
-            + match self {
-                Message::Call {
-                    interface,
-                    method,
-                    args,
-                    refs,
-                    ..
-                }
-                | Message::Oneway {
-                    interface,
-                    method,
-                    args,
-                    refs,
-                    ..
-                } => interface.len() + method.len() + args.len() + PER_REF * refs.len(),
-                Message::Answer {
-                    body: AnswerBody::Ok { value, refs } | AnswerBody::AppError { value, refs },
-                    ..
-                } => value.len() + PER_REF * refs.len(),
-                Message::Answer { .. }
-                | Message::Decref { .. }
-                | Message::Ping { .. }
-                | Message::Pong { .. }
-                | Message::Goodbye { .. } => 0,
-            }
-    }
-}
-
 /// Decodes a message, refusing trailing bytes.
 pub fn decode(frame: &[u8]) -> Result<Message<'_>, postcard::Error> {
     let (msg, rest) = postcard::take_from_bytes::<Message<'_>>(frame)?;
