@@ -183,8 +183,9 @@ pub struct ConnectionsSection {
 /// Unlike Tahoe, `enabled` defaults to `false`: Folio does not guess at a SOCKS port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TorSection {
-    /// `enabled`: dial `tor:` hints (and `tcp:` ones with `tcp = tor`) through Tor. Needs
-    /// `control.port`, `socks.port` or `launch = true`. Default `false`.
+    /// `enabled`: dial `tor:` hints (and `tcp:` ones with `tcp = tor`) through Tor: a launched
+    /// tor (`launch`), a running one (`control.port` or `socks.port`), or with none of
+    /// those the embedded Tor client (arti; its state in `private/arti`). Default `false`.
     pub enabled: bool,
     /// `launch`: the node starts its own tor. Excludes `control.port` and `socks.port`.
     /// Default `false`.
@@ -195,8 +196,8 @@ pub struct TorSection {
     pub socks_port: Option<SocketAddr>,
     /// `tor.executable`: the tor to launch (default: `tor` on the `PATH`).
     pub executable: Option<PathBuf>,
-    /// `onion`: listen on an onion service. Needs `enabled`, and `control.port` or `launch`.
-    /// Default `false`.
+    /// `onion`: listen on an onion service. Needs `enabled`, and `control.port`, `launch` or
+    /// the embedded client (not a SOCKS port alone). Default `false`.
     pub onion: bool,
     /// `onion.local_port`: the local port the onion service forwards to (Tahoe's key; when
     /// unset the node picks one).
@@ -1366,14 +1367,6 @@ impl NodeConfig {
                 ),
             );
         }
-        if tor.enabled && !tor.launch && tor.control_port.is_none() && tor.socks_port.is_none() {
-            return fail(
-                l("tor", "enabled"),
-                "[tor] enabled = true needs control.port = tcp:HOST:PORT (a running tor's \
-                 control port), socks.port = tcp:HOST:PORT, or launch = true"
-                    .into(),
-            );
-        }
         if tor.onion && !tor.enabled {
             return fail(
                 l("tor", "onion"),
@@ -1383,11 +1376,12 @@ impl NodeConfig {
                 ),
             );
         }
-        if tor.onion && !tor.launch && tor.control_port.is_none() {
+        if tor.onion && !tor.launch && tor.control_port.is_none() && tor.socks_port.is_some() {
             return fail(
                 l("tor", "onion"),
                 "[tor] onion = true needs control.port (a running tor's control port) or \
-                 launch = true, to make the onion service"
+                 launch = true to make the onion service: a SOCKS port cannot; or remove \
+                 socks.port to use the embedded Tor client"
                     .into(),
             );
         }
@@ -1396,7 +1390,8 @@ impl NodeConfig {
                 line,
                 format!(
                     "{what} needs Tor, but [tor] is not enabled{}; set [tor] enabled = true \
-                     with control.port or socks.port",
+                     (the embedded Tor client, or a tor's control.port, socks.port, or \
+                     launch = true)",
                     at("tor", "enabled")
                 ),
             )
@@ -1612,7 +1607,10 @@ impl NodeConfig {
             "tor",
             "Tor: for tor: hints, for `tcp = tor`, and for an onion service.",
         );
-        w.comment("Use Tor (needs control.port, socks.port or launch = true).");
+        w.comment(
+            "Use Tor. With none of launch, control.port and socks.port: the embedded Tor\n\
+             client (arti), state in private/arti.",
+        );
         w.key(
             "enabled",
             unless(&t.enabled, &d.tor.enabled, |b| bool_str(*b)),
@@ -1641,7 +1639,8 @@ impl NodeConfig {
             "tcp:127.0.0.1:9050",
         );
         w.comment(
-            "Listen on an onion service (needs control.port or launch). The key file is\n\
+            "Listen on an onion service (the embedded client, control.port or launch).\n\
+             The key file (not with the embedded client, whose key is in private/arti) is\n\
              relative to the node's directory.",
         );
         w.key(
@@ -2483,16 +2482,15 @@ mod tests {
             &["tahoe.cfg line 3: [tor] launch = true (line 4) and socks.port cannot go together"],
         );
         assert_refused(
-            "[tor]\nenabled = true\n",
-            &["tahoe.cfg line 2: [tor] enabled = true needs control.port"],
-        );
-        assert_refused(
             "[tor]\nonion = true\n",
             &["tahoe.cfg line 2: [tor] onion = true needs [tor] enabled = true"],
         );
         assert_refused(
             "[tor]\nonion = true\nenabled = true\nsocks.port = tcp:127.0.0.1:9050\n",
-            &["tahoe.cfg line 2: [tor] onion = true needs control.port"],
+            &[
+                "tahoe.cfg line 2: [tor] onion = true needs control.port",
+                "a SOCKS port cannot",
+            ],
         );
         assert_refused(
             "[connections]\ntcp = tor\n",

@@ -228,16 +228,20 @@ pub fn plan(kind: Kind, args: &CreateArgs) -> Result<Plan, CreateError> {
         .as_deref()
         .map(|t| parse_endpoint("--tor-control-port", t))
         .transpose()?;
-    let tor_available = tor_control.is_some() || args.tor_launch;
-    if listen.tor && !tor_available {
-        return refuse("--listen=tor needs a tor: --tor-control-port=tcp:127.0.0.1:9051 (a running tor) or --tor-launch");
-    }
     let sam = args
         .i2p_sam_port
         .as_deref()
         .map(|t| parse_endpoint("--i2p-sam-port", t))
         .transpose()?;
     let i2p_enabled = listen.i2p || sam.is_some();
+    // With no tor named, Tor is the embedded client: for --listen=tor, and for --hide-ip
+    // when I2P is not the way out.
+    let tor_named = tor_control.is_some() || args.tor_launch;
+    let tor_available =
+        tor_named || (cfg!(feature = "tor-arti") && (listen.tor || (args.hide_ip && !i2p_enabled)));
+    if listen.tor && !tor_available {
+        return refuse("--listen=tor needs a tor: --tor-control-port=tcp:127.0.0.1:9051 (a running tor) or --tor-launch (this tahoe was built without the embedded Tor client)");
+    }
 
     // Privacy.
     if args.hide_ip {
@@ -321,9 +325,9 @@ pub fn plan(kind: Kind, args: &CreateArgs) -> Result<Plan, CreateError> {
         config.tor.control_port = Some(c);
     }
     if args.tor_launch {
-        config.tor.enabled = true;
         config.tor.launch = true;
     }
+    config.tor.enabled = tor_available;
     config.tor.onion = listen.tor;
     config.tor.onion_external_port = ONION_PORT;
     if i2p_enabled {
@@ -368,10 +372,13 @@ fn check_empty(basedir: &Path) -> Result<(), CreateError> {
     }
 }
 
+fn io(what: &str, e: &dyn std::fmt::Display) -> CreateError {
+    CreateError(format!("{what}: {e}"))
+}
+
 /// Carries out a plan: writes the base directory. Returns the directory.
 pub async fn create(mut plan: Plan) -> Result<PathBuf, CreateError> {
     let dir = &plan.basedir;
-    let io = |what: &str, e: &dyn std::fmt::Display| CreateError(format!("{what}: {e}"));
     std::fs::create_dir_all(dir).map_err(|e| io(&dir.display().to_string(), &e))?;
     PrivateDir::create(dir).map_err(|e| io("private/", &e))?;
     let mut hints = match &plan.config.node.tub_location {
@@ -409,29 +416,11 @@ pub async fn create(mut plan: Plan) -> Result<PathBuf, CreateError> {
         hints.push(hint);
     }
     if plan.listen.tor {
-        // With --tor-launch, a tor of the node's own, kept off the network: making the
-        // onion service's key needs no network.
-        let mut launched = None;
-        let control = match plan.config.tor.control_port {
-            Some(c) => c,
-            None => {
-                let mut opts = crate::node::tor_launch_options(&plan.config, dir);
-                opts.disable_network = true;
-                let tor = folio_transports::tor_launch::LaunchedTor::start(&opts)
-                    .await
-                    .map_err(|e| io("launching tor (--tor-launch)", &e))?;
-                let c = tor.control();
-                launched = Some(tor);
-                c
-            }
-        };
-        let key = dir.join(&plan.config.tor.onion_private_key_file);
-        let l = folio_handlers::tor::OnionListener::start(control, &key, ONION_PORT)
-            .await
-            .map_err(|e| io("making the onion service", &e))?;
-        hints.push(l.hint());
-        drop(l);
-        drop(launched);
+        if plan.config.tor.control_port.is_some() || plan.config.tor.launch {
+            hints.push(create_onion_with_tor(&plan.config, dir).await?);
+        } else {
+            hints.push(create_embedded_onion(dir)?);
+        }
     }
     if plan.listen.i2p {
         let sam = crate::node::sam_config(&plan.config);
@@ -466,4 +455,51 @@ pub async fn create(mut plan: Plan) -> Result<PathBuf, CreateError> {
     )
     .map_err(|e| io(marker, &e))?;
     Ok(plan.basedir)
+}
+
+/// The onion service's hint, its key made through a running tor's control port or, with
+/// --tor-launch, a tor of the node's own kept off the network: making a key needs none.
+async fn create_onion_with_tor(config: &NodeConfig, dir: &Path) -> Result<Hint, CreateError> {
+    let mut launched = None;
+    let control = match config.tor.control_port {
+        Some(c) => c,
+        None => {
+            let mut opts = crate::node::tor_launch_options(config, dir);
+            opts.disable_network = true;
+            let tor = folio_transports::tor_launch::LaunchedTor::start(&opts)
+                .await
+                .map_err(|e| io("launching tor (--tor-launch)", &e))?;
+            let c = tor.control();
+            launched = Some(tor);
+            c
+        }
+    };
+    let key = dir.join(&config.tor.onion_private_key_file);
+    let l = folio_handlers::tor::OnionListener::start(control, &key, ONION_PORT)
+        .await
+        .map_err(|e| io("making the onion service", &e))?;
+    let hint = l.hint();
+    drop(l);
+    drop(launched);
+    Ok(hint)
+}
+
+/// The onion service's hint, its key made in the embedded client's keystore
+/// (`private/arti`), offline.
+#[cfg(feature = "tor-arti")]
+fn create_embedded_onion(dir: &Path) -> Result<Hint, CreateError> {
+    let onion = folio_transports::arti::onion_address(
+        &crate::node::arti_options(dir),
+        crate::node::ARTI_ONION_NICKNAME,
+    )
+    .map_err(|e| io("making the onion service key (embedded Tor client)", &e))?;
+    Ok(Hint::Tor {
+        onion,
+        port: ONION_PORT,
+    })
+}
+
+#[cfg(not(feature = "tor-arti"))]
+fn create_embedded_onion(_dir: &Path) -> Result<Hint, CreateError> {
+    unreachable!("plan() refuses --listen=tor without a tor when the embedded client is absent")
 }

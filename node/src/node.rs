@@ -79,7 +79,8 @@ struct Inner {
     nickname: String,
     hide_ip: bool,
     listeners: Vec<String>,
-    handlers: Vec<(String, String)>,
+    /// Asked afresh for each status: a handler's description can change (Tor bootstrapping).
+    registry: Arc<Registry>,
     introducer: Option<IntroducerService>,
     client: Option<IntroducerClient>,
     broker: Option<Arc<StorageBroker>>,
@@ -126,23 +127,15 @@ impl Node {
         let private = PrivateDir::open(basedir)?;
         let identity = private.identity()?;
 
-        let (registry, launched_tor, tor_control) = build_registry(&cfg, basedir, hide_ip).await?;
-        let handlers = registry.describe();
-        let tub = Tub::new(identity, Arc::new(registry), node_tub_config())
+        let (registry, tor) = build_registry(&cfg, basedir, hide_ip).await?;
+        let registry = Arc::new(registry);
+        let tub = Tub::new(identity, registry.clone(), node_tub_config())
             .map_err(|e| StartError::Other(format!("making the Tub: {e}")))?;
         info!(tubid = %tub.tubid(), kind, "starting");
 
         let mut listeners = Vec::new();
         let mut auto_hints = Vec::new();
-        start_listeners(
-            &cfg,
-            basedir,
-            tor_control,
-            &tub,
-            &mut listeners,
-            &mut auto_hints,
-        )
-        .await?;
+        start_listeners(&cfg, basedir, &tor, &tub, &mut listeners, &mut auto_hints).await?;
         let location = match &cfg.node.tub_location {
             Location::Disabled => Vec::new(),
             Location::Hints(h) => h.clone(),
@@ -258,7 +251,7 @@ impl Node {
                 nickname: cfg.node.nickname.clone(),
                 hide_ip,
                 listeners,
-                handlers,
+                registry,
                 introducer,
                 client,
                 broker,
@@ -266,7 +259,7 @@ impl Node {
                 control_furl: control_furl.clone(),
                 basedir: basedir.to_path_buf(),
                 files,
-                launched_tor: std::sync::Mutex::new(launched_tor),
+                launched_tor: std::sync::Mutex::new(tor.launched),
             }),
         };
         tub.register_as(
@@ -378,7 +371,7 @@ fn status_of(inner: &Inner) -> NodeStatus {
         version: VERSION.into(),
         location: inner.tub.location().iter().map(Hint::to_string).collect(),
         listeners: inner.listeners.clone(),
-        handlers: inner.handlers.clone(),
+        handlers: inner.registry.describe(),
         hide_ip: inner.hide_ip,
         introducers,
         storage_servers: inner
@@ -442,48 +435,71 @@ pub fn tor_launch_options(cfg: &NodeConfig, basedir: &Path) -> LaunchOptions {
     opts
 }
 
-/// The registry, the tor this node launched (if any) and tor's control port (if known).
+/// Where the embedded Tor client keeps its state and cache: `private/arti` (its keystore
+/// holds the onion service's key).
+#[cfg(feature = "tor-arti")]
+pub fn arti_options(basedir: &Path) -> folio_transports::arti::ArtiOptions {
+    folio_transports::arti::ArtiOptions::new(basedir.join("private").join("arti"))
+}
+
+/// The nickname of the node's onion service in the embedded client's keystore.
+#[cfg(feature = "tor-arti")]
+pub const ARTI_ONION_NICKNAME: &str = "folio";
+
+/// The Tor the node uses, if any: a tor it launched, a running tor's control port, or the
+/// embedded client.
+#[derive(Default)]
+struct TorRuntime {
+    launched: Option<LaunchedTor>,
+    control: Option<std::net::SocketAddr>,
+    #[cfg(feature = "tor-arti")]
+    arti: Option<folio_transports::arti::ArtiTor>,
+}
+
+/// The registry, and the Tor it dials through.
 async fn build_registry(
     cfg: &NodeConfig,
     basedir: &Path,
     hide_ip: bool,
-) -> Result<(Registry, Option<LaunchedTor>, Option<std::net::SocketAddr>), StartError> {
+) -> Result<(Registry, TorRuntime), StartError> {
     let policy = |e: folio_handlers::PolicyError| StartError::Handler(e.to_string());
     let mut reg = if hide_ip {
         Registry::private()
     } else {
         Registry::with_tcp()
     };
-    let mut launched = None;
-    let mut tor_control = cfg.tor.control_port;
+    let mut tor = TorRuntime {
+        control: cfg.tor.control_port,
+        ..TorRuntime::default()
+    };
     if cfg.tor.enabled && cfg.tor.launch {
-        let tor = LaunchedTor::start(&tor_launch_options(cfg, basedir))
+        let launched = LaunchedTor::start(&tor_launch_options(cfg, basedir))
             .await
             .map_err(|e| StartError::Handler(format!("tor: [tor] launch = true: {e}")))?;
-        info!(control = %tor.control(), pid = ?tor.pid(), "launched tor");
-        tor_control = Some(tor.control());
-        launched = Some(tor);
+        info!(control = %launched.control(), pid = ?launched.pid(), "launched tor");
+        tor.control = Some(launched.control());
+        tor.launched = Some(launched);
     }
     if cfg.tor.enabled {
-        let handler = if let Some(control) = tor_control {
-            folio_handlers::tor::TorHandler::from_control(control)
-                .await
-                .map_err(|e| {
-                    let which = if launched.is_some() {
-                        "of the tor this node launched"
-                    } else {
-                        "([tor] control.port)"
-                    };
-                    StartError::Handler(format!("tor: the control port {control} {which}: {e}"))
-                })?
+        let handler: Arc<dyn folio_handlers::Handler> = if let Some(control) = tor.control {
+            Arc::new(
+                folio_handlers::tor::TorHandler::from_control(control)
+                    .await
+                    .map_err(|e| {
+                        let which = if tor.launched.is_some() {
+                            "of the tor this node launched"
+                        } else {
+                            "([tor] control.port)"
+                        };
+                        StartError::Handler(format!("tor: the control port {control} {which}: {e}"))
+                    })?,
+            )
         } else if let Some(socks) = cfg.tor.socks_port {
-            folio_handlers::tor::TorHandler::new(socks)
+            Arc::new(folio_handlers::tor::TorHandler::new(socks))
         } else {
-            return Err(StartError::Handler(
-                "[tor] enabled = true needs control.port or socks.port".into(),
-            ));
+            embedded_tor(basedir, &mut tor)?
         };
-        reg.set("tor", Arc::new(handler)).map_err(policy)?;
+        reg.set("tor", handler).map_err(policy)?;
     }
     if cfg.i2p.enabled {
         reg.set(
@@ -493,7 +509,63 @@ async fn build_registry(
         .map_err(policy)?;
     }
     reg.set_tcp_policy(cfg.connections.tcp).map_err(policy)?;
-    Ok((reg, launched, tor_control))
+    Ok((reg, tor))
+}
+
+/// The handler for `[tor] enabled = true` with no tor named: the embedded client, which
+/// starts bootstrapping now.
+#[cfg(feature = "tor-arti")]
+fn embedded_tor(
+    basedir: &Path,
+    tor: &mut TorRuntime,
+) -> Result<Arc<dyn folio_handlers::Handler>, StartError> {
+    let arti = folio_transports::arti::ArtiTor::start(&arti_options(basedir))
+        .map_err(|e| StartError::Handler(format!("tor (embedded): {e}")))?;
+    info!("started the embedded Tor client");
+    tor.arti = Some(arti.clone());
+    Ok(Arc::new(folio_handlers::arti::ArtiHandler::new(arti)))
+}
+
+#[cfg(not(feature = "tor-arti"))]
+fn embedded_tor(
+    _basedir: &Path,
+    _tor: &mut TorRuntime,
+) -> Result<Arc<dyn folio_handlers::Handler>, StartError> {
+    Err(StartError::Handler(
+        "[tor] enabled = true with no control.port, socks.port or launch needs the embedded \
+         Tor client, and this tahoe was built without it (cargo feature tor-arti)"
+            .into(),
+    ))
+}
+
+/// The onion service of the embedded client (`[tor] onion = true` with no tor named).
+#[cfg(feature = "tor-arti")]
+fn embedded_onion(
+    cfg: &NodeConfig,
+    tor: &TorRuntime,
+) -> Result<(Hint, String, Box<dyn folio_rpc::Listener>), StartError> {
+    let arti = tor.arti.as_ref().ok_or_else(|| {
+        StartError::Listen("[tor] onion = true needs Tor: set [tor] enabled = true".into())
+    })?;
+    let l = folio_handlers::arti::ArtiOnionListener::start(
+        arti,
+        ARTI_ONION_NICKNAME,
+        cfg.tor.onion_external_port,
+    )
+    .map_err(|e| StartError::Listen(format!("onion service (embedded Tor client): {e}")))?;
+    Ok((l.hint(), l.onion().to_string(), Box::new(l)))
+}
+
+#[cfg(not(feature = "tor-arti"))]
+fn embedded_onion(
+    _cfg: &NodeConfig,
+    _tor: &TorRuntime,
+) -> Result<(Hint, String, Box<dyn folio_rpc::Listener>), StartError> {
+    Err(StartError::Listen(
+        "[tor] onion = true needs [tor] control.port or launch (this tahoe was built \
+         without the embedded Tor client)"
+            .into(),
+    ))
 }
 
 /// The SAM settings from `[i2p]`.
@@ -520,7 +592,7 @@ pub fn sam_config(cfg: &NodeConfig) -> folio_transports::i2p::SamConfig {
 async fn start_listeners(
     cfg: &NodeConfig,
     basedir: &Path,
-    tor_control: Option<std::net::SocketAddr>,
+    tor: &TorRuntime,
     tub: &Tub,
     listeners: &mut Vec<String>,
     auto_hints: &mut Vec<Hint>,
@@ -543,18 +615,21 @@ async fn start_listeners(
         tub.listen(l);
     }
     if cfg.tor.onion {
-        let control = tor_control.ok_or_else(|| {
-            StartError::Listen("[tor] onion = true needs [tor] control.port or launch".into())
-        })?;
-        let key = basedir.join(&cfg.tor.onion_private_key_file);
-        let l =
-            folio_handlers::tor::OnionListener::start(control, &key, cfg.tor.onion_external_port)
-                .await
-                .map_err(|e| StartError::Listen(format!("onion service: {e}")))?;
-        auto_hints.push(l.hint());
-        listeners.push(l.hint().to_string());
-        info!(onion = %l.onion(), "listening as an onion service");
-        tub.listen(l);
+        let (hint, describe, listener): (Hint, String, Box<dyn folio_rpc::Listener>) =
+            if let Some(control) = tor.control {
+                let key = basedir.join(&cfg.tor.onion_private_key_file);
+                let port = cfg.tor.onion_external_port;
+                let l = folio_handlers::tor::OnionListener::start(control, &key, port)
+                    .await
+                    .map_err(|e| StartError::Listen(format!("onion service: {e}")))?;
+                (l.hint(), l.onion().to_string(), Box::new(l))
+            } else {
+                embedded_onion(cfg, tor)?
+            };
+        auto_hints.push(hint.clone());
+        listeners.push(hint.to_string());
+        info!(onion = %describe, "listening as an onion service");
+        tub.listen(listener);
     }
     if cfg.i2p.dest {
         let key = basedir.join(&cfg.i2p.dest_private_key_file);

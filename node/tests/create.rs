@@ -2,6 +2,9 @@
 //! configurations that could reveal the IP address of a node that must hide it.
 
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+mod common;
 
 fn tahoe(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tahoe"))
@@ -48,10 +51,8 @@ fn create_refusals_name_the_fix() {
         (&["create-node", "--listen=tcp,quic", "--hostname=x.org"], &["unknown transport \"quic\""]),
         (&["create-node", "--listen=none,tcp", "--hostname=x.org"], &["--listen=none cannot be combined"]),
         (&["create-node", "--listen=tor", "--tor-launch", "--tor-control-port=tcp:127.0.0.1:9051"], &["--tor-launch and --tor-control-port exclude each other"]),
-        (&["create-node", "--listen=tor"], &["--listen=tor needs a tor", "--tor-control-port"]),
         (&["create-node", "--listen=tor", "--tor-control-port=localhost"], &["not an endpoint", "tcp:IP:PORT"]),
         (&["create-node", "--hide-ip", "--listen=tcp", "--hostname=x.org", "--tor-control-port=tcp:127.0.0.1:9051"], &["--hide-ip cannot be combined with --listen=tcp"]),
-        (&["create-client", "--hide-ip"], &["--hide-ip leaves no way to reach other nodes"]),
         (&["create-node", "--hide-ip", "--port=tcp:3456:interface=127.0.0.1", "--location=tcp:x.org:3456", "--tor-control-port=tcp:127.0.0.1:9051"], &["--location has a tcp: hint"]),
         (&["create-node", "--hide-ip", "--port=tcp:3456", "--location=tor:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.onion:3456", "--tor-control-port=tcp:127.0.0.1:9051"], &["loopback only"]),
         (&["create-node", "--hostname=x.org", "--shares-needed=5", "--shares-happy=4"], &["--shares-needed (5) <= --shares-happy (4)"]),
@@ -269,4 +270,65 @@ fn set_key(text: &str, section: &str, key: &str, value: Option<&str>) -> String 
         }
     }
     out.join("\n") + "\n"
+}
+
+/// With no tor named, `--listen=tor --hide-ip` uses the embedded Tor client: the onion
+/// address is made offline at creation (in `private/arti`), the node runs with it, and its
+/// status says where the embedded client is. (This machine has no route to the public Tor
+/// network, so the client never finishes bootstrapping here; the status must say so rather
+/// than claim anything.)
+#[test]
+fn embedded_tor_node_knows_its_onion_at_creation() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("onion");
+    common::create(&[
+        "create-node",
+        "--listen=tor",
+        "--hide-ip",
+        dir.to_str().unwrap(),
+    ]);
+    let cfg = folio_node::config::NodeConfig::load(&dir.join("tahoe.cfg")).unwrap();
+    assert!(cfg.tor.enabled && cfg.tor.onion);
+    assert!(!cfg.tor.launch && cfg.tor.control_port.is_none() && cfg.tor.socks_port.is_none());
+    assert_eq!(cfg.connections.tcp, folio_handlers::TcpPolicy::Tor);
+    cfg.check_privacy().expect("a hidden node's config");
+    let folio_node::config::Location::Hints(hints) = &cfg.node.tub_location else {
+        panic!("{:?}", cfg.node.tub_location)
+    };
+    let [folio_rpc::Hint::Tor { onion, port: 3457 }] = hints.as_slice() else {
+        panic!("{hints:?}")
+    };
+    let mode = std::fs::metadata(dir.join("private/arti"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "private/arti is {mode:o}");
+
+    let mut node = common::run(&dir);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let st = loop {
+        if let Some(st) = common::status(&dir) {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the node never answered status");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(st["location"][0], format!("tor:{onion}:3457"), "{st}");
+    assert!(
+        st["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == &format!("tor:{onion}:3457")),
+        "{st}"
+    );
+    let handlers = st["handlers"].to_string();
+    assert!(handlers.contains("tor (embedded arti, "), "{handlers}");
+    assert!(!handlers.contains("tcp (direct"), "{handlers}");
+    node.terminate();
+    assert!(
+        node.wait_timeout(Duration::from_secs(15)).success(),
+        "the node stops on SIGTERM"
+    );
 }

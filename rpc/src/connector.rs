@@ -75,6 +75,18 @@ pub trait Listener: Send + 'static {
     fn describe(&self) -> String;
 }
 
+/// A boxed listener is a listener, so callers can choose one at run time (an onion service
+/// through a system tor or through an embedded client, say) and hand it to a Tub.
+impl<L: Listener + ?Sized> Listener for Box<L> {
+    fn accept(&mut self) -> AcceptFuture<'_> {
+        (**self).accept()
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
 /// A connector that opens nothing: for Tubs that only accept, or only call themselves.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoConnector;

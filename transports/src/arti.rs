@@ -272,7 +272,8 @@ impl ArtiTor {
         if st.ready_for_traffic() {
             return "bootstrapped".into();
         }
-        let progress = format!("{:.0}% ({st})", st.as_frac() * 100.0);
+        // Its Display leads with the percentage ("8%: handshaking with Tor relays; ...").
+        let progress = st.to_string();
         match &*self.last_failure.lock().expect("not poisoned") {
             Some(e) => format!("{progress}; last attempt failed: {e}; retrying"),
             None => progress,
