@@ -71,7 +71,12 @@ async fn run() {
         disconnect_timeout: Some(Duration::from_secs(6)),
         ..TubConfig::default()
     };
-    let client = Tub::new(Identity::generate().unwrap(), Arc::new(registry), lively).unwrap();
+    let client = Tub::new(
+        Identity::generate().unwrap(),
+        Arc::new(registry),
+        lively.clone(),
+    )
+    .unwrap();
 
     // A call over I2P, and a call back the other way over the same connection.
     step("dialing");
@@ -122,7 +127,8 @@ async fn run() {
     // Not asserted yet: that the restarted listener is *reachable* there. On i2pd 2.45, a
     // SESSION CREATE with the key of a destination the router still holds reuses that
     // destination, and once streams have flowed through the old session, streams to the new
-    // one are never delivered (reproduced with raw SAM, without Folio). Tracked in the issue.
+    // one are never delivered (reproduced with raw SAM, without Folio). Reachability after a
+    // restart is shown below, across a router restart.
     step("listener restarted at the same address");
 
     // An unknown destination fails with a clear error, and the status says so.
@@ -170,6 +176,37 @@ async fn run() {
     client.shutdown().await;
     server.shutdown().await;
     drop((client, server, lonely, echo));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(router);
+    step("router stopped");
+
+    // The machine restarts: a new router, and the listener with its saved key. It is at the
+    // same address and reachable there, by a client of the new router. (What is still not
+    // shown is the same on a router that held the old session: see above.)
+    let router = I2pd::start();
+    let cfg = SamConfig::zero_hop(router.sam);
+    let (registry, handler) = i2p_registry(&cfg);
+    let (listener, prepared) = tokio::join!(I2pListener::start(&cfg, &key), handler.prepare());
+    let listener = listener.expect("the listener restarts on the new router");
+    prepared.expect("the dialing session starts on the new router");
+    assert_eq!(
+        listener.address(),
+        address,
+        "the saved key gives the same address"
+    );
+    let hint = listener.hint();
+    let (server, again) = serve(&server_pem, listener, hint);
+    assert_eq!(again, furl);
+    let client = Tub::new(Identity::generate().unwrap(), Arc::new(registry), lively).unwrap();
+    let echo = client
+        .get::<EchoRef>(&furl)
+        .await
+        .expect("the restarted listener is reachable at its saved address");
+    assert_eq!(echo.echo("again".into()).await.unwrap(), "server: again");
+    step("restarted listener reached at the same address");
+    client.shutdown().await;
+    server.shutdown().await;
+    drop((client, server, echo));
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(router);
     let _ = std::fs::remove_dir_all(&dir);
