@@ -63,16 +63,19 @@ struct CallQueue {
 type Completion = Box<dyn for<'a> FnOnce(Result<(Outcome<'a>, Vec<ObjectRef>), String>) + Send>;
 
 /// The table of outstanding calls, keyed by call id.
-type Pending = HashMap<u64, Completion, BuildHasherDefault<CallIdHasher>>;
+type Pending = HashMap<u64, Completion, IdHash>;
 
-/// Hashes call ids with one multiplication. The keys are our own counter, never chosen by the
-/// peer (whose answers only look ids up in a table bounded by `max_outbound_calls`), so the
-/// standard hasher's protection against chosen keys buys nothing on this path, taken twice
-/// per call. The multiplier spreads consecutive ids over the hash's high bits as well.
+/// Hashes the ids we hand out (call ids, export ids) with one multiplication. The keys of
+/// these tables are our own counters, never chosen by the peer (whose messages only look ids
+/// up, in tables bounded by our limits), so the standard hasher's protection against chosen
+/// keys buys nothing on paths taken for every call. The multiplier spreads consecutive ids
+/// over the hash's high bits as well.
+type IdHash = BuildHasherDefault<IdHasher>;
+
 #[derive(Default)]
-struct CallIdHasher(u64);
+struct IdHasher(u64);
 
-impl Hasher for CallIdHasher {
+impl Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.write_u64(self.0 ^ u64::from(b));
@@ -90,7 +93,7 @@ impl Hasher for CallIdHasher {
 
 struct Exports {
     next_id: u64,
-    by_id: HashMap<u64, (Arc<dyn Dispatch>, u64)>,
+    by_id: HashMap<u64, (Arc<dyn Dispatch>, u64), IdHash>,
     by_ptr: HashMap<usize, u64>,
 }
 
@@ -193,7 +196,7 @@ impl ConnShared {
             next_call_id: AtomicU64::new(1),
             exports: Mutex::new(Exports {
                 next_id: 1,
-                by_id: HashMap::new(),
+                by_id: HashMap::default(),
                 by_ptr: HashMap::new(),
             }),
             imports: Mutex::new(HashMap::new()),
@@ -667,6 +670,13 @@ struct PendingGuard<'a> {
     id: u64,
 }
 
+impl PendingGuard<'_> {
+    /// The entry is gone already: whoever completed the call removed it.
+    fn completed(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         lock(&self.conn.pending).remove(&self.id);
@@ -737,12 +747,15 @@ impl RemoteInner {
             let _ = tx.send(result);
         });
         lock(&conn.pending).insert(id, complete);
-        let _guard = PendingGuard { conn, id };
+        let guard = PendingGuard { conn, id };
         if let Some(reason) = conn.closed_reason() {
             return Err(CallError::Disconnected(reason));
         }
         self.send(&msg).await?;
         let result = rx.await;
+        // The completion was removed from the table to run (or the table was emptied by
+        // close): no second lock and lookup to remove it.
+        guard.completed();
         drop(permit);
         result.unwrap_or_else(|_| {
             Err(CallError::Disconnected(

@@ -243,18 +243,23 @@ impl CallContext {
         };
         let kept = KEEP.with(|k| k.borrow_mut().take()).unwrap_or_default();
         drop(recording);
-        self.state
-            .kept
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(kept);
+        // Most replies carry no reference: then there is nothing to keep or record.
+        if !kept.is_empty() {
+            self.state
+                .kept
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(kept);
+        }
         match encoded {
             Ok((reply, refs)) => {
-                *self
-                    .state
-                    .out_refs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = refs;
+                if !refs.is_empty() {
+                    *self
+                        .state
+                        .out_refs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = refs;
+                }
                 reply
             }
             Err(e) => {
