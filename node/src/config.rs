@@ -75,6 +75,7 @@ const TOR_KEYS: &[&str] = &[
     "onion.local_port",
     "onion.external_port",
     "onion.private_key_file",
+    "arti.network",
 ];
 const I2P_KEYS: &[&str] = &[
     "enabled",
@@ -207,6 +208,11 @@ pub struct TorSection {
     /// `onion.private_key_file`: the onion service key, relative to the base directory
     /// unless absolute. Default [`DEFAULT_TOR_ONION_KEY`].
     pub onion_private_key_file: PathBuf,
+    /// `arti.network`: for test networks only, a file describing a private Tor network
+    /// (`folio_transports::tor_network`) for the embedded client to join instead of the
+    /// public one; relative to the base directory unless absolute. Only with the embedded
+    /// client (none of `launch`, `control.port`, `socks.port`).
+    pub arti_network: Option<PathBuf>,
 }
 
 /// `[i2p]`.
@@ -351,6 +357,7 @@ impl Default for NodeConfig {
                 onion_local_port: None,
                 onion_external_port: DEFAULT_ONION_PORT,
                 onion_private_key_file: PathBuf::from(DEFAULT_TOR_ONION_KEY),
+                arti_network: None,
             },
             i2p: I2pSection {
                 enabled: false,
@@ -1240,7 +1247,8 @@ impl NodeConfig {
                     "onion" => t.onion = parse_bool(v)?,
                     "onion.local_port" => t.onion_local_port = Some(parse_port(v)?),
                     "onion.external_port" => t.onion_external_port = parse_port(v)?,
-                    _ => t.onion_private_key_file = parse_path(v)?,
+                    "onion.private_key_file" => t.onion_private_key_file = parse_path(v)?,
+                    _ => t.arti_network = Some(parse_path(v)?),
                 }
             }
             Section::I2p => {
@@ -1365,6 +1373,16 @@ impl NodeConfig {
                      has its own SOCKS port; remove one of them",
                     at("tor", "launch")
                 ),
+            );
+        }
+        if tor.arti_network.is_some()
+            && (tor.launch || tor.control_port.is_some() || tor.socks_port.is_some())
+        {
+            return fail(
+                l("tor", "arti.network"),
+                "[tor] arti.network is for the embedded Tor client, which a launched or running \
+                 tor (launch, control.port, socks.port) replaces; remove one of them"
+                    .into(),
             );
         }
         if tor.onion && !tor.enabled {
@@ -1668,6 +1686,15 @@ impl NodeConfig {
                 |p| path_str(p),
             ),
             DEFAULT_TOR_ONION_KEY,
+        );
+        w.comment(
+            "Test networks only: a private Tor network for the embedded client to join\n\
+             (one relay per line: [v3ident=HEX] rsa=HEX ed=BASE64 orport=IP:PORT).",
+        );
+        w.key(
+            "arti.network",
+            t.arti_network.as_deref().map(path_str),
+            "/path/to/network.txt",
         );
 
         let i = &self.i2p;
@@ -2480,6 +2507,10 @@ mod tests {
         assert_refused(
             "[tor]\nenabled = true\nsocks.port = tcp:127.0.0.1:9050\nlaunch = true\n",
             &["tahoe.cfg line 3: [tor] launch = true (line 4) and socks.port cannot go together"],
+        );
+        assert_refused(
+            "[tor]\nenabled = true\ncontrol.port = tcp:127.0.0.1:9051\narti.network = net.txt\n",
+            &["tahoe.cfg line 4: [tor] arti.network is for the embedded Tor client"],
         );
         assert_refused(
             "[tor]\nonion = true\n",

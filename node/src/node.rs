@@ -497,7 +497,7 @@ async fn build_registry(
         } else if let Some(socks) = cfg.tor.socks_port {
             Arc::new(folio_handlers::tor::TorHandler::new(socks))
         } else {
-            embedded_tor(basedir, &mut tor)?
+            embedded_tor(cfg, basedir, &mut tor)?
         };
         reg.set("tor", handler).map_err(policy)?;
     }
@@ -516,18 +516,34 @@ async fn build_registry(
 /// starts bootstrapping now.
 #[cfg(feature = "tor-arti")]
 fn embedded_tor(
+    cfg: &NodeConfig,
     basedir: &Path,
     tor: &mut TorRuntime,
 ) -> Result<Arc<dyn folio_handlers::Handler>, StartError> {
-    let arti = folio_transports::arti::ArtiTor::start(&arti_options(basedir))
+    let mut opts = arti_options(basedir);
+    if let Some(file) = &cfg.tor.arti_network {
+        let path = basedir.join(file);
+        let failed = |e: &dyn std::fmt::Display| {
+            StartError::Handler(format!("[tor] arti.network {}: {e}", path.display()))
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| failed(&e))?;
+        let net =
+            folio_transports::tor_network::PrivateNetwork::parse(&text).map_err(|e| failed(&e))?;
+        opts.network = Some(net);
+    }
+    let arti = folio_transports::arti::ArtiTor::start(&opts)
         .map_err(|e| StartError::Handler(format!("tor (embedded): {e}")))?;
-    info!("started the embedded Tor client");
+    info!(
+        private_network = opts.network.is_some(),
+        "started the embedded Tor client"
+    );
     tor.arti = Some(arti.clone());
     Ok(Arc::new(folio_handlers::arti::ArtiHandler::new(arti)))
 }
 
 #[cfg(not(feature = "tor-arti"))]
 fn embedded_tor(
+    _cfg: &NodeConfig,
     _basedir: &Path,
     _tor: &mut TorRuntime,
 ) -> Result<Arc<dyn folio_handlers::Handler>, StartError> {

@@ -126,6 +126,13 @@ fn hidden_grid(base: &Path, transport: &str, extra: &[String], tweak: impl Fn(&P
     step("both nodes see both storage servers");
     for st in &sts {
         check_hidden(st, transport);
+        if extra.is_empty() && transport == "tor" {
+            let handlers = st["handlers"].to_string();
+            assert!(
+                handlers.contains("tor (embedded arti, bootstrapped)"),
+                "{handlers}"
+            );
+        }
     }
     for p in &procs {
         p.terminate();
@@ -147,6 +154,18 @@ fn hidden_grid_over_a_real_i2pd() {
             "i2p",
             "inbound.length = 0\noutbound.length = 0\ninbound.quantity = 1\noutbound.quantity = 1",
         )
+    });
+}
+
+/// The default Tor path: no tor named, so every node runs the embedded arti client, pointed
+/// at the private network through `[tor] arti.network`.
+#[test]
+fn hidden_grid_over_embedded_arti() {
+    let net = TorNet::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = net.arti_network_file();
+    hidden_grid(tmp.path(), "tor", &[], |d| {
+        add_to_section(d, "tor", &format!("arti.network = {}", file.display()));
     });
 }
 

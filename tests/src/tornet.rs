@@ -81,29 +81,19 @@ impl TorNet {
             .collect()
     }
 
-    /// The network as an embedded arti client must be told of it: the authorities'
-    /// identities, and the authorities again as its fallback caches (the relays cache no
-    /// directory). Read from `arti-authorities.txt`, which the script writes at setup.
-    pub fn arti_network(&self) -> folio_transports::arti::PrivateNetwork {
-        let text = std::fs::read_to_string(self.dir.join("arti-authorities.txt"))
+    /// The file describing the network for an embedded arti client (its authorities, which
+    /// are also its only directory caches), written at setup; see
+    /// `folio_transports::tor_network`.
+    pub fn arti_network_file(&self) -> PathBuf {
+        self.dir.join("arti-authorities.txt")
+    }
+
+    /// The network as an embedded arti client must be told of it.
+    pub fn arti_network(&self) -> folio_transports::tor_network::PrivateNetwork {
+        let text = std::fs::read_to_string(self.arti_network_file())
             .expect("the network's authorities were written at setup");
-        let mut net = folio_transports::arti::PrivateNetwork::default();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let field = |k: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-                    .unwrap_or_else(|| panic!("no {k} in the authority line {line:?}"))
-                    .to_string()
-            };
-            net.authorities.push(field("v3ident"));
-            net.fallbacks.push(folio_transports::arti::Fallback {
-                rsa: field("rsa"),
-                ed25519: field("ed"),
-                orport: field("orport").parse().expect("an address"),
-            });
-        }
-        assert!(!net.authorities.is_empty(), "no authorities in {text:?}");
-        net
+        folio_transports::tor_network::PrivateNetwork::parse(&text)
+            .unwrap_or_else(|e| panic!("the network file the script wrote: {e}"))
     }
 
     /// The client tor's control port (no authentication).

@@ -15,7 +15,6 @@
 //! Arti's `DataStream` buffers partial cells until flushed; Folio's TLS layer flushes after
 //! each batch of frames, so nothing waits in that buffer.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -31,6 +30,8 @@ use tor_hsservice::{RunningOnionService, StreamRequest};
 use tor_llcrypto::pk::ed25519::Ed25519Identity;
 use tor_llcrypto::pk::rsa::RsaIdentity;
 use tor_proto::stream::IncomingStreamRequest;
+
+pub use crate::tor_network::{Fallback, PrivateNetwork};
 
 type Runtime = tor_rtcompat::PreferredRuntime;
 
@@ -56,29 +57,6 @@ impl ArtiOptions {
             network: None,
         }
     }
-}
-
-/// A private Tor network: its directory authorities and the caches a client bootstraps from.
-/// Every relay of such a network usually shares one host, so joining one also lifts arti's
-/// rule that relays in the same /16 are one family (which would leave no usable path).
-#[derive(Debug, Clone, Default)]
-pub struct PrivateNetwork {
-    /// The authorities' v3 identities (40 hex digits, tor's `v3ident`).
-    pub authorities: Vec<String>,
-    /// Directory caches to bootstrap from (arti does not fall back to the authorities by
-    /// itself, so list them here too).
-    pub fallbacks: Vec<Fallback>,
-}
-
-/// A directory cache arti may bootstrap from.
-#[derive(Debug, Clone)]
-pub struct Fallback {
-    /// The relay's RSA identity fingerprint (40 hex digits).
-    pub rsa: String,
-    /// The relay's Ed25519 identity (base64, as in tor's `fingerprint-ed25519`).
-    pub ed25519: String,
-    /// Its OR port.
-    pub orport: SocketAddr,
 }
 
 /// What went wrong with the embedded Tor client.

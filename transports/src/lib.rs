@@ -33,3 +33,4 @@ pub mod tcp;
 pub mod tor;
 #[cfg(feature = "tor-system")]
 pub mod tor_launch;
+pub mod tor_network;
