@@ -125,6 +125,18 @@ impl OnionListener {
         key_path: &Path,
         virtual_port: u16,
     ) -> Result<OnionListener, OnionListenError> {
+        Self::start_on(control, key_path, virtual_port, 0).await
+    }
+
+    /// Like [`OnionListener::start`], with the listener on 127.0.0.1 at `local_port` (`0`:
+    /// any free port), for a firewall or a tor that must know it in advance (Tahoe's
+    /// `[tor] onion.local_port`).
+    pub async fn start_on(
+        control: SocketAddr,
+        key_path: &Path,
+        virtual_port: u16,
+        local_port: u16,
+    ) -> Result<OnionListener, OnionListenError> {
         let key_err = |source| OnionListenError::Key {
             path: key_path.display().to_string(),
             source,
@@ -135,7 +147,7 @@ impl OnionListener {
             Err(e) => return Err(key_err(e)),
         };
         let mut ctl = Control::connect(control, Duration::from_secs(30)).await?;
-        let local = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let local = tokio::net::TcpListener::bind(("127.0.0.1", local_port))
             .await
             .map_err(TorError::Io)?;
         let target = local.local_addr().map_err(TorError::Io)?;
@@ -156,6 +168,11 @@ impl OnionListener {
     /// The `.onion` name.
     pub fn onion(&self) -> &str {
         &self.onion
+    }
+
+    /// The local listener tor forwards the service's streams to (on 127.0.0.1).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.local.local_addr()
     }
 
     /// The hint to put in the Tub's location.

@@ -200,8 +200,9 @@ pub struct TorSection {
     /// `onion`: listen on an onion service. Needs `enabled`, and `control.port`, `launch` or
     /// the embedded client (not a SOCKS port alone). Default `false`.
     pub onion: bool,
-    /// `onion.local_port`: the local port the onion service forwards to (Tahoe's key; when
-    /// unset the node picks one).
+    /// `onion.local_port`: the port on 127.0.0.1 a system or launched tor forwards the onion
+    /// service's streams to (Tahoe's key; when unset the node picks a free one). Ignored,
+    /// with a warning, by the embedded client, which has no local port.
     pub onion_local_port: Option<u16>,
     /// `onion.external_port`: the port in the onion hint. Default [`DEFAULT_ONION_PORT`].
     pub onion_external_port: u16,
@@ -226,7 +227,8 @@ pub struct I2pSection {
     pub sam_port: SocketAddr,
     /// `dest`: listen on an I2P destination. Needs `enabled`. Default `false`.
     pub dest: bool,
-    /// `dest.port`: the I2P port to announce, if any.
+    /// `dest.port`: Tahoe's I2P port. Read, and ignored with a warning: SAM 3.1 streams (all
+    /// i2pd 2.45 offers) carry no port, so Folio's `i2p:` hints have none.
     pub dest_port: Option<u16>,
     /// `dest.private_key_file`: the destination's key, relative to the base directory
     /// unless absolute. Default [`DEFAULT_I2P_DEST_KEY`].

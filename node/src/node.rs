@@ -560,6 +560,13 @@ fn embedded_onion(
     cfg: &NodeConfig,
     tor: &TorRuntime,
 ) -> Result<(Hint, String, Box<dyn folio_rpc::Listener>), StartError> {
+    if let Some(p) = cfg.tor.onion_local_port {
+        warn!(
+            onion_local_port = p,
+            "[tor] onion.local_port is ignored: the embedded Tor client hands streams over \
+             in-process, with no local port"
+        );
+    }
     let arti = tor.arti.as_ref().ok_or_else(|| {
         StartError::Listen("[tor] onion = true needs Tor: set [tor] enabled = true".into())
     })?;
@@ -635,7 +642,8 @@ async fn start_listeners(
             if let Some(control) = tor.control {
                 let key = basedir.join(&cfg.tor.onion_private_key_file);
                 let port = cfg.tor.onion_external_port;
-                let l = folio_handlers::tor::OnionListener::start(control, &key, port)
+                let local = cfg.tor.onion_local_port.unwrap_or(0);
+                let l = folio_handlers::tor::OnionListener::start_on(control, &key, port, local)
                     .await
                     .map_err(|e| StartError::Listen(format!("onion service: {e}")))?;
                 (l.hint(), l.onion().to_string(), Box::new(l))
@@ -648,6 +656,13 @@ async fn start_listeners(
         tub.listen(listener);
     }
     if cfg.i2p.dest {
+        if let Some(p) = cfg.i2p.dest_port {
+            warn!(
+                dest_port = p,
+                "[i2p] dest.port is ignored: SAM 3.1 streams (all i2pd 2.45 offers) carry no \
+                 port, so the i2p: hint has none"
+            );
+        }
         let key = basedir.join(&cfg.i2p.dest_private_key_file);
         let l = folio_handlers::i2p::I2pListener::start(&sam_config(cfg), &key)
             .await

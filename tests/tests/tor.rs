@@ -104,10 +104,20 @@ async fn run(net: &TorNet) {
     // Restarted with its saved key, the service has the same address and is reached again.
     server.shutdown().await;
     drop(server);
-    let listener = OnionListener::start(net.control(), &key, 3456)
+    // This time on a local port chosen in advance (Tahoe's [tor] onion.local_port).
+    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listener = OnionListener::start_on(net.control(), &key, 3456, local_port)
         .await
         .expect("the onion service restarts");
     assert_eq!(listener.onion(), onion);
+    assert_eq!(
+        listener.local_addr().unwrap(),
+        ([127, 0, 0, 1], local_port).into()
+    );
     let hint = listener.hint();
     let (server, again) = serve(&pem, listener, hint);
     assert_eq!(again, furl);
