@@ -18,8 +18,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use folio_rpc::{
     interface, Bytes, Furl, ReconnectPolicy, Reconnector, ReconnectorStatus, TubId, TypedRef,
@@ -246,6 +247,10 @@ pub struct IntroducerLimits {
     pub max_announcements: usize,
     /// Subscriptions held.
     pub max_subscribers: usize,
+    /// How long one batch may take to reach a subscriber before that delivery is dropped
+    /// (the subscriber stays; it missed the batch and gets the current set when it
+    /// subscribes again). Bounds the deliveries in flight to a subscriber that never answers.
+    pub delivery_timeout: Duration,
 }
 
 impl Default for IntroducerLimits {
@@ -253,6 +258,7 @@ impl Default for IntroducerLimits {
         IntroducerLimits {
             max_announcements: 10_000,
             max_subscribers: 10_000,
+            delivery_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -275,6 +281,7 @@ pub struct IntroducerService {
     state: Arc<Mutex<IntroducerState>>,
     next_id: Arc<AtomicU64>,
     limits: IntroducerLimits,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl IntroducerService {
@@ -284,6 +291,7 @@ impl IntroducerService {
             state: Arc::default(),
             next_id: Arc::default(),
             limits,
+            in_flight: Arc::default(),
         }
     }
 
@@ -302,14 +310,34 @@ impl IntroducerService {
         lock(&self.state).subs.len()
     }
 
-    fn deliver(sub: SubscriberRef, anns: Vec<SignedAnnouncement>) {
+    /// Deliveries to subscribers not yet finished (each is one task).
+    pub fn deliveries_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn deliver(&self, sub: SubscriberRef, anns: Vec<SignedAnnouncement>) {
+        let in_flight = self.in_flight.clone();
+        let timeout = self.limits.delivery_timeout;
+        in_flight.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             for chunk in anns.chunks(MAX_BATCH) {
-                if let Err(e) = sub.announce(chunk.to_vec()).await {
-                    debug!(error = %e, "subscriber did not take announcements");
-                    return;
+                match tokio::time::timeout(timeout, sub.announce(chunk.to_vec())).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "subscriber did not take announcements");
+                        break;
+                    }
+                    Err(_) => {
+                        warn!(
+                            subscriber = ?sub.object_ref().tubid(),
+                            ?timeout,
+                            "a subscriber did not take announcements in time; dropped the delivery"
+                        );
+                        break;
+                    }
                 }
             }
+            in_flight.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
@@ -362,7 +390,7 @@ impl Introducer for IntroducerService {
                 .collect::<Vec<_>>()
         };
         for sub in targets {
-            Self::deliver(sub, vec![v.signed.clone()]);
+            self.deliver(sub, vec![v.signed.clone()]);
         }
         Ok(PublishOutcome::Accepted)
     }
@@ -408,7 +436,7 @@ impl Introducer for IntroducerService {
         });
         info!(%service, subscriber = ?peer, held = current.len(), "subscribed");
         if !current.is_empty() {
-            Self::deliver(subscriber, current);
+            self.deliver(subscriber, current);
         }
         Ok(())
     }

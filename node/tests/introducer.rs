@@ -280,3 +280,70 @@ async fn clients_publish_subscribe_and_fall_back_to_their_cache() {
     assert!(heard3.lock().unwrap().is_empty());
     client3.stop();
 }
+
+/// A subscriber that takes announcements and never answers.
+struct Silent;
+
+impl Subscriber for Silent {
+    async fn announce(&self, _anns: Vec<SignedAnnouncement>) -> Result<(), IntroducerError> {
+        std::future::pending().await
+    }
+}
+
+/// A subscriber that never answers holds no introducer task past the delivery timeout, and
+/// other subscribers keep hearing announcements meanwhile.
+#[tokio::test]
+async fn a_silent_subscriber_does_not_accumulate_deliveries() {
+    let t = tub().await;
+    let l = TcpListener::bind(&"tcp:0:interface=127.0.0.1".parse().unwrap())
+        .await
+        .unwrap();
+    t.set_location(vec![l.hint_for(Host::Ipv4([127, 0, 0, 1].into()))]);
+    t.listen(l);
+    let svc = IntroducerService::new(IntroducerLimits {
+        delivery_timeout: Duration::from_millis(300),
+        ..IntroducerLimits::default()
+    });
+    let furl = t.register(svc.serve()).unwrap();
+
+    let silent_tub = tub().await;
+    let silent_intro: IntroducerRef = silent_tub.get(&furl).await.unwrap();
+    silent_intro
+        .subscribe(SubscriberRef::serve(Silent), "storage".into())
+        .await
+        .unwrap();
+    let good_tub = tub().await;
+    let good_intro: IntroducerRef = good_tub.get(&furl).await.unwrap();
+    let good = Recorder::default();
+    good_intro
+        .subscribe(SubscriberRef::serve(good.clone()), "storage".into())
+        .await
+        .unwrap();
+
+    let publisher = tub().await;
+    let p: IntroducerRef = publisher.get(&furl).await.unwrap();
+    for i in 0..20 {
+        p.publish(ann(&format!("n{i}"), 1).sign(&SigningKey::generate()))
+            .await
+            .unwrap();
+    }
+    // The deliveries to the silent subscriber are in flight, then dropped at the timeout.
+    assert!(
+        svc.deliveries_in_flight() >= 1,
+        "{}",
+        svc.deliveries_in_flight()
+    );
+    eventually("the good subscriber to hear all 20", || {
+        good.nicknames().len() == 20
+    })
+    .await;
+    eventually("the silent subscriber's deliveries to be dropped", || {
+        svc.deliveries_in_flight() == 0
+    })
+    .await;
+    assert_eq!(
+        svc.subscriber_count(),
+        2,
+        "the silent subscriber is still subscribed"
+    );
+}
