@@ -4,13 +4,15 @@
 //! | figure | Folio | raw counterpart |
 //! |---|---|---|
 //! | round trip | a typed call with a small argument | 16-byte ping-pong over tokio-rustls |
-//! | pipelined calls/s | 64 calls outstanding | — |
+//! | pipelined calls/s | 64 calls outstanding | the same with tarpc over tokio-rustls |
 //! | bulk | calls carrying 64 KiB arguments | 64 KiB writes over tokio-rustls |
 //! | connect | new Tub connection + handshake + first answer | TCP connect + TLS handshake + 1-byte echo |
 //! | idle connection | RSS growth per idle connection | — |
 //!
 //! Both ends live in this process. The raw side uses the same Ed25519 certificates and the
 //! same rustls configurations (TLS 1.3, ring) as Folio, so the difference is Folio's own work.
+//! The tarpc baseline runs over the same TLS configurations, with tarpc's own serde transport
+//! (length-delimited frames, bincode).
 //! `--one-cpu` re-runs the benchmark under `taskset -c 0` with a single-threaded runtime, so
 //! that the figures measure software rather than the scheduler.
 
@@ -42,6 +44,9 @@ struct Args {
     /// Idle connections held for the memory figure.
     #[arg(long, default_value_t = 1000)]
     idle: usize,
+    /// Measure only these figures (comma-separated), e.g. to profile one of them.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Figure>,
     /// Run both ends on CPU 0 (re-executes under `taskset -c 0`, single-threaded runtime).
     #[arg(long)]
     one_cpu: bool,
@@ -50,6 +55,27 @@ struct Args {
     json: bool,
     #[arg(long, hide = true)]
     pinned: bool,
+}
+
+/// The figures, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Figure {
+    /// Round trip (Folio, raw TLS, tarpc).
+    Rtt,
+    /// Pipelined calls/s (Folio, tarpc).
+    Pipelined,
+    /// Bulk throughput (Folio, raw TLS).
+    Bulk,
+    /// Connect (Folio, raw TLS).
+    Connect,
+    /// Memory per idle connection.
+    Idle,
+}
+
+impl Args {
+    fn wants(&self, figure: Figure) -> bool {
+        self.only.is_empty() || self.only.contains(&figure)
+    }
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -71,6 +97,21 @@ impl Echo for EchoImpl {
     }
     async fn sink(&self, data: Bytes) -> Result<u32, BenchError> {
         Ok(data.len() as u32)
+    }
+}
+
+/// The tarpc baseline's service: the same method as `Echo::ping`.
+#[tarpc::service]
+trait TarpcEcho {
+    async fn ping(x: u64) -> u64;
+}
+
+#[derive(Clone)]
+struct TarpcEchoImpl;
+
+impl TarpcEcho for TarpcEchoImpl {
+    async fn ping(self, _: tarpc::context::Context, x: u64) -> u64 {
+        x
     }
 }
 
@@ -111,7 +152,10 @@ struct Report {
 impl Report {
     fn figure(&mut self, key: &'static str, label: &'static str, value: f64, unit: &str) {
         self.json.push((key, value));
-        self.rows.push((label, format!("{value:.1} {unit}")));
+        // Ratios are compared with targets such as 1.15, so they get two decimals.
+        let decimals = if unit == "×" { 2 } else { 1 };
+        self.rows
+            .push((label, format!("{value:.decimals$} {unit}")));
     }
 }
 
@@ -203,6 +247,49 @@ impl RawTls {
     }
 }
 
+/// A tarpc server and client over tokio-rustls, with the raw baseline's TLS configurations.
+async fn tarpc_client(raw: &RawTls) -> Result<TarpcEchoClient> {
+    use futures::StreamExt;
+    use tarpc::server::{BaseChannel, Channel};
+
+    let server_id = Identity::generate()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(folio_rpc::tls::server_config(&server_id)?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            let Ok(tls) = acceptor.accept(s).await else {
+                continue;
+            };
+            let transport = tarpc::serde_transport::new(
+                tarpc::tokio_util::codec::LengthDelimitedCodec::builder().new_framed(tls),
+                tarpc::tokio_serde::formats::Bincode::default(),
+            );
+            // The responses run concurrently on the channel's task instead of one spawned
+            // task each (tarpc's examples spawn): pinned, that was the faster of the two
+            // (255 k against 220 k calls/s), so the baseline is the stronger one.
+            tokio::spawn(
+                BaseChannel::with_defaults(transport)
+                    .execute(TarpcEchoImpl.serve())
+                    .for_each_concurrent(None, |response| response),
+            );
+        }
+    });
+    let s = tokio::net::TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let server_name = rustls::pki_types::ServerName::try_from(format!(
+        "{}.tub.folio.invalid",
+        server_id.tubid()
+    ))?;
+    let tls = raw.connector.connect(server_name, s).await?;
+    let transport = tarpc::serde_transport::new(
+        tarpc::tokio_util::codec::LengthDelimitedCodec::builder().new_framed(tls),
+        tarpc::tokio_serde::formats::Bincode::default(),
+    );
+    Ok(TarpcEchoClient::new(tarpc::client::Config::default(), transport).spawn())
+}
+
 async fn run(args: Args) -> Result<()> {
     let mut report = Report {
         rows: Vec::new(),
@@ -213,8 +300,74 @@ async fn run(args: Args) -> Result<()> {
     let (client, _) = tub().await?;
     let echo: EchoRef = client.get(&furl).await?;
     let raw = RawTls::start().await?;
+    let tarpc = if args.wants(Figure::Rtt) || args.wants(Figure::Pipelined) {
+        Some(tarpc_client(&raw).await?)
+    } else {
+        None
+    };
 
-    // 1. Round trip.
+    if args.wants(Figure::Rtt) {
+        round_trips(&args, &mut report, &echo, &raw, tarpc.as_ref()).await?;
+    }
+    if args.wants(Figure::Pipelined) {
+        pipelined(&args, &mut report, &echo, tarpc.as_ref()).await?;
+    }
+    if args.wants(Figure::Bulk) {
+        bulk(&args, &mut report, &echo, &raw).await?;
+    }
+    if args.wants(Figure::Connect) {
+        connect(&args, &mut report, &furl, &raw).await?;
+    }
+    if args.wants(Figure::Idle) {
+        idle(&args, &mut report, &furl).await?;
+    }
+
+    if args.json {
+        let body: Vec<String> = report
+            .json
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "\"{k}\": {}",
+                    if v.is_finite() {
+                        format!("{v:.3}")
+                    } else {
+                        "null".into()
+                    }
+                )
+            })
+            .collect();
+        println!("{{{}}}", body.join(", "));
+    } else {
+        println!(
+            "folio-bench on 127.0.0.1{}",
+            if args.pinned {
+                " (pinned to CPU 0)"
+            } else {
+                ""
+            }
+        );
+        for (label, value) in &report.rows {
+            println!("  {label:<46} {value}");
+        }
+    }
+    Ok(())
+}
+
+/// A figure's median, in µs, from its samples.
+fn median_us(samples: &mut [Duration]) -> f64 {
+    samples.sort();
+    micros(percentile(samples, 50))
+}
+
+/// 1. Round trip: Folio, raw TLS and (for context) tarpc, one call or echo at a time.
+async fn round_trips(
+    args: &Args,
+    report: &mut Report,
+    echo: &EchoRef,
+    raw: &RawTls,
+    tarpc: Option<&TarpcEchoClient>,
+) -> Result<()> {
     let n = args.round_trips.max(10);
     for i in 0..n / 10 {
         echo.ping(i as u64).await?;
@@ -238,9 +391,8 @@ async fn run(args: Args) -> Result<()> {
             raw_rtts.push(t.elapsed());
         }
     }
-    raw_rtts.sort();
     let rtt = micros(percentile(&rtts, 50));
-    let raw_rtt = micros(percentile(&raw_rtts, 50));
+    let raw_rtt = median_us(&mut raw_rtts);
     report.figure("rtt_us", "round trip, typed call (median)", rtt, "µs");
     report.figure(
         "rtt_p99_us",
@@ -255,14 +407,39 @@ async fn run(args: Args) -> Result<()> {
         "µs",
     );
     report.figure("rtt_ratio", "  ratio (target ≤ 1.25)", rtt / raw_rtt, "×");
+    if let Some(tarpc) = tarpc {
+        let mut tarpc_rtts = Vec::with_capacity(n);
+        for i in 0..n + n / 10 {
+            let t = Instant::now();
+            tarpc.ping(tarpc::context::current(), i as u64).await?;
+            if i >= n / 10 {
+                tarpc_rtts.push(t.elapsed());
+            }
+        }
+        report.figure(
+            "tarpc_rtt_us",
+            "round trip, tarpc (median)",
+            median_us(&mut tarpc_rtts),
+            "µs",
+        );
+    }
+    Ok(())
+}
 
-    // 2. Pipelined calls with 64 outstanding.
+/// 2. Pipelined calls: 64 tasks each calling in a loop on one connection, Folio then tarpc.
+async fn pipelined(
+    args: &Args,
+    report: &mut Report,
+    echo: &EchoRef,
+    tarpc: Option<&TarpcEchoClient>,
+) -> Result<()> {
     let total = args.pipelined_calls.max(64);
+    let share = |w: usize| total / 64 + usize::from(w < total % 64);
     let t = Instant::now();
     let mut workers = Vec::new();
     for w in 0..64 {
         let echo = echo.clone();
-        let count = total / 64 + usize::from(w < total % 64);
+        let count = share(w);
         workers.push(tokio::spawn(async move {
             for i in 0..count {
                 echo.ping(i as u64).await.expect("ping");
@@ -279,8 +456,43 @@ async fn run(args: Args) -> Result<()> {
         cps,
         "calls/s",
     );
+    if let Some(tarpc) = tarpc {
+        let t = Instant::now();
+        let mut workers = Vec::new();
+        for w in 0..64 {
+            let tarpc = tarpc.clone();
+            let count = share(w);
+            workers.push(tokio::spawn(async move {
+                for i in 0..count {
+                    tarpc
+                        .ping(tarpc::context::current(), i as u64)
+                        .await
+                        .expect("tarpc ping");
+                }
+            }));
+        }
+        for w in workers {
+            w.await?;
+        }
+        let tarpc_cps = total as f64 / t.elapsed().as_secs_f64();
+        report.figure(
+            "tarpc_calls_per_s_64",
+            "pipelined calls/s, tarpc 0.38 over TLS",
+            tarpc_cps,
+            "calls/s",
+        );
+        report.figure(
+            "calls_ratio_vs_tarpc",
+            "  ratio (target ≥ 1.2)",
+            cps / tarpc_cps,
+            "×",
+        );
+    }
+    Ok(())
+}
 
-    // 3. Bulk.
+/// 3. Bulk: 64 KiB call arguments, 8 in flight, against 64 KiB raw TLS writes.
+async fn bulk(args: &Args, report: &mut Report, echo: &EchoRef, raw: &RawTls) -> Result<()> {
     let chunks = args.bulk_mib * 1024 * 1024 / CHUNK;
     let data = Bytes(vec![0xa5u8; CHUNK]);
     let t = Instant::now();
@@ -315,18 +527,25 @@ async fn run(args: Args) -> Result<()> {
         "MiB/s",
     );
     report.figure("bulk_ratio", "  ratio (target ≥ 0.8)", bulk / raw_bulk, "×");
+    Ok(())
+}
 
-    // 4. Connect.
+/// 4. Connect: a fresh Tub's first answer, against TCP + TLS + a 1-byte echo.
+async fn connect(
+    args: &Args,
+    report: &mut Report,
+    furl: &folio_rpc::Furl,
+    raw: &RawTls,
+) -> Result<()> {
     let mut connects = Vec::new();
     for _ in 0..args.connects.max(5) {
         let (fresh, _) = tub().await?;
         let t = Instant::now();
-        let e: EchoRef = fresh.get(&furl).await?;
+        let e: EchoRef = fresh.get(furl).await?;
         e.ping(1).await?;
         connects.push(t.elapsed());
         fresh.shutdown().await;
     }
-    connects.sort();
     let mut raw_connects = Vec::new();
     for _ in 0..args.connects.max(5) {
         let t = Instant::now();
@@ -337,9 +556,8 @@ async fn run(args: Args) -> Result<()> {
         tls.read_exact(&mut one).await?;
         raw_connects.push(t.elapsed());
     }
-    raw_connects.sort();
-    let connect = micros(percentile(&connects, 50));
-    let raw_connect = micros(percentile(&raw_connects, 50));
+    let connect = median_us(&mut connects);
+    let raw_connect = median_us(&mut raw_connects);
     report.figure(
         "connect_us",
         "connect + handshake + first answer (median)",
@@ -358,14 +576,17 @@ async fn run(args: Args) -> Result<()> {
         connect / raw_connect,
         "×",
     );
+    Ok(())
+}
 
-    // 5. Memory per idle connection (both ends are in this process: the figure covers one
-    // client end plus one server end, which is what a connection costs a grid of two).
+/// Memory per idle connection, figure 5 (both ends are in this process: the figure covers one
+/// client end plus one server end, which is what a connection costs a grid of two).
+async fn idle(args: &Args, report: &mut Report, furl: &folio_rpc::Furl) -> Result<()> {
     let before = rss_bytes()?;
     let mut idle = Vec::new();
     for _ in 0..args.idle {
         let (t, _) = tub().await?;
-        let e: EchoRef = t.get(&furl).await?;
+        let e: EchoRef = t.get(furl).await?;
         e.ping(0).await?;
         idle.push((t, e));
     }
@@ -384,37 +605,6 @@ async fn run(args: Args) -> Result<()> {
         idle.len() as f64,
         "",
     );
-    drop(idle);
-
-    if args.json {
-        let body: Vec<String> = report
-            .json
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "\"{k}\": {}",
-                    if v.is_finite() {
-                        format!("{v:.3}")
-                    } else {
-                        "null".into()
-                    }
-                )
-            })
-            .collect();
-        println!("{{{}}}", body.join(", "));
-    } else {
-        println!(
-            "folio-bench on 127.0.0.1{}",
-            if args.pinned {
-                " (pinned to CPU 0)"
-            } else {
-                ""
-            }
-        );
-        for (label, value) in &report.rows {
-            println!("  {label:<46} {value}");
-        }
-    }
     Ok(())
 }
 
