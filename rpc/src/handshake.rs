@@ -528,15 +528,11 @@ impl Handshaker {
             return Err(HandshakeError::UnknownTub(request.target));
         };
         debug!(target_tub = %request.target, "prelude accepted");
-        // The answer is buffered by the stream and goes out with the ServerHello, which the
-        // TLS driver flushes.
-        timed(Phase::Prelude, cfg.prelude_timeout, async {
-            io.write_all(&prelude::encode_answer(Status::Proceed))
-                .await
-                .map_err(|e| HandshakeError::io(Phase::Prelude, e))
-        })
-        .await?;
-        let tls = TlsStream::server(io, server_config).map_err(HandshakeError::Config)?;
+        let mut tls = TlsStream::server(io, server_config).map_err(HandshakeError::Config)?;
+        // The answer waits for the ServerHello (the ClientHello came with the request, so it
+        // is ready at once) and leaves in the same write: one TCP segment, not two. A
+        // ClientHello rustls refuses gets the answer and then its alert.
+        tls.queue_raw(&prelude::encode_answer(Status::Proceed));
         let hello = self.hello(request.target, 0);
         self.finish(tls, Side::Server, request.target, hello, Some(admit))
             .await
@@ -557,9 +553,14 @@ impl Handshaker {
         let cfg = &self.config;
         let max = cfg.max_tls_handshake_bytes;
         timed(Phase::Tls, cfg.tls_timeout, async {
-            tls.handshake(max)
-                .await
-                .map_err(|e| HandshakeError::io(Phase::Tls, e))
+            let done = if side == Side::Client {
+                // The client's Finished waits for its hello, written below without any
+                // wait in between: both leave in one write and one TCP segment, not two.
+                tls.handshake_holding_last_flight(max).await
+            } else {
+                tls.handshake(max).await
+            };
+            done.map_err(|e| HandshakeError::io(Phase::Tls, e))
         })
         .await?;
         if tls.connection().alpn_protocol() != Some(tls::ALPN) {

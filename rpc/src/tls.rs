@@ -220,6 +220,11 @@ pub struct TlsStream<S> {
     /// TLS bytes read while the handshake was still running.
     handshake_bytes: usize,
     close_notify_sent: bool,
+    /// Bytes that go on the stream ahead of any TLS record (the server's prelude answer).
+    /// rustls's records are appended here and leave with them.
+    raw_out: Vec<u8>,
+    /// `raw_out` holds only queued raw bytes, which wait for TLS records to go with.
+    raw_out_waits: bool,
 }
 
 /// Adapts a polled `AsyncRead` to `std::io::Read` for `read_tls`.
@@ -297,6 +302,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
             side,
             handshake_bytes: 0,
             close_notify_sent: false,
+            raw_out: Vec::new(),
+            raw_out_waits: false,
         }
     }
 
@@ -336,10 +343,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         }
     }
 
+    /// Queues bytes to be written on the stream, unencrypted, with the next TLS records
+    /// (which they precede). The server's prelude answer goes this way, so that it leaves
+    /// with the ServerHello in one write and one TCP segment instead of a write of its own.
+    pub(crate) fn queue_raw(&mut self, bytes: &[u8]) {
+        self.raw_out.extend_from_slice(bytes);
+        self.raw_out_waits = true;
+    }
+
     /// Encrypted bytes rustls has produced but not yet written (a ClientHello, for example).
     /// Writes them to the stream without flushing.
     pub(crate) fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.conn.wants_write() {
+        while self.conn.wants_write() || (!self.raw_out.is_empty() && !self.raw_out_waits) {
             match self.write_io(cx) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(_)) => {}
@@ -372,6 +387,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     }
 
     fn write_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if !self.raw_out.is_empty() {
+            return self.write_raw_out(cx);
+        }
         let mut writer = SyncWriter {
             io: &mut self.io,
             cx,
@@ -383,28 +401,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         }
     }
 
+    /// Writes the queued raw bytes with whatever TLS records rustls has ready behind them.
+    fn write_raw_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        while self.conn.wants_write() {
+            // Writing into a `Vec` cannot fail.
+            self.conn.write_tls(&mut self.raw_out)?;
+            self.raw_out_waits = false;
+        }
+        let n = match Pin::new(&mut self.io).poll_write(cx, &self.raw_out) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        if n == self.raw_out.len() {
+            // Only the handshake uses this buffer: do not keep its capacity for the
+            // connection's life.
+            self.raw_out = Vec::new();
+        } else {
+            self.raw_out.drain(..n);
+        }
+        Poll::Ready(Ok(n))
+    }
+
     /// Runs the TLS handshake to completion, reading at most `max_bytes` from the peer.
     /// (Reading or writing also completes it; this form bounds it and reports errors early.)
     pub async fn handshake(&mut self, max_bytes: usize) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_handshake(cx, max_bytes)).await
+        std::future::poll_fn(|cx| self.poll_handshake(cx, max_bytes, true)).await
     }
 
-    /// Drives the TLS handshake to completion, reading at most `max_bytes` from the peer.
+    /// Like [`TlsStream::handshake`], but leaves the last flight (the client's Finished)
+    /// queued: the caller's first write sends it, in the same syscall and TCP segment as that
+    /// write's records. The caller must write (or flush) at once, or the peer waits.
+    pub(crate) async fn handshake_holding_last_flight(
+        &mut self,
+        max_bytes: usize,
+    ) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_handshake(cx, max_bytes, false)).await
+    }
+
+    /// Drives the TLS handshake to completion, reading at most `max_bytes` from the peer;
+    /// `send_last_flight` says whether to write what completing it left queued.
     pub(crate) fn poll_handshake(
         &mut self,
         cx: &mut Context<'_>,
         max_bytes: usize,
+        send_last_flight: bool,
     ) -> Poll<io::Result<()>> {
         loop {
-            if let Poll::Ready(Err(e)) = self.poll_write_pending(cx) {
-                return Poll::Ready(Err(e));
-            }
             if !self.conn.is_handshaking() {
+                if !send_last_flight {
+                    return Poll::Ready(Ok(()));
+                }
                 // Flush the last flight (the client's Finished) before reporting success.
                 return match self.poll_write_pending(cx) {
                     Poll::Ready(Ok(())) => Pin::new(&mut self.io).poll_flush(cx),
                     other => other,
                 };
+            }
+            if let Poll::Ready(Err(e)) = self.poll_write_pending(cx) {
+                return Poll::Ready(Err(e));
             }
             if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
                 return Poll::Ready(Err(e));
@@ -429,6 +483,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if self.raw_out_waits => {
+                    // Raw bytes wait for records only while the peer's input is at hand. A
+                    // client that waits for the prelude answer before its ClientHello (which
+                    // the spec forbids, but costs nothing to tolerate) gets it now.
+                    self.raw_out_waits = false;
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
