@@ -6,11 +6,12 @@
 //!   before the next frame is read, then runs in its own task while holding one of the
 //!   connection's inbound permits; with every permit taken the reader stops reading, so a
 //!   flood of calls is slowed by TCP backpressure instead of being buffered.
-//! - the **writer** task drains a queue of encoded frames, gathering what is ready into one
-//!   TLS record and one write (see `FrameWriter::write_encoded`) before flushing. A frame
-//!   keeps its share of the write budget until the writer has taken it, so a peer that never
-//!   reads cannot grow the queue past the budget (plus the one record being gathered);
-//!   outbound calls hold an outbound permit until answered.
+//! - the **writer** task takes every frame queued in the connection's outbox at once
+//!   (`crate::outbox`) and writes them as one batch: one TLS record per 16 KiB and one write,
+//!   then a flush. A frame keeps its share of the write budget until the batch holding it has
+//!   been written, so a peer that never reads cannot make the queued and in-flight bytes
+//!   exceed the budget (a single frame larger than the budget is sent alone); outbound calls
+//!   hold an outbound permit until answered.
 //! - an optional **keepalive** task pings an idle peer and enforces the disconnect timeout.
 //!
 //! When the connection dies, for whatever reason, [`ConnShared::close`] runs exactly once:

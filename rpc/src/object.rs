@@ -162,6 +162,9 @@ struct CallState {
     kept: Mutex<Vec<ObjectRef>>,
     /// The reply's reference table.
     out_refs: Mutex<Vec<RefDesc>>,
+    /// Whether `out_refs` may be non-empty: lets a reply without references skip the lock,
+    /// yet still clear the table a previous reply on this context left.
+    has_out_refs: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for CallContext {
@@ -185,6 +188,7 @@ impl CallContext {
                 in_refs,
                 kept: Mutex::new(Vec::new()),
                 out_refs: Mutex::new(Vec::new()),
+                has_out_refs: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -253,12 +257,22 @@ impl CallContext {
         }
         match encoded {
             Ok((reply, refs)) => {
-                if !refs.is_empty() {
+                let has = !refs.is_empty();
+                // A second reply encoded on this context must not carry the first one's table.
+                if has
+                    || self
+                        .state
+                        .has_out_refs
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                {
                     *self
                         .state
                         .out_refs
                         .lock()
                         .unwrap_or_else(|p| p.into_inner()) = refs;
+                    self.state
+                        .has_out_refs
+                        .store(has, std::sync::atomic::Ordering::Relaxed);
                 }
                 reply
             }

@@ -66,6 +66,19 @@ pub(crate) struct Outbox {
 /// The writer's buffer grows to the largest batch it wrote; past this it is given back.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
+/// The bytes of a message's payload: no frame carrying it is shorter.
+fn payload_len(msg: &Message<'_>) -> usize {
+    use crate::message::AnswerBody;
+    match msg {
+        Message::Call { args, .. } | Message::Oneway { args, .. } => args.len(),
+        Message::Answer {
+            body: AnswerBody::Ok { value, .. } | AnswerBody::AppError { value, .. },
+            ..
+        } => value.len(),
+        _ => 0,
+    }
+}
+
 impl Outbox {
     /// An empty outbox for frames of at most `max_frame` bytes (the peer's limit) and
     /// `budget` bytes waiting in all.
@@ -112,10 +125,22 @@ impl Outbox {
             return Err(PushError::Closed);
         }
         let before = state.queued.len();
-        append_frame(&mut state.queued, msg, self.max_frame).map_err(PushError::Encode)?;
         let waiting = state.writing + before;
+        // The payload alone is a lower bound on the frame: when even that does not fit, say
+        // so before encoding, so that callers woken for room do not each copy a large
+        // message into the buffer only to cut it off again.
+        if waiting > 0 && waiting + payload_len(msg) > self.budget {
+            state.room_wanted |= want_room;
+            return Err(PushError::Full);
+        }
+        append_frame(&mut state.queued, msg, self.max_frame).map_err(PushError::Encode)?;
         if waiting > 0 && waiting + (state.queued.len() - before) > self.budget {
             state.queued.truncate(before);
+            // Do not keep the room a refused frame made the buffer grow to.
+            if state.queued.capacity() > self.budget.max(KEEP_CAPACITY) {
+                let keep = before.max(KEEP_CAPACITY);
+                state.queued.shrink_to(keep);
+            }
             state.room_wanted |= want_room;
             return Err(PushError::Full);
         }
@@ -255,6 +280,31 @@ mod tests {
             Err(PushError::Encode(FrameError::TooLarge { .. }))
         ));
         assert_eq!(out.lock().queued.len(), encode_len(&ping(1)));
+    }
+
+    #[test]
+    fn a_large_frame_that_does_not_fit_leaves_no_room_taken() {
+        let args = vec![7u8; 60 * 1024];
+        let call = Message::Call {
+            id: 1,
+            target: 0,
+            interface: "i",
+            method: "m",
+            args: &args,
+            refs: Vec::new(),
+        };
+        let out = Outbox::new(u32::MAX, 100 * 1024);
+        out.push(&call).unwrap();
+        let len = out.lock().queued.len();
+        // Refused without being copied in: the queue and its allocation stay as they were.
+        assert!(matches!(out.push(&call), Err(PushError::Full)));
+        let state = out.lock();
+        assert_eq!(state.queued.len(), len);
+        assert!(
+            state.queued.capacity() < 2 * len,
+            "{}",
+            state.queued.capacity()
+        );
     }
 
     fn encode_len(msg: &Message<'_>) -> usize {
