@@ -87,7 +87,7 @@ fn created_node_has_a_private_directory_and_a_valid_config() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("n");
-    let out = tahoe(&[
+    common::create(&[
         "create-node",
         "--hostname=127.0.0.1",
         "--nickname=alpha",
@@ -96,11 +96,6 @@ fn created_node_has_a_private_directory_and_a_valid_config() {
         "--shares-total=4",
         dir.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let mode = std::fs::metadata(dir.join("private"))
         .unwrap()
         .permissions()
@@ -138,17 +133,12 @@ fn created_node_has_a_private_directory_and_a_valid_config() {
 fn run_refuses_every_configuration_that_could_reveal_a_hidden_ip() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hidden");
-    let out = tahoe(&[
+    common::create(&[
         "create-client",
         "--hide-ip",
         "--i2p-sam-port=tcp:127.0.0.1:7656",
         dir.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let cfg_path = dir.join("tahoe.cfg");
     let original = std::fs::read_to_string(&cfg_path).unwrap();
     assert!(original.contains("reveal-IP-address = false"), "{original}");

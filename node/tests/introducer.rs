@@ -23,13 +23,17 @@ async fn tub() -> Tub {
 }
 
 async fn introducer() -> (Tub, IntroducerService, Furl) {
+    introducer_with(IntroducerLimits::default()).await
+}
+
+async fn introducer_with(limits: IntroducerLimits) -> (Tub, IntroducerService, Furl) {
     let t = tub().await;
     let l = TcpListener::bind(&"tcp:0:interface=127.0.0.1".parse().unwrap())
         .await
         .unwrap();
     t.set_location(vec![l.hint_for(Host::Ipv4([127, 0, 0, 1].into()))]);
     t.listen(l);
-    let svc = IntroducerService::new(IntroducerLimits::default());
+    let svc = IntroducerService::new(limits);
     let furl = t.register(svc.serve()).unwrap();
     (t, svc, furl)
 }
@@ -294,17 +298,11 @@ impl Subscriber for Silent {
 /// other subscribers keep hearing announcements meanwhile.
 #[tokio::test]
 async fn a_silent_subscriber_does_not_accumulate_deliveries() {
-    let t = tub().await;
-    let l = TcpListener::bind(&"tcp:0:interface=127.0.0.1".parse().unwrap())
-        .await
-        .unwrap();
-    t.set_location(vec![l.hint_for(Host::Ipv4([127, 0, 0, 1].into()))]);
-    t.listen(l);
-    let svc = IntroducerService::new(IntroducerLimits {
+    let (_t, svc, furl) = introducer_with(IntroducerLimits {
         delivery_timeout: Duration::from_millis(300),
         ..IntroducerLimits::default()
-    });
-    let furl = t.register(svc.serve()).unwrap();
+    })
+    .await;
 
     let silent_tub = tub().await;
     let silent_intro: IntroducerRef = silent_tub.get(&furl).await.unwrap();

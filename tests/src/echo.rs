@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use folio_handlers::Registry;
-use folio_rpc::{interface, Furl, Hint, Identity, Listener, Tub, TubConfig};
+use folio_rpc::{interface, Furl, Hint, Identity, Listener, Side, Tub, TubConfig};
 
 /// Echoes, and calls back.
 #[interface(name = "test.echo.v1")]
@@ -59,4 +59,22 @@ pub async fn get_with_retries(tub: &Tub, furl: &Furl) -> EchoRef {
             Err(e) => panic!("the onion service was never reached: {e}"),
         }
     }
+}
+
+/// Gets the echo at `furl` (retrying as [`get_with_retries`] does), calls it, has it call
+/// back over the same connection, and checks that `server` accepted that connection as
+/// [`Side::Server`]. Returns the echo.
+pub async fn calls_both_ways(client: &Tub, server: &Tub, furl: &Furl) -> EchoRef {
+    let echo = get_with_retries(client, furl).await;
+    assert_eq!(echo.echo("hello".into()).await.unwrap(), "server: hello");
+    let mine = EchoRef::serve(EchoImpl("client"));
+    assert_eq!(
+        echo.call_back(mine, "and back".into()).await.unwrap(),
+        "client: and back"
+    );
+    assert_eq!(
+        server.connection_info(&client.tubid()).unwrap().side,
+        Side::Server
+    );
+    echo
 }

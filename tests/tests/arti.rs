@@ -8,8 +8,8 @@ use std::time::Duration;
 use folio_handlers::arti::{ArtiHandler, ArtiOnionListener, ArtiOptions, ArtiTor};
 use folio_handlers::tor::{OnionListener, TorHandler};
 use folio_handlers::{Handler, Registry, TcpPolicy};
-use folio_rpc::{Furl, Identity, Side, Tub, TubConfig};
-use folio_tests::echo::{get_with_retries, serve, EchoImpl, EchoRef};
+use folio_rpc::{Furl, Identity, Tub, TubConfig};
+use folio_tests::echo::{calls_both_ways, serve};
 use folio_tests::tornet::TorNet;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,20 +32,6 @@ fn tor_only_tub(handler: Arc<dyn Handler>) -> Tub {
         TubConfig::default(),
     )
     .unwrap()
-}
-
-async fn calls_both_ways(client: &Tub, server: &Tub, furl: &Furl) {
-    let echo = get_with_retries(client, furl).await;
-    assert_eq!(echo.echo("hello".into()).await.unwrap(), "server: hello");
-    let mine = EchoRef::serve(EchoImpl("client"));
-    assert_eq!(
-        echo.call_back(mine, "and back".into()).await.unwrap(),
-        "client: and back"
-    );
-    assert_eq!(
-        server.connection_info(&client.tubid()).unwrap().side,
-        Side::Server
-    );
 }
 
 async fn run(net: &TorNet) {

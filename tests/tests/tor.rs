@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use folio_handlers::tor::{OnionListener, TorHandler};
 use folio_handlers::{Registry, TcpPolicy};
-use folio_rpc::{Furl, Identity, Side, Tub, TubConfig};
-use folio_tests::echo::{get_with_retries, serve, EchoImpl, EchoRef};
+use folio_rpc::{Furl, Identity, Tub, TubConfig};
+use folio_tests::echo::{calls_both_ways, get_with_retries, serve};
 use folio_tests::tornet::TorNet;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,17 +55,7 @@ async fn run(net: &TorNet) {
     )
     .unwrap();
 
-    let echo = get_with_retries(&client, &furl).await;
-    assert_eq!(echo.echo("hello".into()).await.unwrap(), "server: hello");
-    let mine = EchoRef::serve(EchoImpl("client"));
-    assert_eq!(
-        echo.call_back(mine, "and back".into()).await.unwrap(),
-        "client: and back"
-    );
-    assert_eq!(
-        server.connection_info(&client.tubid()).unwrap().side,
-        Side::Server
-    );
+    calls_both_ways(&client, &server, &furl).await;
     let status = client.connection_status();
     let s = status.iter().find(|s| s.tubid == server.tubid()).unwrap();
     assert_eq!(
