@@ -4,17 +4,17 @@
 use std::future::Future;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
-use folio_handlers::{Registry, TcpListener};
+use folio_handlers::TcpListener;
 use folio_node::broker::ConnectedServer;
 use folio_node::immutable::{
     download, upload, CapError, ChkCap, DownloadError, EncodingParams, FileSource, Phase, Progress,
     ReadCap, ShareFront, UploadError, UploadReport, LIT_MAX,
 };
 use folio_node::storage::{si_b32, Storage, StorageConfig, StorageServerRef};
-use folio_rpc::{Host, Identity, Tub, TubConfig};
+use folio_rpc::{Host, Tub, TubConfig};
 
 mod common;
 use common::files_under;
@@ -38,12 +38,7 @@ fn run(body: impl Future<Output = ()>) {
 }
 
 fn tub() -> Tub {
-    Tub::new(
-        Identity::generate().unwrap(),
-        Arc::new(Registry::with_tcp()),
-        TubConfig::default(),
-    )
-    .unwrap()
+    folio_tests::tubs::tcp_tub(TubConfig::default())
 }
 
 struct Server {

@@ -4,22 +4,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use folio_handlers::{Registry, TcpListener};
 use folio_node::introducer::{
     Announcement, AnnouncementError, ClientOptions, IntroducerClient, IntroducerError,
     IntroducerLimits, IntroducerRef, IntroducerService, PublishOutcome, SignedAnnouncement,
     Subscriber, SubscriberRef, Verified,
 };
 use folio_node::private::SigningKey;
-use folio_rpc::{Bytes, CallError, Furl, Host, Identity, ReconnectPolicy, Tub, TubConfig};
+use folio_rpc::{Bytes, CallError, Furl, ReconnectPolicy, Tub, TubConfig};
 
 async fn tub() -> Tub {
-    Tub::new(
-        Identity::generate().unwrap(),
-        Arc::new(Registry::with_tcp()),
-        TubConfig::default(),
-    )
-    .unwrap()
+    folio_tests::tubs::tcp_tub(TubConfig::default())
 }
 
 async fn introducer() -> (Tub, IntroducerService, Furl) {
@@ -27,12 +21,7 @@ async fn introducer() -> (Tub, IntroducerService, Furl) {
 }
 
 async fn introducer_with(limits: IntroducerLimits) -> (Tub, IntroducerService, Furl) {
-    let t = tub().await;
-    let l = TcpListener::bind(&"tcp:0:interface=127.0.0.1".parse().unwrap())
-        .await
-        .unwrap();
-    t.set_location(vec![l.hint_for(Host::Ipv4([127, 0, 0, 1].into()))]);
-    t.listen(l);
+    let (t, _) = folio_tests::tubs::listening_tub(TubConfig::default()).await;
     let svc = IntroducerService::new(limits);
     let furl = t.register(svc.serve()).unwrap();
     (t, svc, furl)

@@ -4,15 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use folio_handlers::{Registry, TcpListener};
+use folio_handlers::TcpListener;
 use folio_node::storage::{
     si_b32, BucketWriterRef, CanaryRef, NullCanary, Storage, StorageConfig, StorageError,
     StorageServerRef, TestVector, TestWriteVectors, MAX_CHUNK,
 };
-use folio_rpc::{Bytes, CallError, Furl, Host, Identity, Tub, TubConfig};
+use folio_rpc::{Bytes, CallError, Furl, Host, Tub, TubConfig};
 
 mod common;
 use common::files_under;
@@ -32,12 +31,7 @@ fn run(body: impl Future<Output = ()>) {
 }
 
 fn tub() -> Tub {
-    Tub::new(
-        Identity::generate().unwrap(),
-        Arc::new(Registry::with_tcp()),
-        TubConfig::default(),
-    )
-    .unwrap()
+    folio_tests::tubs::tcp_tub(TubConfig::default())
 }
 
 /// A storage server on a listening Tub, and a client Tub connected to it.

@@ -46,7 +46,7 @@ pub fn serve(pem: &str, listener: impl Listener, hint: Hint) -> (Tub, Furl) {
 }
 
 /// Gets the echo at `furl`, retrying for up to 90 s: the first connection to a new onion
-/// service waits for its descriptor to spread.
+/// service waits for its descriptor to spread (and a new I2P destination for its lease set).
 pub async fn get_with_retries(tub: &Tub, furl: &Furl) -> EchoRef {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
@@ -56,7 +56,7 @@ pub async fn get_with_retries(tub: &Tub, furl: &Furl) -> EchoRef {
                 eprintln!("not yet: {e}");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            Err(e) => panic!("the onion service was never reached: {e}"),
+            Err(e) => panic!("{furl} was never reached: {e}"),
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod echo;
 pub mod i2pd;
 pub mod tornet;
+pub mod tubs;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};

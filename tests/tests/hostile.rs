@@ -20,12 +20,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use folio_handlers::{Registry, TcpListener};
+use folio_handlers::Registry;
 use folio_rpc::frame::{encode_frame, FrameReader, FrameWriter};
 use folio_rpc::message::{self, AnswerBody, Message, RefDesc, ROOT_OBJECT};
 use folio_rpc::{
-    interface, prelude, CallError, Furl, HandshakeConfig, Handshaker, Host, Identity, Refusal,
-    TlsStream, Tub, TubConfig, TubId,
+    interface, prelude, CallError, Furl, HandshakeConfig, Handshaker, Identity, Refusal, TlsStream,
+    Tub, TubConfig, TubId,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -186,18 +186,7 @@ fn config() -> TubConfig {
 
 async fn server(cfg: TubConfig) -> Server {
     log_mark(); // start capturing before anything happens
-    let tub = Tub::new(
-        Identity::generate().unwrap(),
-        Arc::new(Registry::with_tcp()),
-        cfg,
-    )
-    .unwrap();
-    let listener = TcpListener::bind(&"tcp:0:interface=127.0.0.1".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = listener.local_spec().addr;
-    tub.set_location(vec![listener.hint_for(Host::Ipv4([127, 0, 0, 1].into()))]);
-    tub.listen(listener);
+    let (tub, addr) = folio_tests::tubs::listening_tub(cfg).await;
     let state = State::new();
     let furl = tub
         .register_as(FactoryRef::serve(FactoryImpl(state.clone())), SWISSNUM)

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use folio_handlers::i2p::{I2pHandler, I2pListener};
 use folio_handlers::Registry;
-use folio_rpc::{Furl, Hint, Identity, Side, Swissnum, Tub, TubConfig};
-use folio_tests::echo::{serve, EchoImpl, EchoRef};
+use folio_rpc::{Furl, Hint, Identity, Swissnum, Tub, TubConfig};
+use folio_tests::echo::{calls_both_ways, serve, EchoRef};
 use folio_tests::i2pd::I2pd;
 use folio_transports::i2p::SamConfig;
 
@@ -80,21 +80,10 @@ async fn run() {
 
     // A call over I2P, and a call back the other way over the same connection.
     step("dialing");
-    let echo: EchoRef = client.get(&furl).await.expect("reached over I2P");
+    // The listener's end of the stream comes over a socket it opened to the SAM bridge, and
+    // it is still the TLS server (Tahoe-LAFS #2861): calls_both_ways checks the side.
+    let echo = calls_both_ways(&client, &server, &furl).await;
     step("connected");
-    assert_eq!(echo.echo("hello".into()).await.unwrap(), "server: hello");
-    let mine = EchoRef::serve(EchoImpl("client"));
-    assert_eq!(
-        echo.call_back(mine, "and back".into()).await.unwrap(),
-        "client: and back"
-    );
-
-    // The listener's end of the stream came over a socket it opened to the SAM bridge, and it
-    // was still the TLS server (Tahoe-LAFS #2861).
-    assert_eq!(
-        server.connection_info(&client.tubid()).unwrap().side,
-        Side::Server
-    );
     let status = client.connection_status();
     let s = status.iter().find(|s| s.tubid == server.tubid()).unwrap();
     assert_eq!(

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use folio_handlers::{Registry, TcpListener};
-use folio_rpc::{interface, HandshakeConfig, Host, Identity, Tub, TubConfig};
+use folio_handlers::Registry;
+use folio_rpc::{interface, HandshakeConfig, Identity, Tub, TubConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[interface(name = "test.robust.echo.v1")]
@@ -69,18 +69,7 @@ async fn idle_and_slow_handshakes_do_not_starve_a_good_client() {
         },
         ..TubConfig::default()
     };
-    let server = Tub::new(
-        Identity::generate().unwrap(),
-        Arc::new(Registry::with_tcp()),
-        cfg,
-    )
-    .unwrap();
-    let listener = TcpListener::bind(&"tcp:0:interface=127.0.0.1".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = listener.local_spec().addr;
-    server.set_location(vec![listener.hint_for(Host::Ipv4([127, 0, 0, 1].into()))]);
-    server.listen(listener);
+    let (server, addr) = folio_tests::tubs::listening_tub(cfg).await;
     let furl = server.register(EchoRef::serve(EchoImpl)).unwrap();
     let before = rss_bytes();
 
