@@ -12,7 +12,9 @@
 //!   been written, so a peer that never reads cannot make the queued and in-flight bytes
 //!   exceed the budget (a single frame larger than the budget is sent alone); outbound calls
 //!   hold an outbound permit until answered.
-//! - an optional **keepalive** task pings an idle peer and enforces the disconnect timeout.
+//! - no task of its own for keepalive: the Tub's one keepalive task
+//!   (`crate::tub`) calls `ConnShared::keepalive_check` on every connection, which pings an
+//!   idle peer and enforces the disconnect timeout.
 //!
 //! When the connection dies, for whatever reason, [`ConnShared::close`] runs exactly once:
 //! every pending call fails with the reason, every disconnect observer runs once, exports are
@@ -228,16 +230,12 @@ impl ConnShared {
                 hint = conn.winning_hint.as_deref().unwrap_or("-"),
             );
             let w = tokio::spawn(writer_loop(conn.clone(), writer).instrument(span.clone()));
-            let r = tokio::spawn(reader_loop(conn.clone(), reader).instrument(span.clone()));
-            let mut tasks = vec![w.abort_handle(), r.abort_handle()];
-            if conn.config.keepalive.is_some() || conn.config.disconnect_timeout.is_some() {
-                let k = tokio::spawn(keepalive_loop(Arc::downgrade(&conn)).instrument(span));
-                tasks.push(k.abort_handle());
-            }
+            let r = tokio::spawn(reader_loop(conn.clone(), reader).instrument(span));
+            let tasks = vec![w.abort_handle(), r.abort_handle()];
             let mut life = lock(&conn.life);
             if life.closed.is_some() {
-                // Closed before it started (it lost the duplicate rule): stop the reader and
-                // keepalive; the writer delivers the goodbye queued by close().
+                // Closed before it started (it lost the duplicate rule): stop the reader; the
+                // writer delivers the goodbye queued by close().
                 for t in tasks.iter().skip(1) {
                     t.abort();
                 }
@@ -1015,39 +1013,38 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
     }
 }
 
-async fn keepalive_loop(weak: Weak<ConnShared>) {
-    let Some(first) = weak.upgrade() else { return };
-    let keepalive = first.config.keepalive;
-    let timeout = first.config.disconnect_timeout;
-    let tick = [keepalive, timeout.map(|t| t / 4)]
+/// The period of a Tub's keepalive checks, if its configuration asks for any: often enough
+/// that a ping leaves within a tick of `keepalive`, and an idle connection closes within a
+/// quarter of `disconnect_timeout` of it.
+pub(crate) fn keepalive_tick(config: &TubConfig) -> Option<Duration> {
+    [config.keepalive, config.disconnect_timeout.map(|t| t / 4)]
         .into_iter()
         .flatten()
         .min()
-        .unwrap_or(Duration::from_secs(60))
-        .max(Duration::from_millis(10));
-    drop(first);
-    let mut nonce = 0u64;
-    loop {
-        tokio::time::sleep(tick).await;
-        let Some(conn) = weak.upgrade() else { return };
-        if conn.closed_reason().is_some() {
-            return;
+        .map(|t| t.max(Duration::from_millis(10)))
+}
+
+impl ConnShared {
+    /// One keepalive check: closes the connection with `Goodbye(Timeout)` if nothing has
+    /// arrived for `disconnect_timeout`, or pings the peer (with `nonce`) if nothing has
+    /// arrived for `keepalive`. Returns whether a ping was sent.
+    pub(crate) fn keepalive_check(&self, nonce: u64) -> bool {
+        if self.closed_reason().is_some() {
+            return false;
         }
-        let idle = conn.idle_for();
-        if let Some(t) = timeout {
+        let idle = self.idle_for();
+        if let Some(t) = self.config.disconnect_timeout {
             if idle >= t {
-                conn.close(
+                self.close(
                     &format!("nothing received from the peer for {idle:.1?}"),
                     Some(GoodbyeReason::Timeout),
                 );
-                return;
+                return false;
             }
         }
-        if let Some(k) = keepalive {
-            if idle >= k {
-                nonce += 1;
-                conn.send_message(&Message::Ping { nonce });
-            }
+        match self.config.keepalive {
+            Some(k) if idle >= k => self.send_message(&Message::Ping { nonce }),
+            _ => false,
         }
     }
 }

@@ -220,6 +220,8 @@ pub(crate) struct TubInner {
     dial_locks: Mutex<HashMap<TubId, Arc<tokio::sync::Mutex<()>>>>,
     status: Mutex<HashMap<TubId, PeerStatus>>,
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Whether the keepalive task (one per Tub, for all its connections) has started.
+    keepalive_started: std::sync::atomic::AtomicBool,
     shut_down: std::sync::atomic::AtomicBool,
 }
 
@@ -345,7 +347,41 @@ impl TubInner {
             loser.close(why, Some(GoodbyeReason::Duplicate));
         }
         start();
+        self.start_keepalive();
         winner
+    }
+
+    /// Starts the Tub's keepalive task with its first connection, if the configuration asks
+    /// for keepalives or a disconnect timeout. One task and one timer serve every connection
+    /// (a task per connection cost a spawn and a timer on every connect); it stops when the
+    /// Tub is dropped or shut down.
+    fn start_keepalive(&self) {
+        let Some(tick) = crate::connection::keepalive_tick(&self.config) else {
+            return;
+        };
+        if self
+            .keepalive_started
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let weak = self.me.clone();
+        tokio::spawn(async move {
+            let mut nonce = 0u64;
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(tub) = weak.upgrade() else { return };
+                if tub.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let conns: Vec<_> = lock(&tub.connections).values().cloned().collect();
+                drop(tub);
+                nonce += 1;
+                for c in conns {
+                    c.keepalive_check(nonce);
+                }
+            }
+        });
     }
 
     fn set_hint_status(&self, tubid: TubId, hint: &str, status: String) {
@@ -370,59 +406,71 @@ impl TubInner {
             .clear();
         // Every hint goes to the connector, even types this crate does not know: an embedder's
         // connector may handle its own. Unsupported ones come back at once and are skipped.
-        let mut attempts = JoinSet::new();
         // One sequence number for every attempt of this dial: the server admits only the
         // first of them to arrive, so both ends keep the same one.
         let seq = self.handshaker.next_connection_seq();
-        for hint in furl.hints() {
+        let attempt = |hint: &Hint| {
             let text = hint.to_string();
             let tub = self.arc();
             let hint = hint.clone();
             let span = info_span!("dial", peer = %tubid, hint = %text);
-            attempts.spawn(
-                async move {
-                    tub.set_hint_status(tubid, &text, "connecting".into());
-                    let handler = tub.connector.handler_name(&hint);
-                    let attempt = async {
-                        let stream = tub.connector.connect(&hint).await?;
-                        tub.set_hint_status(tubid, &text, "negotiating".into());
-                        let est = tub.handshaker.connect_with_seq(stream, tubid, seq).await?;
-                        Ok::<_, DialFailure>(est)
-                    };
-                    let result = match tokio::time::timeout(tub.config.dial_timeout, attempt).await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(DialFailure::Timeout(tub.config.dial_timeout)),
-                    };
-                    // Each attempt records its own end, whatever order they are collected in.
-                    match &result {
-                        Ok(_) => {}
-                        Err(DialFailure::Connect(ConnectError::Unsupported { kind })) => {
-                            let why = format!("skipped: no handler for {kind:?} hints");
-                            tub.set_hint_status(tubid, &text, why);
-                        }
-                        Err(e) => tub.set_hint_status(
-                            tubid,
-                            &text,
-                            format!("failed: {}", without_hint(&text, e)),
-                        ),
+            async move {
+                tub.set_hint_status(tubid, &text, "connecting".into());
+                let handler = tub.connector.handler_name(&hint);
+                let attempt = async {
+                    let stream = tub.connector.connect(&hint).await?;
+                    tub.set_hint_status(tubid, &text, "negotiating".into());
+                    let est = tub.handshaker.connect_with_seq(stream, tubid, seq).await?;
+                    Ok::<_, DialFailure>(est)
+                };
+                let result = match tokio::time::timeout(tub.config.dial_timeout, attempt).await {
+                    Ok(r) => r,
+                    Err(_) => Err(DialFailure::Timeout(tub.config.dial_timeout)),
+                };
+                // Each attempt records its own end, whatever order they are collected in.
+                match &result {
+                    Ok(_) => {}
+                    Err(DialFailure::Connect(ConnectError::Unsupported { kind })) => {
+                        let why = format!("skipped: no handler for {kind:?} hints");
+                        tub.set_hint_status(tubid, &text, why);
                     }
-                    (text, handler, result)
+                    Err(e) => tub.set_hint_status(
+                        tubid,
+                        &text,
+                        format!("failed: {}", without_hint(&text, e)),
+                    ),
                 }
-                .instrument(span),
-            );
-        }
-        if attempts.is_empty() {
-            return Err(ReferenceError::NoUsableHints {
-                tubid,
-                detail: "the FURL has no hints".into(),
-            });
-        }
+                (text, handler, result)
+            }
+            .instrument(span)
+        };
+        let mut attempts = JoinSet::new();
+        // A FURL with one hint (the common case) is dialed on this task: no spawn.
+        let mut only = match furl.hints() {
+            [] => {
+                return Err(ReferenceError::NoUsableHints {
+                    tubid,
+                    detail: "the FURL has no hints".into(),
+                })
+            }
+            [hint] => Some(attempt(hint).await),
+            hints => {
+                for hint in hints {
+                    attempts.spawn(attempt(hint));
+                }
+                None
+            }
+        };
         let mut failures = Vec::new();
         let mut skipped = Vec::new();
-        while let Some(joined) = attempts.join_next().await {
-            let Ok((text, handler, result)) = joined else {
-                continue;
+        loop {
+            let (text, handler, result) = match only.take() {
+                Some(outcome) => outcome,
+                None => match attempts.join_next().await {
+                    Some(Ok(outcome)) => outcome,
+                    Some(Err(_)) => continue,
+                    None => break,
+                },
             };
             match result {
                 Ok(est) => {
@@ -621,6 +669,7 @@ impl Tub {
             dial_locks: Mutex::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
             listeners: Mutex::new(Vec::new()),
+            keepalive_started: std::sync::atomic::AtomicBool::new(false),
             shut_down: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Tub { inner })
