@@ -229,8 +229,10 @@ impl ConnShared {
                 side = ?conn.info.side,
                 hint = conn.winning_hint.as_deref().unwrap_or("-"),
             );
-            let w = tokio::spawn(writer_loop(conn.clone(), writer).instrument(span.clone()));
-            let r = tokio::spawn(reader_loop(conn.clone(), reader).instrument(span));
+            // The reader first: on a one-thread runtime it answers a call that came behind the
+            // client's hello before the writer's first write, which a held hello joins.
+            let r = tokio::spawn(reader_loop(conn.clone(), reader).instrument(span.clone()));
+            let w = tokio::spawn(writer_loop(conn.clone(), writer).instrument(span));
             let tasks = vec![w.abort_handle(), r.abort_handle()];
             let mut life = lock(&conn.life);
             if life.closed.is_some() {
@@ -663,6 +665,60 @@ impl RefCodec for ConnShared {
     }
 }
 
+/// A pending call's completion, which decodes the answer for the receiver it returns.
+fn completion<T, E>() -> (Completion, oneshot::Receiver<Result<T, CallError<E>>>)
+where
+    T: DeserializeOwned + Send + 'static,
+    E: DeserializeOwned + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel::<Result<T, CallError<E>>>();
+    let complete: Completion = Box::new(move |reply| {
+        let result = match reply {
+            Ok((reply, refs)) => decode_answer(reply, &refs),
+            Err(reason) => Err(CallError::Disconnected(reason)),
+        };
+        let _ = tx.send(result);
+    });
+    (complete, rx)
+}
+
+/// The id of the call a client may send right behind its hello, before the server's hello
+/// arrives (docs/protocol.md §5). A connection that carried one numbers its own calls after
+/// it.
+pub(crate) const EARLY_CALL_ID: u64 = 1;
+
+/// The frame of a call to the peer's root object, with `args` (encoded, carrying no
+/// references), to be sent as early data with id [`EARLY_CALL_ID`]; `None` if its payload is
+/// over [`crate::handshake::MIN_FRAME_LIMIT`], the least limit a server may announce.
+pub(crate) fn early_root_call(method: &str, args: &[u8]) -> Option<Vec<u8>> {
+    let call = Message::Call {
+        id: EARLY_CALL_ID,
+        target: ROOT_OBJECT,
+        interface: crate::tub::ROOT_INTERFACE,
+        method,
+        args,
+        refs: Vec::new(),
+    };
+    encode_frame(&call, crate::handshake::MIN_FRAME_LIMIT).ok()
+}
+
+impl ConnShared {
+    /// Waits for the answer to the call sent as early data ([`early_root_call`]): registers
+    /// its completion and numbers this connection's own calls after it. Runs before anyone
+    /// else can see the connection, and before its reader starts.
+    pub(crate) fn expect_early_answer<T, E>(&self) -> oneshot::Receiver<Result<T, CallError<E>>>
+    where
+        T: DeserializeOwned + Send + 'static,
+        E: DeserializeOwned + Send + 'static,
+    {
+        self.next_call_id
+            .store(EARLY_CALL_ID + 1, Ordering::Relaxed);
+        let (complete, rx) = completion::<T, E>();
+        lock(&self.pending).insert(EARLY_CALL_ID, complete);
+        rx
+    }
+}
+
 /// Removes a pending call's entry if the caller gives up (its future is dropped).
 struct PendingGuard<'a> {
     conn: &'a ConnShared,
@@ -737,14 +793,7 @@ impl RemoteInner {
             args: &args,
             refs,
         };
-        let (tx, rx) = oneshot::channel::<Result<T, CallError<E>>>();
-        let complete: Completion = Box::new(move |reply| {
-            let result = match reply {
-                Ok((reply, refs)) => decode_answer(reply, &refs),
-                Err(reason) => Err(CallError::Disconnected(reason)),
-            };
-            let _ = tx.send(result);
-        });
+        let (complete, rx) = completion::<T, E>();
         lock(&conn.pending).insert(id, complete);
         let guard = PendingGuard { conn, id };
         if let Some(reason) = conn.closed_reason() {
@@ -792,8 +841,15 @@ where
     let result: Result<(), String> = async {
         // Everything queued since the last take, written and flushed at once.
         let mut batch = Vec::new();
+        // A hello the handshake held back leaves now, with whatever is already queued.
+        let mut first = w.has_held();
         loop {
-            match shared.outbox.take(&mut batch).await {
+            let taken = match first {
+                true => shared.outbox.try_take(&mut batch).unwrap_or(Taken::Frames),
+                false => shared.outbox.take(&mut batch).await,
+            };
+            first = false;
+            match taken {
                 Taken::Frames => {
                     w.write_encoded(&batch).await.map_err(|e| e.to_string())?;
                     w.flush().await.map_err(|e| e.to_string())?;

@@ -218,6 +218,8 @@ pub struct FrameWriter<W> {
     io: W,
     max_len: u32,
     scratch: Vec<u8>,
+    /// Frames held back to leave at the front of the next write.
+    held: Vec<u8>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -227,6 +229,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             io,
             max_len,
             scratch: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -241,16 +244,28 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.scratch.reserve(HEADER_LEN + payload.len());
         self.scratch.extend_from_slice(&[0; HEADER_LEN]);
         self.scratch.extend_from_slice(payload);
-        self.write_scratch().await
+        self.write_scratch(payload.len()).await
     }
 
     /// Encodes `msg` with postcard and sends it as one frame.
     pub async fn send_message<T: Serialize>(&mut self, msg: &T) -> Result<(), FrameError> {
+        self.send_message_then(msg, &[]).await
+    }
+
+    /// Encodes `msg` with postcard as one frame and sends it with `encoded` (frames already
+    /// encoded, as for [`FrameWriter::write_encoded`]) right behind it, in one write.
+    pub async fn send_message_then<T: Serialize>(
+        &mut self,
+        msg: &T,
+        encoded: &[u8],
+    ) -> Result<(), FrameError> {
         self.scratch.clear();
         self.scratch.extend_from_slice(&[0; HEADER_LEN]);
         let scratch = std::mem::take(&mut self.scratch);
         self.scratch = postcard::to_extend(msg, scratch)?;
-        self.write_scratch().await
+        let len = self.scratch.len() - HEADER_LEN;
+        self.scratch.extend_from_slice(encoded);
+        self.write_scratch(len).await
     }
 
     /// Writes frames built by [`encode_frame`] or [`append_frame`], one or many back to back,
@@ -258,8 +273,43 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// and sent with a syscall of its own, so frames that are ready together are best written
     /// with one call.
     pub async fn write_encoded(&mut self, frames: &[u8]) -> Result<(), FrameError> {
-        self.io.write_all(frames).await?;
+        self.write_behind_held(frames).await?;
         Ok(())
+    }
+
+    /// Encodes `msg` as one frame without sending it: it leaves at the front of the next
+    /// write, whichever method makes it (see [`FrameWriter::has_held`]).
+    pub(crate) fn hold_message<T: Serialize>(&mut self, msg: &T) -> Result<(), FrameError> {
+        let at = self.held.len();
+        self.held.extend_from_slice(&[0; HEADER_LEN]);
+        let held = std::mem::take(&mut self.held);
+        self.held = postcard::to_extend(msg, held)?;
+        let len = self.held.len() - at - HEADER_LEN;
+        if len > self.max_len as usize {
+            self.held.truncate(at);
+            return Err(FrameError::TooLarge {
+                len: len as u64,
+                max: self.max_len,
+            });
+        }
+        self.held[at..at + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
+    }
+
+    /// Whether frames are held back by [`FrameWriter::hold_message`], to leave with the
+    /// next write.
+    pub(crate) fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Writes `bytes`, behind the held frames if there are any, in one write.
+    async fn write_behind_held(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.held.is_empty() {
+            return self.io.write_all(bytes).await;
+        }
+        let mut all = std::mem::take(&mut self.held);
+        all.extend_from_slice(bytes);
+        self.io.write_all(&all).await
     }
 
     /// Flushes frames written with [`FrameWriter::write_encoded`].
@@ -273,8 +323,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.max_len
     }
 
-    async fn write_scratch(&mut self) -> Result<(), FrameError> {
-        let len = self.scratch.len() - HEADER_LEN;
+    /// Writes the scratch buffer: a frame of `len` bytes whose header is still to be filled
+    /// in, and whatever follows it.
+    async fn write_scratch(&mut self, len: usize) -> Result<(), FrameError> {
         if len > self.max_len as usize {
             return Err(FrameError::TooLarge {
                 len: len as u64,
@@ -282,7 +333,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             });
         }
         self.scratch[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-        self.io.write_all(&self.scratch).await?;
+        let scratch = std::mem::take(&mut self.scratch);
+        let written = self.write_behind_held(&scratch).await;
+        self.scratch = scratch;
+        written?;
         self.io.flush().await?;
         if self.scratch.capacity() > SHRINK_ABOVE {
             self.scratch = Vec::new();

@@ -423,7 +423,51 @@ impl Handshaker {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let span = info_span!("handshake", side = "client", peer = %target);
-        self.run_client(io, &target, seq).instrument(span).await
+        let (est, _) = self
+            .run_client(io, &target, seq, &[])
+            .instrument(span)
+            .await?;
+        Ok(est)
+    }
+
+    /// The client path, with `early` (whole frames, each with its length prefix) sent in the
+    /// same write as this party's hello, before the server's hello arrives (handshake.md
+    /// §6.2). They are sent only if this party speaks a single protocol version, so that
+    /// their encoding cannot depend on the negotiation, and only if every frame's payload is
+    /// within [`MIN_FRAME_LIMIT`], the least limit a server may announce; the flag says
+    /// whether they were.
+    pub(crate) async fn connect_early<S>(
+        &self,
+        io: S,
+        target: TubId,
+        seq: u64,
+        early: &[u8],
+    ) -> Result<(Established<S>, bool), HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let span = info_span!("handshake", side = "client", peer = %target);
+        self.run_client(io, &target, seq, early)
+            .instrument(span)
+            .await
+    }
+
+    /// Whether `early` may follow this party's hello (see [`Handshaker::connect_early`]).
+    fn may_send_early(&self, early: &[u8]) -> bool {
+        if early.is_empty() || self.config.versions.0 != self.config.versions.1 {
+            return false;
+        }
+        let decoder = crate::frame::FrameDecoder::new(MIN_FRAME_LIMIT);
+        let mut rest = early;
+        while !rest.is_empty() {
+            match decoder.decode(rest) {
+                Ok(crate::frame::Decoded::Frame { len }) => {
+                    rest = &rest[crate::frame::HEADER_LEN + len..]
+                }
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// The server path, for a stream this party accepted (whatever opened the socket).
@@ -446,7 +490,23 @@ impl Handshaker {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let span = info_span!("handshake", side = "server");
-        self.run_server(io, admit).instrument(span).await
+        self.run_server(io, admit, false).instrument(span).await
+    }
+
+    /// [`Handshaker::accept_with`], with this party's hello held in the returned writer
+    /// ([`FrameWriter::has_held`]) to leave with the connection's first write: with the
+    /// answer to a call the client sent behind its own hello, in one segment. Whoever takes
+    /// the writer must write (and flush) soon, even if it has nothing else to send.
+    pub(crate) async fn accept_holding_hello<S>(
+        &self,
+        io: S,
+        admit: &Admit<'_>,
+    ) -> Result<Established<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let span = info_span!("handshake", side = "server");
+        self.run_server(io, admit, true).instrument(span).await
     }
 
     async fn run_client<S>(
@@ -454,11 +514,17 @@ impl Handshaker {
         io: S,
         target: &TubId,
         seq: u64,
-    ) -> Result<Established<S>, HandshakeError>
+        early: &[u8],
+    ) -> Result<(Established<S>, bool), HandshakeError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let cfg = &self.config;
+        let early = if self.may_send_early(early) {
+            early
+        } else {
+            &[]
+        };
         let mut tls = TlsStream::client(io, self.client_config.clone(), target)
             .map_err(HandshakeError::Config)?;
         // Prelude: the request and the ClientHello leave together; then wait for the answer.
@@ -485,14 +551,24 @@ impl Handshaker {
         }
         debug!("prelude accepted");
         let hello = self.hello(self.local.tubid(), seq);
-        self.finish(tls, Side::Client, self.local.tubid(), hello, None)
-            .await
+        let est = self
+            .finish(
+                tls,
+                Side::Client,
+                self.local.tubid(),
+                hello,
+                None,
+                HelloWith::Early(early),
+            )
+            .await?;
+        Ok((est, !early.is_empty()))
     }
 
     async fn run_server<S>(
         &self,
         mut io: S,
         admit: &Admit<'_>,
+        hold_hello: bool,
     ) -> Result<Established<S>, HandshakeError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -534,7 +610,12 @@ impl Handshaker {
         // ClientHello rustls refuses gets the answer and then its alert.
         tls.queue_raw(&prelude::encode_answer(Status::Proceed));
         let hello = self.hello(request.target, 0);
-        self.finish(tls, Side::Server, request.target, hello, Some(admit))
+        let with = if hold_hello {
+            HelloWith::Held
+        } else {
+            HelloWith::Nothing
+        };
+        self.finish(tls, Side::Server, request.target, hello, Some(admit), with)
             .await
     }
 
@@ -546,6 +627,7 @@ impl Handshaker {
         local: TubId,
         hello: Hello,
         admit: Option<&Admit<'_>>,
+        with: HelloWith<'_>,
     ) -> Result<Established<S>, HandshakeError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -580,8 +662,13 @@ impl Handshaker {
         let ours = (hello.min_version, hello.max_version);
         let outcome = timed(Phase::Hello, cfg.hello_timeout, async {
             if side == Side::Client {
+                // The client's early frames, if any, leave in the same write as its hello.
+                let early = match with {
+                    HelloWith::Early(early) => early,
+                    _ => &[],
+                };
                 writer
-                    .send_message(&hello)
+                    .send_message_then(&hello, early)
                     .await
                     .map_err(|e| HandshakeError::frame(Phase::Hello, e))?;
             }
@@ -613,10 +700,16 @@ impl Handshaker {
                     }
                 }
                 // Sent even without a common version, so the client can say so too.
-                writer
-                    .send_message(&hello)
-                    .await
-                    .map_err(|e| HandshakeError::frame(Phase::Hello, e))?;
+                if matches!(with, HelloWith::Held) && version.is_ok() {
+                    writer
+                        .hold_message(&hello)
+                        .map_err(|e| HandshakeError::frame(Phase::Hello, e))?;
+                } else {
+                    writer
+                        .send_message(&hello)
+                        .await
+                        .map_err(|e| HandshakeError::frame(Phase::Hello, e))?;
+                }
             }
             Ok((peer_hello, version?))
         })
@@ -638,6 +731,18 @@ impl Handshaker {
             },
         })
     }
+}
+
+/// What goes with this party's hello.
+#[derive(Clone, Copy)]
+enum HelloWith<'a> {
+    /// Nothing: the hello is written and flushed alone.
+    Nothing,
+    /// The client's early frames, in the same write.
+    Early(&'a [u8]),
+    /// Nothing yet: the server's hello is held in the writer, to leave with the
+    /// connection's first write.
+    Held,
 }
 
 /// Writes a refusal and closes, giving up silently if the peer does not take it in time:
@@ -749,7 +854,14 @@ mod tests {
             a.read_exact(&mut answer).await.unwrap();
             let tls = TlsStream::client(a, alice.client_config.clone(), &target).unwrap();
             alice
-                .finish(tls, Side::Client, liar, alice.hello(liar, 1), None)
+                .finish(
+                    tls,
+                    Side::Client,
+                    liar,
+                    alice.hello(liar, 1),
+                    None,
+                    HelloWith::Nothing,
+                )
                 .await
         };
         let (_c, s) = tokio::join!(client, bob.accept(b));

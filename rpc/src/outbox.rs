@@ -171,22 +171,28 @@ impl Outbox {
     /// Waits until there are frames to write, and swaps them into `batch` (which must be
     /// empty); or, once every frame has been taken, reports that the connection is closing.
     pub(crate) async fn take(&self, batch: &mut Vec<u8>) -> Taken {
-        debug_assert!(batch.is_empty());
         loop {
-            {
-                let mut state = self.lock();
-                if !state.queued.is_empty() {
-                    std::mem::swap(&mut state.queued, batch);
-                    state.writing = batch.len();
-                    return Taken::Frames;
-                }
-                if let Some(goodbye) = state.closing.as_mut() {
-                    return Taken::Close(goodbye.take());
-                }
+            if let Some(taken) = self.try_take(batch) {
+                return taken;
             }
             // A push between the look above and this wait leaves a permit that ends it at once.
             self.ready.notified().await;
         }
+    }
+
+    /// [`Outbox::take`] without waiting: `None` if nothing is queued and the outbox is open.
+    pub(crate) fn try_take(&self, batch: &mut Vec<u8>) -> Option<Taken> {
+        debug_assert!(batch.is_empty());
+        let mut state = self.lock();
+        if !state.queued.is_empty() {
+            std::mem::swap(&mut state.queued, batch);
+            state.writing = batch.len();
+            return Some(Taken::Frames);
+        }
+        state
+            .closing
+            .as_mut()
+            .map(|goodbye| Taken::Close(goodbye.take()))
     }
 
     /// The writer has written `batch`: its bytes leave the budget, and it is emptied for the

@@ -180,6 +180,9 @@ pub(crate) enum RootError {
 
 pub(crate) const ROOT_INTERFACE: &str = "folio.root";
 
+/// Where the answer to a FURL's resolution sent behind our hello will arrive.
+type EarlyResolve = tokio::sync::oneshot::Receiver<Result<ObjectRef, CallError<RootError>>>;
+
 impl Dispatch for Root {
     fn interface(&self) -> &'static str {
         ROOT_INTERFACE
@@ -291,22 +294,27 @@ impl TubInner {
         }
     }
 
-    /// Starts a connection's tasks and applies the duplicate rule. Returns the surviving one.
+    /// Starts a connection's tasks and applies the duplicate rule. Returns the surviving one,
+    /// and, if `early_resolve` says the FURL's resolution went out behind our hello and the
+    /// new connection survived, where its answer will arrive.
     fn adopt<S>(
         &self,
         est: Established<S>,
         hint: Option<String>,
         handler: Option<String>,
-    ) -> Arc<ConnShared>
+        early_resolve: bool,
+    ) -> (Arc<ConnShared>, Option<EarlyResolve>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (conn, start) =
             ConnShared::create(est, self.me.clone(), self.config.clone(), hint.clone());
+        // Registered before the connection is visible: its own calls are numbered after it.
+        let mut early = early_resolve.then(|| conn.expect_early_answer());
         if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
             conn.close("the Tub shut down", Some(GoodbyeReason::Shutdown));
             start();
-            return conn;
+            return (conn, None);
         }
         let peer = conn.info.peer;
         let mut conns = lock(&self.connections);
@@ -348,7 +356,11 @@ impl TubInner {
         }
         start();
         self.start_keepalive();
-        winner
+        if !Arc::ptr_eq(&winner, &conn) {
+            // The early answer would come on the connection that lost: resolve on the winner.
+            early = None;
+        }
+        (winner, early)
     }
 
     /// Starts the Tub's keepalive task with its first connection, if the configuration asks
@@ -396,9 +408,18 @@ impl TubInner {
         }
     }
 
-    /// Dials every usable hint at once; the first completed handshake wins.
-    async fn dial(&self, furl: &Furl) -> Result<Arc<ConnShared>, ReferenceError> {
+    /// Dials every usable hint at once; the first completed handshake wins. The FURL's
+    /// resolution goes out behind our hello on every attempt (protocol.md §5), and the
+    /// surviving connection comes back with where its answer will arrive.
+    async fn dial(
+        &self,
+        furl: &Furl,
+    ) -> Result<(Arc<ConnShared>, Option<EarlyResolve>), ReferenceError> {
         let tubid = furl.tubid();
+        let early = postcard::to_allocvec(&(furl.swissnum().as_str(),))
+            .ok()
+            .and_then(|args| crate::connection::early_root_call("get_reference", &args))
+            .unwrap_or_default();
         lock(&self.status)
             .entry(tubid)
             .or_insert_with(|| empty_status(tubid))
@@ -413,6 +434,7 @@ impl TubInner {
             let text = hint.to_string();
             let tub = self.arc();
             let hint = hint.clone();
+            let early = early.clone();
             let span = info_span!("dial", peer = %tubid, hint = %text);
             async move {
                 tub.set_hint_status(tubid, &text, "connecting".into());
@@ -420,7 +442,10 @@ impl TubInner {
                 let attempt = async {
                     let stream = tub.connector.connect(&hint).await?;
                     tub.set_hint_status(tubid, &text, "negotiating".into());
-                    let est = tub.handshaker.connect_with_seq(stream, tubid, seq).await?;
+                    let est = tub
+                        .handshaker
+                        .connect_early(stream, tubid, seq, &early)
+                        .await?;
                     Ok::<_, DialFailure>(est)
                 };
                 let result = match tokio::time::timeout(tub.config.dial_timeout, attempt).await {
@@ -473,7 +498,7 @@ impl TubInner {
                 },
             };
             match result {
-                Ok(est) => {
+                Ok((est, early_sent)) => {
                     attempts.abort_all();
                     if let Some(s) = lock(&self.status).get_mut(&tubid) {
                         for h in &mut s.hints {
@@ -485,7 +510,7 @@ impl TubInner {
                         }
                     }
                     self.set_hint_status(tubid, &text, "connected".into());
-                    return Ok(self.adopt(est, Some(text), handler));
+                    return Ok(self.adopt(est, Some(text), handler, early_sent));
                 }
                 Err(DialFailure::Connect(ConnectError::Unsupported { .. })) => {
                     skipped.push(format!("{text}: no handler"));
@@ -518,23 +543,27 @@ impl TubInner {
         })
     }
 
-    /// The live connection to `furl`'s Tub, dialing if there is none.
-    async fn connection_to(&self, furl: &Furl) -> Result<Arc<ConnShared>, ReferenceError> {
+    /// The live connection to `furl`'s Tub, dialing if there is none; a new connection comes
+    /// with the answer to `furl`'s resolution on the way, if it went out early.
+    async fn connection_to(
+        &self,
+        furl: &Furl,
+    ) -> Result<(Arc<ConnShared>, Option<EarlyResolve>), ReferenceError> {
         let tubid = furl.tubid();
         if let Some(c) = self.live_connection(&tubid) {
-            return Ok(c);
+            return Ok((c, None));
         }
         let dial_lock = lock(&self.dial_locks).entry(tubid).or_default().clone();
         let _one_dialer = dial_lock.lock().await;
         if let Some(c) = self.live_connection(&tubid) {
-            return Ok(c);
+            return Ok((c, None));
         }
         if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ReferenceError::Shutdown);
         }
         match self.dial(furl).await {
             // The peer dialed us meanwhile (and its connection won): use that one.
-            Err(e) => self.live_connection(&tubid).ok_or(e),
+            Err(e) => self.live_connection(&tubid).map(|c| (c, None)).ok_or(e),
             ok => ok,
         }
     }
@@ -572,15 +601,25 @@ impl TubInner {
         let mut tries = 0;
         loop {
             tries += 1;
-            let conn = tub.connection_to(furl).await?;
-            let root = conn.remote_root();
-            let result: Result<ObjectRef, CallError<RootError>> = root
-                .call(
-                    ROOT_INTERFACE,
-                    "get_reference",
-                    &(furl.swissnum().as_str(),),
-                )
-                .await;
+            let (conn, early) = tub.connection_to(furl).await?;
+            let result: Result<ObjectRef, CallError<RootError>> = match early {
+                // A new connection: the call went out behind our hello.
+                Some(answer) => answer.await.unwrap_or_else(|_| {
+                    Err(CallError::Disconnected(
+                        conn.closed_reason()
+                            .unwrap_or_else(|| "the connection was dropped".into()),
+                    ))
+                }),
+                None => {
+                    conn.remote_root()
+                        .call(
+                            ROOT_INTERFACE,
+                            "get_reference",
+                            &(furl.swissnum().as_str(),),
+                        )
+                        .await
+                }
+            };
             return match result {
                 Ok(r) => {
                     if let RefKind::Remote(inner) = &r.0 {
@@ -748,10 +787,10 @@ impl Tub {
         let inner = &self.inner;
         let est = inner
             .handshaker
-            .accept_with(stream, &|info| inner.admit(info))
+            .accept_holding_hello(stream, &|info| inner.admit(info))
             .await?;
         let info = est.info.clone();
-        self.inner.adopt(est, None, None);
+        self.inner.adopt(est, None, None, false);
         Ok(info)
     }
 
@@ -853,6 +892,106 @@ impl Tub {
         let conns: Vec<_> = lock(&self.inner.connections).values().cloned().collect();
         for c in conns {
             c.close("the Tub shut down", Some(GoodbyeReason::Shutdown));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::NoConnector;
+    use crate::message::{decode, AnswerBody, Message};
+    use crate::object::RefDesc;
+
+    /// A Tub's hello is held back until its first write, so the answer to a resolution that
+    /// came behind the client's hello leaves with it: one TLS record, one segment.
+    #[tokio::test]
+    async fn the_hello_and_the_early_answer_leave_together() {
+        let server = Tub::new(
+            Identity::generate().unwrap(),
+            Arc::new(NoConnector),
+            TubConfig::default(),
+        )
+        .unwrap();
+        let furl = server
+            .register_as(
+                // Any object will do: another Tub's root, which knows no names.
+                ObjectRef::local(Arc::new(Root(Weak::new()))),
+                "some-object-name",
+            )
+            .unwrap();
+        let client =
+            Handshaker::new(Arc::new(Identity::generate().unwrap()), Default::default()).unwrap();
+        let args = postcard::to_allocvec(&(furl.swissnum().as_str(),)).unwrap();
+        let early = crate::connection::early_root_call("get_reference", &args).unwrap();
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let b = CountWrites {
+            inner: b,
+            writes: writes.clone(),
+        };
+        let (connected, accepted) = tokio::join!(
+            client.connect_early(a, server.tubid(), 1, &early),
+            server.accept(b)
+        );
+        accepted.unwrap();
+        let (mut est, sent) = connected.unwrap();
+        assert!(sent, "a one-version client sends its early frames");
+        let frame = est.reader.next_frame().await.unwrap().unwrap();
+        match decode(frame).unwrap() {
+            Message::Answer {
+                id: 1,
+                body: AnswerBody::Ok { refs, .. },
+            } => assert!(matches!(refs.as_slice(), [RefDesc::Mine { .. }])),
+            other => panic!("expected the answer to call 1, got {other:?}"),
+        }
+        // The server wrote twice: its TLS flight (with the prelude answer), then its hello
+        // and the answer together.
+        let writes = lock(&writes).clone();
+        assert_eq!(writes.len(), 2, "the server's writes: {writes:?}");
+    }
+
+    /// A stream that records the size of every write.
+    struct CountWrites<S> {
+        inner: S,
+        writes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for CountWrites<S> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for CountWrites<S> {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+            if let std::task::Poll::Ready(Ok(n)) = &r {
+                lock(&self.writes).push(*n);
+            }
+            r
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
         }
     }
 }
