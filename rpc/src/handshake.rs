@@ -489,24 +489,7 @@ impl Handshaker {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let span = info_span!("handshake", side = "server");
-        self.run_server(io, admit, false).instrument(span).await
-    }
-
-    /// [`Handshaker::accept_with`], with this party's hello held in the returned writer
-    /// ([`FrameWriter::has_held`]) to leave with the connection's first write: with the
-    /// answer to a call the client sent behind its own hello, in one segment. Whoever takes
-    /// the writer must write (and flush) soon, even if it has nothing else to send.
-    pub(crate) async fn accept_holding_hello<S>(
-        &self,
-        io: S,
-        admit: &Admit<'_>,
-    ) -> Result<Established<S>, HandshakeError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        let span = info_span!("handshake", side = "server");
-        self.run_server(io, admit, true).instrument(span).await
+        self.run_server(io, admit, false).await
     }
 
     async fn run_client<S>(
@@ -564,7 +547,27 @@ impl Handshaker {
         Ok((est, !early.is_empty()))
     }
 
-    async fn run_server<S>(
+    /// The server path of [`Handshaker::accept_with`]. With `hold_hello`, this party's hello
+    /// is held in the returned writer ([`FrameWriter::has_held`]) to leave with the
+    /// connection's first write: with the answer to a call the client sent behind its own
+    /// hello, in one segment. Whoever takes that writer must write (and flush) soon, even if
+    /// it has nothing else to send.
+    pub(crate) async fn run_server<S>(
+        &self,
+        io: S,
+        admit: &Admit<'_>,
+        hold_hello: bool,
+    ) -> Result<Established<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let span = info_span!("handshake", side = "server");
+        self.server_phases(io, admit, hold_hello)
+            .instrument(span)
+            .await
+    }
+
+    async fn server_phases<S>(
         &self,
         mut io: S,
         admit: &Admit<'_>,

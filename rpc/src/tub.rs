@@ -787,7 +787,7 @@ impl Tub {
         let inner = &self.inner;
         let est = inner
             .handshaker
-            .accept_holding_hello(stream, &|info| inner.admit(info))
+            .run_server(stream, &|info| inner.admit(info), true)
             .await?;
         let info = est.info.clone();
         self.inner.adopt(est, None, None, false);
