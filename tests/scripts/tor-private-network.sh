@@ -127,6 +127,14 @@ TestingV3AuthInitialDistDelay $DDELAY
 V3AuthVotingInterval $VOTE
 V3AuthVoteDelay $VDELAY
 V3AuthDistDelay $DDELAY
+# Fast and Stable for every relay, always. Both are otherwise relative to the rest of the
+# network (bandwidth quantiles, MTBF medians) and flip from one consensus to the next on
+# five idle loopback relays; arti only samples guards that are Guard, Fast, Stable and
+# directory caches, so a consensus in which all three authorities lost Fast left an
+# embedded arti client with no usable guard until the test timed out.
+AuthDirFastGuarantee 1 bytes
+AuthDirVoteStableGuaranteeMinUptime 0
+AuthDirVoteStableGuaranteeMTBF 0
 EOF
   # C tor (TestingTorNetwork) uses an onion-service time period of
   # 24*V3AuthVotingInterval seconds (one SRV protocol run) and ignores hsdir_interval;
