@@ -27,19 +27,20 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::frame::{encode_frame, FrameReader, FrameWriter};
 use crate::furl::Furl;
 use crate::handshake::{ConnectionInfo, Established};
+use crate::limit::Limit;
 use crate::message::{self, AnswerBody, GoodbyeReason, Message, ROOT_OBJECT};
 use crate::object::{
     decode_answer, encode_args, resolve_refs, CallContext, CallError, Dispatch, LazyRef, ObjectRef,
@@ -54,16 +55,112 @@ type Observer = Box<dyn FnOnce(&str) + Send>;
 /// An inbound call, decoded and ready to run (it sends its own answer).
 type CallTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Inbound calls waiting for a free slot, in arrival order.
+/// The inbound calls running, and those waiting for a free slot in arrival order.
 #[derive(Default)]
 struct CallQueue {
     tasks: std::collections::VecDeque<(CallTask, usize)>,
     bytes: usize,
+    /// Slots taken (calls running), at most `max_inbound_calls`. Counted under this lock,
+    /// together with the queue, so that a slot coming free always goes to the call at its
+    /// head.
+    running: usize,
 }
 
-/// Completes one outstanding call with the answer and its resolved reference table. Runs on
-/// the reader task, in message order, and decodes the answer from the received frame.
-type Completion = Box<dyn for<'a> FnOnce(Result<(Outcome<'a>, Vec<ObjectRef>), String>) + Send>;
+/// A slot to run one inbound call, taken by [`ConnShared::admit_call`] and handed back with
+/// [`ConnShared::finish_call`] (which gives it to the next queued call). Dropped otherwise (a
+/// call task dropped unfinished), it is simply given back.
+struct Slot(Option<Arc<ConnShared>>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            lock(&conn.queue).running -= 1;
+        }
+    }
+}
+
+/// An answer's destination: decodes it for the caller and wakes the caller. Runs on the
+/// reader task, in message order, with the answer still in the received frame.
+trait Complete: Send + Sync {
+    fn complete(&self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), String>);
+}
+
+/// Where one call's answer lands, decoded: the caller's half of the call, shared with the
+/// pending table in a single allocation.
+struct AnswerSlot<T, E> {
+    state: Mutex<SlotState<T, E>>,
+}
+
+struct SlotState<T, E> {
+    /// The decoded answer, until the caller takes it.
+    result: Option<Result<T, CallError<E>>>,
+    /// The caller, to wake when the answer lands.
+    waker: Option<Waker>,
+}
+
+impl<T, E> Complete for AnswerSlot<T, E>
+where
+    T: DeserializeOwned + Send,
+    E: DeserializeOwned + Send,
+{
+    fn complete(&self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), String>) {
+        let result = match reply {
+            Ok((reply, refs)) => decode_answer(reply, &refs),
+            Err(reason) => Err(CallError::Disconnected(reason)),
+        };
+        let waker = {
+            let mut state = lock(&self.state);
+            if state.result.is_some() {
+                return; // completed already
+            }
+            state.result = Some(result);
+            state.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The caller's wait for an answer (see [`completion`]).
+pub(crate) struct Answer<T, E>(Arc<AnswerSlot<T, E>>);
+
+impl<T, E> Future for Answer<T, E> {
+    type Output = Result<T, CallError<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = lock(&self.0.state);
+        if let Some(result) = state.result.take() {
+            return Poll::Ready(result);
+        }
+        match &state.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// One outstanding call's entry in the pending table. It completes the call once; dropped
+/// without completing it (a connection torn down without running `close`), it fails the
+/// call rather than leave the caller waiting.
+struct Completion(Option<Arc<dyn Complete>>);
+
+impl Completion {
+    fn complete(mut self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), String>) {
+        if let Some(c) = self.0.take() {
+            c.complete(reply);
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.complete(Err("the connection was dropped".into()));
+        }
+    }
+}
 
 /// The table of outstanding calls, keyed by call id.
 type Pending = HashMap<u64, Completion, IdHash>;
@@ -127,13 +224,13 @@ pub(crate) struct ConnShared {
     exports: Mutex<Exports>,
     imports: Mutex<HashMap<u64, ImportEntry>>,
     next_generation: AtomicU64,
-    inbound: Arc<Semaphore>,
-    /// Calls decoded while every inbound slot was taken. The reader keeps reading (answers to
+    /// Calls running and calls decoded while every inbound slot was taken. The reader keeps reading (answers to
     /// our own calls may be right behind them: a method calling back into its caller must
     /// not deadlock) until this queue is full, and only then stops.
     queue: Mutex<CallQueue>,
     queue_room: tokio::sync::Notify,
-    outbound: Arc<Semaphore>,
+    /// Our own calls awaiting answers, at most `max_outbound_calls`.
+    outbound: Limit,
     life: Mutex<LifeState>,
     /// Set once by close(): the reader checks it between frames, so a closed connection stops
     /// consuming input even while input keeps arriving.
@@ -204,10 +301,9 @@ impl ConnShared {
             }),
             imports: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1), // 0 marks the root, which is never counted
-            inbound: Arc::new(Semaphore::new(config.max_inbound_calls.max(1))),
             queue: Mutex::new(CallQueue::default()),
             queue_room: tokio::sync::Notify::new(),
-            outbound: Arc::new(Semaphore::new(config.max_outbound_calls.max(1))),
+            outbound: Limit::new(config.max_outbound_calls),
             is_closed: std::sync::atomic::AtomicBool::new(false),
             life: Mutex::new(LifeState {
                 closed: None,
@@ -351,7 +447,7 @@ impl ConnShared {
         debug!(peer = %self.info.peer, reason, "connection closed");
         let pending = std::mem::take(&mut *lock(&self.pending));
         for (_, complete) in pending {
-            complete(Err(reason.to_string()));
+            complete.complete(Err(reason.to_string()));
         }
         let farewell = goodbye
             .and_then(|g| encode_frame(&Message::Goodbye { reason: g }, self.max_frame_out).ok());
@@ -532,43 +628,49 @@ impl ConnShared {
                 && q.bytes + size <= self.config.max_queued_call_bytes)
     }
 
-    /// Starts `task` now (returning it with its slot, to run inline) if a slot is free and no
-    /// call waits before it; otherwise queues it.
-    fn admit_call(
-        self: &Arc<Self>,
-        task: CallTask,
-        size: usize,
-    ) -> Option<(CallTask, OwnedSemaphorePermit)> {
+    /// Takes a slot to run a call now, if one is free and no call waits before it.
+    fn try_slot(self: &Arc<Self>) -> Option<Slot> {
         let mut q = lock(&self.queue);
-        if q.tasks.is_empty() {
-            if let Ok(slot) = self.inbound.clone().try_acquire_owned() {
-                return Some((task, slot));
-            }
+        if !q.tasks.is_empty() || q.running >= self.config.max_inbound_calls.max(1) {
+            return None;
         }
+        q.running += 1;
+        drop(q);
+        Some(Slot(Some(self.clone())))
+    }
+
+    /// Queues `task` (of `size` argument bytes) until a slot comes free.
+    fn queue_call(self: &Arc<Self>, task: CallTask, size: usize) {
+        let mut q = lock(&self.queue);
         q.bytes += size;
         q.tasks.push_back((task, size));
         // A slot may have come free meanwhile.
-        while !q.tasks.is_empty() {
-            let Ok(slot) = self.inbound.clone().try_acquire_owned() else {
+        let mut start = Vec::new();
+        while q.running < self.config.max_inbound_calls.max(1) {
+            let Some((task, size)) = q.tasks.pop_front() else {
                 break;
             };
-            let (task, size) = q.tasks.pop_front().expect("not empty");
             q.bytes -= size;
-            self.spawn_call(task, slot);
+            q.running += 1;
+            start.push(task);
         }
-        None
+        drop(q);
+        for task in start {
+            self.spawn_call(task, Slot(Some(self.clone())));
+        }
     }
 
-    fn spawn_call(self: &Arc<Self>, task: CallTask, slot: OwnedSemaphorePermit) {
-        let conn = self.clone();
+    fn spawn_call(&self, task: CallTask, slot: Slot) {
         tokio::spawn(async move {
             task.await;
-            conn.finish_call(slot);
+            if let Some(conn) = slot.0.clone() {
+                conn.finish_call(slot);
+            }
         });
     }
 
     /// A call finished: its slot goes to the next queued call, if any.
-    fn finish_call(self: &Arc<Self>, slot: OwnedSemaphorePermit) {
+    fn finish_call(&self, mut slot: Slot) {
         let mut q = lock(&self.queue);
         match q.tasks.pop_front() {
             Some((task, size)) => {
@@ -577,8 +679,12 @@ impl ConnShared {
                 self.queue_room.notify_waiters();
                 self.spawn_call(task, slot);
             }
-            // Released under the lock, so that admit_call cannot miss it.
-            None => drop(slot),
+            None => {
+                // Given back under the lock, so that queue_call cannot miss it.
+                q.running -= 1;
+                drop(q);
+                slot.0 = None;
+            }
         }
     }
 
@@ -665,21 +771,19 @@ impl RefCodec for ConnShared {
     }
 }
 
-/// A pending call's completion, which decodes the answer for the receiver it returns.
-fn completion<T, E>() -> (Completion, oneshot::Receiver<Result<T, CallError<E>>>)
+/// A pending call's entry for the pending table, and the caller's wait for its answer.
+fn completion<T, E>() -> (Completion, Answer<T, E>)
 where
     T: DeserializeOwned + Send + 'static,
     E: DeserializeOwned + Send + 'static,
 {
-    let (tx, rx) = oneshot::channel::<Result<T, CallError<E>>>();
-    let complete: Completion = Box::new(move |reply| {
-        let result = match reply {
-            Ok((reply, refs)) => decode_answer(reply, &refs),
-            Err(reason) => Err(CallError::Disconnected(reason)),
-        };
-        let _ = tx.send(result);
+    let slot = Arc::new(AnswerSlot {
+        state: Mutex::new(SlotState {
+            result: None,
+            waker: None,
+        }),
     });
-    (complete, rx)
+    (Completion(Some(slot.clone())), Answer(slot))
 }
 
 /// The id of the call a client may send right behind its hello, before the server's hello
@@ -706,7 +810,7 @@ impl ConnShared {
     /// Waits for the answer to the call sent as early data ([`early_root_call`]): registers
     /// its completion and numbers this connection's own calls after it. Runs before anyone
     /// else can see the connection, and before its reader starts.
-    pub(crate) fn expect_early_answer<T, E>(&self) -> oneshot::Receiver<Result<T, CallError<E>>>
+    pub(crate) fn expect_early_answer<T, E>(&self) -> Answer<T, E>
     where
         T: DeserializeOwned + Send + 'static,
         E: DeserializeOwned + Send + 'static,
@@ -777,12 +881,7 @@ impl RemoteInner {
         if let Some(reason) = conn.closed_reason() {
             return Err(CallError::Disconnected(reason));
         }
-        let permit = conn
-            .outbound
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| CallError::Disconnected("closed".into()))?;
+        let unit = conn.outbound.acquire().await;
         let id = conn.next_call_id.fetch_add(1, Ordering::Relaxed);
         let (args, refs) = encode_args(&self.codec(), args)?;
         let msg = Message::Call {
@@ -800,17 +899,14 @@ impl RemoteInner {
             return Err(CallError::Disconnected(reason));
         }
         self.send(&msg).await?;
+        drop(msg);
+        crate::object::recycle(args);
         let result = rx.await;
         // The completion was removed from the table to run (or the table was emptied by
         // close): no second lock and lookup to remove it.
         guard.completed();
-        drop(permit);
-        result.unwrap_or_else(|_| {
-            Err(CallError::Disconnected(
-                conn.closed_reason()
-                    .unwrap_or_else(|| "the connection was dropped".into()),
-            ))
-        })
+        drop(unit);
+        result
     }
 
     pub(crate) async fn call_oneway<A: Serialize>(
@@ -945,7 +1041,7 @@ where
                 // An unknown id is a call whose caller gave up.
                 let complete = lock(&shared.pending).remove(&id);
                 if let Some(complete) = complete {
-                    complete(Ok(answer));
+                    complete.complete(Ok(answer));
                 }
             }
             Message::Decref { target, count } => shared.decref(target, count),
@@ -1009,47 +1105,62 @@ async fn dispatch(
         }
         (Err(refusal), None) => debug!(%refusal, "one-way call refused"),
         (Ok(fut), id) => {
-            let conn = shared.clone();
-            let task: CallTask = Box::pin(async move {
-                let shared = conn;
-                let ctx = ctx;
-                let reply = CatchUnwind(AssertUnwindSafe(fut)).await.unwrap_or_else(|| {
-                    Reply::Refused(Refusal::Failed("the method panicked".into()))
-                });
-                if let Some(id) = id {
-                    let refs = ctx.take_out_refs();
-                    let body = match &reply {
-                        Reply::Ok(b) => AnswerBody::Ok { value: b, refs },
-                        Reply::AppError(b) => AnswerBody::AppError { value: b, refs },
-                        Reply::Refused(r) => AnswerBody::Refused(r.clone()),
-                    };
-                    let msg = Message::Answer { id, body };
-                    if !shared.send_message(&msg) {
-                        if let Message::Answer {
-                            body: AnswerBody::Ok { refs, .. } | AnswerBody::AppError { refs, .. },
-                            ..
-                        } = &msg
-                        {
-                            shared.rollback(refs);
-                        }
-                        let body = AnswerBody::Refused(Refusal::Failed(format!(
-                            "the answer exceeds the peer's frame limit of {} bytes",
-                            shared.max_frame_out
-                        )));
-                        shared.send_message(&Message::Answer { id, body });
-                    }
-                }
-                ctx.release_kept();
-            });
-            if let Some((mut task, slot)) = shared.admit_call(task, args.len()) {
-                let first = std::future::poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx))).await;
-                if first.is_pending() {
-                    shared.spawn_call(task, slot);
-                } else {
+            let mut fut = CatchUnwind(AssertUnwindSafe(fut));
+            let Some(slot) = shared.try_slot() else {
+                let conn = shared.clone();
+                let task = Box::pin(async move { send_answer(&conn, id, ctx, fut.await) });
+                shared.queue_call(task, args.len());
+                return;
+            };
+            // Polled here first: a method that completes at once is answered without a task
+            // (or an allocation) of its own.
+            let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await;
+            match first {
+                Poll::Ready(reply) => {
+                    send_answer(shared, id, ctx, reply);
                     shared.finish_call(slot);
+                }
+                Poll::Pending => {
+                    let conn = shared.clone();
+                    let task = Box::pin(async move { send_answer(&conn, id, ctx, fut.await) });
+                    shared.spawn_call(task, slot);
                 }
             }
         }
+    }
+}
+
+/// Queues the answer to call `id` (none for a one-way call), `None` if the method panicked,
+/// then lets go of what the call kept alive for it.
+fn send_answer(shared: &ConnShared, id: Option<u64>, ctx: CallContext, reply: Option<Reply>) {
+    let reply =
+        reply.unwrap_or_else(|| Reply::Refused(Refusal::Failed("the method panicked".into())));
+    if let Some(id) = id {
+        let refs = ctx.take_out_refs();
+        let body = match &reply {
+            Reply::Ok(b) => AnswerBody::Ok { value: b, refs },
+            Reply::AppError(b) => AnswerBody::AppError { value: b, refs },
+            Reply::Refused(r) => AnswerBody::Refused(r.clone()),
+        };
+        let msg = Message::Answer { id, body };
+        if !shared.send_message(&msg) {
+            if let Message::Answer {
+                body: AnswerBody::Ok { refs, .. } | AnswerBody::AppError { refs, .. },
+                ..
+            } = &msg
+            {
+                shared.rollback(refs);
+            }
+            let body = AnswerBody::Refused(Refusal::Failed(format!(
+                "the answer exceeds the peer's frame limit of {} bytes",
+                shared.max_frame_out
+            )));
+            shared.send_message(&Message::Answer { id, body });
+        }
+    }
+    ctx.release_kept();
+    if let Reply::Ok(b) | Reply::AppError(b) = reply {
+        crate::object::recycle(b);
     }
 }
 

@@ -100,6 +100,7 @@ pub mod frame;
 pub mod furl;
 pub mod handshake;
 pub mod identity;
+mod limit;
 pub mod message;
 pub mod object;
 mod outbox;

@@ -165,6 +165,8 @@ struct CallState {
     /// Whether `out_refs` may be non-empty: lets a reply without references skip the lock,
     /// yet still clear the table a previous reply on this context left.
     has_out_refs: std::sync::atomic::AtomicBool,
+    /// Whether `kept` may be non-empty: lets a reply without references skip its lock.
+    has_kept: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for CallContext {
@@ -189,12 +191,20 @@ impl CallContext {
                 kept: Mutex::new(Vec::new()),
                 out_refs: Mutex::new(Vec::new()),
                 has_out_refs: std::sync::atomic::AtomicBool::new(false),
+                has_kept: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
 
     /// The reply's reference table (taken once the reply is encoded).
     pub(crate) fn take_out_refs(&self) -> Vec<RefDesc> {
+        if !self
+            .state
+            .has_out_refs
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Vec::new();
+        }
         std::mem::take(
             &mut *self
                 .state
@@ -206,7 +216,13 @@ impl CallContext {
 
     /// Releases the references the reply carried (after the answer is queued).
     pub(crate) fn release_kept(&self) {
-        std::mem::take(&mut *self.state.kept.lock().unwrap_or_else(|p| p.into_inner()));
+        if self
+            .state
+            .has_kept
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            std::mem::take(&mut *self.state.kept.lock().unwrap_or_else(|p| p.into_inner()));
+        }
     }
 
     /// The calling Tub, or `None` for a call from this process.
@@ -249,6 +265,9 @@ impl CallContext {
         drop(recording);
         // Most replies carry no reference: then there is nothing to keep or record.
         if !kept.is_empty() {
+            self.state
+                .has_kept
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             self.state
                 .kept
                 .lock()
@@ -332,6 +351,37 @@ thread_local! {
     static IN_REFS: RefCell<Option<Vec<ObjectRef>>> = const { RefCell::new(None) };
 }
 
+thread_local! {
+    /// One encoding buffer kept for reuse (see [`recycle`]).
+    static SPARE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers at most this large are kept by [`recycle`]; larger ones are freed.
+const SPARE_CAPACITY: usize = 4096;
+
+/// An empty buffer to encode arguments or a reply into: the one [`recycle`] last kept on
+/// this thread if any, so that a call's encodings cost no allocation.
+fn spare_buffer() -> Vec<u8> {
+    SPARE
+        .try_with(|s| std::mem::take(&mut *s.borrow_mut()))
+        .unwrap_or_default()
+}
+
+/// Gives back an encoding buffer once its bytes have been copied into the outbox, for the
+/// next [`encode_value`] on this thread.
+pub(crate) fn recycle(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > SPARE_CAPACITY {
+        return;
+    }
+    buf.clear();
+    let _ = SPARE.try_with(|s| {
+        let mut spare = s.borrow_mut();
+        if spare.capacity() < buf.capacity() {
+            *spare = buf;
+        }
+    });
+}
+
 /// Runs `f` with `codec` installed for this thread, restoring the previous one after.
 pub(crate) fn with_codec<R>(codec: &Arc<dyn RefCodec>, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<Arc<dyn RefCodec>>);
@@ -361,7 +411,7 @@ pub(crate) fn encode_value<V: Serialize + ?Sized>(
     }
     let prev = OUT_REFS.with(|o| o.borrow_mut().replace(Vec::new()));
     let _restore = Restore(prev);
-    let bytes = with_codec(codec, || postcard::to_allocvec(value));
+    let bytes = with_codec(codec, || postcard::to_extend(value, spare_buffer()));
     let refs = OUT_REFS.with(|o| o.borrow_mut().take()).unwrap_or_default();
     match bytes {
         Ok(bytes) => Ok((bytes, refs)),

@@ -181,7 +181,7 @@ pub(crate) enum RootError {
 pub(crate) const ROOT_INTERFACE: &str = "folio.root";
 
 /// Where the answer to a FURL's resolution sent behind our hello will arrive.
-type EarlyResolve = tokio::sync::oneshot::Receiver<Result<ObjectRef, CallError<RootError>>>;
+type EarlyResolve = crate::connection::Answer<ObjectRef, RootError>;
 
 impl Dispatch for Root {
     fn interface(&self) -> &'static str {
@@ -604,12 +604,7 @@ impl TubInner {
             let (conn, early) = tub.connection_to(furl).await?;
             let result: Result<ObjectRef, CallError<RootError>> = match early {
                 // A new connection: the call went out behind our hello.
-                Some(answer) => answer.await.unwrap_or_else(|_| {
-                    Err(CallError::Disconnected(
-                        conn.closed_reason()
-                            .unwrap_or_else(|| "the connection was dropped".into()),
-                    ))
-                }),
+                Some(answer) => answer.await,
                 None => {
                     conn.remote_root()
                         .call(
