@@ -46,11 +46,13 @@ impl TorNet {
         for step in [&["setup"][..], &["start"], &["wait", "120"]] {
             let out = net.run(step);
             if !out.status.success() {
+                // The network's directory goes with it: say what its tors logged first.
                 panic!(
-                    "the private Tor network failed at `{}`:\n{}\n{}",
+                    "the private Tor network failed at `{}`:\n{}\n{}\n{}",
                     step.join(" "),
                     String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
+                    String::from_utf8_lossy(&out.stderr),
+                    net.log_tails(12)
                 );
             }
         }
@@ -65,6 +67,29 @@ impl TorNet {
             .env("BASE", self.base.to_string())
             .output()
             .expect("bash runs the network script")
+    }
+
+    /// The last `lines` lines of every node's notice log, for a failure report.
+    fn log_tails(&self, lines: usize) -> String {
+        let mut nodes: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        nodes.sort();
+        let mut report = String::new();
+        for node in nodes {
+            let Ok(log) = std::fs::read_to_string(node.join("notice.log")) else {
+                continue;
+            };
+            let all: Vec<&str> = log.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            report.push_str(&format!(
+                "--- {} (last {} lines of notice.log)\n{}\n",
+                node.file_name().unwrap_or_default().to_string_lossy(),
+                tail.len(),
+                tail.join("\n")
+            ));
+        }
+        report
     }
 
     /// The client tor's SOCKS port.
