@@ -11,7 +11,12 @@
 //!   then a flush. A frame keeps its share of the write budget until the batch holding it has
 //!   been written, so a peer that never reads cannot make the queued and in-flight bytes
 //!   exceed the budget (a single frame larger than the budget is sent alone); outbound calls
-//!   hold an outbound permit until answered.
+//!   hold an outbound unit until answered.
+//! - where no other frame is about to join a batch, the task that queued it writes it at
+//!   once instead of waking the writer task: a caller with no other call under way, and the
+//!   reader, once it has handled every frame of one read, for the answers and pongs those
+//!   frames provoked (one write for all of them). A write the stream cannot take at once is
+//!   finished by the writer task.
 //! - no task of its own for keepalive: the Tub's one keepalive task
 //!   (`crate::tub`) calls `ConnShared::keepalive_check` on every connection, which pings an
 //!   idle peer and enforces the disconnect timeout.
@@ -32,12 +37,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::frame::{encode_frame, FrameReader, FrameWriter};
+use crate::frame::{encode_frame, FrameReader};
 use crate::furl::Furl;
 use crate::handshake::{ConnectionInfo, Established};
 use crate::limit::Limit;
@@ -46,7 +51,7 @@ use crate::object::{
     decode_answer, encode_args, resolve_refs, CallContext, CallError, Dispatch, LazyRef, ObjectRef,
     Outcome, RefCodec, RefDesc, RefKind, Refusal, Reply,
 };
-use crate::outbox::{Outbox, PushError, Taken};
+use crate::outbox::{Outbox, PushError};
 use crate::tls::TlsStream;
 use crate::tub::{TubConfig, TubInner};
 
@@ -218,6 +223,12 @@ pub(crate) struct ConnShared {
     /// the peer provokes (answers, pongs, decrefs) that find none mean the peer is not
     /// reading, and the connection is closed rather than buffering without limit.
     outbox: Outbox,
+    /// Set while the reader handles the frames of one read: frames they provoke are written
+    /// together once it has handled them all ([`ConnShared::end_batch`]).
+    reader_batching: std::sync::atomic::AtomicBool,
+    /// A frame was queued into an empty outbox while the reader was batching, and nobody has
+    /// written it or woken the writer task for it yet.
+    flush_owed: std::sync::atomic::AtomicBool,
     max_frame_out: u32,
     pending: Mutex<Pending>,
     next_call_id: AtomicU64,
@@ -292,6 +303,8 @@ impl ConnShared {
             me: me.clone(),
             tub,
             outbox: Outbox::new(writer.max_len(), config.max_write_queue),
+            reader_batching: std::sync::atomic::AtomicBool::new(false),
+            flush_owed: std::sync::atomic::AtomicBool::new(false),
             pending: Mutex::new(Pending::default()),
             next_call_id: AtomicU64::new(1),
             exports: Mutex::new(Exports {
@@ -317,6 +330,8 @@ impl ConnShared {
             winning_hint,
             config,
         });
+        let (write_half, held) = writer.into_parts();
+        shared.outbox.attach(write_half, held);
         let conn = shared.clone();
         let starter = move || {
             let span = info_span!(
@@ -328,7 +343,7 @@ impl ConnShared {
             // The reader first: on a one-thread runtime it answers a call that came behind the
             // client's hello before the writer's first write, which a held hello joins.
             let r = tokio::spawn(reader_loop(conn.clone(), reader).instrument(span.clone()));
-            let w = tokio::spawn(writer_loop(conn.clone(), writer).instrument(span));
+            let w = tokio::spawn(writer_loop(conn.clone()).instrument(span));
             let tasks = vec![w.abort_handle(), r.abort_handle()];
             let mut life = lock(&conn.life);
             if life.closed.is_some() {
@@ -381,7 +396,10 @@ impl ConnShared {
     /// cannot be encoded, or the peer has left too much unread (which closes the connection).
     fn send_message(&self, msg: &Message<'_>) -> bool {
         match self.outbox.push(msg) {
-            Ok(()) => true,
+            Ok(first) => {
+                self.queued(first, false);
+                true
+            }
             Err(PushError::Encode(e)) => {
                 warn!("cannot send a message: {e}");
                 false
@@ -399,6 +417,51 @@ impl ConnShared {
                 false
             }
             Err(PushError::Closed) => false,
+        }
+    }
+
+    /// Sees that a frame just queued gets written. Only the first frame into an empty queue
+    /// needs anyone told (`first`): the writers take everything queued at once. With `now`
+    /// (no more frames are expected soon) it is written on this task at once. Otherwise the
+    /// writer task is woken, or, while the reader is handling the frames of one read, the
+    /// reader writes them all once it has ([`ConnShared::end_batch`]).
+    fn queued(&self, first: bool, now: bool) {
+        if !first {
+            return;
+        }
+        if now {
+            self.write_now();
+            return;
+        }
+        // Owed first, then the look at the reader: either the reader's end_batch finds the
+        // debt, or this finds the reader done and pays it (whoever swaps it out).
+        self.flush_owed.store(true, Ordering::SeqCst);
+        if !self.reader_batching.load(Ordering::SeqCst)
+            && self.flush_owed.swap(false, Ordering::SeqCst)
+        {
+            self.outbox.wake_writer();
+        }
+    }
+
+    /// Writes what is queued on this task (see [`Outbox::write_now`]); a failed write closes
+    /// the connection, as it would in the writer task.
+    fn write_now(&self) {
+        if let Err(e) = self.outbox.write_now() {
+            self.close(&format!("write failed: {e}"), None);
+        }
+    }
+
+    /// The reader is about to handle the frames of one read.
+    fn begin_batch(&self) {
+        self.reader_batching.store(true, Ordering::SeqCst);
+    }
+
+    /// The reader has handled every frame it had (or is about to wait for room): what they
+    /// provoked is written now, in one write.
+    fn end_batch(&self) {
+        self.reader_batching.store(false, Ordering::SeqCst);
+        if self.flush_owed.swap(false, Ordering::SeqCst) {
+            self.write_now();
         }
     }
 
@@ -609,6 +672,9 @@ impl ConnShared {
         if self.has_queue_room(size) {
             return;
         }
+        // Frames queued by the reader's batch so far must not wait as long as this may.
+        self.end_batch();
+        let _rebatch = Rebatch(self);
         loop {
             let room = self.queue_room.notified();
             tokio::pin!(room);
@@ -823,6 +889,15 @@ impl ConnShared {
     }
 }
 
+/// Resumes the reader's batch when the reader is done waiting for queue room.
+struct Rebatch<'a>(&'a ConnShared);
+
+impl Drop for Rebatch<'_> {
+    fn drop(&mut self) {
+        self.0.begin_batch();
+    }
+}
+
 /// Removes a pending call's entry if the caller gives up (its future is dropped).
 struct PendingGuard<'a> {
     conn: &'a ConnShared,
@@ -848,10 +923,15 @@ impl RemoteInner {
     }
 
     /// Queues a call, waiting for room in the write budget. If it cannot be sent, what its
-    /// reference table counted is undone.
-    async fn send<E>(&self, msg: &Message<'_>) -> Result<(), CallError<E>> {
+    /// reference table counted is undone. `alone` says that no other call of ours is under
+    /// way on this connection: no other frame is likely to join this one soon, so it is
+    /// written at once rather than by the writer task.
+    async fn send<E>(&self, msg: &Message<'_>, alone: bool) -> Result<(), CallError<E>> {
         match self.conn.outbox.push_waiting(msg).await {
-            Ok(()) => Ok(()),
+            Ok(first) => {
+                self.conn.queued(first, alone);
+                Ok(())
+            }
             Err(PushError::Encode(e)) => {
                 if let Message::Call { refs, .. } | Message::Oneway { refs, .. } = msg {
                     self.conn.rollback(refs);
@@ -898,7 +978,9 @@ impl RemoteInner {
         if let Some(reason) = conn.closed_reason() {
             return Err(CallError::Disconnected(reason));
         }
-        self.send(&msg).await?;
+        // Alone: no other caller holds an outbound unit, answered or not, so no other call is
+        // about to join this one in the queue.
+        self.send(&msg, unit.alone).await?;
         drop(msg);
         crate::object::recycle(args);
         let result = rx.await;
@@ -919,50 +1001,22 @@ impl RemoteInner {
             return Err(CallError::Disconnected(reason));
         }
         let (args, refs) = encode_args(&self.codec(), args)?;
-        self.send(&Message::Oneway {
-            target: self.id,
-            interface,
-            method,
-            args: &args,
-            refs,
-        })
+        self.send(
+            &Message::Oneway {
+                target: self.id,
+                interface,
+                method,
+                args: &args,
+                refs,
+            },
+            false,
+        )
         .await
     }
 }
 
-async fn writer_loop<S>(shared: Arc<ConnShared>, mut w: FrameWriter<WriteHalf<TlsStream<S>>>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let result: Result<(), String> = async {
-        // Everything queued since the last take, written and flushed at once.
-        let mut batch = Vec::new();
-        // A hello the handshake held back leaves now, with whatever is already queued.
-        let mut first = w.has_held();
-        loop {
-            let taken = match first {
-                true => shared.outbox.try_take(&mut batch).unwrap_or(Taken::Frames),
-                false => shared.outbox.take(&mut batch).await,
-            };
-            first = false;
-            match taken {
-                Taken::Frames => {
-                    w.write_encoded(&batch).await.map_err(|e| e.to_string())?;
-                    w.flush().await.map_err(|e| e.to_string())?;
-                    shared.outbox.written(&mut batch);
-                }
-                Taken::Close(farewell) => {
-                    if let Some(f) = farewell {
-                        let _ = w.write_encoded(&f).await;
-                    }
-                    let _ = tokio::time::timeout(Duration::from_secs(5), w.shutdown()).await;
-                    return Ok(());
-                }
-            }
-        }
-    }
-    .await;
-    if let Err(e) = result {
+async fn writer_loop(shared: Arc<ConnShared>) {
+    if let Err(e) = shared.outbox.run_writer().await {
         shared.close(&format!("write failed: {e}"), None);
     }
 }
@@ -989,6 +1043,10 @@ where
         // The clock is read once per read from the stream, not once per frame: the frames
         // of one read arrived together.
         let reads = !r.frame_buffered();
+        if reads {
+            // Every frame received so far is handled: what they provoked leaves now.
+            shared.end_batch();
+        }
         let frame = match r.next_frame().await {
             Ok(Some(f)) => f,
             Ok(None) => break ("the peer closed the connection".to_string(), None),
@@ -996,6 +1054,7 @@ where
         };
         if reads {
             shared.touch();
+            shared.begin_batch();
         }
         let msg = match message::decode(frame) {
             Ok(m) => m,

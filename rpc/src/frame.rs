@@ -278,7 +278,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Encodes `msg` as one frame without sending it: it leaves at the front of the next
-    /// write, whichever method makes it (see [`FrameWriter::has_held`]).
+    /// write, whichever method makes it, or with the stream from [`FrameWriter::into_parts`].
     pub(crate) fn hold_message<T: Serialize>(&mut self, msg: &T) -> Result<(), FrameError> {
         let at = self.held.len();
         self.held.extend_from_slice(&[0; HEADER_LEN]);
@@ -294,12 +294,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
         self.held[at..at + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
-    }
-
-    /// Whether frames are held back by [`FrameWriter::hold_message`], to leave with the
-    /// next write.
-    pub(crate) fn has_held(&self) -> bool {
-        !self.held.is_empty()
     }
 
     /// Writes `bytes`, behind the held frames if there are any, in one write.
@@ -353,6 +347,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// The wrapped stream.
     pub fn get_ref(&self) -> &W {
         &self.io
+    }
+
+    /// Gives back the stream, with the frames held back by [`FrameWriter::hold_message`]
+    /// (encoded, to be written before anything else).
+    pub(crate) fn into_parts(self) -> (W, Vec<u8>) {
+        (self.io, self.held)
     }
 }
 

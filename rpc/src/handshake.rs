@@ -548,7 +548,7 @@ impl Handshaker {
     }
 
     /// The server path of [`Handshaker::accept_with`]. With `hold_hello`, this party's hello
-    /// is held in the returned writer ([`FrameWriter::has_held`]) to leave with the
+    /// is held in the returned writer ([`FrameWriter::into_parts`]) to leave with the
     /// connection's first write: with the answer to a call the client sent behind its own
     /// hello, in one segment. Whoever takes that writer must write (and flush) soon, even if
     /// it has nothing else to send.

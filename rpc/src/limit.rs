@@ -27,11 +27,15 @@ pub(crate) struct Limit {
 
 /// One unit of a [`Limit`], given back when dropped.
 #[must_use = "the unit is given back when this is dropped"]
-pub(crate) struct Unit<'a>(&'a Limit);
+pub(crate) struct Unit<'a> {
+    limit: &'a Limit,
+    /// No other unit was held when this one was taken.
+    pub(crate) alone: bool,
+}
 
 impl Drop for Unit<'_> {
     fn drop(&mut self) {
-        self.0.release();
+        self.limit.release();
     }
 }
 
@@ -46,18 +50,26 @@ impl Limit {
         }
     }
 
-    fn try_take(&self) -> bool {
+    /// Takes a unit if one is free: `Some(true)` if no other was held.
+    fn try_take(&self) -> Option<bool> {
         self.used
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
                 (u < self.max).then_some(u + 1)
             })
-            .is_ok()
+            .ok()
+            .map(|before| before == 0)
+    }
+
+    fn unit(&self, alone: bool) -> Unit<'_> {
+        Unit { limit: self, alone }
     }
 
     /// Takes a unit, waiting for one to come free if all are held.
     pub(crate) async fn acquire(&self) -> Unit<'_> {
-        if self.waiting.load(Ordering::SeqCst) == 0 && self.try_take() {
-            return Unit(self);
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            if let Some(alone) = self.try_take() {
+                return self.unit(alone);
+            }
         }
         self.waiting.fetch_add(1, Ordering::SeqCst);
         // Counted as waiting until it returns, even if the caller gives up (drops this).
@@ -73,8 +85,8 @@ impl Limit {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if self.try_take() {
-                return Unit(self);
+            if let Some(alone) = self.try_take() {
+                return self.unit(alone);
             }
             room.await;
         }
@@ -105,11 +117,13 @@ mod tests {
         let limit = Limit::new(2);
         let a = limit.acquire().await;
         let b = limit.acquire().await;
+        assert!(a.alone && !b.alone);
         assert_eq!(limit.used(), 2);
         drop(a);
         assert_eq!(limit.used(), 1);
         drop(b);
         assert_eq!(limit.used(), 0);
+        assert!(limit.acquire().await.alone);
         // Zero means one: a limit that never lets a call through would be a deadlock.
         let one = Limit::new(0);
         let _u = one.acquire().await;

@@ -11,9 +11,25 @@
 //! The budget counts the bytes queued plus those the writer has taken and not yet written.
 //! A frame is accepted while the total stays within it, and always when nothing is waiting
 //! (so that a frame larger than the budget can still be sent, alone).
+//!
+//! **Who writes.** The outbox also holds the stream's write half ([`Outbox::attach`]), behind
+//! a lock of its own, and whoever holds that lock writes: the writer task
+//! ([`Outbox::run_writer`]), or the task that queued a frame, at once ([`Outbox::write_now`]).
+//! Either way the bytes leave in queue order, taken whole from the queue. Writing at once
+//! saves waking the writer task, which on a round trip is a task switch on each end; the
+//! connection uses it where no more frames are about to follow (a caller with no other call
+//! outstanding, the reader once it has handled every frame it received) and leaves batches
+//! to the writer task. A write that cannot finish at once is left where it stopped, with the
+//! writer task's waker registered on the stream, and the writer task finishes it. Only the
+//! writer task says goodbye and shuts the stream.
 
-use std::sync::Mutex;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Mutex, TryLockError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
+use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 
 use crate::frame::{append_frame, FrameError};
@@ -30,9 +46,9 @@ pub(crate) enum PushError {
     Closed,
 }
 
-/// What [`Outbox::take`] hands the writer.
+/// What [`Outbox::take_now`] hands a writer.
 #[derive(Debug)]
-pub(crate) enum Taken {
+enum Taken {
     /// Frames, now in the writer's buffer.
     Frames,
     /// The connection is closing, and every frame queued before has been taken: send this
@@ -52,9 +68,60 @@ struct State {
     room_wanted: bool,
 }
 
+/// The write half of a connection's stream, as the outbox's writers drive it.
+pub(crate) trait WriteSide: Send {
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl<W: AsyncWrite + Unpin + Send> WriteSide for W {
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write(cx, buf)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self).poll_flush(cx)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self).poll_shutdown(cx)
+    }
+}
+
+/// The write half and the batch being written through it.
+struct Pipe {
+    io: Box<dyn WriteSide>,
+    /// Frames taken from the queue, written up to `done`.
+    batch: Vec<u8>,
+    done: usize,
+    /// `batch` is written whole but not yet flushed.
+    unflushed: bool,
+}
+
+/// What driving the pipe came to, when it did not have to wait for the stream.
+enum Drove {
+    /// Everything queued is written.
+    Idle,
+    /// Everything queued is written and the connection is closing: the goodbye, if any.
+    Closing(Option<Vec<u8>>),
+}
+
+/// The writers' side, under its own lock: held only while writing, never across a wait.
+#[derive(Default)]
+struct Writing {
+    /// `None` before [`Outbox::attach`], and once the writer task has begun to say goodbye.
+    pipe: Option<Pipe>,
+    /// The writer task's waker. A frame written at once by another task is written in the
+    /// writer task's name, so that if the stream cannot take it all, the writer task is the
+    /// one woken to finish.
+    waker: Option<Waker>,
+}
+
 /// The frames waiting for one connection's writer.
 pub(crate) struct Outbox {
     state: Mutex<State>,
+    writing: Mutex<Writing>,
     /// Wakes the writer when the queue stops being empty, or on close.
     ready: Notify,
     /// Wakes the callers waiting for room when the writer has written a batch.
@@ -85,6 +152,7 @@ impl Outbox {
     pub(crate) fn new(max_frame: u32, budget: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
+            writing: Mutex::new(Writing::default()),
             ready: Notify::new(),
             room: Notify::new(),
             max_frame,
@@ -96,13 +164,32 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `msg` as a frame if the budget has room for it now.
-    pub(crate) fn push(&self, msg: &Message<'_>) -> Result<(), PushError> {
+    /// Gives the outbox the stream's write half. `held` (frames encoded already, such as a
+    /// hello held back by the handshake) leave first, with the first write.
+    pub(crate) fn attach<W: AsyncWrite + Unpin + Send + 'static>(&self, io: W, held: Vec<u8>) {
+        if !held.is_empty() {
+            let mut state = self.lock();
+            let mut queued = held;
+            queued.append(&mut state.queued);
+            state.queued = queued;
+        }
+        lock_writing(&self.writing).pipe = Some(Pipe {
+            io: Box::new(io),
+            batch: Vec::new(),
+            done: 0,
+            unflushed: false,
+        });
+    }
+
+    /// Queues `msg` as a frame if the budget has room for it now. Returns whether the queue
+    /// was empty before: then nobody has been told to write it yet (see [`Outbox::write_now`]
+    /// and [`Outbox::wake_writer`]).
+    pub(crate) fn push(&self, msg: &Message<'_>) -> Result<bool, PushError> {
         self.push_or_want_room(msg, false)
     }
 
-    /// Queues `msg` as a frame, waiting for room in the budget.
-    pub(crate) async fn push_waiting(&self, msg: &Message<'_>) -> Result<(), PushError> {
+    /// Queues `msg` as a frame, waiting for room in the budget; returns as [`Outbox::push`].
+    pub(crate) async fn push_waiting(&self, msg: &Message<'_>) -> Result<bool, PushError> {
         match self.push(msg) {
             Err(PushError::Full) => {}
             done => return done,
@@ -119,7 +206,7 @@ impl Outbox {
         }
     }
 
-    fn push_or_want_room(&self, msg: &Message<'_>, want_room: bool) -> Result<(), PushError> {
+    fn push_or_want_room(&self, msg: &Message<'_>, want_room: bool) -> Result<bool, PushError> {
         let mut state = self.lock();
         if state.closing.is_some() {
             return Err(PushError::Closed);
@@ -144,13 +231,131 @@ impl Outbox {
             state.room_wanted |= want_room;
             return Err(PushError::Full);
         }
-        drop(state);
-        // The writer takes everything at once, so a queue that was not empty has already
+        // The writers take everything at once, so a queue that was not empty has already
         // been signalled and not yet taken.
-        if before == 0 {
-            self.ready.notify_one();
+        Ok(before == 0)
+    }
+
+    /// Wakes the writer task to write what is queued.
+    pub(crate) fn wake_writer(&self) {
+        self.ready.notify_one();
+    }
+
+    /// Writes what is queued now, on the calling task, if no one else is writing; otherwise
+    /// (or before the writer task has started) wakes the writer task. An error is the
+    /// stream's: the connection is broken.
+    pub(crate) fn write_now(&self) -> io::Result<()> {
+        let mut writing = match self.writing.try_lock() {
+            Ok(w) => w,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // The writer holding it takes the queue again before it lets go, or finds
+                // this wake-up when it next waits.
+                self.wake_writer();
+                return Ok(());
+            }
+        };
+        let Writing { pipe, waker } = &mut *writing;
+        let (Some(pipe), Some(waker)) = (pipe.as_mut(), waker.as_ref()) else {
+            drop(writing);
+            self.wake_writer();
+            return Ok(());
+        };
+        let mut cx = Context::from_waker(waker);
+        match self.drive(pipe, &mut cx, false) {
+            Poll::Ready(Ok(Drove::Idle)) => Ok(()),
+            // The stream will wake the writer task, but that task waits for the outbox, not
+            // for the stream, and would not look: tell it to take over the write. And a
+            // closing outbox's goodbye is the writer task's to send.
+            Poll::Pending | Poll::Ready(Ok(Drove::Closing(_))) => {
+                drop(writing);
+                self.wake_writer();
+                Ok(())
+            }
+            Poll::Ready(Err(e)) => Err(e),
         }
-        Ok(())
+    }
+
+    /// Writes, flushes and takes batches until the queue is empty or the stream makes us
+    /// wait. Only the writer task takes the goodbye (`take_goodbye`).
+    fn drive(
+        &self,
+        pipe: &mut Pipe,
+        cx: &mut Context<'_>,
+        take_goodbye: bool,
+    ) -> Poll<io::Result<Drove>> {
+        loop {
+            if pipe.done < pipe.batch.len() {
+                match pipe.io.poll_write(cx, &pipe.batch[pipe.done..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => pipe.done += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+                continue;
+            }
+            if pipe.unflushed {
+                match pipe.io.poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+                pipe.unflushed = false;
+                pipe.done = 0;
+                self.written(&mut pipe.batch);
+            }
+            match self.take_now(&mut pipe.batch, take_goodbye) {
+                Some(Taken::Frames) => pipe.unflushed = true,
+                Some(Taken::Close(goodbye)) => return Poll::Ready(Ok(Drove::Closing(goodbye))),
+                None => return Poll::Ready(Ok(Drove::Idle)),
+            }
+        }
+    }
+
+    /// The writer task: writes whatever is queued whenever it is woken, until the outbox is
+    /// closed; then sends what was queued before, the goodbye, and shuts the stream (giving
+    /// that up to 5 s). An error is the stream's.
+    pub(crate) async fn run_writer(&self) -> io::Result<()> {
+        loop {
+            let drove = std::future::poll_fn(|cx| {
+                let mut writing = lock_writing(&self.writing);
+                let Writing { pipe, waker } = &mut *writing;
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                match pipe.as_mut() {
+                    Some(pipe) => self.drive(pipe, cx, true),
+                    None => Poll::Ready(Ok(Drove::Closing(None))),
+                }
+            })
+            .await?;
+            match drove {
+                // A frame queued since the queue was found empty has left a wake-up.
+                Drove::Idle => self.ready.notified().await,
+                Drove::Closing(goodbye) => {
+                    let Some(mut pipe) = lock_writing(&self.writing).pipe.take() else {
+                        return Ok(());
+                    };
+                    let farewell = async {
+                        if let Some(g) = goodbye {
+                            let mut at = 0;
+                            while at < g.len() {
+                                match std::future::poll_fn(|cx| pipe.io.poll_write(cx, &g[at..]))
+                                    .await?
+                                {
+                                    0 => return Err(io::ErrorKind::WriteZero.into()),
+                                    n => at += n,
+                                }
+                            }
+                        }
+                        std::future::poll_fn(|cx| pipe.io.poll_shutdown(cx)).await
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(5), farewell).await;
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// Refuses every later frame; the writer sends what is queued, then `goodbye`, then
@@ -168,20 +373,10 @@ impl Outbox {
         true
     }
 
-    /// Waits until there are frames to write, and swaps them into `batch` (which must be
-    /// empty); or, once every frame has been taken, reports that the connection is closing.
-    pub(crate) async fn take(&self, batch: &mut Vec<u8>) -> Taken {
-        loop {
-            if let Some(taken) = self.try_take(batch) {
-                return taken;
-            }
-            // A push between the look above and this wait leaves a permit that ends it at once.
-            self.ready.notified().await;
-        }
-    }
-
-    /// [`Outbox::take`] without waiting: `None` if nothing is queued and the outbox is open.
-    pub(crate) fn try_take(&self, batch: &mut Vec<u8>) -> Option<Taken> {
+    /// Swaps the queued frames into `batch` (which must be empty); or, once every frame has
+    /// been taken from a closing outbox, reports that (with the goodbye, taken only if
+    /// `take_goodbye`). `None` if nothing is queued and the outbox is open.
+    fn take_now(&self, batch: &mut Vec<u8>, take_goodbye: bool) -> Option<Taken> {
         debug_assert!(batch.is_empty());
         let mut state = self.lock();
         if !state.queued.is_empty() {
@@ -189,15 +384,17 @@ impl Outbox {
             state.writing = batch.len();
             return Some(Taken::Frames);
         }
-        state
-            .closing
-            .as_mut()
-            .map(|goodbye| Taken::Close(goodbye.take()))
+        let goodbye = state.closing.as_mut()?;
+        Some(Taken::Close(if take_goodbye {
+            goodbye.take()
+        } else {
+            None
+        }))
     }
 
     /// The writer has written `batch`: its bytes leave the budget, and it is emptied for the
-    /// next [`Outbox::take`].
-    pub(crate) fn written(&self, batch: &mut Vec<u8>) {
+    /// next take.
+    fn written(&self, batch: &mut Vec<u8>) {
         batch.clear();
         if batch.capacity() > KEEP_CAPACITY {
             *batch = Vec::new();
@@ -210,6 +407,10 @@ impl Outbox {
             self.room.notify_waiters();
         }
     }
+}
+
+fn lock_writing(m: &Mutex<Writing>) -> std::sync::MutexGuard<'_, Writing> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -228,7 +429,10 @@ mod tests {
         out.push(&ping(1)).unwrap();
         out.push(&ping(2)).unwrap();
         let mut batch = Vec::new();
-        assert!(matches!(out.take(&mut batch).await, Taken::Frames));
+        assert!(matches!(
+            out.take_now(&mut batch, true).unwrap(),
+            Taken::Frames
+        ));
         let mut expected = Vec::new();
         append_frame(&mut expected, &ping(1), 1024).unwrap();
         append_frame(&mut expected, &ping(2), 1024).unwrap();
@@ -239,9 +443,14 @@ mod tests {
         out.push(&ping(3)).unwrap();
         assert!(out.close(Some(vec![9])));
         assert!(matches!(out.push(&ping(4)), Err(PushError::Closed)));
-        assert!(matches!(out.take(&mut batch).await, Taken::Frames));
+        assert!(matches!(
+            out.take_now(&mut batch, true).unwrap(),
+            Taken::Frames
+        ));
         out.written(&mut batch);
-        assert!(matches!(out.take(&mut batch).await, Taken::Close(Some(g)) if g == [9]));
+        assert!(
+            matches!(out.take_now(&mut batch, true).unwrap(), Taken::Close(Some(g)) if g == [9])
+        );
     }
 
     #[tokio::test]
@@ -252,7 +461,7 @@ mod tests {
         out.push(&ping(2)).unwrap();
         assert!(matches!(out.push(&ping(3)), Err(PushError::Full)));
         let mut batch = Vec::new();
-        out.take(&mut batch).await;
+        out.take_now(&mut batch, true).unwrap();
         // Taken but not written: still counted.
         assert!(matches!(out.push(&ping(3)), Err(PushError::Full)));
         let waiter = {
@@ -311,6 +520,116 @@ mod tests {
             "{}",
             state.queued.capacity()
         );
+    }
+
+    fn frame(msg: &Message<'_>) -> Vec<u8> {
+        crate::frame::encode_frame(msg, u32::MAX).unwrap()
+    }
+
+    /// Reads what `peer` has ready now, without waiting.
+    async fn ready_now(peer: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut buf = vec![0; 4096];
+        let n = std::future::poll_fn(|cx| {
+            let mut rb = tokio::io::ReadBuf::new(&mut buf);
+            Poll::Ready(match Pin::new(&mut *peer).poll_read(cx, &mut rb) {
+                Poll::Ready(r) => r.map(|()| rb.filled().len()).unwrap(),
+                Poll::Pending => 0,
+            })
+        })
+        .await;
+        buf.truncate(n);
+        buf
+    }
+
+    use tokio::io::{AsyncRead, AsyncReadExt};
+
+    /// Lets a spawned writer task run until it waits (current-thread runtime).
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_written_now_leaves_on_the_calling_task_behind_the_held_ones() {
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let out = Arc::new(Outbox::new(1024, 1 << 20));
+        out.attach(ours, frame(&ping(0)));
+        // Before the writer task has run, writing now leaves it to that task.
+        assert!(!out.push(&ping(1)).unwrap());
+        out.write_now().unwrap();
+        assert!(ready_now(&mut peer).await.is_empty());
+        let writer = tokio::spawn({
+            let out = out.clone();
+            async move { out.run_writer().await }
+        });
+        settle().await;
+        assert_eq!(
+            ready_now(&mut peer).await,
+            [frame(&ping(0)), frame(&ping(1))].concat()
+        );
+        // The writer task waits now: a frame written now is on the stream before this task
+        // yields, so it was written here.
+        assert!(out.push(&ping(2)).unwrap());
+        assert!(!out.push(&ping(3)).unwrap());
+        out.write_now().unwrap();
+        assert_eq!(
+            ready_now(&mut peer).await,
+            [frame(&ping(2)), frame(&ping(3))].concat()
+        );
+        assert_eq!(out.lock().writing, 0, "the budget is given back");
+        // The writer task says goodbye after what is queued, then shuts the stream.
+        assert!(out.push(&ping(4)).unwrap());
+        out.close(Some(vec![1, 2, 3]));
+        // Writing now while closing sends the frames but leaves the goodbye to the writer.
+        out.write_now().unwrap();
+        assert_eq!(ready_now(&mut peer).await, frame(&ping(4)));
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_write_the_stream_cannot_take_now_is_finished_by_the_writer_task() {
+        let (ours, mut peer) = tokio::io::duplex(64);
+        let out = Arc::new(Outbox::new(u32::MAX, 1 << 20));
+        out.attach(ours, Vec::new());
+        let writer = tokio::spawn({
+            let out = out.clone();
+            async move { out.run_writer().await }
+        });
+        settle().await;
+        let args = vec![5u8; 10_000];
+        let call = Message::Call {
+            id: 1,
+            target: 0,
+            interface: "i",
+            method: "m",
+            args: &args,
+            refs: Vec::new(),
+        };
+        assert!(out.push(&call).unwrap());
+        out.write_now().unwrap();
+        assert!(out.lock().writing > 0, "the stream took only part of it");
+        let mut got = vec![0; frame(&call).len()];
+        tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got))
+            .await
+            .expect("the writer task finishes the write")
+            .unwrap();
+        assert_eq!(got, frame(&call));
+        settle().await;
+        assert_eq!(out.lock().writing, 0);
+        out.close(None);
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 
     fn encode_len(msg: &Message<'_>) -> usize {
