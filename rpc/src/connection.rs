@@ -239,6 +239,9 @@ pub(crate) struct ConnShared {
     /// our own calls may be right behind them: a method calling back into its caller must
     /// not deadlock) until this queue is full, and only then stops.
     queue: Mutex<CallQueue>,
+    /// The length of `queue`'s tasks, stored under its lock: lets the reader see an empty
+    /// queue without taking the lock for every call.
+    queued_calls: std::sync::atomic::AtomicUsize,
     queue_room: tokio::sync::Notify,
     /// Our own calls awaiting answers, at most `max_outbound_calls`.
     outbound: Limit,
@@ -315,6 +318,7 @@ impl ConnShared {
             imports: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1), // 0 marks the root, which is never counted
             queue: Mutex::new(CallQueue::default()),
+            queued_calls: std::sync::atomic::AtomicUsize::new(0),
             queue_room: tokio::sync::Notify::new(),
             outbound: Limit::new(config.max_outbound_calls),
             is_closed: std::sync::atomic::AtomicBool::new(false),
@@ -539,8 +543,14 @@ impl ConnShared {
                 warn!("a disconnect observer panicked");
             }
         }
-        // Calls still waiting for a slot will never be answered.
-        let queued = std::mem::take(&mut *lock(&self.queue));
+        // Calls still waiting for a slot will never be answered. (Those running keep their
+        // slots until they end.) Dropped after the lock is released.
+        let queued = {
+            let mut q = lock(&self.queue);
+            q.bytes = 0;
+            self.queued_calls.store(0, Ordering::Relaxed);
+            std::mem::take(&mut q.tasks)
+        };
         drop(queued);
         self.queue_room.notify_waiters();
         // Exported objects are no longer reachable through this connection. They are dropped
@@ -687,6 +697,10 @@ impl ConnShared {
     }
 
     fn has_queue_room(&self, size: usize) -> bool {
+        // Only the reader (which asks) adds to the queue: seen empty here, it is empty.
+        if self.queued_calls.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
         let q = lock(&self.queue);
         q.tasks.is_empty()
             || self.is_closed.load(Ordering::Relaxed)
@@ -710,12 +724,14 @@ impl ConnShared {
         let mut q = lock(&self.queue);
         q.bytes += size;
         q.tasks.push_back((task, size));
+        self.queued_calls.store(q.tasks.len(), Ordering::Relaxed);
         // A slot may have come free meanwhile.
         let mut start = Vec::new();
         while q.running < self.config.max_inbound_calls.max(1) {
             let Some((task, size)) = q.tasks.pop_front() else {
                 break;
             };
+            self.queued_calls.store(q.tasks.len(), Ordering::Relaxed);
             q.bytes -= size;
             q.running += 1;
             start.push(task);
@@ -738,7 +754,9 @@ impl ConnShared {
     /// A call finished: its slot goes to the next queued call, if any.
     fn finish_call(&self, mut slot: Slot) {
         let mut q = lock(&self.queue);
-        match q.tasks.pop_front() {
+        let next = q.tasks.pop_front();
+        self.queued_calls.store(q.tasks.len(), Ordering::Relaxed);
+        match next {
             Some((task, size)) => {
                 q.bytes -= size;
                 drop(q);

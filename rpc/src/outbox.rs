@@ -97,6 +97,8 @@ struct Pipe {
     done: usize,
     /// `batch` is written whole but not yet flushed.
     unflushed: bool,
+    /// `batch` holds a batch written and flushed, still counted in the budget.
+    written: bool,
 }
 
 /// What driving the pipe came to, when it did not have to wait for the stream.
@@ -178,6 +180,7 @@ impl Outbox {
             batch: Vec::new(),
             done: 0,
             unflushed: false,
+            written: false,
         });
     }
 
@@ -302,9 +305,10 @@ impl Outbox {
                 }
                 pipe.unflushed = false;
                 pipe.done = 0;
-                self.written(&mut pipe.batch);
+                pipe.written = true;
             }
-            match self.take_now(&mut pipe.batch, take_goodbye) {
+            let written = std::mem::take(&mut pipe.written);
+            match self.take_after(&mut pipe.batch, written, take_goodbye) {
                 Some(Taken::Frames) => pipe.unflushed = true,
                 Some(Taken::Close(goodbye)) => return Poll::Ready(Ok(Drove::Closing(goodbye))),
                 None => return Poll::Ready(Ok(Drove::Idle)),
@@ -376,9 +380,37 @@ impl Outbox {
     /// Swaps the queued frames into `batch` (which must be empty); or, once every frame has
     /// been taken from a closing outbox, reports that (with the goodbye, taken only if
     /// `take_goodbye`). `None` if nothing is queued and the outbox is open.
+    #[cfg(test)]
     fn take_now(&self, batch: &mut Vec<u8>, take_goodbye: bool) -> Option<Taken> {
+        self.take_after(batch, false, take_goodbye)
+    }
+
+    /// [`Outbox::take_now`], after giving back the budget of the batch `batch` held if
+    /// `written` (as [`Outbox::written`] does), under the same lock.
+    fn take_after(&self, batch: &mut Vec<u8>, written: bool, take_goodbye: bool) -> Option<Taken> {
+        if written {
+            clear_batch(batch);
+        }
         debug_assert!(batch.is_empty());
         let mut state = self.lock();
+        let wake = written && std::mem::take(&mut state.room_wanted);
+        if written {
+            state.writing = 0;
+        }
+        let taken = self.take_locked(&mut state, batch, take_goodbye);
+        drop(state);
+        if wake {
+            self.room.notify_waiters();
+        }
+        taken
+    }
+
+    fn take_locked(
+        &self,
+        state: &mut State,
+        batch: &mut Vec<u8>,
+        take_goodbye: bool,
+    ) -> Option<Taken> {
         if !state.queued.is_empty() {
             std::mem::swap(&mut state.queued, batch);
             state.writing = batch.len();
@@ -394,11 +426,9 @@ impl Outbox {
 
     /// The writer has written `batch`: its bytes leave the budget, and it is emptied for the
     /// next take.
+    #[cfg(test)]
     fn written(&self, batch: &mut Vec<u8>) {
-        batch.clear();
-        if batch.capacity() > KEEP_CAPACITY {
-            *batch = Vec::new();
-        }
+        clear_batch(batch);
         let mut state = self.lock();
         state.writing = 0;
         let wake = std::mem::take(&mut state.room_wanted);
@@ -406,6 +436,14 @@ impl Outbox {
         if wake {
             self.room.notify_waiters();
         }
+    }
+}
+
+/// Empties a written batch, giving back an unusually large allocation.
+fn clear_batch(batch: &mut Vec<u8>) {
+    batch.clear();
+    if batch.capacity() > KEEP_CAPACITY {
+        *batch = Vec::new();
     }
 }
 
