@@ -53,6 +53,10 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Time the figures in the runtime's `block_on` future instead of a spawned task, as a
+    /// program that makes its calls from `main` would (see docs/performance.md).
+    #[arg(long)]
+    in_block_on: bool,
     #[arg(long, hide = true)]
     pinned: bool,
 }
@@ -141,7 +145,18 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?
     };
-    rt.block_on(run(args))
+    // The figures are timed in a spawned task, where a daemon's calls run. The `block_on`
+    // future of tokio's one-thread runtime, woken by another task, first polls the I/O driver
+    // (one more system call per wake-up); on the multi-threaded runtime it is a thread apart
+    // from the workers.
+    if args.in_block_on {
+        return rt.block_on(run(args));
+    }
+    rt.block_on(async {
+        tokio::spawn(run(args))
+            .await
+            .context("the benchmark task")?
+    })
 }
 
 struct Report {
