@@ -461,6 +461,18 @@ mod tests {
         Message::Ping { nonce }
     }
 
+    /// A call whose frame is about as long as `args`.
+    fn call_with(args: &[u8]) -> Message<'_> {
+        Message::Call {
+            id: 1,
+            target: 0,
+            interface: "i",
+            method: "m",
+            args,
+            refs: Vec::new(),
+        }
+    }
+
     #[tokio::test]
     async fn frames_are_taken_together_in_order() {
         let out = Outbox::new(1024, 1024);
@@ -520,14 +532,7 @@ mod tests {
     fn an_oversized_frame_is_refused_and_leaves_the_queue_as_it_was() {
         let out = Outbox::new(4, 1024);
         out.push(&ping(1)).unwrap();
-        let call = Message::Call {
-            id: 1,
-            target: 0,
-            interface: "i",
-            method: "m",
-            args: &[0; 16],
-            refs: Vec::new(),
-        };
+        let call = call_with(&[0; 16]);
         assert!(matches!(
             out.push(&call),
             Err(PushError::Encode(FrameError::TooLarge { .. }))
@@ -538,14 +543,7 @@ mod tests {
     #[test]
     fn a_large_frame_that_does_not_fit_leaves_no_room_taken() {
         let args = vec![7u8; 60 * 1024];
-        let call = Message::Call {
-            id: 1,
-            target: 0,
-            interface: "i",
-            method: "m",
-            args: &args,
-            refs: Vec::new(),
-        };
+        let call = call_with(&args);
         let out = Outbox::new(u32::MAX, 100 * 1024);
         out.push(&call).unwrap();
         let len = out.lock().queued.len();
@@ -643,14 +641,7 @@ mod tests {
         });
         settle().await;
         let args = vec![5u8; 10_000];
-        let call = Message::Call {
-            id: 1,
-            target: 0,
-            interface: "i",
-            method: "m",
-            args: &args,
-            refs: Vec::new(),
-        };
+        let call = call_with(&args);
         assert!(out.push(&call).unwrap());
         out.write_now().unwrap();
         assert!(out.lock().writing > 0, "the stream took only part of it");
