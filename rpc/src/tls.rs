@@ -516,13 +516,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
+            // Reading never writes, not even what rustls queued in answer to what it read (a
+            // KeyUpdate of its own, which TLS 1.3 lets wait for our next record): a stream
+            // split between a reader task and a writer task keeps one waker for write
+            // readiness, and a write attempted here with the reader's waker would take that
+            // slot from the writer. When the transport is full, the writer would then never
+            // be woken to finish, and the connection would stall for good.
             match this.read_io(cx) {
                 // End of the byte stream: the reader now reports a clean close (close_notify
                 // seen) or UnexpectedEof (truncation), so go round once more.
-                Poll::Ready(Ok(_)) => {
-                    // Answer anything rustls queued (a KeyUpdate, an alert) opportunistically.
-                    let _ = this.poll_write_pending(cx);
-                }
+                Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }

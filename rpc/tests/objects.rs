@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{eventually, Grid, Net};
 use folio_rpc::{
-    interface, CallError, Identity, ObjectRef, ReconnectPolicy, ReconnectorState, Refusal, Tub,
-    TubConfig,
+    interface, Bytes, CallError, Identity, ObjectRef, ReconnectPolicy, ReconnectorState, Refusal,
+    Tub, TubConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +95,28 @@ impl Calc for Arc<CalcImpl> {
     }
 }
 
+/// Payloads both ways, for the write paths.
+#[interface(name = "test.blob.v1")]
+pub trait Blob {
+    /// Gives the bytes back.
+    async fn echo(&self, data: Bytes) -> Result<Bytes, CalcError>;
+    /// Has `back` echo the bytes, and returns what it answered.
+    async fn relay(&self, back: BlobRef, data: Bytes) -> Result<Bytes, CalcError>;
+}
+
+struct BlobImpl;
+
+impl Blob for BlobImpl {
+    async fn echo(&self, data: Bytes) -> Result<Bytes, CalcError> {
+        Ok(data)
+    }
+    async fn relay(&self, back: BlobRef, data: Bytes) -> Result<Bytes, CalcError> {
+        back.echo(data)
+            .await
+            .map_err(|e| CalcError::Other(e.to_string()))
+    }
+}
+
 struct CounterImpl(AtomicU64);
 
 impl Counter for CounterImpl {
@@ -163,7 +185,60 @@ both!(
     parallel_hints_to_one_tub_end_with_one_connection,
     callbacks_beyond_the_inbound_bound_do_not_deadlock,
     references_in_refused_and_abandoned_calls_are_released,
+    payloads_of_every_size_arrive_whole_from_every_writer,
 );
+
+/// `len` bytes that say which call they belong to.
+fn payload(tag: u64, len: usize) -> Bytes {
+    let seed = tag.to_le_bytes();
+    Bytes::from(
+        (0..len)
+            .map(|i| seed[i % 8] ^ (i / 8) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// Every way a frame can be written: a lone caller writing its own call (small, and too large
+/// for the stream to take at once, which leaves the rest to the writer task), many callers
+/// batched by the writer task, the reader writing the answers of one read, and calls back
+/// from a method on a task of its own, all at once on two workers.
+async fn payloads_of_every_size_arrive_whole_from_every_writer(net: Net) {
+    let grid = Grid::new(net);
+    let (server, client) = (grid.tub().await, grid.tub().await);
+    let furl = server.register(BlobRef::serve(BlobImpl)).unwrap();
+    let blob: BlobRef = client.get(&furl).await.unwrap();
+    let sizes = [0, 1, 100, 5_000, 70_000, 300_000, 900_000];
+    // One caller at a time: each call is written by its caller.
+    for (i, &len) in sizes.iter().chain(sizes.iter().rev()).enumerate() {
+        let data = payload(i as u64, len);
+        assert_eq!(blob.echo(data.clone()).await.unwrap(), data, "size {len}");
+    }
+    // Many at once, some of them calling back into the client.
+    let back = BlobRef::serve(BlobImpl);
+    let mut tasks = Vec::new();
+    for t in 0..12u64 {
+        let (blob, back) = (blob.clone(), back.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25u64 {
+                let tag = t * 1000 + i;
+                let len = sizes[((t + i) % sizes.len() as u64) as usize];
+                let data = payload(tag, len);
+                let got = match (t + i) % 3 {
+                    0 => blob.relay(back.clone(), data.clone()).await,
+                    _ => blob.echo(data.clone()).await,
+                };
+                assert_eq!(got.unwrap(), data, "call {tag}, {len} bytes");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        (client.connection_count(), server.connection_count()),
+        (1, 1)
+    );
+}
 
 async fn call_and_answer(net: Net) {
     let grid = Grid::new(net);
