@@ -708,6 +708,12 @@ impl ConnShared {
                 && q.bytes + size <= self.config.max_queued_call_bytes)
     }
 
+    /// Slots taken by running inbound calls.
+    #[cfg(test)]
+    pub(crate) fn running_calls(&self) -> usize {
+        lock(&self.queue).running
+    }
+
     /// Takes a slot to run a call now, if one is free and no call waits before it.
     fn try_slot(self: &Arc<Self>) -> Option<Slot> {
         let mut q = lock(&self.queue);

@@ -946,6 +946,92 @@ mod tests {
         assert_eq!(writes.len(), 2, "the server's writes: {writes:?}");
     }
 
+    /// Dials `0` over an in-memory stream, whatever the hint.
+    struct ToTub(Tub);
+
+    impl crate::connector::Connector for ToTub {
+        fn connect<'a>(&'a self, _hint: &'a Hint) -> crate::connector::ConnectFuture<'a> {
+            Box::pin(async move {
+                let (a, b) = tokio::io::duplex(64 * 1024);
+                let server = self.0.clone();
+                tokio::spawn(async move { server.accept(b).await });
+                Ok(Box::new(a) as crate::connector::BoxStream)
+            })
+        }
+    }
+
+    /// An object whose method `wait` answers once its gate opens.
+    struct Gate(tokio::sync::Notify);
+
+    impl Dispatch for Gate {
+        fn interface(&self) -> &'static str {
+            "test.gate.v1"
+        }
+
+        fn call(
+            self: Arc<Self>,
+            _method: &str,
+            _args: &[u8],
+            ctx: crate::object::CallContext,
+        ) -> Result<crate::object::ReplyFuture, crate::object::Refusal> {
+            Ok(Box::pin(async move {
+                self.0.notified().await;
+                ctx.encode_reply::<u64, ()>(Ok(7))
+            }))
+        }
+    }
+
+    /// A call still running when its connection closes keeps its slot until it ends, and
+    /// gives it back then, once.
+    #[tokio::test]
+    async fn a_call_running_at_the_close_gives_its_slot_back_once() {
+        let new_tub = |connector: Arc<dyn crate::connector::Connector>| {
+            Tub::new(
+                Identity::generate().unwrap(),
+                connector,
+                TubConfig::default(),
+            )
+            .unwrap()
+        };
+        let server = new_tub(Arc::new(NoConnector));
+        server.set_location(vec!["tcp:127.0.0.1:9".parse().unwrap()]);
+        let gate = Arc::new(Gate(tokio::sync::Notify::new()));
+        let furl = server.register(ObjectRef::local(gate.clone())).unwrap();
+        let client = new_tub(Arc::new(ToTub(server.clone())));
+        let obj = client.get_reference(&furl).await.unwrap();
+        let call =
+            tokio::spawn(async move { obj.call::<(), u64, ()>("test.gate.v1", "wait", &()).await });
+        let conn = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                let conn = lock(&server.inner.connections).values().next().cloned();
+                if let Some(c) = conn.filter(|c| c.running_calls() == 1) {
+                    return c;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the call is running on the server");
+        server.disconnect(&client.tubid());
+        let result = tokio::time::timeout(std::time::Duration::from_secs(5), call)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(result, Err(CallError::Disconnected(_))),
+            "{result:?}"
+        );
+        assert_eq!(conn.running_calls(), 1, "the running call keeps its slot");
+        gate.0.notify_one();
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while conn.running_calls() != 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the slot comes back when the call ends");
+    }
+
     /// A stream that records the size of every write.
     struct CountWrites<S> {
         inner: S,
