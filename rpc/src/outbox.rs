@@ -46,7 +46,7 @@ pub(crate) enum PushError {
     Closed,
 }
 
-/// What [`Outbox::take_now`] hands a writer.
+/// What [`State::take`] hands a writer.
 #[derive(Debug)]
 enum Taken {
     /// Frames, now in the writer's buffer.
@@ -97,8 +97,6 @@ struct Pipe {
     done: usize,
     /// `batch` is written whole but not yet flushed.
     unflushed: bool,
-    /// `batch` holds a batch written and flushed, still counted in the budget.
-    written: bool,
 }
 
 /// What driving the pipe came to, when it did not have to wait for the stream.
@@ -118,6 +116,25 @@ struct Writing {
     /// writer task's name, so that if the stream cannot take it all, the writer task is the
     /// one woken to finish.
     waker: Option<Waker>,
+}
+
+impl State {
+    /// Swaps the queued frames into `batch` (which must be empty); or, once every frame has
+    /// been taken from a closing outbox, reports that (with the goodbye, taken only if
+    /// `take_goodbye`). `None` if nothing is queued and the outbox is open.
+    fn take(&mut self, batch: &mut Vec<u8>, take_goodbye: bool) -> Option<Taken> {
+        if !self.queued.is_empty() {
+            std::mem::swap(&mut self.queued, batch);
+            self.writing = batch.len();
+            return Some(Taken::Frames);
+        }
+        let goodbye = self.closing.as_mut()?;
+        Some(Taken::Close(if take_goodbye {
+            goodbye.take()
+        } else {
+            None
+        }))
+    }
 }
 
 /// The frames waiting for one connection's writer.
@@ -180,7 +197,6 @@ impl Outbox {
             batch: Vec::new(),
             done: 0,
             unflushed: false,
-            written: false,
         });
     }
 
@@ -297,7 +313,9 @@ impl Outbox {
                 }
                 continue;
             }
-            if pipe.unflushed {
+            // A batch written and flushed is given back to the budget as the next is taken.
+            let written = pipe.unflushed;
+            if written {
                 match pipe.io.poll_flush(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -305,9 +323,7 @@ impl Outbox {
                 }
                 pipe.unflushed = false;
                 pipe.done = 0;
-                pipe.written = true;
             }
-            let written = std::mem::take(&mut pipe.written);
             match self.take_after(&mut pipe.batch, written, take_goodbye) {
                 Some(Taken::Frames) => pipe.unflushed = true,
                 Some(Taken::Close(goodbye)) => return Poll::Ready(Ok(Drove::Closing(goodbye))),
@@ -377,15 +393,13 @@ impl Outbox {
         true
     }
 
-    /// Swaps the queued frames into `batch` (which must be empty); or, once every frame has
-    /// been taken from a closing outbox, reports that (with the goodbye, taken only if
-    /// `take_goodbye`). `None` if nothing is queued and the outbox is open.
+    /// Takes what is queued, as [`State::take`].
     #[cfg(test)]
     fn take_now(&self, batch: &mut Vec<u8>, take_goodbye: bool) -> Option<Taken> {
         self.take_after(batch, false, take_goodbye)
     }
 
-    /// [`Outbox::take_now`], after giving back the budget of the batch `batch` held if
+    /// [`State::take`] under the queue's lock, after giving back the budget of the batch `batch` held if
     /// `written` (as [`Outbox::written`] does), under the same lock.
     fn take_after(&self, batch: &mut Vec<u8>, written: bool, take_goodbye: bool) -> Option<Taken> {
         if written {
@@ -397,31 +411,12 @@ impl Outbox {
         if written {
             state.writing = 0;
         }
-        let taken = self.take_locked(&mut state, batch, take_goodbye);
+        let taken = state.take(batch, take_goodbye);
         drop(state);
         if wake {
             self.room.notify_waiters();
         }
         taken
-    }
-
-    fn take_locked(
-        &self,
-        state: &mut State,
-        batch: &mut Vec<u8>,
-        take_goodbye: bool,
-    ) -> Option<Taken> {
-        if !state.queued.is_empty() {
-            std::mem::swap(&mut state.queued, batch);
-            state.writing = batch.len();
-            return Some(Taken::Frames);
-        }
-        let goodbye = state.closing.as_mut()?;
-        Some(Taken::Close(if take_goodbye {
-            goodbye.take()
-        } else {
-            None
-        }))
     }
 
     /// The writer has written `batch`: its bytes leave the budget, and it is emptied for the
