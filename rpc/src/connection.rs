@@ -71,7 +71,7 @@ struct CallQueue {
     running: usize,
 }
 
-/// A slot to run one inbound call, taken by [`ConnShared::admit_call`] and handed back with
+/// A slot to run one inbound call, taken by [`ConnShared::try_slot`] and handed back with
 /// [`ConnShared::finish_call`] (which gives it to the next queued call). Dropped otherwise (a
 /// call task dropped unfinished), it is simply given back.
 struct Slot(Option<Arc<ConnShared>>);

@@ -399,8 +399,9 @@ impl Outbox {
         self.take_after(batch, false, take_goodbye)
     }
 
-    /// [`State::take`] under the queue's lock, after giving back the budget of the batch `batch` held if
-    /// `written` (as [`Outbox::written`] does), under the same lock.
+    /// [`State::take`] under the queue's lock. With `written`, `batch` holds a batch just
+    /// written and flushed: it is emptied and its bytes leave the budget first, under the
+    /// same lock.
     fn take_after(&self, batch: &mut Vec<u8>, written: bool, take_goodbye: bool) -> Option<Taken> {
         if written {
             clear_batch(batch);
