@@ -1,8 +1,9 @@
 //! tor control-port replies: the parser never panics, and what it accepts has one status
-//! code and one text per line.
+//! code and one text per line; the PROTOCOLINFO and AUTHCHALLENGE readers (what a hostile
+//! control port says about authentication) never panic on any reply.
 #![no_main]
 
-use folio_transports::tor::parse_control_reply;
+use folio_transports::tor::{parse_auth_challenge, parse_auth_info, parse_control_reply};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,5 +17,9 @@ fuzz_target!(|data: &[u8]| {
         for (line, parsed) in lines.iter().zip(&reply.lines) {
             assert!(line.ends_with(parsed.as_str()));
         }
+        if let Ok(info) = parse_auth_info(&reply) {
+            assert!(info.methods.iter().all(|m| !m.is_empty() && !m.contains(',')));
+        }
+        let _ = parse_auth_challenge(&reply);
     }
 });

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use folio_rpc::connector::{AcceptFuture, ConnectError, ConnectFuture, Listener};
 use folio_rpc::{BoxStream, Hint};
-use folio_transports::tor::{dial, Control, TorError};
+use folio_transports::tor::{dial, Control, ControlPort, TorError};
 
 use crate::tor_target::tor_target;
 use crate::Handler;
@@ -20,7 +20,7 @@ use crate::Handler;
 #[derive(Debug, Clone)]
 pub struct TorHandler {
     socks: SocketAddr,
-    control: Option<SocketAddr>,
+    control: Option<ControlPort>,
     timeout: Duration,
 }
 
@@ -37,9 +37,12 @@ impl TorHandler {
     /// A handler for the tor whose control port is `control`: it asks tor where its SOCKS
     /// port is, and before each dial whether tor has finished bootstrapping, so that a dial
     /// made too early fails with tor's progress ("tor is bootstrapping: 45% (Loading relay
-    /// descriptors)") instead of a bare SOCKS error.
-    pub async fn from_control(control: SocketAddr) -> Result<Self, TorError> {
-        let mut ctl = Control::connect(control, Duration::from_secs(30)).await?;
+    /// descriptors)") instead of a bare SOCKS error. A [`ControlPort`] carries the password
+    /// of a tor set up with `HashedControlPassword`; a bare address authenticates with
+    /// `NULL` or `SAFECOOKIE` (see [`Control::connect`]).
+    pub async fn from_control(control: impl Into<ControlPort>) -> Result<Self, TorError> {
+        let control = control.into();
+        let mut ctl = Control::connect(control.clone(), Duration::from_secs(30)).await?;
         let socks = ctl.socks_address().await?;
         Ok(TorHandler {
             socks,
@@ -49,10 +52,10 @@ impl TorHandler {
     }
 
     async fn check_bootstrapped(&self) -> Result<(), TorError> {
-        let Some(control) = self.control else {
+        let Some(control) = &self.control else {
             return Ok(());
         };
-        let mut ctl = Control::connect(control, Duration::from_secs(30)).await?;
+        let mut ctl = Control::connect(control.clone(), Duration::from_secs(30)).await?;
         match ctl.bootstrap().await? {
             (100, _) => Ok(()),
             (p, summary) => Err(TorError::Unreachable {
@@ -65,7 +68,7 @@ impl TorHandler {
 
 impl Handler for TorHandler {
     fn describe(&self) -> String {
-        match self.control {
+        match &self.control {
             Some(c) => format!("tor (system tor, SOCKS at {}, control at {c})", self.socks),
             None => format!("tor (system tor, SOCKS at {})", self.socks),
         }
@@ -121,7 +124,7 @@ impl OnionListener {
     /// at `key_path` (made and saved, mode `0600`, the first time), mapping `virtual_port` to
     /// a new listener on 127.0.0.1.
     pub async fn start(
-        control: SocketAddr,
+        control: impl Into<ControlPort>,
         key_path: &Path,
         virtual_port: u16,
     ) -> Result<OnionListener, OnionListenError> {
@@ -132,7 +135,7 @@ impl OnionListener {
     /// any free port), for a firewall or a tor that must know it in advance (Tahoe's
     /// `[tor] onion.local_port`).
     pub async fn start_on(
-        control: SocketAddr,
+        control: impl Into<ControlPort>,
         key_path: &Path,
         virtual_port: u16,
         local_port: u16,

@@ -328,7 +328,7 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(mut tor) = tor {
-            tokio::task::spawn_blocking(move || tor.stop()).await.ok();
+            tor.stop().await;
         }
         let _ = std::fs::remove_file(self.inner.basedir.join("private").join("control.furl"));
         info!("stopped");

@@ -13,7 +13,7 @@
 # Ports (all on 127.0.0.1):  node i: ORPort BASE+i, DirPort BASE+100+i (authorities),
 #                            ControlPort BASE+200+i;  client node i: SocksPort BASE+300+i
 #   default layout: auth0..2 = nodes 0..2, relay3..4 = nodes 3..4, client5 = node 5
-#   => client SOCKS 127.0.0.1:15305, client control 127.0.0.1:15205 (no auth)
+#   => client SOCKS 127.0.0.1:15305, client control 127.0.0.1:15205 (cookie auth)
 set -euo pipefail
 
 NET=${NET:?set NET to an empty scratch directory for the network}
@@ -68,7 +68,11 @@ LogTimeGranularity 1
 ShutdownWaitLength 0
 Sandbox 0
 ControlPort $IP:$((BASE + 200 + i))
-CookieAuthentication 0
+$( if (( i >= NRELAYS_TOTAL )); then
+  # Clients authenticate controllers by cookie, as a system tor does: Folio's control
+  # client must then prove itself with SAFECOOKIE.
+  echo "CookieAuthentication 1"; echo "CookieAuthFile $NET/$name/control_auth_cookie"
+else echo "CookieAuthentication 0"; fi )
 ClientUseIPv6 0
 # Do not load the GeoIP databases: saves ~0.3 s CPU, ~40-90 MiB RSS per process and
 # makes relays publish their descriptors sooner (=> complete first consensus more often)
@@ -281,7 +285,7 @@ cmd_wait() { # wait for every client to log Bootstrapped 100%
     local name; name=$(node_name "$i")
     local deadline=$((SECONDS + timeout)) n=0
     while :; do
-      n=$(ns_count $((BASE + 200 + i)))
+      n=$(ns_count $((BASE + 200 + i)) "$NET/$name/control_auth_cookie")
       (( n >= NRELAYS_TOTAL )) && break
       (( SECONDS < deadline )) || { echo "TIMEOUT: $name sees only $n/$NRELAYS_TOTAL relays"; return 1; }
       sleep 0.5
@@ -290,9 +294,11 @@ cmd_wait() { # wait for every client to log Bootstrapped 100%
   done
 }
 
-ns_count() { # $1 = control port -> number of relays in that tor's current consensus
-  local out
-  out=$( { exec 3<>/dev/tcp/$IP/$1 && printf 'AUTHENTICATE ""\r\nGETINFO ns/all\r\nQUIT\r\n' >&3 && cat <&3; } 2>/dev/null ) || true
+ns_count() { # $1 = control port, $2 = its cookie file -> number of relays in its consensus
+  local out auth='""'
+  # This script trusts the tor it started, so plain COOKIE authentication will do here.
+  if [[ -f $2 ]]; then auth=$(od -An -tx1 "$2" | tr -d ' \n'); fi
+  out=$( { exec 3<>/dev/tcp/$IP/$1 && printf 'AUTHENTICATE %s\r\nGETINFO ns/all\r\nQUIT\r\n' "$auth" >&3 && cat <&3; } 2>/dev/null ) || true
   grep -c '^r ' <<<"$out" || true
 }
 

@@ -121,7 +121,8 @@ impl TorNet {
             .unwrap_or_else(|e| panic!("the network file the script wrote: {e}"))
     }
 
-    /// The client tor's control port (no authentication).
+    /// The client tor's control port (`CookieAuthentication 1`: Folio authenticates with
+    /// SAFECOOKIE).
     pub fn control(&self) -> std::net::SocketAddr {
         ([127, 0, 0, 1], self.base + 205).into()
     }
@@ -130,6 +131,110 @@ impl TorNet {
 impl Drop for TorNet {
     fn drop(&mut self) {
         let _ = self.run(&["stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A lone `tor` on 127.0.0.1 whose only directory authority is a closed loopback port: it
+/// never bootstraps and never reaches past 127.0.0.1, but its control and SOCKS ports work,
+/// which is enough to test the control port's authentication and a node's start. Dropping it
+/// kills the process (by PID) and removes its directory.
+#[derive(Debug)]
+pub struct LoneTor {
+    control: std::net::SocketAddr,
+    dir: PathBuf,
+    _child: crate::ChildGuard,
+}
+
+/// How a [`LoneTor`] wants controllers to authenticate.
+#[derive(Debug, Clone, Copy)]
+pub enum LoneTorAuth<'a> {
+    /// `CookieAuthentication 1` (tor offers COOKIE and SAFECOOKIE).
+    Cookie,
+    /// `HashedControlPassword` of this password.
+    Password(&'a str),
+}
+
+impl LoneTor {
+    /// Starts tor and waits (up to 60 s) for its control port. Panics when `tor` is missing
+    /// or does not start: these tests must not pass silently.
+    pub fn start(name: &str, auth: LoneTorAuth<'_>) -> LoneTor {
+        let dir = std::env::temp_dir().join(format!("folio-lonetor-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        #[cfg(unix)]
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let auth_line = match auth {
+            LoneTorAuth::Cookie => format!(
+                "CookieAuthentication 1\nCookieAuthFile {}/control_auth_cookie",
+                dir.display()
+            ),
+            LoneTorAuth::Password(p) => {
+                let out = Command::new("tor")
+                    .args(["--quiet", "--hash-password", p])
+                    .output()
+                    .unwrap_or_else(|e| {
+                        panic!("tor is not installed ({e}): scripts/test.sh installs it")
+                    });
+                let hash = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .find(|l| l.starts_with("16:"))
+                    .unwrap_or_else(|| panic!("tor --hash-password printed no hash: {out:?}"))
+                    .to_string();
+                format!("HashedControlPassword {hash}")
+            }
+        };
+        let port_file = dir.join("control_port");
+        let torrc = format!(
+            "DataDirectory {d}\nControlPort 127.0.0.1:auto\nControlPortWriteToFile {p}\n\
+             SocksPort 127.0.0.1:auto\nLog notice file {d}/notice.log\n{auth_line}\n\
+             TestingTorNetwork 1\nUseDefaultFallbackDirs 0\nClientUseIPv6 0\n\
+             DirAuthority nowhere orport=9 no-v2 v3ident={fp} 127.0.0.1:9 {fp}\n",
+            // On the network, but a network of one authority on 127.0.0.1's discard port:
+            // tor opens its SOCKS listener (which DisableNetwork would keep shut) and never
+            // reaches past loopback.
+            fp = "0".repeat(40),
+            d = dir.display(),
+            p = port_file.display(),
+        );
+        std::fs::write(dir.join("torrc"), torrc).unwrap();
+        let mut cmd = Command::new("tor");
+        cmd.arg("--quiet").arg("-f").arg(dir.join("torrc"));
+        let child = crate::ChildGuard::spawn(&format!("tor ({name})"), cmd)
+            .unwrap_or_else(|e| panic!("tor is not installed ({e}): scripts/test.sh installs it"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let control = loop {
+            let text = std::fs::read_to_string(&port_file).unwrap_or_default();
+            if let Some(addr) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("PORT="))
+                .and_then(|a| a.trim().parse().ok())
+                .filter(|_| text.ends_with('\n'))
+            {
+                break addr;
+            }
+            if std::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.join("notice.log")).unwrap_or_default();
+                panic!("tor ({name}) opened no control port within 60 s; its log:\n{log}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        LoneTor {
+            control,
+            dir,
+            _child: child,
+        }
+    }
+
+    /// Its control port.
+    pub fn control(&self) -> std::net::SocketAddr {
+        self.control
+    }
+}
+
+impl Drop for LoneTor {
+    fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -8,7 +8,11 @@ use folio_handlers::tor::{OnionListener, TorHandler};
 use folio_handlers::{Registry, TcpPolicy};
 use folio_rpc::{Furl, Identity, Tub, TubConfig};
 use folio_tests::echo::{calls_both_ways, get_with_retries, serve};
-use folio_tests::tornet::TorNet;
+use folio_tests::tornet::{LoneTor, LoneTorAuth, TorNet};
+use folio_transports::tor::{AuthMethod, Control, ControlPort};
+use folio_transports::tor_launch::{LaunchOptions, LaunchedTor};
+
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tubs_talk_over_a_private_tor_network() {
@@ -20,6 +24,12 @@ async fn tubs_talk_over_a_private_tor_network() {
 }
 
 async fn run(net: &TorNet) {
+    // The network's client tor has CookieAuthentication 1, as a system tor does.
+    let ctl = Control::connect(net.control(), CONTROL_TIMEOUT)
+        .await
+        .expect("the client tor's control port");
+    assert_eq!(ctl.auth_method(), AuthMethod::SafeCookie);
+    drop(ctl);
     let dir = std::env::temp_dir().join(format!("folio-tor-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("onion.key");
@@ -128,5 +138,78 @@ async fn run(net: &TorNet) {
     client.shutdown().await;
     fresh.shutdown().await;
     server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_password_protected_tor_works() {
+    let tor = LoneTor::start("password", LoneTorAuth::Password("correct horse"));
+    let port = ControlPort::new(tor.control()).with_password("correct horse");
+    let mut c = Control::connect(port.clone(), CONTROL_TIMEOUT)
+        .await
+        .expect("the password is accepted");
+    assert_eq!(c.auth_method(), AuthMethod::Password);
+    // Authenticated for real: tor answers what it refuses to an unauthenticated controller.
+    let v = c
+        .command("GETINFO version", "GETINFO version")
+        .await
+        .unwrap();
+    assert!(v.value("version").is_some(), "{v:?}");
+    drop(c);
+
+    let wrong = ControlPort::new(tor.control()).with_password("battery staple");
+    let e = Control::connect(wrong, CONTROL_TIMEOUT)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("AUTHENTICATE"), "{e}");
+    let e = Control::connect(tor.control(), CONTROL_TIMEOUT)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("wants its password"), "{e}");
+
+    // The onion listener takes the password too (tor makes the key with the network off).
+    let dir = std::env::temp_dir().join(format!("folio-tor-pw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listener = OnionListener::start(port, &dir.join("onion.key"), 3456)
+        .await
+        .expect("ADD_ONION through a password-protected control port");
+    assert!(listener.onion().ends_with(".onion"));
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_cookie_tor_and_a_launched_tor_get_safecookie() {
+    let tor = LoneTor::start("cookie", LoneTorAuth::Cookie);
+    let mut c = Control::connect(tor.control(), CONTROL_TIMEOUT)
+        .await
+        .expect("SAFECOOKIE with a real tor");
+    assert_eq!(c.auth_method(), AuthMethod::SafeCookie);
+    let v = c
+        .command("GETINFO version", "GETINFO version")
+        .await
+        .unwrap();
+    assert!(v.value("version").is_some(), "{v:?}");
+    drop(c);
+    drop(tor);
+
+    // --tor-launch's tor.
+    let dir = std::env::temp_dir().join(format!("folio-tor-launch-{}", std::process::id()));
+    let mut opts = LaunchOptions::new(&dir);
+    opts.disable_network = true;
+    let mut launched = LaunchedTor::start(&opts).await.expect("tor launches");
+    let pid = launched.pid().expect("running");
+    let c = Control::connect(launched.control(), CONTROL_TIMEOUT)
+        .await
+        .expect("the launched tor's control port");
+    assert_eq!(c.auth_method(), AuthMethod::SafeCookie);
+    drop(c);
+    launched.stop().await;
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "tor {pid} is still there after stop"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,8 +4,10 @@
 //! FURLs, TLS or RPC: `folio-handlers` maps hints onto it, and `folio-rpc` runs the handshake
 //! over whatever stream comes back.
 //!
-//! Today: TCP ([`tcp`]) and I2P through a SAM v3.1 bridge (`i2p`, cargo feature `i2p`, on by
-//! default). Tor joins as its own module behind a feature.
+//! TCP ([`tcp`]); I2P through a SAM v3.1 bridge (`i2p`, cargo feature `i2p`, on by default);
+//! Tor through a system tor's SOCKS and control ports (`tor`, `tor_launch`, feature
+//! `tor-system`, on by default) or an embedded arti client (`arti`, feature `tor-arti`, off by
+//! default).
 //!
 //! ```
 //! use folio_transports::tcp::{self, ListenSpec};

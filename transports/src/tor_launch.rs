@@ -12,7 +12,9 @@
 //! - `DisableNetwork 1` when asked: `tahoe create-node --listen=tor --tor-launch` only needs
 //!   tor to make the onion service key, not to reach the network.
 //!
-//! Dropping the handle (or [`LaunchedTor::stop`]) sends SIGTERM, and SIGKILL after 3 s.
+//! [`LaunchedTor::stop`] sends SIGTERM and waits (on the runtime's timer) for tor to exit,
+//! with SIGKILL after 3 s; dropping the handle sends SIGTERM and leaves the waiting to a
+//! thread of its own, so neither blocks a runtime thread.
 
 use std::io;
 use std::net::SocketAddr;
@@ -156,7 +158,8 @@ impl LaunchedTor {
         }
     }
 
-    /// The control port (cookie authentication; the control client finds the cookie).
+    /// The control port (cookie authentication: the control client uses SAFECOOKIE with the
+    /// cookie in the state directory).
     pub fn control(&self) -> SocketAddr {
         self.control
     }
@@ -171,32 +174,75 @@ impl LaunchedTor {
         &self.state_dir
     }
 
-    /// Stops tor: SIGTERM, then SIGKILL after 3 s.
-    pub fn stop(&mut self) {
+    /// Stops tor and waits until it has exited: SIGTERM, then SIGKILL if it is still
+    /// running after [`STOP_GRACE`]. Waits with the runtime's timer, so it never blocks a
+    /// runtime thread.
+    pub async fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
+        terminate(&child);
+        let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = child.kill();
-        let _ = child.wait();
+        // After SIGKILL the exit is prompt; reap it without blocking all the same.
+        for _ in 0..50 {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
+/// How long a launched tor has to exit after SIGTERM before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Sends SIGTERM (a system call, no process spawned, nothing waited for).
+fn terminate(child: &Child) {
+    #[cfg(unix)]
+    {
+        let pid = rustix::process::Pid::from_child(child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    #[cfg(not(unix))]
+    let _ = child;
+}
+
+/// Waits for a terminated tor on a thread of its own, and kills it after [`STOP_GRACE`].
+fn reap_in_background(mut child: Child) {
+    let reaper = move || {
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    // If no thread can be made, the child is left to exit by itself on SIGTERM (or by
+    // `__OwningControllerProcess` when this process ends).
+    let _ = std::thread::Builder::new()
+        .name("tor-reaper".into())
+        .spawn(reaper);
+}
+
 impl Drop for LaunchedTor {
+    /// Sends SIGTERM at once and leaves the waiting (and the SIGKILL, if it comes to that)
+    /// to a thread of its own: dropping never blocks the thread that drops, which is often
+    /// a runtime worker.
     fn drop(&mut self) {
-        self.stop();
+        if let Some(child) = self.child.take() {
+            terminate(&child);
+            reap_in_background(child);
+        }
     }
 }
 
@@ -236,6 +282,82 @@ mod tests {
         opts.executable = PathBuf::from("/nonexistent/tor");
         let err = LaunchedTor::start(&opts).await.unwrap_err().to_string();
         assert!(err.contains("cannot run /nonexistent/tor"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A "tor" that writes its control port file and then ignores SIGTERM, as a tor stuck in
+    /// its shutdown would.
+    fn stubborn_tor(dir: &Path) -> LaunchOptions {
+        std::fs::create_dir_all(dir).unwrap();
+        let script = dir.join("stubborn-tor");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\ntrap '' TERM\n\
+             f=$(sed -n 's/^ControlPortWriteToFile //p' \"$2\")\n\
+             echo PORT=127.0.0.1:9 > \"$f\"\nexec sleep 60\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut opts = LaunchOptions::new(dir.join("state"));
+        opts.executable = script;
+        opts.timeout = Duration::from_secs(10);
+        opts
+    }
+
+    fn gone(pid: u32, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn dropping_never_waits_and_a_stubborn_tor_is_still_killed() {
+        let dir = std::env::temp_dir().join(format!("folio-torstuck-{}", std::process::id()));
+        let tor = LaunchedTor::start(&stubborn_tor(&dir)).await.unwrap();
+        let pid = tor.pid().unwrap();
+        let t0 = Instant::now();
+        drop(tor);
+        // The old drop slept out the whole grace period on the dropping thread.
+        assert!(
+            t0.elapsed() < STOP_GRACE / 3,
+            "drop took {:?}",
+            t0.elapsed()
+        );
+        assert!(
+            gone(pid, STOP_GRACE + Duration::from_secs(5)),
+            "{pid} not killed"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn stopping_leaves_the_runtime_running() {
+        let dir = std::env::temp_dir().join(format!("folio-torstop-{}", std::process::id()));
+        let mut tor = LaunchedTor::start(&stubborn_tor(&dir)).await.unwrap();
+        let pid = tor.pid().unwrap();
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        tor.stop().await;
+        ticker.abort();
+        // On one thread, the ticker runs only if stop() yields while it waits out the grace.
+        let n = ticks.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            n > 50,
+            "the runtime ran {n} ticks during a {STOP_GRACE:?} stop"
+        );
+        assert!(gone(pid, Duration::from_secs(5)), "{pid} not killed");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
