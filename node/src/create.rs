@@ -16,7 +16,8 @@ use folio_transports::tcp::ListenSpec;
 
 use crate::config::{Location, NodeConfig, TubPort};
 use crate::node::{CLIENT_MARKER, INTRODUCER_MARKER};
-use crate::private::PrivateDir;
+use crate::private::{Password, PrivateDir, TOR_CONTROL_PASSWORD};
+use folio_transports::tor::ControlPort;
 
 /// The virtual port of a node's onion service (Tahoe's choice).
 pub const ONION_PORT: u16 = 3457;
@@ -63,6 +64,10 @@ pub struct CreateArgs {
     /// The control port of a running tor (`tcp:127.0.0.1:9051`).
     #[arg(long, value_name = "ENDPOINT")]
     pub tor_control_port: Option<String>,
+    /// A file holding that tor's control password (for a tor set up with
+    /// `HashedControlPassword`); its first line is copied to private/tor_control_password.
+    #[arg(long, value_name = "FILE", requires = "tor_control_port")]
+    pub tor_control_password_file: Option<PathBuf>,
     /// The SAM bridge of an I2P router (`tcp:127.0.0.1:7656`).
     #[arg(long, value_name = "ENDPOINT")]
     pub i2p_sam_port: Option<String>,
@@ -119,6 +124,8 @@ pub struct Plan {
     pub listen: Listen,
     /// The TCP hostname and port, with --listen=tcp.
     pub tcp: Option<(String, u16)>,
+    /// The running tor's control password, to keep in `private/`.
+    pub tor_control_password: Option<Password>,
 }
 
 /// Parses `tcp:HOST:PORT` (numeric host) as Tahoe writes endpoints.
@@ -228,6 +235,15 @@ pub fn plan(kind: Kind, args: &CreateArgs) -> Result<Plan, CreateError> {
         .as_deref()
         .map(|t| parse_endpoint("--tor-control-port", t))
         .transpose()?;
+    let tor_control_password = match &args.tor_control_password_file {
+        None => None,
+        Some(_) if tor_control.is_none() => return refuse(
+            "--tor-control-password-file is the password of --tor-control-port's tor: give both",
+        ),
+        Some(f) => Some(Password::read_file(f).map_err(|e| {
+            CreateError(format!("--tor-control-password-file {}: {e}", f.display()))
+        })?),
+    };
     let sam = args
         .i2p_sam_port
         .as_deref()
@@ -349,6 +365,7 @@ pub fn plan(kind: Kind, args: &CreateArgs) -> Result<Plan, CreateError> {
         config,
         listen,
         tcp,
+        tor_control_password,
     })
 }
 
@@ -380,7 +397,12 @@ fn io(what: &str, e: &dyn std::fmt::Display) -> CreateError {
 pub async fn create(mut plan: Plan) -> Result<PathBuf, CreateError> {
     let dir = &plan.basedir;
     std::fs::create_dir_all(dir).map_err(|e| io(&dir.display().to_string(), &e))?;
-    PrivateDir::create(dir).map_err(|e| io("private/", &e))?;
+    let private = PrivateDir::create(dir).map_err(|e| io("private/", &e))?;
+    if let Some(p) = &plan.tor_control_password {
+        private
+            .write(TOR_CONTROL_PASSWORD, format!("{}\n", p.expose()).as_bytes())
+            .map_err(|e| io("private/", &e))?;
+    }
     let mut hints = match &plan.config.node.tub_location {
         Location::Hints(h) => h.clone(),
         _ => Vec::new(),
@@ -417,7 +439,8 @@ pub async fn create(mut plan: Plan) -> Result<PathBuf, CreateError> {
     }
     if plan.listen.tor {
         if plan.config.tor.control_port.is_some() || plan.config.tor.launch {
-            hints.push(create_onion_with_tor(&plan.config, dir).await?);
+            let password = plan.tor_control_password.as_ref();
+            hints.push(create_onion_with_tor(&plan.config, dir, password).await?);
         } else {
             hints.push(create_embedded_onion(dir)?);
         }
@@ -459,17 +482,24 @@ pub async fn create(mut plan: Plan) -> Result<PathBuf, CreateError> {
 
 /// The onion service's hint, its key made through a running tor's control port or, with
 /// --tor-launch, a tor of the node's own kept off the network: making a key needs none.
-async fn create_onion_with_tor(config: &NodeConfig, dir: &Path) -> Result<Hint, CreateError> {
+async fn create_onion_with_tor(
+    config: &NodeConfig,
+    dir: &Path,
+    password: Option<&Password>,
+) -> Result<Hint, CreateError> {
     let mut launched = None;
     let control = match config.tor.control_port {
-        Some(c) => c,
+        Some(c) => match password {
+            Some(p) => ControlPort::new(c).with_password(p.expose()),
+            None => ControlPort::new(c),
+        },
         None => {
             let mut opts = crate::node::tor_launch_options(config, dir);
             opts.disable_network = true;
             let tor = folio_transports::tor_launch::LaunchedTor::start(&opts)
                 .await
                 .map_err(|e| io("launching tor (--tor-launch)", &e))?;
-            let c = tor.control();
+            let c = ControlPort::new(tor.control());
             launched = Some(tor);
             c
         }
@@ -480,7 +510,9 @@ async fn create_onion_with_tor(config: &NodeConfig, dir: &Path) -> Result<Hint, 
         .map_err(|e| io("making the onion service", &e))?;
     let hint = l.hint();
     drop(l);
-    drop(launched);
+    if let Some(mut tor) = launched {
+        tor.stop().await;
+    }
     Ok(hint)
 }
 

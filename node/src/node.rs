@@ -28,6 +28,7 @@ use crate::introducer::{
     Announcement, ClientOptions, IntroducerClient, IntroducerLimits, IntroducerService,
 };
 use crate::private::{random_bytes, PrivateDir};
+use folio_transports::tor::ControlPort;
 use folio_transports::tor_launch::{LaunchOptions, LaunchedTor};
 
 /// The software version nodes announce.
@@ -127,7 +128,8 @@ impl Node {
         let private = PrivateDir::open(basedir)?;
         let identity = private.identity()?;
 
-        let (registry, tor) = build_registry(&cfg, basedir, hide_ip).await?;
+        let tor_password = private.tor_control_password()?;
+        let (registry, tor) = build_registry(&cfg, basedir, hide_ip, tor_password).await?;
         let registry = Arc::new(registry);
         let tub = Tub::new(identity, registry.clone(), node_tub_config())
             .map_err(|e| StartError::Other(format!("making the Tub: {e}")))?;
@@ -451,7 +453,7 @@ pub const ARTI_ONION_NICKNAME: &str = "folio";
 #[derive(Default)]
 struct TorRuntime {
     launched: Option<LaunchedTor>,
-    control: Option<std::net::SocketAddr>,
+    control: Option<ControlPort>,
     #[cfg(feature = "tor-arti")]
     arti: Option<folio_transports::arti::ArtiTor>,
 }
@@ -461,6 +463,7 @@ async fn build_registry(
     cfg: &NodeConfig,
     basedir: &Path,
     hide_ip: bool,
+    tor_password: Option<crate::private::Password>,
 ) -> Result<(Registry, TorRuntime), StartError> {
     let policy = |e: folio_handlers::PolicyError| StartError::Handler(e.to_string());
     let mut reg = if hide_ip {
@@ -469,7 +472,10 @@ async fn build_registry(
         Registry::with_tcp()
     };
     let mut tor = TorRuntime {
-        control: cfg.tor.control_port,
+        control: cfg.tor.control_port.map(|addr| match &tor_password {
+            Some(p) => ControlPort::new(addr).with_password(p.expose()),
+            None => ControlPort::new(addr),
+        }),
         ..TorRuntime::default()
     };
     if cfg.tor.enabled && cfg.tor.launch {
@@ -477,13 +483,13 @@ async fn build_registry(
             .await
             .map_err(|e| StartError::Handler(format!("tor: [tor] launch = true: {e}")))?;
         info!(control = %launched.control(), pid = ?launched.pid(), "launched tor");
-        tor.control = Some(launched.control());
+        tor.control = Some(ControlPort::new(launched.control()));
         tor.launched = Some(launched);
     }
     if cfg.tor.enabled {
-        let handler: Arc<dyn folio_handlers::Handler> = if let Some(control) = tor.control {
+        let handler: Arc<dyn folio_handlers::Handler> = if let Some(control) = &tor.control {
             Arc::new(
-                folio_handlers::tor::TorHandler::from_control(control)
+                folio_handlers::tor::TorHandler::from_control(control.clone())
                     .await
                     .map_err(|e| {
                         let which = if tor.launched.is_some() {
@@ -639,7 +645,7 @@ async fn start_listeners(
     }
     if cfg.tor.onion {
         let (hint, describe, listener): (Hint, String, Box<dyn folio_rpc::Listener>) =
-            if let Some(control) = tor.control {
+            if let Some(control) = tor.control.clone() {
                 let key = basedir.join(&cfg.tor.onion_private_key_file);
                 let port = cfg.tor.onion_external_port;
                 let local = cfg.tor.onion_local_port.unwrap_or(0);

@@ -10,6 +10,7 @@
 //! | `storage.furl`, `introducer.furl`, `control.furl` | the node's own FURLs |
 //! | `introducer_cache.json` | the last announcements heard, used while introducers are down |
 //! | `tor_onion.privkey`, `i2p_dest.privkey` | onion service and I2P destination keys |
+//! | `tor_control_password` | a running tor's control-port password (`HashedControlPassword`), when it has one |
 //!
 //! The directory is created `0700` and every file in it `0600`; a directory or file that
 //! others can read is refused rather than used.
@@ -125,6 +126,53 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
+/// The file in `private/` holding a running tor's control-port password.
+pub const TOR_CONTROL_PASSWORD: &str = "tor_control_password";
+
+/// The longest control-port password accepted, in bytes.
+pub const MAX_PASSWORD: usize = 1024;
+
+/// A password that `Debug` never shows.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// Takes the first line of `text` (without its line ending) as a password; an empty one,
+    /// or one over [`MAX_PASSWORD`] bytes, is refused.
+    pub fn parse(text: &str) -> Result<Password, String> {
+        let line = text.lines().next().unwrap_or("");
+        if line.is_empty() {
+            return Err("the password is empty".into());
+        }
+        if line.len() > MAX_PASSWORD {
+            return Err(format!("the password is over {MAX_PASSWORD} bytes"));
+        }
+        Ok(Password(line.to_string()))
+    }
+
+    /// Reads a password file: its first line, read with a bound.
+    pub fn read_file(path: &Path) -> Result<Password, String> {
+        use std::io::Read;
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        file.take(MAX_PASSWORD as u64 + 2)
+            .read_to_string(&mut text)
+            .map_err(|e| e.to_string())?;
+        Password::parse(&text)
+    }
+
+    /// The password.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(hidden)")
+    }
+}
+
 /// A node's `private/` directory.
 #[derive(Debug, Clone)]
 pub struct PrivateDir {
@@ -204,6 +252,14 @@ impl PrivateDir {
             Err(e) => return Err(io(e)),
         }
         std::fs::read_to_string(&path).map(Some).map_err(io)
+    }
+
+    /// The control-port password of a running tor (`private/tor_control_password`), if the
+    /// node was given one.
+    pub fn tor_control_password(&self) -> Result<Option<Password>, PrivateError> {
+        self.read(TOR_CONTROL_PASSWORD)?
+            .map(|text| Password::parse(&text).map_err(|e| self.corrupt(TOR_CONTROL_PASSWORD, &e)))
+            .transpose()
     }
 
     fn corrupt(&self, name: &str, reason: &str) -> PrivateError {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use folio_tests::i2pd::I2pd;
-use folio_tests::tornet::TorNet;
+use folio_tests::tornet::{LoneTor, LoneTorAuth, TorNet};
 use serde_json::Value;
 
 mod common;
@@ -334,4 +334,69 @@ fn tor_launch_runs_a_tor_of_the_nodes_own() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A running tor set up with `HashedControlPassword`: `create-node` copies the password into
+/// `private/` (never into tahoe.cfg), makes the onion key through the control port with it,
+/// and `tahoe run` authenticates with it. The tor never reaches past 127.0.0.1 and never
+/// bootstraps: its control and SOCKS ports are all this test needs.
+#[test]
+fn a_password_protected_tor_serves_a_hidden_node() {
+    let tor = LoneTor::start("node-password", LoneTorAuth::Password("s3cret pass"));
+    let tmp = tempfile::tempdir().unwrap();
+    let control = format!("--tor-control-port=tcp:{}", tor.control());
+
+    // Without the password, create-node says what is missing.
+    let dir = tmp.path().join("nopass");
+    let out = common::tahoe()
+        .args(["create-node", "--listen=tor", "--hide-ip", &control])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("wants its password"),
+        "{err}"
+    );
+
+    let pw = tmp.path().join("tor-password");
+    std::fs::write(&pw, "s3cret pass\n").unwrap();
+    let dir = tmp.path().join("node");
+    create(&[
+        "create-node",
+        "--listen=tor",
+        "--hide-ip",
+        &control,
+        &format!("--tor-control-password-file={}", pw.display()),
+        dir.to_str().unwrap(),
+    ]);
+    let kept = dir.join("private/tor_control_password");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "s3cret pass\n");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kept).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let cfg = std::fs::read_to_string(dir.join("tahoe.cfg")).unwrap();
+    assert!(!cfg.contains("s3cret"), "{cfg}");
+    assert!(cfg.contains(".onion:3457"), "{cfg}");
+
+    let _node = run(&dir);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let st = loop {
+        if let Some(st) = status(&dir) {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not start within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let listeners = st["listeners"].to_string();
+    assert!(listeners.contains(".onion:3457"), "{st}");
+    assert!(
+        st["handlers"]
+            .to_string()
+            .contains(&format!("control at {}", tor.control())),
+        "{st}"
+    );
 }
