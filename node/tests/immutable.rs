@@ -13,8 +13,12 @@ use folio_node::immutable::{
     download, upload, CapError, ChkCap, DownloadError, EncodingParams, FileSource, Phase, Progress,
     ReadCap, ShareFront, UploadError, UploadReport, LIT_MAX,
 };
-use folio_node::storage::{si_b32, Storage, StorageConfig, StorageServerRef};
-use folio_rpc::{Host, Tub, TubConfig};
+use folio_node::storage::{
+    si_b32, BucketWriter, BucketWriterRef, CanaryRef, LeaseSecret, Storage, StorageConfig,
+    StorageError, StorageIndex, StorageServer, StorageServerRef, StorageVersion, TestWriteVectors,
+    WriteEnabler,
+};
+use folio_rpc::{Bytes, CallError, Host, Tub, TubConfig};
 
 mod common;
 use common::files_under;
@@ -62,6 +66,33 @@ impl Grid {
     }
 
     async fn with(n: usize, adjust: impl Fn(usize, &mut StorageConfig)) -> Grid {
+        Grid::build(n, adjust, |storage| storage.serve()).await
+    }
+
+    /// Like [`Grid::new`], each server's service wrapped in a [`Recording`] that keeps
+    /// every byte string the client sends it.
+    async fn recording(n: usize) -> (Grid, Received) {
+        let received = Received::default();
+        let r = received.clone();
+        let grid = Grid::build(
+            n,
+            |_, _| {},
+            move |storage| {
+                StorageServerRef::serve(Recording {
+                    storage: storage.clone(),
+                    received: r.clone(),
+                })
+            },
+        )
+        .await;
+        (grid, received)
+    }
+
+    async fn build(
+        n: usize,
+        adjust: impl Fn(usize, &mut StorageConfig),
+        serve: impl Fn(&Storage) -> StorageServerRef,
+    ) -> Grid {
         let tmp = tempfile::tempdir().unwrap();
         let client = tub();
         let mut servers = Vec::new();
@@ -77,7 +108,7 @@ impl Grid {
                 .unwrap();
             server.set_location(vec![listener.hint_for(Host::Ipv4([127, 0, 0, 1].into()))]);
             server.listen(listener);
-            let furl = server.register_as(storage.serve(), "storage").unwrap();
+            let furl = server.register_as(serve(&storage), "storage").unwrap();
             let ss: StorageServerRef =
                 tokio::time::timeout(Duration::from_secs(10), client.get(&furl))
                     .await
@@ -791,4 +822,295 @@ fn cap_strings() {
         "URI:CHK:x".parse::<ReadCap>().unwrap_err(),
         CapError::UnknownPrefix
     );
+}
+
+/// Every byte string clients sent to a grid's storage services, one entry per argument.
+#[derive(Clone, Default)]
+struct Received(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl Received {
+    fn keep(&self, parts: &[&[u8]]) {
+        let mut all = self.0.lock().unwrap();
+        all.extend(parts.iter().map(|p| p.to_vec()));
+    }
+
+    fn all(&self) -> Vec<Vec<u8>> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A storage service that records what the client sends (every argument that carries bytes)
+/// and passes the call on to the real server. Its bucket writers record their writes.
+struct Recording {
+    storage: Storage,
+    received: Received,
+}
+
+fn unwrap_call(e: CallError<StorageError>) -> StorageError {
+    match e {
+        CallError::App(e) => e,
+        other => StorageError::Io(other.to_string()),
+    }
+}
+
+impl StorageServer for Recording {
+    async fn get_version(&self) -> Result<StorageVersion, StorageError> {
+        self.storage.get_version().await
+    }
+
+    async fn allocate_buckets(
+        &self,
+        storage_index: StorageIndex,
+        renew_secret: LeaseSecret,
+        cancel_secret: LeaseSecret,
+        sharenums: std::collections::BTreeSet<u16>,
+        allocated_size: u64,
+        canary: CanaryRef,
+    ) -> Result<
+        (
+            std::collections::BTreeSet<u16>,
+            std::collections::BTreeMap<u16, BucketWriterRef>,
+        ),
+        StorageError,
+    > {
+        self.received
+            .keep(&[&storage_index, &renew_secret, &cancel_secret]);
+        let (have, writers) = self
+            .storage
+            .allocate_buckets(
+                storage_index,
+                renew_secret,
+                cancel_secret,
+                sharenums,
+                allocated_size,
+                canary,
+            )
+            .await?;
+        let writers = writers
+            .into_iter()
+            .map(|(n, inner)| {
+                let w = RecordingWriter {
+                    inner,
+                    received: self.received.clone(),
+                };
+                (n, BucketWriterRef::serve(w))
+            })
+            .collect();
+        Ok((have, writers))
+    }
+
+    async fn add_lease(
+        &self,
+        storage_index: StorageIndex,
+        renew_secret: LeaseSecret,
+        cancel_secret: LeaseSecret,
+    ) -> Result<(), StorageError> {
+        self.received
+            .keep(&[&storage_index, &renew_secret, &cancel_secret]);
+        self.storage
+            .add_lease(storage_index, renew_secret, cancel_secret)
+            .await
+    }
+
+    async fn get_buckets(
+        &self,
+        storage_index: StorageIndex,
+    ) -> Result<std::collections::BTreeMap<u16, folio_node::storage::BucketReaderRef>, StorageError>
+    {
+        self.received.keep(&[&storage_index]);
+        self.storage.get_buckets(storage_index).await
+    }
+
+    async fn advise_corrupt_share(
+        &self,
+        share_type: String,
+        storage_index: StorageIndex,
+        shnum: u16,
+        reason: String,
+    ) -> Result<(), StorageError> {
+        self.received
+            .keep(&[share_type.as_bytes(), &storage_index, reason.as_bytes()]);
+        self.storage
+            .advise_corrupt_share(share_type, storage_index, shnum, reason)
+            .await
+    }
+
+    async fn slot_readv(
+        &self,
+        storage_index: StorageIndex,
+        shares: Vec<u16>,
+        readv: Vec<(u64, u64)>,
+    ) -> Result<std::collections::BTreeMap<u16, Vec<Bytes>>, StorageError> {
+        self.received.keep(&[&storage_index]);
+        self.storage.slot_readv(storage_index, shares, readv).await
+    }
+
+    async fn slot_testv_and_readv_and_writev(
+        &self,
+        storage_index: StorageIndex,
+        secrets: (WriteEnabler, LeaseSecret, LeaseSecret),
+        tw_vectors: std::collections::BTreeMap<u16, TestWriteVectors>,
+        read_vector: Vec<(u64, u64)>,
+    ) -> Result<(bool, std::collections::BTreeMap<u16, Vec<Bytes>>), StorageError> {
+        self.received
+            .keep(&[&storage_index, &secrets.0, &secrets.1, &secrets.2]);
+        for tw in tw_vectors.values() {
+            for t in &tw.test {
+                self.received.keep(&[&t.specimen]);
+            }
+            for (_, data) in &tw.write {
+                self.received.keep(&[data]);
+            }
+        }
+        self.storage
+            .slot_testv_and_readv_and_writev(storage_index, secrets, tw_vectors, read_vector)
+            .await
+    }
+}
+
+struct RecordingWriter {
+    inner: BucketWriterRef,
+    received: Received,
+}
+
+impl BucketWriter for RecordingWriter {
+    async fn write(&self, offset: u64, data: Bytes) -> Result<(), StorageError> {
+        self.received.keep(&[&data]);
+        self.inner.write(offset, data).await.map_err(unwrap_call)
+    }
+    async fn close(&self) -> Result<(), StorageError> {
+        self.inner.close().await.map_err(unwrap_call)
+    }
+    async fn abort(&self) -> Result<(), StorageError> {
+        self.inner.abort().await.map_err(unwrap_call)
+    }
+}
+
+/// How many of `haystack`'s 32-byte windows are among `windows`.
+fn shared_windows(windows: &std::collections::HashSet<&[u8]>, haystack: &[u8]) -> usize {
+    haystack.windows(32).filter(|w| windows.contains(w)).count()
+}
+
+/// Nothing a storage server receives or stores reveals the plaintext: no 32-byte window of
+/// a random file appears in any argument sent to the servers (share data, storage index,
+/// lease secrets, ...) nor in any file under their storage directories.
+///
+/// How it fails: with a no-op cipher (or one that leaves any part of the file in clear),
+/// blocks `0..k` of every segment are the plaintext cut in k pieces of at least 64 bytes,
+/// so both the recorded writes and the share files contain plaintext windows.
+#[test]
+fn no_plaintext_reaches_a_storage_server() {
+    use ring::rand::SecureRandom;
+    run(async {
+        let (grid, received) = Grid::recording(4).await;
+        let params = EncodingParams {
+            max_segment_size: 4096,
+            ..EncodingParams::new(2, 3, 4).unwrap()
+        };
+        let mut plaintext = vec![0u8; 40_000];
+        ring::rand::SystemRandom::new()
+            .fill(&mut plaintext)
+            .unwrap();
+        let windows: std::collections::HashSet<&[u8]> = plaintext.windows(32).collect();
+
+        // The check itself can see plaintext: a window embedded in other bytes is found.
+        let mut planted = vec![0u8; 100];
+        planted.extend_from_slice(&plaintext[1000..1040]);
+        planted.extend_from_slice(&[0u8; 100]);
+        assert_eq!(shared_windows(&windows, &planted), 9);
+
+        let report = put(&grid, &params, &plaintext).await;
+        assert_eq!(report.shares_placed, 4);
+
+        // What the servers were sent: at least every share's bytes went through the wrapper.
+        let sent = received.all();
+        let sent_bytes: usize = sent.iter().map(Vec::len).sum();
+        assert!(
+            sent_bytes as u64 >= 4 * plaintext.len() as u64 / 2,
+            "the recording saw only {sent_bytes} bytes"
+        );
+        for (i, bytes) in sent.iter().enumerate() {
+            assert_eq!(
+                shared_windows(&windows, bytes),
+                0,
+                "argument {i} sent to a server ({} bytes) holds plaintext",
+                bytes.len()
+            );
+        }
+
+        // What the servers keep on disk.
+        let mut files = 0;
+        for s in &grid.servers {
+            for f in files_under(&s.dir) {
+                let bytes = std::fs::read(&f).unwrap();
+                assert_eq!(
+                    shared_windows(&windows, &bytes),
+                    0,
+                    "{} holds plaintext",
+                    f.display()
+                );
+                files += 1;
+            }
+        }
+        assert!(files >= 4, "no share files to check");
+        // And the file is really there.
+        assert!(get(&grid, &report.cap).await.unwrap() == plaintext);
+        grid.shutdown().await;
+    })
+}
+
+/// The upload path, end to end, stores the ciphertext an independent implementation
+/// computes. The values were computed with Python 3's `hashlib` and `cryptography` from the
+/// definitions in `immutable/mod.rs` (see `convergent_key_and_ciphertext_known_answers` in
+/// `src/immutable/codec.rs` for the script): convergence secret `[0x11; 32]` (CONVERGENCE),
+/// k = 1, N = 2, segment size 128, plaintext `i % 251` for `i` in `0..200`.
+///
+/// How it fails: a changed key derivation gives another key in the cap; a no-op or wrong
+/// cipher, or a keystream restarted per segment (two segments: 128 + 72 bytes), gives other
+/// bytes in share 0 on the server's disk (with k = 1, share 0's blocks are the ciphertext).
+#[test]
+fn stored_share_holds_the_known_ciphertext() {
+    run(async {
+        let grid = Grid::new(1).await;
+        let params = EncodingParams {
+            max_segment_size: 128,
+            ..EncodingParams::new(1, 1, 2).unwrap()
+        };
+        let plaintext: Vec<u8> = (0..200u32).map(|i| (i % 251) as u8).collect();
+        let report = put(&grid, &params, &plaintext).await;
+        let hex = |t: &str| data_encoding::HEXLOWER.decode(t.as_bytes()).unwrap();
+        let ReadCap::Chk(cap) = &report.cap else {
+            panic!("{:?}", report.cap)
+        };
+        assert_eq!(
+            cap.key.to_vec(),
+            hex("344a377f55efbbb53ded5a7d2b8f4226f6dc317b75d378fe5b3731da03ef8e75")
+        );
+        let si = report.storage_index.unwrap();
+        assert_eq!(si.to_vec(), hex("d64b429292315ca743be4eca0771a936"));
+
+        let expected_ct = hex(
+            "067045b418edd91955b56f9fd220234bbef6d44b1dbf33721fdd3d28243c4c5f\
+             9bb340860190512755cf5f70bb6b72df475b516e421e8a71956bb89d4b48feb1\
+             fa7d660dc7687034ceeb88393d00813cdd6104fd2493eee6876a9384d9172bae\
+             b8cdb442fe975a69e4aa02cdfa67a7844c6f7c22a878d6aaef4e983d4118f734\
+             109b5009cd91b71dbb2b7f83cd7edc339a042514c908ed7a104b269b652cdb4f\
+             b9fe2c2ae78b60e11bb1703c65eec7ed82ad8988494157f04b3d5b84dac23f54\
+             e7dc9dd27c2e2510",
+        );
+        // The share file: the storage server's 40-byte header, then the share.
+        let file = std::fs::read(grid.share_path(0, &si, 0)).unwrap();
+        let share = &file[40..];
+        let g = folio_node::immutable::Geometry::new(1, 2, 200, 128).unwrap();
+        let layout = folio_node::immutable::ShareLayout::new(g);
+        let mut stored = Vec::new();
+        for i in 0..g.num_segments {
+            let (at, _) = layout.block_range(i);
+            let len = g.segment_len(i) as usize;
+            stored.extend_from_slice(&share[at as usize..at as usize + len]);
+        }
+        assert_eq!(stored, expected_ct);
+        assert!(get(&grid, &report.cap).await.unwrap() == plaintext);
+        grid.shutdown().await;
+    })
 }
