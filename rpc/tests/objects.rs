@@ -748,6 +748,114 @@ async fn dead_hint_beside_a_good_one(net: Net) {
     assert!(e.to_string().contains("no usable hint"), "{e}");
 }
 
+/// Hints are raced, not tried in turn: with a *silent* hint first (a listener that accepts
+/// and never answers, so its handshake would hang until the dial timeout) and a good hint
+/// second, `get` completes in a small fraction of the dial timeout, the silent attempt is
+/// reported as cancelled, and its socket is closed rather than left to time out.
+///
+/// How it fails: dialing hints one after another waits the whole dial timeout (20 s) on the
+/// silent hint first, which the elapsed-time bound refuses; not cancelling the losers leaves
+/// the silent hint "negotiating" (status) and its socket open (no EOF at the listener).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_hint_first_is_cancelled_when_a_good_hint_wins() {
+    use tokio::io::AsyncReadExt;
+    let grid = Grid::new(Net::Tcp);
+    let server = grid.tub().await;
+    let dial_timeout = Duration::from_secs(20);
+    let client = grid
+        .tub_with(
+            Identity::generate().unwrap(),
+            TubConfig {
+                dial_timeout,
+                ..Grid::config()
+            },
+        )
+        .await;
+    let good = server
+        .register(CalcRef::serve(Arc::new(CalcImpl::default())))
+        .unwrap();
+
+    // The silent listener: accepts, reads whatever comes, never writes. It reports each
+    // accepted connection, and when the dialer closed it.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_hint = format!("tcp:127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (a, c) = (accepted.clone(), closed.clone());
+    let silent_task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = silent.accept().await else {
+                return;
+            };
+            a.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                // Ok(_) at EOF, Err on a reset: either way the dialer let go.
+                let _ = s.read_to_end(&mut sink).await;
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+
+    let text = good
+        .to_string()
+        .replacen('@', &format!("@{silent_hint},"), 1);
+    let furl: folio_rpc::Furl = text.parse().unwrap();
+    assert_eq!(
+        furl.hints()[0].to_string(),
+        silent_hint,
+        "the silent hint is first"
+    );
+    let t0 = std::time::Instant::now();
+    let r: CalcRef = tokio::time::timeout(dial_timeout * 2, client.get(&furl))
+        .await
+        .expect("get gave up")
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took < dial_timeout / 8,
+        "connecting took {took:?}: the silent hint held up the good one (dial timeout {dial_timeout:?})"
+    );
+    assert_eq!(r.add(2, 3).await.unwrap(), 5);
+
+    let s = client
+        .connection_status()
+        .into_iter()
+        .find(|s| s.tubid == server.tubid())
+        .unwrap();
+    let by_hint = |h: &str| {
+        s.hints
+            .iter()
+            .find(|x| x.hint == h)
+            .map(|x| x.status.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        by_hint(&silent_hint),
+        "cancelled: another hint connected first",
+        "{:?}",
+        s.hints
+    );
+    assert_eq!(by_hint(&good.hints()[0].to_string()), "connected");
+    assert_eq!(
+        s.winning_hint.as_deref(),
+        Some(good.hints()[0].to_string().as_str())
+    );
+
+    // The silent hint was really dialed (in parallel), and its socket was closed when the
+    // attempt was cancelled, long before the dial timeout.
+    eventually(5, "the silent listener to see the dial", || {
+        accepted.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    eventually(5, "the cancelled attempt to close its socket", || {
+        closed.load(Ordering::SeqCst) == accepted.load(Ordering::SeqCst)
+    })
+    .await;
+    silent_task.abort();
+}
+
 async fn persisted_furl_survives_a_restart(net: Net) {
     let grid = Grid::new(net);
     let dir = std::env::temp_dir().join(format!("folio-furl-{}-{:?}", std::process::id(), net));
