@@ -681,23 +681,15 @@ async fn start_listeners(
     Ok(())
 }
 
-/// The hosts an `AUTO` location advertises for a TCP listener: the listener's own address
-/// when it is bound to one, else every non-loopback address of this host (loopback when it
-/// has none).
+/// The hosts an `AUTO` location advertises for a TCP listener (see
+/// [`folio_transports::tcp::auto_addresses`]: the listener's own address when it is bound to
+/// one, else this host's addresses the socket can take, global IPv6 included).
 fn auto_addresses(spec: &ListenSpec) -> Vec<Host> {
-    let ip = spec.addr.ip();
-    if !ip.is_unspecified() {
-        return vec![host_of(ip)];
-    }
-    let mut out: Vec<Host> = local_addresses()
+    let interfaces = folio_transports::tcp::interface_addresses();
+    folio_transports::tcp::auto_addresses(spec.addr.ip(), &interfaces)
         .into_iter()
-        .filter(|a| !a.is_loopback())
         .map(host_of)
-        .collect();
-    if out.is_empty() {
-        out.push(Host::Ipv4([127, 0, 0, 1].into()));
-    }
-    out
+        .collect()
 }
 
 fn host_of(ip: std::net::IpAddr) -> Host {
@@ -705,32 +697,6 @@ fn host_of(ip: std::net::IpAddr) -> Host {
         std::net::IpAddr::V4(a) => Host::Ipv4(a),
         std::net::IpAddr::V6(a) => Host::Ipv6(a),
     }
-}
-
-/// The IPv4 addresses of this host's interfaces.
-fn local_addresses() -> Vec<std::net::IpAddr> {
-    let mut out = Vec::new();
-    // SAFETY: getifaddrs fills a linked list that we only read and then free once.
-    unsafe {
-        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut list) != 0 {
-            return out;
-        }
-        let mut cur = list;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if !out.contains(&ip.into()) {
-                    out.push(ip.into());
-                }
-            }
-            cur = ifa.ifa_next;
-        }
-        libc::freeifaddrs(list);
-    }
-    out
 }
 
 fn start_storage(

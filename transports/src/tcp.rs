@@ -3,10 +3,15 @@
 //! Listen specifications use the endpoint syntax Tahoe-LAFS users know from `tub.port`:
 //! `tcp:PORT` (all interfaces), `tcp:PORT:interface=ADDR`, with keyword forms
 //! `tcp:port=PORT` accepted too. Port 0 asks the system for a free port.
+//!
+//! "All interfaces" means both address families: `tcp:PORT` (the same as
+//! `tcp:PORT:interface=::`) binds one dual-stack IPv6 socket that also accepts IPv4, and falls
+//! back to IPv4 alone on a host without IPv6. `tcp:PORT:interface=0.0.0.0` is IPv4 only.
+//! [`auto_addresses`] says which of the host's addresses such a listener can be reached at.
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -110,7 +115,8 @@ pub struct ListenSpec {
 impl fmt::Display for ListenSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ip = self.addr.ip();
-        if ip.is_unspecified() && ip.is_ipv4() {
+        // `tcp:PORT` is every interface of both families: the unspecified IPv6 address.
+        if ip.is_unspecified() && ip.is_ipv6() {
             write!(f, "tcp:{}", self.addr.port())
         } else {
             write!(f, "tcp:{}:interface={}", self.addr.port(), ip)
@@ -170,21 +176,157 @@ impl FromStr for ListenSpec {
             }
         }
         let port = port.ok_or_else(|| bad("no port"))?;
-        let ip = interface.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let ip = interface.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
         Ok(ListenSpec {
             addr: SocketAddr::new(ip, port),
         })
     }
 }
 
-/// Binds a listening socket.
+/// Binds a listening socket. For the unspecified IPv6 address (`tcp:PORT`), one dual-stack
+/// socket that accepts IPv4 too; on a host that cannot make one (no IPv6), the unspecified
+/// IPv4 address instead: the listener's `local_addr` says which.
 pub async fn listen(spec: &ListenSpec) -> Result<TcpListener, TcpError> {
+    let bind_error = |addr| move |source| TcpError::Bind { addr, source };
+    if spec.addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        match dual_stack(spec.addr) {
+            Ok(l) => return Ok(l),
+            Err(e) if !no_ipv6(&e) => return Err(bind_error(spec.addr)(e)),
+            Err(e) => {
+                debug!(error = %e, "no dual-stack IPv6 socket: listening on IPv4 only");
+                let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), spec.addr.port());
+                return TcpListener::bind(v4).await.map_err(bind_error(v4));
+            }
+        }
+    }
     TcpListener::bind(spec.addr)
         .await
-        .map_err(|source| TcpError::Bind {
-            addr: spec.addr,
-            source,
-        })
+        .map_err(bind_error(spec.addr))
+}
+
+/// An IPv6 listening socket with `IPV6_V6ONLY` off, so IPv4 peers reach it too (as
+/// IPv4-mapped addresses), whatever the system's default (`net.ipv6.bindv6only`).
+fn dual_stack(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    // As tokio's and std's `bind` do: a restarted node gets its port back at once.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Whether `e` says this host has no (dual-stack) IPv6, rather than that the port is taken.
+fn no_ipv6(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EAFNOSUPPORT
+                | libc::EPROTONOSUPPORT
+                | libc::EADDRNOTAVAIL
+                | libc::EINVAL
+                | libc::ENOPROTOOPT
+        )
+    )
+}
+
+/// The addresses an `AUTO` location advertises for a TCP listener bound to `bound`, given
+/// the host's interface addresses (as [`interface_addresses`] finds them).
+///
+/// - Bound to one address: that address, whatever it is.
+/// - Bound to every IPv4 interface (`0.0.0.0`): each IPv4 address but loopback (an IPv6
+///   address would be refused: the socket takes IPv4 only).
+/// - Bound to every interface of both families (`::`, dual-stack; see [`listen`]): the same
+///   IPv4 addresses, then each IPv6 address of global scope (see [`advertisable_ipv6`]).
+/// - Nothing left: `127.0.0.1`, so that at least this host can reach the listener.
+///
+/// Each address once, IPv4 first, otherwise in the order given.
+pub fn auto_addresses(bound: IpAddr, interfaces: &[IpAddr]) -> Vec<IpAddr> {
+    if !bound.is_unspecified() {
+        return vec![bound];
+    }
+    let takes_ipv6 = bound.is_ipv6();
+    let mut out: Vec<IpAddr> = Vec::new();
+    let v4 = interfaces.iter().filter(|ip| match ip {
+        IpAddr::V4(a) => {
+            !a.is_loopback() && !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast()
+        }
+        IpAddr::V6(_) => false,
+    });
+    let v6 = interfaces.iter().filter(|ip| match ip {
+        IpAddr::V6(a) => takes_ipv6 && advertisable_ipv6(a),
+        IpAddr::V4(_) => false,
+    });
+    for ip in v4.chain(v6) {
+        if !out.contains(ip) {
+            out.push(*ip);
+        }
+    }
+    if out.is_empty() {
+        out.push(Ipv4Addr::LOCALHOST.into());
+    }
+    out
+}
+
+/// Whether an interface's IPv6 address is one to announce: a unicast address of global
+/// scope. Refused: unspecified, loopback (`::1`), multicast, link-local (`fe80::/10`, which
+/// means nothing without the interface it belongs to), the deprecated site-local
+/// (`fec0::/10`), and IPv4-mapped or -compatible addresses (`::ffff:0:0/96`, `::/96`: IPv4
+/// in disguise). Unique local addresses (`fc00::/7`) are kept, as the IPv4 private ranges
+/// are: peers on the same network reach them.
+pub fn advertisable_ipv6(a: &Ipv6Addr) -> bool {
+    let first = a.segments()[0];
+    let ipv4_inside =
+        a.segments()[..5].iter().all(|&s| s == 0) && matches!(a.segments()[5], 0 | 0xffff);
+    !(a.is_unspecified()
+        || a.is_loopback()
+        || a.is_multicast()
+        || first & 0xffc0 == 0xfe80
+        || first & 0xffc0 == 0xfec0
+        || ipv4_inside)
+}
+
+/// The IPv4 and IPv6 addresses of this host's interfaces (`getifaddrs`), each once, in the
+/// order the system lists them; empty if it cannot tell.
+pub fn interface_addresses() -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    // SAFETY: getifaddrs fills a linked list that we only read, then free once. Each
+    // ifa_addr is read as the sockaddr type its family says it is.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) != 0 {
+            return out;
+        }
+        let mut cur = list;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            let ip: Option<IpAddr> = if ifa.ifa_addr.is_null() {
+                None
+            } else {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into())
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        Some(Ipv6Addr::from(sin6.sin6_addr.s6_addr).into())
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(ip) = ip {
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -194,7 +336,11 @@ mod tests {
     #[test]
     fn listen_specs() {
         let p = |s: &str| s.parse::<ListenSpec>().map(|l| l.addr);
-        assert_eq!(p("tcp:3456").unwrap(), "0.0.0.0:3456".parse().unwrap());
+        assert_eq!(p("tcp:3456").unwrap(), "[::]:3456".parse().unwrap());
+        assert_eq!(
+            p("tcp:3456:interface=0.0.0.0").unwrap(),
+            "0.0.0.0:3456".parse().unwrap()
+        );
         assert_eq!(
             p("tcp:0:interface=127.0.0.1").unwrap(),
             "127.0.0.1:0".parse().unwrap()
@@ -227,6 +373,107 @@ mod tests {
         let spec: ListenSpec = "tcp:80:interface=::1".parse().unwrap();
         assert_eq!(spec.to_string(), "tcp:80:interface=::1");
         assert_eq!("tcp:7".parse::<ListenSpec>().unwrap().to_string(), "tcp:7");
+        assert_eq!(
+            "tcp:7:interface=::"
+                .parse::<ListenSpec>()
+                .unwrap()
+                .to_string(),
+            "tcp:7"
+        );
+        // IPv4 only stays IPv4 only through a round trip.
+        let v4: ListenSpec = "tcp:7:interface=0.0.0.0".parse().unwrap();
+        assert_eq!(v4.to_string(), "tcp:7:interface=0.0.0.0");
+        assert_eq!(v4.to_string().parse::<ListenSpec>().unwrap(), v4);
+    }
+
+    /// The AUTO filter as a pure function. How it fails: collecting IPv4 only drops the
+    /// global and unique-local IPv6 addresses from the `::` case; letting link-local,
+    /// loopback, mapped or multicast addresses through, or announcing IPv6 for an IPv4-only
+    /// socket, shows up in the exact lists below.
+    #[test]
+    fn auto_addresses_keep_global_ipv6_and_drop_local_scopes() {
+        let ips =
+            |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|s| s.parse().unwrap()).collect() };
+        let host = ips(&[
+            "127.0.0.1",
+            "::1",
+            "192.168.1.20",
+            "fe80::1c2:3ff:fe04:506",
+            "2a01:4f8:c17:1234::1",
+            "fd12:3456:789a::20",
+            "fec0::1",
+            "::ffff:192.168.1.20",
+            "::192.168.1.21",
+            "ff02::1",
+            "10.0.0.7",
+            "2a01:4f8:c17:1234::1",
+        ]);
+        let all: IpAddr = Ipv6Addr::UNSPECIFIED.into();
+        let v4_all: IpAddr = Ipv4Addr::UNSPECIFIED.into();
+        assert_eq!(
+            auto_addresses(all, &host),
+            ips(&[
+                "192.168.1.20",
+                "10.0.0.7",
+                "2a01:4f8:c17:1234::1",
+                "fd12:3456:789a::20"
+            ])
+        );
+        // An IPv4-only socket cannot take IPv6 peers: none is announced.
+        assert_eq!(
+            auto_addresses(v4_all, &host),
+            ips(&["192.168.1.20", "10.0.0.7"])
+        );
+        // An IPv6-only host.
+        assert_eq!(
+            auto_addresses(all, &ips(&["127.0.0.1", "::1", "fe80::1", "2001:db8::5"])),
+            ips(&["2001:db8::5"])
+        );
+        // Nothing but loopback and link-local: loopback IPv4, as before.
+        for bound in [all, v4_all] {
+            assert_eq!(
+                auto_addresses(bound, &ips(&["127.0.0.1", "::1", "fe80::1"])),
+                ips(&["127.0.0.1"])
+            );
+            assert_eq!(auto_addresses(bound, &[]), ips(&["127.0.0.1"]));
+        }
+        // A listener bound to one address announces exactly that one.
+        for one in ["::1", "127.0.0.1", "2a01:4f8::9", "fe80::1"] {
+            assert_eq!(auto_addresses(one.parse().unwrap(), &host), ips(&[one]));
+        }
+    }
+
+    #[test]
+    fn interface_addresses_include_loopback() {
+        // Every Linux host has `lo` with 127.0.0.1: a reader that finds nothing is broken.
+        let found = interface_addresses();
+        assert!(found.contains(&Ipv4Addr::LOCALHOST.into()), "{found:?}");
+    }
+
+    /// `tcp:0` listens on both families: one socket takes a dial to 127.0.0.1 and one to
+    /// `[::1]`. How it fails: binding `0.0.0.0` (IPv4 only, as before) refuses the IPv6 dial,
+    /// and an IPv6-only socket refuses the IPv4 one. Needs IPv6 on loopback, and says so.
+    #[tokio::test]
+    async fn all_interfaces_means_both_families() {
+        let listener = listen(&"tcp:0".parse().unwrap()).await.unwrap();
+        let local = listener.local_addr().unwrap();
+        assert!(
+            local.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            "listening on {local}: this host has no IPv6 for the test"
+        );
+        for host in ["127.0.0.1", "::1"] {
+            let (d, a) = tokio::join!(
+                dial(host, local.port(), Duration::from_secs(5)),
+                listener.accept()
+            );
+            d.unwrap_or_else(|e| panic!("dialing {host}: {e}"));
+            let from = a.unwrap().1.ip();
+            let from = match from {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(from),
+                v4 => v4,
+            };
+            assert_eq!(from, host.parse::<IpAddr>().unwrap());
+        }
     }
 
     #[tokio::test]
