@@ -1,7 +1,9 @@
 //! A tiny Folio peer for the two-process handshake test.
 //!
 //! `folio-handshake-peer listen IDENTITY.pem tcp:0:interface=127.0.0.1` prints
-//! `FURL <furl>`, accepts one connection (as Side::Server), answers one message and exits.
+//! `FURL <furl>`, accepts one connection (as Side::Server), prints `PEER <tubid> SAID <text>`
+//! and `FROM <address>`, answers one message and exits. The interface may be IPv6
+//! (`tcp:0:interface=::1`): the FURL's hint is then `tcp:[::1]:PORT`.
 //! `folio-handshake-peer dial IDENTITY.pem FURL` dials each hint (as Side::Client), sends a
 //! message, prints `REPLY <text>` and exits. Errors go to stderr with exit status 1.
 
@@ -34,11 +36,13 @@ async fn listen(identity: &Path, spec: &str) -> Result<()> {
     let spec: tcp::ListenSpec = spec.parse()?;
     let listener = tcp::listen(&spec).await?;
     let addr = listener.local_addr()?;
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => bail!("give the peer one interface to listen on, not {ip}"),
+        std::net::IpAddr::V4(v4) => Host::Ipv4(v4),
+        std::net::IpAddr::V6(v6) => Host::Ipv6(v6),
+    };
     let hint = Hint::Tcp {
-        host: Host::Ipv4(match addr.ip() {
-            std::net::IpAddr::V4(v4) => v4,
-            other => bail!("this test peer listens on IPv4 only, not {other}"),
-        }),
+        host,
         port: addr.port(),
     };
     let furl = Furl::new(hs.tubid(), vec![hint], Swissnum::random());
@@ -56,6 +60,7 @@ async fn listen(identity: &Path, spec: &str) -> Result<()> {
         .await?
         .context("the peer closed before sending its message")?;
     println!("PEER {} SAID {msg}", conn.info.peer);
+    println!("FROM {from}");
     conn.writer.send_message(&format!("pong: {msg}")).await?;
     conn.writer.shutdown().await?;
     Ok(())
