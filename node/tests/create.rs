@@ -127,6 +127,73 @@ fn created_node_has_a_private_directory_and_a_valid_config() {
     assert!(text.contains("interface=127.0.0.1"), "{text}");
 }
 
+/// `create-node --port --location` made and run for real: the node listens where `--port`
+/// says, announces exactly what `--location` says (a name, `localhost`, not the bound
+/// address, so the hint cannot have come from AUTO), and a client holding only the storage
+/// FURL reaches the node through that hint.
+///
+/// How it fails: `--port` or `--location` not written to tahoe.cfg (or not honoured by
+/// `tahoe run`) gives another listener, another location or an unreachable hint: the
+/// config, status or FURL checks, or the call, fail.
+#[test]
+fn node_made_with_port_and_location_is_reachable_there() {
+    use folio_node::storage::StorageServerRef;
+    use folio_rpc::{Furl, TubConfig};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("explicit");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("tcp:{port}:interface=127.0.0.1");
+    let location = format!("tcp:localhost:{port}");
+    common::create(&[
+        "create-node",
+        &format!("--port={listen}"),
+        &format!("--location={location}"),
+        "--nickname=explicit",
+        dir.to_str().unwrap(),
+    ]);
+    let cfg = folio_node::config::NodeConfig::load(&dir.join("tahoe.cfg")).unwrap();
+    assert_eq!(
+        cfg.node.tub_port,
+        folio_node::config::TubPort::Listen(vec![listen.parse().unwrap()])
+    );
+    assert_eq!(
+        cfg.node.tub_location,
+        folio_node::config::Location::Hints(vec![location.parse().unwrap()])
+    );
+
+    let mut node = common::run(&dir);
+    let furl: Furl =
+        common::wait_for_file(&dir.join("private/storage.furl"), Duration::from_secs(30))
+            .parse()
+            .unwrap();
+    let hints: Vec<String> = furl.hints().iter().map(|h| h.to_string()).collect();
+    assert_eq!(hints, vec![location.clone()]);
+    let st = common::status(&dir).expect("the node answers status");
+    assert_eq!(st["location"], serde_json::json!([location]), "{st}");
+    assert_eq!(st["listeners"], serde_json::json!([listen]), "{st}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tub = folio_tests::tubs::tcp_tub(TubConfig::default());
+        let ss: StorageServerRef = tokio::time::timeout(Duration::from_secs(20), tub.get(&furl))
+            .await
+            .expect("connecting timed out")
+            .expect("the node is reachable at --location");
+        let version = ss.get_version().await.unwrap();
+        assert!(version.application_version.starts_with("folio-node/"));
+        let status = tub.connection_status();
+        assert_eq!(status[0].winning_hint.as_deref(), Some(location.as_str()));
+        tub.shutdown().await;
+    });
+    node.terminate();
+    assert!(node.wait_timeout(Duration::from_secs(15)).success());
+}
+
 /// A hidden client made for real, then edited into each unsafe shape: `tahoe run` refuses
 /// each before it opens any connection, naming the setting.
 #[test]
