@@ -337,3 +337,118 @@ fn a_storage_node_killed_mid_upload_keeps_no_partial_share() {
         "incoming/ was not cleaned at start"
     );
 }
+
+/// (tubid, connected) of each introducer `dir`'s node uses, as its status shows them.
+fn introducers(dir: &Path) -> Vec<(String, bool)> {
+    let Some(st) = status(dir) else {
+        return Vec::new();
+    };
+    st["introducers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["tubid"].as_str().unwrap().to_string(),
+                i["connected"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A client with two introducers hears servers through each, and keeps hearing new ones
+/// through the second after the first stops: s1 announces only to introducer A, s2 (started
+/// after A is gone) only to introducer B.
+///
+/// How it fails: a node that uses only its first introducer never learns s2; one that uses
+/// only the last never learns s1; one whose introducer client stops (or stalls) when one
+/// introducer is lost never learns s2 either.
+#[test]
+fn a_node_with_two_introducers_learns_through_the_other_when_one_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let mut intros = Vec::new();
+    let mut furls = Vec::new();
+    for name in ["intro-a", "intro-b"] {
+        let d = base.join(name);
+        create(&[
+            "create-introducer",
+            "--hostname",
+            "127.0.0.1",
+            d.to_str().unwrap(),
+        ]);
+        intros.push(run(&d));
+        furls.push(wait_for_file(
+            &d.join("private/introducer.furl"),
+            Duration::from_secs(20),
+        ));
+    }
+    let tubid = |furl: &str| furl.parse::<folio_rpc::Furl>().unwrap().tubid().to_string();
+    let (a, b) = (tubid(&furls[0]), tubid(&furls[1]));
+
+    let client = base.join("client");
+    create(&[
+        "create-client",
+        "--nickname",
+        "client",
+        "--introducer",
+        &furls[0],
+        "--introducer",
+        &furls[1],
+        client.to_str().unwrap(),
+    ]);
+    let _client = run(&client);
+    wait_until(
+        "the client to connect to both introducers",
+        Duration::from_secs(60),
+        || {
+            let mut got = introducers(&client);
+            got.sort();
+            let mut want = vec![(a.clone(), true), (b.clone(), true)];
+            want.sort();
+            got == want
+        },
+    );
+
+    // s1 announces to introducer A only.
+    let storage = |name: &str, furl: &str| {
+        let d = base.join(name);
+        create(&[
+            "create-node",
+            "--hostname",
+            "127.0.0.1",
+            "--nickname",
+            name,
+            "--introducer",
+            furl,
+            d.to_str().unwrap(),
+        ]);
+        run(&d)
+    };
+    let _s1 = storage("s1", &furls[0]);
+    wait_until(
+        "the client to hear of s1 through introducer A",
+        Duration::from_secs(60),
+        || servers(&client) == all_up(&["s1"]),
+    );
+
+    // Introducer A stops; the client notices, and still holds B.
+    intros[0].terminate();
+    assert!(intros[0].wait_timeout(Duration::from_secs(20)).success());
+    wait_until(
+        "the client to see introducer A down and B up",
+        Duration::from_secs(60),
+        || {
+            let got = introducers(&client);
+            got.contains(&(a.clone(), false)) && got.contains(&(b.clone(), true))
+        },
+    );
+
+    // s2, started now, announces to introducer B only: the client learns of it there.
+    let _s2 = storage("s2", &furls[1]);
+    wait_until(
+        "the client to hear of s2 through introducer B",
+        Duration::from_secs(60),
+        || servers(&client) == all_up(&["s1", "s2"]),
+    );
+}
