@@ -344,8 +344,9 @@ impl ConnShared {
                 side = ?conn.info.side,
                 hint = conn.winning_hint.as_deref().unwrap_or("-"),
             );
-            // The reader first: on a one-thread runtime it answers a call that came behind the
-            // client's hello before the writer's first write, which a held hello joins.
+            // A held hello waits in the outbox for the reader's first write (end_batch), made
+            // once it has handled the frames that came with the client's hello: their
+            // answers leave with it, whichever task runs first.
             let r = tokio::spawn(reader_loop(conn.clone(), reader).instrument(span.clone()));
             let w = tokio::spawn(writer_loop(conn.clone()).instrument(span));
             let tasks = vec![w.abort_handle(), r.abort_handle()];
@@ -462,9 +463,14 @@ impl ConnShared {
 
     /// The reader has handled every frame it had (or is about to wait for room): what they
     /// provoked is written now, in one write.
+    ///
+    /// A server's hello is held in the outbox until then (the writer task leaves it): the
+    /// reader's first batch is the frames that came with the client's hello, and their
+    /// answers leave with the hello in one write (handshake.md §6.2).
     fn end_batch(&self) {
         self.reader_batching.store(false, Ordering::SeqCst);
-        if self.flush_owed.swap(false, Ordering::SeqCst) {
+        let owed = self.flush_owed.swap(false, Ordering::SeqCst);
+        if owed || self.outbox.holds() {
             self.write_now();
         }
     }

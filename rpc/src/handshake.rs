@@ -113,6 +113,12 @@ impl Hello {
     pub fn decode(bytes: &[u8]) -> Result<Hello, HandshakeError> {
         let (hello, _rest) = postcard::take_from_bytes::<Hello>(bytes)
             .map_err(|e| HandshakeError::BadHello(e.to_string()))?;
+        if hello.min_version == 0 {
+            // A first byte 00 marks a refusal instead (see `HelloRefusal`).
+            return Err(HandshakeError::BadHello(
+                "version 0 does not exist: protocol versions count from 1".into(),
+            ));
+        }
         if hello.min_version > hello.max_version {
             return Err(HandshakeError::BadHello(format!(
                 "version range {}..={} is empty",
@@ -126,6 +132,64 @@ impl Hello {
             )));
         }
         Ok(hello)
+    }
+}
+
+/// What a server sends in place of its hello when it refuses a client after TLS
+/// (docs/handshake.md §6.3): a frame whose payload is the byte `00` (which no hello can start
+/// with: a hello's first field is a version, at least 1), then this, postcard-encoded.
+/// Receivers ignore bytes after it; variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloRefusal {
+    /// The client broke the handshake's rules: its hello does not decode or is out of range,
+    /// claims another TubId than its certificate's, or ALPN `folio/1` was not negotiated.
+    Malformed(String),
+    /// The client's hello is fine, but the server's admission check refused it (another
+    /// attempt of the same dial is already connected; the Tub is shutting down).
+    NotAdmitted(String),
+}
+
+/// The longest reason a refusal carries, in bytes: the frame stays well within the hello's
+/// limit ([`MAX_HELLO_LEN`]).
+const MAX_REFUSAL_TEXT: usize = 960;
+
+impl HelloRefusal {
+    /// The refusal's frame payload: `00`, then the refusal. Long reasons are cut short.
+    pub fn encode(&self) -> Vec<u8> {
+        let cut = |s: &str| {
+            let mut end = s.len().min(MAX_REFUSAL_TEXT);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_string()
+        };
+        let short = match self {
+            HelloRefusal::Malformed(s) => HelloRefusal::Malformed(cut(s)),
+            HelloRefusal::NotAdmitted(s) => HelloRefusal::NotAdmitted(cut(s)),
+        };
+        let mut out = vec![0];
+        out.extend(postcard::to_allocvec(&short).expect("a refusal always encodes"));
+        out
+    }
+
+    /// Decodes a refusal's frame payload (`00` first); `None` if it is not one this build
+    /// understands.
+    pub fn decode(payload: &[u8]) -> Option<HelloRefusal> {
+        let rest = payload.strip_prefix(&[0])?;
+        postcard::take_from_bytes(rest).ok().map(|(r, _)| r)
+    }
+
+    /// The refusal a server sends for its own handshake error, if the error is one it
+    /// tells the client about.
+    fn for_error(e: &HandshakeError) -> Option<HelloRefusal> {
+        match e {
+            HandshakeError::BadHello(why) => Some(HelloRefusal::Malformed(why.clone())),
+            HandshakeError::ClaimMismatch { claimed, actual } => Some(HelloRefusal::Malformed(
+                format!("the hello claims Tub {claimed}, but the certificate is Tub {actual}"),
+            )),
+            HandshakeError::Refused(why) => Some(HelloRefusal::NotAdmitted(why.clone())),
+            _ => None,
+        }
     }
 }
 
@@ -192,6 +256,28 @@ pub enum HandshakeError {
     /// The peer's hello is malformed or out of bounds.
     #[error("malformed hello: {0}")]
     BadHello(String),
+    /// The server refused this party's hello as malformed (client side; the server saw
+    /// [`HandshakeError::BadHello`] or [`HandshakeError::ClaimMismatch`]).
+    #[error("the peer refused our hello: {0}")]
+    HelloRefused(String),
+    /// The server's admission check refused this party (client side; the server saw
+    /// [`HandshakeError::Refused`]).
+    #[error("the peer did not admit the connection: {0}")]
+    NotAdmitted(String),
+    /// The client presented no certificate (server side). A Folio client always has one: its
+    /// key cannot sign with any scheme this party offered.
+    #[error(
+        "the client presented no certificate: its key is not of a type Folio accepts \
+         (Ed25519, ECDSA P-256 or P-384, RSA of 2048 to 8192 bits; handshake.md §4)"
+    )]
+    NoCertificate,
+    /// The peer's certificate carries a key of a type, or in an encoding, Folio does not
+    /// accept (the peer was sent the alert `unsupported_certificate`).
+    #[error(
+        "the peer's certificate key is not one Folio accepts (Ed25519; ECDSA P-256 or P-384 \
+         with an uncompressed point; RSA of 2048 to 8192 bits; handshake.md §4)"
+    )]
+    UnsupportedKey,
     /// The peer closed the stream.
     #[error("the peer closed the connection during the {0} phase")]
     Closed(Phase),
@@ -227,10 +313,18 @@ impl HandshakeError {
             return HandshakeError::Closed(phase);
         }
         if let Some(t) = tls::tls_error(&e) {
-            if let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)) = t {
-                if let Some(m) = o.0.downcast_ref::<TubIdMismatch>() {
-                    return HandshakeError::CertificateMismatch(m.clone());
+            match t {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)) => {
+                    if let Some(m) = o.0.downcast_ref::<TubIdMismatch>() {
+                        return HandshakeError::CertificateMismatch(m.clone());
+                    }
                 }
+                // Folio checks no key usage: this is its refusal of the key (tls.rs).
+                rustls::Error::InvalidCertificate(rustls::CertificateError::InvalidPurpose) => {
+                    return HandshakeError::UnsupportedKey
+                }
+                rustls::Error::NoCertificatesPresented => return HandshakeError::NoCertificate,
+                _ => {}
             }
             return HandshakeError::Tls(t.clone());
         }
@@ -263,10 +357,15 @@ impl HandshakeError {
             | UnsupportedPrelude(_)
             | Busy
             | MalformedPrelude(_) => Some(Phase::Prelude),
-            CertificateMismatch(_) | Tls(_) | TlsTooLarge(_) => Some(Phase::Tls),
-            NoCommonVersion { .. } | ClaimMismatch { .. } | BadHello(_) | Refused(_) => {
-                Some(Phase::Hello)
+            CertificateMismatch(_) | Tls(_) | TlsTooLarge(_) | NoCertificate | UnsupportedKey => {
+                Some(Phase::Tls)
             }
+            NoCommonVersion { .. }
+            | ClaimMismatch { .. }
+            | BadHello(_)
+            | HelloRefused(_)
+            | NotAdmitted(_)
+            | Refused(_) => Some(Phase::Hello),
             Config(_) => None,
         }
     }
@@ -649,6 +748,23 @@ impl Handshaker {
         })
         .await?;
         if tls.connection().alpn_protocol() != Some(tls::ALPN) {
+            // A client that offered other protocols got the alert no_application_protocol
+            // from TLS; one that offered none, or a server that chose none, is told here.
+            let refusal = match side {
+                Side::Server => HelloRefusal::Malformed(format!(
+                    "ALPN {} was not negotiated",
+                    String::from_utf8_lossy(tls::ALPN)
+                ))
+                .encode(),
+                Side::Client => Vec::new(),
+            };
+            let mut frame = Vec::new();
+            if !refusal.is_empty() {
+                frame.extend_from_slice(&(refusal.len() as u32).to_be_bytes());
+                frame.extend_from_slice(&refusal);
+            }
+            // The client's Finished, held until now, leaves before its close_notify.
+            refuse(&mut tls, &frame, cfg.hello_timeout).await;
             return Err(HandshakeError::Tls(rustls::Error::NoApplicationProtocol));
         }
         let peer = tls
@@ -676,6 +792,17 @@ impl Handshaker {
                     .map_err(|e| HandshakeError::frame(Phase::Hello, e))?;
             }
             let peer_hello = match reader.next_frame().await {
+                // A server's refusal in place of its hello.
+                Ok(Some(bytes)) if side == Side::Client && bytes.first() == Some(&0) => {
+                    return Err(match HelloRefusal::decode(bytes) {
+                        Some(HelloRefusal::Malformed(why)) => HandshakeError::HelloRefused(why),
+                        Some(HelloRefusal::NotAdmitted(why)) => HandshakeError::NotAdmitted(why),
+                        None => HandshakeError::BadHello(format!(
+                            "a refusal this build does not understand: {:02x?}",
+                            &bytes[..bytes.len().min(16)]
+                        )),
+                    });
+                }
                 Ok(Some(bytes)) => Hello::decode(bytes)?,
                 Ok(None) => return Err(HandshakeError::Closed(Phase::Hello)),
                 Err(e) => return Err(HandshakeError::frame(Phase::Hello, e)),
@@ -698,7 +825,6 @@ impl Handshaker {
                         peer_hello: peer_hello.clone(),
                     };
                     if let Err(reason) = admit(&info) {
-                        let _ = writer.shutdown().await;
                         return Err(HandshakeError::Refused(reason));
                     }
                 }
@@ -716,8 +842,34 @@ impl Handshaker {
             }
             Ok((peer_hello, version?))
         })
-        .await?;
-        let (peer_hello, version) = outcome;
+        .await;
+        let (peer_hello, version) = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                // A server tells the client why it refuses its hello, in place of its own
+                // hello; either side then closes with close_notify. A stream that failed or
+                // timed out has nobody left to tell.
+                if !matches!(
+                    e,
+                    HandshakeError::Closed(_)
+                        | HandshakeError::Io { .. }
+                        | HandshakeError::Timeout { .. }
+                ) {
+                    let refusal = match side {
+                        Side::Server => HelloRefusal::for_error(&e),
+                        Side::Client => None,
+                    };
+                    let _ = tokio::time::timeout(cfg.hello_timeout, async {
+                        if let Some(refusal) = refusal {
+                            let _ = writer.send_frame(&refusal.encode()).await;
+                        }
+                        let _ = writer.shutdown().await;
+                    })
+                    .await;
+                }
+                return Err(e);
+            }
+        };
         reader.set_max_len(cfg.max_frame_len);
         writer.set_max_len(peer_hello.max_frame_len);
         debug!(version, "handshake complete");
@@ -897,6 +1049,37 @@ mod tests {
             ..hello
         };
         assert!(Hello::decode(&postcard::to_allocvec(&empty).unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_refusal_is_told_apart_from_a_hello() {
+        // docs/handshake.md §6.1's example.
+        let r = HelloRefusal::NotAdmitted("busy".into());
+        assert_eq!(r.encode(), [0x00, 0x01, 0x04, b'b', b'u', b's', b'y']);
+        assert_eq!(HelloRefusal::decode(&r.encode()), Some(r.clone()));
+        // Later versions may append fields; an unknown kind is not understood.
+        assert_eq!(
+            HelloRefusal::decode(&[&r.encode()[..], &[9, 9]].concat()),
+            Some(r)
+        );
+        assert_eq!(HelloRefusal::decode(&[0x00, 0x07, 0x00]), None);
+        // A long reason is cut (at a character boundary) to fit the hello's limit.
+        let long = HelloRefusal::Malformed("é".repeat(1000)).encode();
+        assert!(long.len() <= MAX_HELLO_LEN as usize, "{}", long.len());
+        assert!(matches!(
+            HelloRefusal::decode(&long),
+            Some(HelloRefusal::Malformed(s)) if s.len() == MAX_REFUSAL_TEXT
+        ));
+        // No hello starts with 00: version 0 does not exist.
+        let hs = handshaker();
+        let zero = Hello {
+            min_version: 0,
+            ..hs.hello(hs.tubid(), 1)
+        };
+        let bytes = postcard::to_allocvec(&zero).unwrap();
+        assert_eq!(bytes[0], 0);
+        let e = Hello::decode(&bytes).unwrap_err();
+        assert!(e.to_string().contains("version 0"), "{e}");
     }
 
     #[test]

@@ -25,6 +25,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -145,6 +146,11 @@ pub(crate) struct Outbox {
     ready: Notify,
     /// Wakes the callers waiting for room when the writer has written a batch.
     room: Notify,
+    /// Frames were held back at [`Outbox::attach`] and no write has been made yet: the writer
+    /// task leaves the queue alone until the first [`Outbox::write_now`], so that the first
+    /// write carries what was queued behind the held frames by then (a server's hello and
+    /// the answers to the calls that came with the client's), whichever thread runs first.
+    held: AtomicBool,
     max_frame: u32,
     budget: usize,
 }
@@ -174,6 +180,7 @@ impl Outbox {
             writing: Mutex::new(Writing::default()),
             ready: Notify::new(),
             room: Notify::new(),
+            held: AtomicBool::new(false),
             max_frame,
             budget: budget.max(1),
         }
@@ -184,9 +191,12 @@ impl Outbox {
     }
 
     /// Gives the outbox the stream's write half. `held` (frames encoded already, such as a
-    /// hello held back by the handshake) leave first, with the first write.
+    /// hello held back by the handshake) leave first, with the first write, which is the first
+    /// [`Outbox::write_now`]: until then the writer task writes nothing (unless the outbox
+    /// closes). Whoever attaches held frames must see that `write_now` is called soon.
     pub(crate) fn attach<W: AsyncWrite + Unpin + Send + 'static>(&self, io: W, held: Vec<u8>) {
         if !held.is_empty() {
+            self.held.store(true, Ordering::SeqCst);
             let mut state = self.lock();
             let mut queued = held;
             queued.append(&mut state.queued);
@@ -255,6 +265,12 @@ impl Outbox {
         Ok(before == 0)
     }
 
+    /// Whether frames held at [`Outbox::attach`] still wait for the first
+    /// [`Outbox::write_now`].
+    pub(crate) fn holds(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
+    }
+
     /// Wakes the writer task to write what is queued.
     pub(crate) fn wake_writer(&self) {
         self.ready.notify_one();
@@ -264,6 +280,11 @@ impl Outbox {
     /// (or before the writer task has started) wakes the writer task. An error is the
     /// stream's: the connection is broken.
     pub(crate) fn write_now(&self) -> io::Result<()> {
+        // The first write lets the writer task have the held frames too: whoever writes
+        // next takes them, with everything queued behind them.
+        if self.held.load(Ordering::Relaxed) {
+            self.held.store(false, Ordering::SeqCst);
+        }
         let mut writing = match self.writing.try_lock() {
             Ok(w) => w,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -412,7 +433,14 @@ impl Outbox {
         if written {
             state.writing = 0;
         }
-        let taken = state.take(batch, take_goodbye);
+        // The writer task (the one that takes the goodbye) leaves held frames for the first
+        // write_now, unless the connection is closing.
+        let leave = take_goodbye && state.closing.is_none() && self.held.load(Ordering::SeqCst);
+        let taken = if leave {
+            None
+        } else {
+            state.take(batch, take_goodbye)
+        };
         drop(state);
         if wake {
             self.room.notify_waiters();

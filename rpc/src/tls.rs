@@ -22,6 +22,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::debug;
 
 use crate::identity::Identity;
 use crate::tubid::TubId;
@@ -56,6 +57,25 @@ fn algorithms() -> &'static WebPkiSupportedAlgorithms {
     &PROVIDER.signature_verification_algorithms
 }
 
+/// The signature schemes a Folio party lists in its ClientHello and CertificateRequest
+/// (`signature_algorithms`), in this order (docs/handshake.md §4.2). The first six are those a
+/// peer may sign its CertificateVerify with, one per key type Folio accepts
+/// ([`crate::tubid::check_spki`]); the three `rsa_pkcs1` ones are listed only because TLS 1.3
+/// lets them describe signatures inside certificates, which Folio never checks: a
+/// CertificateVerify that uses them is refused, as TLS 1.3 requires. Written out rather than
+/// taken from the crypto provider, so that the wire does not change with it.
+pub const SIGNATURE_SCHEMES: &[SignatureScheme] = &[
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ED25519,
+    SignatureScheme::RSA_PSS_SHA512,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PKCS1_SHA512,
+    SignatureScheme::RSA_PKCS1_SHA384,
+    SignatureScheme::RSA_PKCS1_SHA256,
+];
+
 /// The name under which a client connection is made. SNI is disabled, so it never leaves
 /// this process: it only carries the expected TubId to the verifier.
 pub(crate) fn server_name_for(tubid: &TubId) -> ServerName<'static> {
@@ -79,8 +99,15 @@ fn peer_tubid(
             "a Folio peer presents exactly one certificate".into(),
         ));
     }
-    TubId::from_certificate(end_entity)
-        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))
+    TubId::from_certificate(end_entity).map_err(|e| match e {
+        // The alert `unsupported_certificate` says what is wrong; rustls sends it for this
+        // error (which Folio has no other use for: it checks no key usage).
+        crate::tubid::TubIdError::UnsupportedKey(why) => {
+            debug!(why, "the peer's certificate key is refused");
+            rustls::Error::InvalidCertificate(rustls::CertificateError::InvalidPurpose)
+        }
+        _ => rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding),
+    })
 }
 
 /// Client side: accepts the server only if its key hashes to the TubId being dialed.
@@ -131,7 +158,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        algorithms().supported_schemes()
+        SIGNATURE_SCHEMES.to_vec()
     }
 }
 
@@ -176,7 +203,7 @@ impl ClientCertVerifier for AnyTubClientVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        algorithms().supported_schemes()
+        SIGNATURE_SCHEMES.to_vec()
     }
 }
 
@@ -571,6 +598,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         match this.poll_write_pending(cx) {
             Poll::Ready(Ok(())) => Pin::new(&mut this.io).poll_shutdown(cx),
             other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_scheme_can_be_verified() {
+        for scheme in SIGNATURE_SCHEMES {
+            assert!(
+                algorithms().supported_schemes().contains(scheme),
+                "{scheme:?}"
+            );
         }
     }
 }

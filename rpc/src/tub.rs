@@ -899,9 +899,22 @@ mod tests {
     use crate::object::RefDesc;
 
     /// A Tub's hello is held back until its first write, so the answer to a resolution that
-    /// came behind the client's hello leaves with it: one TLS record, one segment.
+    /// came behind the client's hello leaves with it: one write, one TLS record.
     #[tokio::test]
     async fn the_hello_and_the_early_answer_leave_together() {
+        hello_and_early_answer_in_one_write().await;
+    }
+
+    /// The same on a runtime with several threads, where the connection's writer task runs
+    /// beside its reader: every time, not only when the reader happens to run first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hello_and_the_early_answer_leave_together_on_any_runtime() {
+        for _ in 0..40 {
+            hello_and_early_answer_in_one_write().await;
+        }
+    }
+
+    async fn hello_and_early_answer_in_one_write() {
         let server = Tub::new(
             Identity::generate().unwrap(),
             Arc::new(NoConnector),
@@ -941,7 +954,16 @@ mod tests {
             other => panic!("expected the answer to call 1, got {other:?}"),
         }
         // The server wrote twice: its TLS flight (with the prelude answer), then its hello
-        // and the answer together.
+        // and the answer together. (A write is counted once it has returned, which on
+        // another thread may be just after the client has read it.)
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while lock(&writes).len() < 2 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the server's second write is counted");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         let writes = lock(&writes).clone();
         assert_eq!(writes.len(), 2, "the server's writes: {writes:?}");
     }
