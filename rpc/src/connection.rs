@@ -42,7 +42,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::frame::{encode_frame, FrameReader};
+use crate::frame::{encode_frame, FrameError, FrameReader};
 use crate::furl::Furl;
 use crate::handshake::{ConnectionInfo, Established};
 use crate::limit::Limit;
@@ -801,7 +801,7 @@ impl RefCodec for ConnShared {
             }
             RefKind::Remote(inner) => match inner.furl.get() {
                 Some(furl) => Ok(RefDesc::Gift {
-                    furl: furl.clone(),
+                    furl: furl.to_string(),
                     interface: inner.interface.clone(),
                 }),
                 None => Err(format!(
@@ -811,7 +811,7 @@ impl RefCodec for ConnShared {
                 )),
             },
             RefKind::Furl(lazy) => Ok(RefDesc::Gift {
-                furl: lazy.furl.clone(),
+                furl: lazy.furl.to_string(),
                 interface: lazy.interface.clone(),
             }),
         }
@@ -825,6 +825,10 @@ impl RefCodec for ConnShared {
             RefDesc::Mine { id, interface } => {
                 Ok(ObjectRef(RefKind::Remote(self.import(id, interface)?)))
             }
+            // Export ids count from 1; the root is never passed as a reference.
+            RefDesc::Yours { id: ROOT_OBJECT } => {
+                Err("object id 0 is the root object, which is never passed as a reference".into())
+            }
             RefDesc::Yours { id } => self
                 .exported(id)
                 .map(|d| ObjectRef(RefKind::Local(d)))
@@ -835,6 +839,9 @@ impl RefCodec for ConnShared {
                 if !self.config.accept_gifts {
                     return Err("this Tub refuses third-party references (gifts)".into());
                 }
+                let furl: Furl = furl
+                    .parse()
+                    .map_err(|e| format!("the gift's FURL does not parse: {e}"))?;
                 Ok(ObjectRef(RefKind::Furl(Arc::new(LazyRef {
                     furl,
                     interface,
@@ -1080,6 +1087,12 @@ where
         let frame = match r.next_frame().await {
             Ok(Some(f)) => f,
             Ok(None) => break ("the peer closed the connection".to_string(), None),
+            // The peer sent more than the limit it was told: say so before closing, so
+            // that it can show why (protocol.md §6.4).
+            Err(e @ FrameError::TooLarge { .. }) => {
+                let why = format!("read failed: {e}");
+                break (why, Some(GoodbyeReason::ProtocolViolation(e.to_string())));
+            }
             Err(e) => break (format!("read failed: {e}"), None),
         };
         if reads {

@@ -17,6 +17,8 @@
 //! | `tor:NAME.onion:PORT` | a Tor v3 onion service |
 //! | `i2p:NAME.i2p[:PORT]` | an I2P destination (`.b32.i2p` or an address-book name) |
 //!
+//! `docs/furl.md` is the exact grammar this module implements, edge by edge.
+//!
 //! ```
 //! use folio_rpc::furl::{Furl, Hint};
 //! let text = "folio://aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa@tcp:[::1]:4455,x-new:1/introducer";
@@ -714,6 +716,128 @@ mod tests {
         assert_eq!(
             long.parse::<Furl>(),
             Err(FurlError::TooLong(MAX_FURL_LEN + 1))
+        );
+    }
+
+    /// The edges docs/furl.md states.
+    #[test]
+    fn grammar_edges() {
+        let t = tubid();
+        let parses_as = |hints: &str, canonical: &str| {
+            let f: Furl = furl(hints, "s")
+                .parse()
+                .unwrap_or_else(|e| panic!("{hints}: {e}"));
+            assert_eq!(f.to_string(), furl(canonical, "s"), "{hints}");
+        };
+        // Written back in canonical form: names and onion/I2P addresses lowercased, a DNS
+        // name's final dot dropped, addresses in their standard text, ports without zeros.
+        parses_as("tcp:Example.ORG.:080", "tcp:example.org:80");
+        parses_as(
+            "tcp:[0:0::1]:1,tcp:[2001:DB8::A]:2",
+            "tcp:[::1]:1,tcp:[2001:db8::a]:2",
+        );
+        parses_as("tcp:[::ffff:1.2.3.4]:1", "tcp:[::ffff:1.2.3.4]:1");
+        parses_as("tcp:[::1.2.3.4]:1", "tcp:[::102:304]:1");
+        parses_as("tcp:_srv.a-b.example:1", "tcp:_srv.a-b.example:1");
+        parses_as(
+            &format!("tor:{}:9", ONION.to_uppercase()),
+            &format!("tor:{ONION}:9"),
+        );
+        let b32 = "a".repeat(60);
+        parses_as(
+            &format!("i2p:{}.B32.I2P:7", b32.to_uppercase()),
+            &format!("i2p:{b32}.b32.i2p:7"),
+        );
+        parses_as("i2p:b32.i2p", "i2p:b32.i2p");
+        // An unknown hint is kept as written, any character but the forbidden ones.
+        parses_as("x-new.2:Zé~[]:?", "x-new.2:Zé~[]:?");
+        // The empty hint list.
+        assert!(furl("", "s").parse::<Furl>().unwrap().hints().is_empty());
+
+        assert_eq!(hint_err("tcp:a:1,"), HintError::Empty);
+        assert_eq!(hint_err(",tcp:a:1"), HintError::Empty);
+        assert_eq!(hint_err(","), HintError::Empty);
+        assert_eq!(hint_err("tcp:a@b:1"), HintError::BadChar('@'));
+        assert_eq!(hint_err("tcp:a\u{0}:1"), HintError::BadChar('\u{0}'));
+        assert_eq!(hint_err("tcp:a\u{a0}:1"), HintError::BadChar('\u{a0}'));
+        assert_eq!(hint_err(":a"), HintError::NoType);
+        assert_eq!(hint_err("x_y:a"), HintError::NoType);
+        assert_eq!(
+            hint_err("tcp:01.2.3.4:1"),
+            HintError::Host("01.2.3.4".into())
+        );
+        assert_eq!(hint_err("tcp:1.2.3:1"), HintError::Host("1.2.3".into()));
+        assert_eq!(
+            hint_err("tcp:[fe80::1%eth0]:1"),
+            HintError::Host("[fe80::1%eth0]".into())
+        );
+        assert_eq!(
+            hint_err("tcp:[1.2.3.4]:1"),
+            HintError::Host("[1.2.3.4]".into())
+        );
+        assert_eq!(hint_err("tcp:a:000080"), HintError::Port("000080".into()));
+        let label = "a".repeat(64);
+        assert_eq!(hint_err(&format!("tcp:{label}:1")), HintError::Host(label));
+        let name = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(62),
+        ]
+        .join(".");
+        assert_eq!(name.len(), 254);
+        assert_eq!(hint_err(&format!("tcp:{name}:1")), HintError::Host(name));
+        assert_eq!(
+            hint_err(&format!("tor:{ONION}")),
+            HintError::Shape("tor:NAME.onion:PORT")
+        );
+        assert_eq!(
+            hint_err(&format!("tor:www.{ONION}:1")),
+            HintError::Onion(format!("www.{ONION}"))
+        );
+        assert_eq!(hint_err("i2p:grid.i2p:0"), HintError::Port("0".into()));
+        // A name ending in .b32.i2p is a destination hash or nothing.
+        assert_eq!(
+            hint_err("i2p:x.b32.i2p"),
+            HintError::I2p("x.b32.i2p".into())
+        );
+        assert_eq!(
+            hint_err("i2p:grid.i2p."),
+            HintError::I2p("grid.i2p.".into())
+        );
+        assert_eq!(
+            hint_err(&format!("i2p:{}.b32.i2p", "a".repeat(51))),
+            HintError::I2p(format!("{}.b32.i2p", "a".repeat(51)))
+        );
+        let max = vec!["tcp:a:1"; MAX_HINTS].join(",");
+        assert_eq!(
+            furl(&max, "s").parse::<Furl>().unwrap().hints().len(),
+            MAX_HINTS
+        );
+
+        // The scheme and the TubId are lowercase only; the swissnum is case-sensitive.
+        assert!(matches!(
+            format!("FOLIO://{t}@/s").parse::<Furl>(),
+            Err(FurlError::Scheme { .. })
+        ));
+        assert!(matches!(
+            format!("folio://{}@/s", t.to_string().to_uppercase()).parse::<Furl>(),
+            Err(FurlError::TubId(TubIdError::Alphabet(_)))
+        ));
+        let upper: Furl = furl("", "S").parse().unwrap();
+        assert_ne!(upper, furl("", "s").parse().unwrap());
+        for bad in ["a%20b", "a+b", "é", "a b"] {
+            assert!(
+                matches!(furl("", bad).parse::<Furl>(), Err(FurlError::Swissnum(_))),
+                "{bad}"
+            );
+        }
+        let longest = "s".repeat(MAX_SWISSNUM_LEN);
+        assert!(furl("", &longest).parse::<Furl>().is_ok());
+        // The first '@' ends the TubId and the first '/' after it ends the hints.
+        assert_eq!(
+            format!("folio://{t}@tcp:a:1/s/t").parse::<Furl>(),
+            Err(FurlError::Swissnum("s/t".into()))
         );
     }
 

@@ -309,6 +309,23 @@ mod tests {
     }
 
     #[test]
+    fn longer_varints_than_needed_are_accepted_up_to_the_type_s_maximum() {
+        // docs/protocol.md §1: `Ping { nonce: 0 }` is `04 00`; a receiver also takes the
+        // same value written longer, up to 10 bytes for a u64, but not beyond.
+        assert_eq!(decode(&[4, 0]).unwrap(), Message::Ping { nonce: 0 });
+        assert_eq!(decode(&[4, 0x80, 0]).unwrap(), Message::Ping { nonce: 0 });
+        let mut ten = vec![4];
+        ten.extend_from_slice(&[0x80; 9]);
+        ten.push(0);
+        assert_eq!(decode(&ten).unwrap(), Message::Ping { nonce: 0 });
+        let mut eleven = ten.clone();
+        eleven.insert(1, 0x80);
+        assert!(decode(&eleven).is_err());
+        // The variant index is a varint too.
+        assert_eq!(decode(&[0x84, 0, 0]).unwrap(), Message::Ping { nonce: 0 });
+    }
+
+    #[test]
     fn wire_bytes_of_a_call() {
         // docs/protocol.md's example.
         let m = Message::Call {

@@ -320,8 +320,11 @@ pub enum RefDesc {
     },
     /// An object on a third Tub, named by a FURL.
     Gift {
-        /// Where it lives.
-        furl: Furl,
+        /// Where it lives: the FURL's text (docs/furl.md). Kept as text on the wire, so that
+        /// one that does not parse refuses only the call that carries it (`BadReference`),
+        /// as any other entry that cannot be accepted, instead of making the whole message
+        /// undecodable.
+        furl: String,
         /// Its interface.
         interface: String,
     },
