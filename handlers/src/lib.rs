@@ -6,6 +6,11 @@
 //! no handler are reported as unsupported and skipped by the dialer, never fatal. Removing
 //! the `tcp` handler is how `tcp = disabled` is expressed.
 //!
+//! How `tcp:` hints are dialed can also be set for one peer, keyed by the TubId of the FURL
+//! being dialed ([`Registry::set_peer_tcp_policy`], a node's `[server:TUBID] tcp`): the Tub
+//! hands that TubId to [`Connector::connect_for`], so the rule holds for every dial to that
+//! peer, whichever part of the program asked for it.
+//!
 //! ```
 //! use folio_handlers::Registry;
 //! use folio_rpc::{Connector, Hint};
@@ -33,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use folio_rpc::connector::{AcceptFuture, ConnectError, ConnectFuture, Connector, Listener};
-use folio_rpc::Hint;
+use folio_rpc::{Hint, TubId};
 use folio_transports::tcp::{ListenSpec, TcpError};
 
 /// One way of turning hints of one type into byte streams.
@@ -123,8 +128,36 @@ pub struct Registry {
     handlers: BTreeMap<String, Arc<dyn Handler>>,
     /// Hint types dialed by another type's handler (`tcp = tor`: "tcp" → "tor").
     routes: BTreeMap<String, String>,
+    /// How `tcp:` hints are dialed for particular peers, overriding the rule above.
+    peer_tcp: BTreeMap<TubId, PeerTcp>,
     private: bool,
 }
+
+/// A peer's own rule for `tcp:` hints.
+#[derive(Clone)]
+enum PeerTcp {
+    /// Direct TCP, whatever the registry-wide rule.
+    Direct(Arc<dyn Handler>),
+    /// Through the `tor` handler.
+    Tor,
+    /// Not at all: refused, naming the rule.
+    Disabled,
+}
+
+/// What the registry does with one hint.
+enum Route<'r> {
+    /// This handler dials it.
+    Handler(&'r Arc<dyn Handler>),
+    /// It goes through another type's handler (`via`), and there is none.
+    NoHandlerFor(&'r str),
+    /// A per-peer `tcp = disabled`.
+    PeerDisabled,
+    /// Its type has no handler.
+    Unsupported,
+}
+
+/// The handler `tcp = tor` routes `tcp:` hints through.
+const TOR: &str = "tor";
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,7 +214,7 @@ impl Registry {
             TcpPolicy::Direct => self.set("tcp", Arc::new(TcpHandler::default())),
             TcpPolicy::Tor => {
                 self.handlers.remove("tcp");
-                self.routes.insert("tcp".into(), "tor".into());
+                self.routes.insert("tcp".into(), TOR.into());
                 Ok(())
             }
             TcpPolicy::Disabled => {
@@ -191,21 +224,78 @@ impl Registry {
         }
     }
 
+    /// Sets how `tcp:` hints are dialed for the peer whose TubId is `peer` (the TubId of the
+    /// FURL being dialed), overriding [`set_tcp_policy`](Self::set_tcp_policy) for that peer
+    /// only. `Direct` is refused in privacy mode. A `Disabled` peer's `tcp:` hints are
+    /// refused with a reason that names the rule, rather than skipped in silence.
+    pub fn set_peer_tcp_policy(
+        &mut self,
+        peer: TubId,
+        policy: TcpPolicy,
+    ) -> Result<(), PolicyError> {
+        let rule = match policy {
+            TcpPolicy::Direct => {
+                let direct: Arc<dyn Handler> = Arc::new(TcpHandler::default());
+                if self.private {
+                    return Err(PolicyError(format!(
+                        "{} would reveal this host's IP address; it cannot handle tcp hints \
+                         for {peer} here",
+                        direct.describe()
+                    )));
+                }
+                PeerTcp::Direct(direct)
+            }
+            TcpPolicy::Tor => PeerTcp::Tor,
+            TcpPolicy::Disabled => PeerTcp::Disabled,
+        };
+        self.peer_tcp.insert(peer, rule);
+        Ok(())
+    }
+
     /// Stops handling hints of type `kind`.
     pub fn disable(&mut self, kind: &str) {
         self.handlers.remove(kind);
         self.routes.remove(kind);
     }
 
+    /// What happens to `hint` on the way to `peer` (any peer when `None`).
+    fn route(&self, peer: Option<TubId>, hint: &Hint) -> Route<'_> {
+        if let Hint::Unknown(_) = hint {
+            return Route::Unsupported;
+        }
+        let kind = hint.kind();
+        let own = match (hint, peer.and_then(|p| self.peer_tcp.get(&p))) {
+            (Hint::Tcp { .. }, Some(rule)) => Some(rule),
+            _ => None,
+        };
+        let via = match own {
+            Some(PeerTcp::Direct(h)) => return Route::Handler(h),
+            Some(PeerTcp::Disabled) => return Route::PeerDisabled,
+            Some(PeerTcp::Tor) => Some(TOR),
+            None => self.routes.get(kind).map(String::as_str),
+        };
+        match (self.handlers.get(via.unwrap_or(kind)), via) {
+            (Some(h), _) => Route::Handler(h),
+            (None, Some(via)) => Route::NoHandlerFor(via),
+            (None, None) => Route::Unsupported,
+        }
+    }
+
     /// The handler for a hint, if its type has one (following a route such as `tcp = tor`).
+    /// Per-peer rules are not consulted: see [`handler_for_peer`](Self::handler_for_peer).
     pub fn handler_for(&self, hint: &Hint) -> Option<&Arc<dyn Handler>> {
-        match hint {
-            Hint::Unknown(_) => None,
-            _ => {
-                let kind = hint.kind();
-                let via = self.routes.get(kind).map(String::as_str).unwrap_or(kind);
-                self.handlers.get(via)
-            }
+        match self.route(None, hint) {
+            Route::Handler(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// The handler for a hint of a FURL whose TubId is `peer`, following that peer's own
+    /// rule for `tcp:` hints if it has one.
+    pub fn handler_for_peer(&self, peer: TubId, hint: &Hint) -> Option<&Arc<dyn Handler>> {
+        match self.route(Some(peer), hint) {
+            Route::Handler(h) => Some(h),
+            _ => None,
         }
     }
 
@@ -216,40 +306,51 @@ impl Registry {
             .map(|(k, h)| (k.clone(), h.describe()))
             .collect()
     }
-}
 
-impl Connector for Registry {
-    fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a> {
-        match self.handler_for(hint) {
+    fn dial<'a>(&'a self, peer: Option<TubId>, hint: &'a Hint) -> ConnectFuture<'a> {
+        let refused = |reason: String| {
+            let e = ConnectError::Refused {
+                hint: hint.to_string(),
+                reason,
+            };
+            Box::pin(async move { Err(e) }) as ConnectFuture<'a>
+        };
+        match self.route(peer, hint) {
             // Checked on every dial too, not only when handlers are installed.
-            Some(h) if self.private && h.reveals_ip() => {
-                let refused = ConnectError::Refused {
-                    hint: hint.to_string(),
-                    reason: "privacy mode forbids connections that reveal the IP address".into(),
-                };
-                Box::pin(async move { Err(refused) })
+            Route::Handler(h) if self.private && h.reveals_ip() => {
+                refused("privacy mode forbids connections that reveal the IP address".into())
             }
-            Some(h) => h.connect(hint),
-            None if self.routes.contains_key(hint.kind()) => {
-                let refused = ConnectError::Refused {
-                    hint: hint.to_string(),
-                    reason: format!(
-                        "{} hints go through the {} handler, and none is configured",
-                        hint.kind(),
-                        self.routes[hint.kind()]
-                    ),
-                };
-                Box::pin(async move { Err(refused) })
+            Route::Handler(h) => h.connect(hint),
+            Route::NoHandlerFor(via) => refused(format!(
+                "{} hints go through the {via} handler, and none is configured",
+                hint.kind(),
+            )),
+            Route::PeerDisabled => {
+                refused("tcp = disabled for this peer: its tcp hints are never dialed".into())
             }
-            None => {
+            Route::Unsupported => {
                 let kind = hint.kind().to_string();
                 Box::pin(async move { Err(ConnectError::Unsupported { kind }) })
             }
         }
     }
+}
+
+impl Connector for Registry {
+    fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a> {
+        self.dial(None, hint)
+    }
 
     fn handler_name(&self, hint: &Hint) -> Option<String> {
         self.handler_for(hint).map(|h| h.describe())
+    }
+
+    fn connect_for<'a>(&'a self, peer: TubId, hint: &'a Hint) -> ConnectFuture<'a> {
+        self.dial(Some(peer), hint)
+    }
+
+    fn handler_name_for(&self, peer: TubId, hint: &Hint) -> Option<String> {
+        self.handler_for_peer(peer, hint).map(|h| h.describe())
     }
 }
 
@@ -340,6 +441,94 @@ mod tests {
             Err(ConnectError::Unsupported { kind }) if kind == "tcp"
         ));
         assert!(registry.describe().is_empty());
+    }
+
+    /// A handler that opens nothing and says which handler it is.
+    struct Named(&'static str);
+
+    impl Handler for Named {
+        fn describe(&self) -> String {
+            self.0.into()
+        }
+        fn reveals_ip(&self) -> bool {
+            false
+        }
+        fn connect<'a>(&'a self, hint: &'a Hint) -> ConnectFuture<'a> {
+            let e = ConnectError::Failed {
+                hint: hint.to_string(),
+                source: format!("reached {}", self.0).into(),
+            };
+            Box::pin(async move { Err(e) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_can_have_its_own_tcp_rule() {
+        let (routed, disabled, direct, other) = (
+            TubId::from_bytes([1; 32]),
+            TubId::from_bytes([2; 32]),
+            TubId::from_bytes([3; 32]),
+            TubId::from_bytes([4; 32]),
+        );
+        let mut registry = Registry::with_tcp();
+        registry.set("tor", Arc::new(Named("fake tor"))).unwrap();
+        registry
+            .set_peer_tcp_policy(routed, TcpPolicy::Tor)
+            .unwrap();
+        registry
+            .set_peer_tcp_policy(disabled, TcpPolicy::Disabled)
+            .unwrap();
+        let tcp: Hint = "tcp:example.org:1".parse().unwrap();
+        let tor: Hint = format!("tor:{}.onion:1", "a".repeat(56)).parse().unwrap();
+
+        let name = |r: &Registry, peer, hint| r.handler_name_for(peer, hint);
+        assert_eq!(name(&registry, routed, &tcp).as_deref(), Some("fake tor"));
+        assert_eq!(
+            name(&registry, other, &tcp).as_deref(),
+            Some("tcp (direct)")
+        );
+        assert_eq!(name(&registry, disabled, &tcp), None);
+        assert_eq!(name(&registry, disabled, &tor).as_deref(), Some("fake tor"));
+        // The peer-blind methods keep the registry-wide rule.
+        assert_eq!(registry.handler_name(&tcp).as_deref(), Some("tcp (direct)"));
+
+        let e = registry.connect_for(routed, &tcp).await.err().unwrap();
+        assert!(e.to_string().contains("reached fake tor"), "{e}");
+        let e = registry.connect_for(disabled, &tcp).await.err().unwrap();
+        assert!(
+            matches!(&e, ConnectError::Refused { reason, .. } if reason.contains("tcp = disabled for this peer")),
+            "{e}"
+        );
+
+        // A peer's direct rule holds where the registry-wide rule is Tor; a private
+        // registry refuses it.
+        registry.set_tcp_policy(TcpPolicy::Tor).unwrap();
+        registry
+            .set_peer_tcp_policy(direct, TcpPolicy::Direct)
+            .unwrap();
+        assert_eq!(
+            name(&registry, direct, &tcp).as_deref(),
+            Some("tcp (direct)")
+        );
+        assert_eq!(name(&registry, other, &tcp).as_deref(), Some("fake tor"));
+        let mut private = Registry::private();
+        let e = private
+            .set_peer_tcp_policy(direct, TcpPolicy::Direct)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("reveal this host's IP address"),
+            "{e}"
+        );
+
+        // Tor for one peer with no tor handler: refused, not sent direct.
+        let mut no_tor = Registry::with_tcp();
+        no_tor.set_peer_tcp_policy(routed, TcpPolicy::Tor).unwrap();
+        let e = no_tor.connect_for(routed, &tcp).await.err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("go through the tor handler, and none is configured"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

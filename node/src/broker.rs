@@ -3,8 +3,21 @@
 //! It takes `storage` announcements (from the introducer client, heard or cached), keeps one
 //! reconnecting connection to each announced server — the Tub shares one connection per
 //! peer, whoever else uses it — and reports each server's state for `tahoe status`. A newer
-//! announcement with another FURL replaces the old connection; `[server:TUBID]` sections in
-//! `tahoe.cfg` override the hints a server announced.
+//! announcement with another FURL replaces the old connection.
+//!
+//! `[server:TUBID]` sections in `tahoe.cfg` are local word about one server ([`Override`]):
+//!
+//! - `nickname` replaces the announced one in the status;
+//! - `hints` replace the hints of the FURL dialed (announced or configured);
+//! - `furl` makes it a *configured* server (Tahoe's static server list): the broker connects
+//!   to it from the start, with or without an introducer, and ignores announcements that name
+//!   its TubId, so an introducer cannot redirect it. Having no announcement, it has no
+//!   announcement key: its key (for lease secrets) and permutation seed are derived from its
+//!   TubId ([`configured_key`]), so a client that knows it this way may place shares on it in
+//!   another order than a client that knows it by announcement (downloads ask every server);
+//! - `tcp` is not the broker's: the node gives it to the handler registry as a rule for that
+//!   TubId (`Registry::set_peer_tcp_policy`), so every dial to the server follows it, whoever
+//!   asks for the connection.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +27,7 @@ use folio_rpc::{
     Furl, Hint, ReconnectPolicy, Reconnector, ReconnectorState, Side, Tub, TubId, TypedRef,
 };
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::introducer::{AnnouncementSink, Verified};
 use crate::storage::StorageServerRef;
@@ -46,6 +59,8 @@ pub struct ServerStatus {
     pub seqnum: u64,
     /// Its permutation seed, base32.
     pub permutation_seed: Option<String>,
+    /// Whether `tahoe.cfg` names it (`[server:TUBID] furl`) rather than an announcement.
+    pub configured: bool,
 }
 
 /// Seconds since the Unix epoch.
@@ -62,15 +77,60 @@ pub struct Override {
     pub tubid: TubId,
     /// A nickname to show instead of the announced one.
     pub nickname: Option<String>,
-    /// Hints to dial instead of the announced ones.
+    /// Hints to dial instead of the announced (or configured) ones.
     pub hints: Option<Vec<Hint>>,
+    /// The server's storage FURL: connect to it without waiting for an announcement, and
+    /// ignore announcements for its TubId.
+    pub furl: Option<Furl>,
+}
+
+/// The stand-in announcement key of a server `tahoe.cfg` names by FURL: a hash of its TubId,
+/// used where an announced server's key is (the broker's table, lease secrets, the
+/// permutation seed).
+pub fn configured_key(tubid: &TubId) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"folio-configured-server-v1\0");
+    ctx.update(tubid.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// Where the broker learned of a server.
+enum Origin {
+    /// A verified `storage` announcement.
+    Announced(Box<Verified>),
+    /// `[server:TUBID] furl`, under this stand-in key.
+    Configured { key: [u8; 32] },
 }
 
 struct Entry {
-    ann: Verified,
+    origin: Origin,
     furl: Furl,
     reconnector: Reconnector,
     server: Arc<Mutex<Option<StorageServerRef>>>,
+}
+
+impl Entry {
+    fn key(&self) -> [u8; 32] {
+        match &self.origin {
+            Origin::Announced(v) => v.key,
+            Origin::Configured { key } => *key,
+        }
+    }
+
+    fn announced(&self) -> Option<&Verified> {
+        match &self.origin {
+            Origin::Announced(v) => Some(v),
+            Origin::Configured { .. } => None,
+        }
+    }
+
+    fn permutation_seed(&self) -> [u8; 32] {
+        self.announced()
+            .and_then(|v| v.ann.permutation_seed)
+            .unwrap_or_else(|| self.key())
+    }
 }
 
 /// Keeps a connection to every announced storage server.
@@ -99,14 +159,64 @@ pub struct ConnectedServer {
 }
 
 impl StorageBroker {
-    /// A broker dialing through `tub`.
+    /// A broker dialing through `tub`, connected at once to every server `overrides` gives a
+    /// FURL for. Needs a tokio runtime.
     pub fn new(tub: Tub, policy: ReconnectPolicy, overrides: Vec<Override>) -> Arc<Self> {
-        Arc::new(StorageBroker {
+        let broker = Arc::new(StorageBroker {
             tub,
             policy,
             overrides,
             servers: Mutex::default(),
-        })
+        });
+        let mut servers = lock(&broker.servers);
+        for o in &broker.overrides {
+            let Some(furl) = &o.furl else { continue };
+            let furl = broker.with_override(furl.clone());
+            let key = configured_key(&o.tubid);
+            info!(server = %o.tubid, "connecting to a storage server named in tahoe.cfg");
+            let entry = broker.connect(Origin::Configured { key }, furl);
+            servers.insert(key, entry);
+        }
+        drop(servers);
+        broker
+    }
+
+    /// `furl` with the hints `tahoe.cfg` gives its server, if any.
+    fn with_override(&self, furl: Furl) -> Furl {
+        match self.overrides.iter().find(|o| o.tubid == furl.tubid()) {
+            Some(Override { hints: Some(h), .. }) => {
+                Furl::new(furl.tubid(), h.clone(), furl.swissnum().clone())
+            }
+            _ => furl,
+        }
+    }
+
+    /// The nickname `tahoe.cfg` gives the server, else the one it announced.
+    fn nickname(&self, e: &Entry) -> String {
+        self.overrides
+            .iter()
+            .find(|o| o.tubid == e.furl.tubid())
+            .and_then(|o| o.nickname.clone())
+            .or_else(|| e.announced().map(|v| v.ann.nickname.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Starts keeping a connection to `furl`.
+    fn connect(&self, origin: Origin, furl: Furl) -> Entry {
+        let server: Arc<Mutex<Option<StorageServerRef>>> = Arc::default();
+        let slot = server.clone();
+        let reconnector = self.tub.connect_to(furl.clone(), self.policy, move |r| {
+            match StorageServerRef::from_object_ref(r) {
+                Ok(s) => *lock(&slot) = Some(s),
+                Err(e) => warn!(error = %e, "the FURL is not a storage server's"),
+            }
+        });
+        Entry {
+            origin,
+            furl,
+            reconnector,
+            server,
+        }
     }
 
     /// The sink to give the introducer client.
@@ -124,44 +234,38 @@ impl StorageBroker {
         if v.ann.service != "storage" {
             return;
         }
-        let Some(mut furl) = v.furl() else {
+        let Some(furl) = v.furl() else {
             warn!(nickname = %v.ann.nickname, "storage announcement without a FURL; ignored");
             return;
         };
-        if let Some(o) = self.overrides.iter().find(|o| o.tubid == furl.tubid()) {
-            if let Some(h) = &o.hints {
-                furl = Furl::new(furl.tubid(), h.clone(), furl.swissnum().clone());
-            }
+        let tubid = furl.tubid();
+        if self
+            .overrides
+            .iter()
+            .any(|o| o.tubid == tubid && o.furl.is_some())
+        {
+            debug!(nickname = %v.ann.nickname, server = %tubid,
+                "announcement for a server tahoe.cfg names by FURL; the configured FURL is kept");
+            return;
         }
+        let furl = self.with_override(furl);
         let mut servers = lock(&self.servers);
         if let Some(e) = servers.get_mut(&v.key) {
-            if v.ann.seqnum <= e.ann.ann.seqnum {
+            let Origin::Announced(old) = &mut e.origin else {
+                return; // a key equal to a configured server's stand-in: not a real key
+            };
+            if v.ann.seqnum <= old.ann.seqnum {
                 return;
             }
             if e.furl == furl {
-                e.ann = v.clone();
+                **old = v.clone();
                 return;
             }
             e.reconnector.stop();
         }
-        info!(nickname = %v.ann.nickname, server = %furl.tubid(), "connecting to storage server");
-        let server: Arc<Mutex<Option<StorageServerRef>>> = Arc::default();
-        let slot = server.clone();
-        let reconnector = self.tub.connect_to(furl.clone(), self.policy, move |r| {
-            match StorageServerRef::from_object_ref(r) {
-                Ok(s) => *lock(&slot) = Some(s),
-                Err(e) => warn!(error = %e, "announced FURL is not a storage server"),
-            }
-        });
-        servers.insert(
-            v.key,
-            Entry {
-                ann: v.clone(),
-                furl,
-                reconnector,
-                server,
-            },
-        );
+        info!(nickname = %v.ann.nickname, server = %tubid, "connecting to storage server");
+        let entry = self.connect(Origin::Announced(Box::new(v.clone())), furl);
+        servers.insert(v.key, entry);
     }
 
     /// Every known server and its state, sorted by nickname.
@@ -182,12 +286,8 @@ impl StorageBroker {
                     }
                     _ => (false, None, None),
                 };
-                let nickname = self
-                    .overrides
-                    .iter()
-                    .find(|o| o.tubid == tubid)
-                    .and_then(|o| o.nickname.clone())
-                    .unwrap_or_else(|| e.ann.ann.nickname.clone());
+                let ann = e.announced().map(|v| &v.ann);
+                let nickname = self.nickname(e);
                 ServerStatus {
                     nickname,
                     tubid: tubid.to_string(),
@@ -212,13 +312,14 @@ impl StorageBroker {
                         .clone()
                         .or_else(|| peer.and_then(|p| p.last_error.clone())),
                     next_attempt,
-                    version: e.ann.ann.version.clone(),
-                    seqnum: e.ann.ann.seqnum,
-                    permutation_seed: e
-                        .ann
-                        .ann
-                        .permutation_seed
-                        .map(|s| crate::private::base32(&s)),
+                    version: ann.map(|a| a.version.clone()).unwrap_or_default(),
+                    seqnum: ann.map(|a| a.seqnum).unwrap_or(0),
+                    permutation_seed: match &e.origin {
+                        Origin::Announced(v) => v.ann.permutation_seed,
+                        Origin::Configured { .. } => Some(e.permutation_seed()),
+                    }
+                    .map(|s| crate::private::base32(&s)),
+                    configured: ann.is_none(),
                 }
             })
             .collect();
@@ -239,9 +340,9 @@ impl StorageBroker {
             .filter_map(|e| {
                 let server = lock(&e.server).clone()?;
                 Some(ConnectedServer {
-                    key: e.ann.key,
-                    nickname: e.ann.ann.nickname.clone(),
-                    permutation_seed: e.ann.ann.permutation_seed.unwrap_or(e.ann.key),
+                    key: e.key(),
+                    nickname: self.nickname(e),
+                    permutation_seed: e.permutation_seed(),
                     server,
                 })
             })
@@ -253,5 +354,79 @@ impl StorageBroker {
         for e in lock(&self.servers).values() {
             e.reconnector.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::introducer::Announcement;
+    use crate::private::SigningKey;
+    use folio_rpc::{Identity, NoConnector, TubConfig};
+
+    fn furl(tubid: TubId, hints: &str) -> Furl {
+        format!("folio://{tubid}@{hints}/{}", "s".repeat(32))
+            .parse()
+            .unwrap()
+    }
+
+    fn announce(furl: &Furl, seqnum: u64) -> Verified {
+        Announcement {
+            service: "storage".into(),
+            nickname: "announced".into(),
+            version: "folio-tahoe/test".into(),
+            seqnum,
+            nonce: [7; 16],
+            furl: Some(furl.to_string()),
+            permutation_seed: Some([1; 32]),
+        }
+        .sign(&SigningKey::generate())
+        .verify()
+        .unwrap()
+    }
+
+    /// A server `tahoe.cfg` names by FURL is known from the start, and an announcement for
+    /// its TubId changes nothing: the introducer cannot redirect it.
+    #[tokio::test]
+    async fn a_configured_server_is_known_at_once_and_kept() {
+        let tub = Tub::new(
+            Identity::generate().unwrap(),
+            Arc::new(NoConnector),
+            TubConfig::default(),
+        )
+        .unwrap();
+        let (configured, other) = (TubId::from_bytes([3; 32]), TubId::from_bytes([4; 32]));
+        let mine = furl(configured, "tcp:127.0.0.1:1");
+        let broker = StorageBroker::new(
+            tub,
+            ReconnectPolicy::default(),
+            vec![Override {
+                tubid: configured,
+                nickname: None,
+                hints: Some(vec!["tcp:127.0.0.1:2".parse().unwrap()]),
+                furl: Some(mine.clone()),
+            }],
+        );
+        let st = broker.status();
+        assert_eq!(st.len(), 1);
+        assert!(st[0].configured);
+        assert_eq!(st[0].tubid, configured.to_string());
+        // `hints` apply to a configured FURL too.
+        let dialed = lock(&broker.servers)[&configured_key(&configured)]
+            .furl
+            .clone();
+        assert_eq!(dialed, furl(configured, "tcp:127.0.0.1:2"));
+
+        broker.offer(&announce(&furl(configured, "tcp:10.9.9.9:9"), 5));
+        broker.offer(&announce(&furl(other, "tcp:127.0.0.1:3"), 1));
+        let st = broker.status();
+        assert_eq!(st.len(), 2, "{st:?}");
+        let kept = st.iter().find(|s| s.configured).unwrap();
+        assert_eq!(kept.tubid, configured.to_string());
+        assert_eq!(kept.nickname, "");
+        let servers = lock(&broker.servers);
+        assert_eq!(servers[&configured_key(&configured)].furl, dialed);
+        drop(servers);
+        broker.stop();
     }
 }

@@ -283,12 +283,16 @@ pub struct ServerOverride {
     pub line: usize,
     /// `nickname`: a local name for the server (same rules as `[node] nickname`).
     pub nickname: Option<String>,
-    /// `furl`: the server's storage FURL; its TubId must be the section's.
+    /// `furl`: the server's storage FURL; its TubId must be the section's. The node connects
+    /// to it from the start, with or without an introducer (Tahoe's static servers), and
+    /// ignores announcements for this TubId.
     pub furl: Option<Furl>,
-    /// `hints`: comma-separated hints that replace the ones announced for this server.
+    /// `hints`: comma-separated hints that replace the ones announced for this server (or
+    /// those of `furl`).
     pub hints: Option<Vec<Hint>>,
     /// `tcp = tcp|tor|disabled`: how this server's `tcp:` hints are dialed (default: the
-    /// `[connections]` policy).
+    /// `[connections]` policy). The node makes it the handler registry's rule for this
+    /// TubId, so every dial to the server follows it.
     pub tcp: Option<TcpPolicy>,
 }
 

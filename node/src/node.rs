@@ -191,11 +191,14 @@ impl Node {
                     tubid: o.tubid,
                     nickname: o.nickname.clone(),
                     hints: o.hints.clone(),
+                    furl: o.furl.clone(),
                 })
                 .collect();
+            // `[server:TUBID] tcp` is not in the override: build_registry made it the
+            // registry's rule for that TubId, which every dial to the server follows.
             let b = StorageBroker::new(tub.clone(), node_reconnect_policy(), overrides);
             if cfg.client.introducers.is_empty() {
-                warn!("no introducer configured ([client] introducer.furl): this node will only know the servers in its announcement cache");
+                warn!("no introducer configured ([client] introducer.furl): this node will only know the servers named by [server:TUBID] furl and those in its announcement cache");
             }
             let c = IntroducerClient::start(
                 &tub,
@@ -515,6 +518,13 @@ async fn build_registry(
         .map_err(policy)?;
     }
     reg.set_tcp_policy(cfg.connections.tcp).map_err(policy)?;
+    // `[server:TUBID] tcp`: a rule for dials to that TubId only, whoever asks for them.
+    for o in &cfg.server_overrides {
+        if let Some(p) = o.tcp {
+            reg.set_peer_tcp_policy(o.tubid, p)
+                .map_err(|e| StartError::Handler(format!("[server:{}] tcp: {e}", o.tubid)))?;
+        }
+    }
     Ok((reg, tor))
 }
 

@@ -10,20 +10,7 @@ use folio_tests::tornet::{LoneTor, LoneTorAuth, TorNet};
 use serde_json::Value;
 
 mod common;
-use common::{create, run, status, wait_for_file};
-
-/// Adds `lines` right after the `[section]` header of `dir`'s tahoe.cfg.
-fn add_to_section(dir: &Path, section: &str, lines: &str) {
-    let path = dir.join("tahoe.cfg");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let header = format!("[{section}]\n");
-    assert!(text.contains(&header), "{text}");
-    std::fs::write(
-        &path,
-        text.replacen(&header, &format!("{header}{lines}\n"), 1),
-    )
-    .unwrap();
-}
+use common::{add_to_section, create, run, status, wait_for_file};
 
 /// Waits until every node sees both storage servers connected; returns the last statuses.
 fn wait_for_grid(dirs: &[PathBuf], timeout: Duration) -> Vec<Value> {

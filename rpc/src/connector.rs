@@ -10,6 +10,7 @@ use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::furl::Hint;
+use crate::tubid::TubId;
 
 /// Any bidirectional byte stream a handshake can run over.
 pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -58,6 +59,20 @@ pub trait Connector: Send + Sync {
     /// What would carry `hint` ("tcp (direct)", "tor (system tor)", ...), for status displays.
     fn handler_name(&self, hint: &Hint) -> Option<String> {
         Some(hint.kind().to_string())
+    }
+
+    /// Opens a stream to `hint` of a FURL whose TubId is `peer`. A Tub dials through this
+    /// method, so a connector can apply a per-peer policy (a node's `[server:TUBID] tcp`);
+    /// the default ignores `peer`.
+    fn connect_for<'a>(&'a self, peer: TubId, hint: &'a Hint) -> ConnectFuture<'a> {
+        let _ = peer;
+        self.connect(hint)
+    }
+
+    /// [`handler_name`](Self::handler_name) for a hint of a FURL whose TubId is `peer`.
+    fn handler_name_for(&self, peer: TubId, hint: &Hint) -> Option<String> {
+        let _ = peer;
+        self.handler_name(hint)
     }
 }
 

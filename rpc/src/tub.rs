@@ -438,9 +438,9 @@ impl TubInner {
             let span = info_span!("dial", peer = %tubid, hint = %text);
             async move {
                 tub.set_hint_status(tubid, &text, "connecting".into());
-                let handler = tub.connector.handler_name(&hint);
+                let handler = tub.connector.handler_name_for(tubid, &hint);
                 let attempt = async {
-                    let stream = tub.connector.connect(&hint).await?;
+                    let stream = tub.connector.connect_for(tubid, &hint).await?;
                     tub.set_hint_status(tubid, &text, "negotiating".into());
                     let est = tub
                         .handshaker

@@ -105,3 +105,32 @@ async fn tcp_disabled_opens_nothing() {
     assert!(e.contains("no usable hint"), "{e}");
     assert_eq!(count.load(Ordering::SeqCst), 0);
 }
+
+/// A rule for one peer (`[server:TUBID] tcp` in a node): the Tub hands the connector the
+/// TubId of the FURL it dials, so `tcp = disabled` for that peer opens nothing to it, while
+/// the same hints in another peer's FURL are dialed directly.
+#[tokio::test]
+async fn a_peer_of_its_own_tcp_disabled_is_never_dialed() {
+    let (port, count) = recorder().await;
+    let blocked = furl_to(port);
+    let mut registry = Registry::with_tcp();
+    registry
+        .set_peer_tcp_policy(blocked.tubid(), TcpPolicy::Disabled)
+        .unwrap();
+    let cfg = TubConfig {
+        dial_timeout: Duration::from_secs(5),
+        ..TubConfig::default()
+    };
+    let tub = Tub::new(Identity::generate().unwrap(), Arc::new(registry), cfg).unwrap();
+    let e = tub.get_reference(&blocked).await.unwrap_err().to_string();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(e.contains("tcp = disabled for this peer"), "{e}");
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+
+    let e = tub.get_reference(&furl_to(port)).await.unwrap_err();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        count.load(Ordering::SeqCst) >= 1,
+        "another peer is dialed ({e})"
+    );
+}

@@ -76,3 +76,24 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Adds `lines` right after the `[section]` header of `dir`'s tahoe.cfg.
+pub fn add_to_section(dir: &Path, section: &str, lines: &str) {
+    let path = dir.join("tahoe.cfg");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let header = format!("[{section}]\n");
+    assert!(text.contains(&header), "{text}");
+    std::fs::write(
+        &path,
+        text.replacen(&header, &format!("{header}{lines}\n"), 1),
+    )
+    .unwrap();
+}
+
+/// Adds a `[section]` with `lines` at the end of `dir`'s tahoe.cfg.
+pub fn add_section(dir: &Path, section: &str, lines: &str) {
+    let path = dir.join("tahoe.cfg");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!("\n[{section}]\n{lines}\n"));
+    std::fs::write(&path, text).unwrap();
+}
