@@ -397,6 +397,9 @@ pub struct ConnectionInfo {
     pub local_hello: Hello,
     /// The hello the peer sent.
     pub peer_hello: Hello,
+    /// The TLS key exchange group negotiated (`X25519MLKEM768` between two Folio builds
+    /// with the `post-quantum` feature; see [`crate::tls::key_exchange_groups`]).
+    pub key_exchange: Option<rustls::NamedGroup>,
 }
 
 /// An authenticated connection: frames in, frames out.
@@ -770,7 +773,11 @@ impl Handshaker {
         let peer = tls
             .peer_tubid()
             .ok_or_else(|| HandshakeError::Tls(rustls::Error::NoCertificatesPresented))?;
-        debug!(peer = %peer, "TLS established");
+        let key_exchange = tls
+            .connection()
+            .negotiated_key_exchange_group()
+            .map(|g| g.name());
+        debug!(peer = %peer, ?key_exchange, "TLS established");
 
         let (r, w) = tokio::io::split(tls);
         let mut reader = FrameReader::new(r, MAX_HELLO_LEN);
@@ -823,6 +830,7 @@ impl Handshaker {
                         version: *version,
                         local_hello: hello.clone(),
                         peer_hello: peer_hello.clone(),
+                        key_exchange,
                     };
                     if let Err(reason) = admit(&info) {
                         return Err(HandshakeError::Refused(reason));
@@ -883,6 +891,7 @@ impl Handshaker {
                 version,
                 local_hello: hello,
                 peer_hello,
+                key_exchange,
             },
         })
     }

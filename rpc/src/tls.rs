@@ -50,8 +50,41 @@ pub struct TubIdMismatch {
     pub actual: TubId,
 }
 
-pub(crate) static PROVIDER: LazyLock<Arc<CryptoProvider>> =
-    LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
+pub(crate) static PROVIDER: LazyLock<Arc<CryptoProvider>> = LazyLock::new(|| Arc::new(provider()));
+
+/// The cryptography of every Folio TLS connection: the TLS 1.3 suites and key exchange
+/// groups of docs/handshake.md §4, in that order.
+///
+/// *ring* does everything but one thing: with the `post-quantum` feature (on by default),
+/// the hybrid X25519MLKEM768 group comes from aws-lc-rs and is offered first, so traffic
+/// recorded today stays private against a future quantum computer as long as either half
+/// holds. rustls sends an X25519 key share beside the hybrid one (the hybrid's classical half),
+/// so a peer without ML-KEM answers at once, with no HelloRetryRequest and no extra round
+/// trip. The record layer stays *ring*'s: on this project's machines its AES-GCM moved bulk
+/// data about a third faster than aws-lc-rs's (docs/performance.md).
+fn provider() -> CryptoProvider {
+    use rustls::crypto::ring::{cipher_suite as suite, default_provider, kx_group as kx};
+    CryptoProvider {
+        cipher_suites: vec![
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        kx_groups: vec![
+            #[cfg(feature = "post-quantum")]
+            rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768,
+            kx::X25519,
+            kx::SECP256R1,
+            kx::SECP384R1,
+        ],
+        ..default_provider()
+    }
+}
+
+/// The key exchange groups this build offers, in order of preference.
+pub fn key_exchange_groups() -> Vec<rustls::NamedGroup> {
+    PROVIDER.kx_groups.iter().map(|g| g.name()).collect()
+}
 
 fn algorithms() -> &'static WebPkiSupportedAlgorithms {
     &PROVIDER.signature_verification_algorithms
@@ -209,7 +242,14 @@ impl ClientCertVerifier for AnyTubClientVerifier {
 
 /// The TLS client configuration for an identity (shared by every dial it makes).
 pub fn client_config(identity: &Identity) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-    let mut cfg = rustls::ClientConfig::builder_with_provider(PROVIDER.clone())
+    client_config_with(PROVIDER.clone(), identity)
+}
+
+fn client_config_with(
+    provider: Arc<CryptoProvider>,
+    identity: &Identity,
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier))
@@ -225,7 +265,14 @@ pub fn client_config(identity: &Identity) -> Result<Arc<rustls::ClientConfig>, r
 
 /// The TLS server configuration for an identity.
 pub fn server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(PROVIDER.clone())
+    server_config_with(PROVIDER.clone(), identity)
+}
+
+fn server_config_with(
+    provider: Arc<CryptoProvider>,
+    identity: &Identity,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(AnyTubClientVerifier))
         .with_single_cert(
@@ -605,6 +652,89 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use rustls::{HandshakeKind, NamedGroup};
+
+    /// Runs a handshake between two in-memory connections; returns the group each saw.
+    fn handshake(
+        client: Arc<rustls::ClientConfig>,
+        server: Arc<rustls::ServerConfig>,
+        server_tubid: &TubId,
+    ) -> [(Option<NamedGroup>, Option<HandshakeKind>); 2] {
+        let mut c = rustls::ClientConnection::new(client, server_name_for(server_tubid)).unwrap();
+        let mut s = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+            }
+            s.process_new_packets().unwrap();
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).unwrap();
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+            }
+            c.process_new_packets().unwrap();
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking(), "no handshake");
+        let seen = |g: Option<&'static dyn rustls::crypto::SupportedKxGroup>| g.map(|g| g.name());
+        [
+            (seen(c.negotiated_key_exchange_group()), c.handshake_kind()),
+            (seen(s.negotiated_key_exchange_group()), s.handshake_kind()),
+        ]
+    }
+
+    /// A peer built without ML-KEM, as an older Folio (or another implementation) is.
+    fn classical_only() -> Arc<CryptoProvider> {
+        use rustls::crypto::ring::{default_provider, kx_group};
+        Arc::new(CryptoProvider {
+            kx_groups: vec![kx_group::X25519],
+            ..default_provider()
+        })
+    }
+
+    #[cfg(feature = "post-quantum")]
+    #[test]
+    fn two_folio_parties_agree_on_the_hybrid_group() {
+        assert_eq!(key_exchange_groups()[0], NamedGroup::X25519MLKEM768);
+        let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let full = Some(HandshakeKind::Full);
+        let pq = Some(NamedGroup::X25519MLKEM768);
+        let seen = handshake(
+            client_config(&a).unwrap(),
+            server_config(&b).unwrap(),
+            &b.tubid(),
+        );
+        assert_eq!(seen, [(pq, full), (pq, full)]);
+    }
+
+    #[test]
+    fn a_peer_with_x25519_only_connects_without_a_retry() {
+        let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let x25519 = Some(NamedGroup::X25519);
+        // Full, not FullWithHelloRetryRequest: the X25519 share went beside the hybrid one,
+        // so meeting an older peer costs no round trip.
+        let full = Some(HandshakeKind::Full);
+        let old = classical_only();
+        let seen = handshake(
+            client_config_with(old.clone(), &a).unwrap(),
+            server_config(&b).unwrap(),
+            &b.tubid(),
+        );
+        assert_eq!(seen, [(x25519, full), (x25519, full)], "old client");
+        let seen = handshake(
+            client_config(&a).unwrap(),
+            server_config_with(old, &b).unwrap(),
+            &b.tubid(),
+        );
+        assert_eq!(seen, [(x25519, full), (x25519, full)], "old server");
+    }
 
     #[test]
     fn every_listed_scheme_can_be_verified() {

@@ -435,6 +435,11 @@ async fn crossfire_ends_with_one_connection(net: Net) {
             b.connection_info(&a.tubid()).unwrap(),
         );
         assert_ne!(ia.side, ib.side, "both ends kept the same connection");
+        // Recorded traffic between two Folio Tubs is protected by the hybrid group.
+        #[cfg(feature = "post-quantum")]
+        for info in [&ia, &ib] {
+            assert_eq!(info.key_exchange, Some(rustls::NamedGroup::X25519MLKEM768));
+        }
         // References made on the losing connection are re-made by the caller; fresh ones work.
         let ra = match ra.add(1, 1).await {
             Ok(_) => ra,
