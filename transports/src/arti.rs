@@ -204,7 +204,16 @@ const BOOTSTRAP_RETRY: Duration = Duration::from_secs(10);
 impl ArtiTor {
     /// Makes the client and starts bootstrapping it in the background. Must be called inside
     /// a tokio runtime.
+    ///
+    /// arti's TLS to relays uses rustls's process-wide `CryptoProvider`; if the application
+    /// has installed none, this installs *ring*'s (rustls cannot pick one by itself once both
+    /// of its providers are compiled in, as they are beside `folio-rpc`'s post-quantum key
+    /// exchange).
     pub fn start(opts: &ArtiOptions) -> Result<ArtiTor, ArtiError> {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Losing a race to another installer is fine: some provider is then installed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let cfg = config(opts)?;
         let client = TorClient::builder()
             .config(cfg)
