@@ -141,21 +141,25 @@ async fn run(net: &TorNet) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test]
-async fn a_password_protected_tor_works() {
-    let tor = LoneTor::start("password", LoneTorAuth::Password("correct horse"));
-    let port = ControlPort::new(tor.control()).with_password("correct horse");
-    let mut c = Control::connect(port.clone(), CONTROL_TIMEOUT)
+/// Checks that `port` authenticates with `method`, for real: tor then answers a command it
+/// refuses to an unauthenticated controller.
+async fn authenticates(port: ControlPort, method: AuthMethod) {
+    let mut c = Control::connect(port, CONTROL_TIMEOUT)
         .await
-        .expect("the password is accepted");
-    assert_eq!(c.auth_method(), AuthMethod::Password);
-    // Authenticated for real: tor answers what it refuses to an unauthenticated controller.
+        .unwrap_or_else(|e| panic!("{method:?} with a real tor: {e}"));
+    assert_eq!(c.auth_method(), method);
     let v = c
         .command("GETINFO version", "GETINFO version")
         .await
         .unwrap();
     assert!(v.value("version").is_some(), "{v:?}");
-    drop(c);
+}
+
+#[tokio::test]
+async fn a_password_protected_tor_works() {
+    let tor = LoneTor::start("password", LoneTorAuth::Password("correct horse"));
+    let port = ControlPort::new(tor.control()).with_password("correct horse");
+    authenticates(port.clone(), AuthMethod::Password).await;
 
     let wrong = ControlPort::new(tor.control()).with_password("battery staple");
     let e = Control::connect(wrong, CONTROL_TIMEOUT)
@@ -169,7 +173,7 @@ async fn a_password_protected_tor_works() {
         .to_string();
     assert!(e.contains("wants its password"), "{e}");
 
-    // The onion listener takes the password too (tor makes the key with the network off).
+    // The onion listener takes the password too (tor makes the key without bootstrapping).
     let dir = std::env::temp_dir().join(format!("folio-tor-pw-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let listener = OnionListener::start(port, &dir.join("onion.key"), 3456)
@@ -183,16 +187,7 @@ async fn a_password_protected_tor_works() {
 #[tokio::test]
 async fn a_cookie_tor_and_a_launched_tor_get_safecookie() {
     let tor = LoneTor::start("cookie", LoneTorAuth::Cookie);
-    let mut c = Control::connect(tor.control(), CONTROL_TIMEOUT)
-        .await
-        .expect("SAFECOOKIE with a real tor");
-    assert_eq!(c.auth_method(), AuthMethod::SafeCookie);
-    let v = c
-        .command("GETINFO version", "GETINFO version")
-        .await
-        .unwrap();
-    assert!(v.value("version").is_some(), "{v:?}");
-    drop(c);
+    authenticates(tor.control().into(), AuthMethod::SafeCookie).await;
     drop(tor);
 
     // --tor-launch's tor.
