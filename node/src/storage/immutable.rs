@@ -31,14 +31,17 @@ fn header(data_len: u64) -> [u8; HEADER_LEN as usize] {
 }
 
 /// The data length of an immutable share file, or `None` if the file is something else.
+/// The length is the header's, as far as the file holds it: a length field that claims more
+/// (a truncated or corrupt file) must not send reads past the end of the file, nor overflow
+/// offsets past the header into it.
 pub(super) fn read_header(file: &File) -> io::Result<Option<u64>> {
     let h = read_at_most(file, 0, HEADER_LEN as usize)?;
     if h.len() != HEADER_LEN as usize || h[..32] != MAGIC {
         return Ok(None);
     }
-    Ok(Some(u64::from_be_bytes(
-        h[32..40].try_into().expect("8 bytes"),
-    )))
+    let claimed = u64::from_be_bytes(h[32..40].try_into().expect("8 bytes"));
+    let in_file = file.metadata()?.len().saturating_sub(HEADER_LEN);
+    Ok(Some(claimed.min(in_file)))
 }
 
 /// Disjoint, non-adjacent byte ranges `[start, end)` already written, keyed by start.
@@ -452,9 +455,36 @@ mod tests {
     fn header_round_trip() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("0");
-        fs::write(&p, header(1234)).unwrap();
+        let mut file = header(1234).to_vec();
+        file.resize(file.len() + 1234, 7);
+        fs::write(&p, &file).unwrap();
         assert_eq!(read_header(&File::open(&p).unwrap()).unwrap(), Some(1234));
+        // A header that claims more than the file holds is believed only as far as the file.
+        fs::write(&p, &file[..HEADER_LEN as usize + 10]).unwrap();
+        assert_eq!(read_header(&File::open(&p).unwrap()).unwrap(), Some(10));
         fs::write(&p, b"short").unwrap();
         assert_eq!(read_header(&File::open(&p).unwrap()).unwrap(), None);
+    }
+
+    /// Found by the `mutable_container` fuzz target: a share whose length field claims up to
+    /// `u64::MAX`. A read near the end of that claimed length overflowed the file offset (a
+    /// panic with overflow checks; without them it wrapped around into the header).
+    #[tokio::test]
+    async fn a_length_field_past_the_end_of_the_file_reads_only_the_file() {
+        use crate::storage::{Storage, StorageConfig, StorageServer};
+        let d = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(d.path())).unwrap();
+        let si = [9u8; 16];
+        let bucket = bucket_dir(&d.path().join("shares"), &si);
+        fs::create_dir_all(&bucket).unwrap();
+        let mut file = header(u64::MAX - 2).to_vec();
+        file.extend_from_slice(b"data");
+        fs::write(bucket.join("0"), &file).unwrap();
+        let readers = storage.get_buckets(si).await.unwrap();
+        let r = &readers[&0];
+        assert_eq!(r.size().await.unwrap(), 4);
+        assert_eq!(r.read(0, 100).await.unwrap(), Bytes(b"data".to_vec()));
+        assert_eq!(r.read(u64::MAX - 10, 8).await.unwrap(), Bytes::default());
+        assert_eq!(r.read(u64::MAX - 39, 8).await.unwrap(), Bytes::default());
     }
 }

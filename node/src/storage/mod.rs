@@ -82,6 +82,9 @@
 //! container to `<shnum>.tmp`, fsyncs it and renames it over the old one, then fsyncs the
 //! directory: a crash leaves the old container or the new one.
 //!
+//! In both kinds of share file the length field is believed only as far as the file goes: a
+//! truncated or corrupt file whose header claims more holds just the bytes it has.
+//!
 //! **Lease file** (`<shnum>.leases`, replaced the same way):
 //! `{"version": 1, "leases": [{"renew_secret": "<64 hex>", "cancel_secret": "<64 hex>",
 //! "expires_at": <unix seconds>}, ...]}`.

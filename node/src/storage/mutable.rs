@@ -36,11 +36,16 @@ impl SlotShare {
         if h.len() != HEADER_LEN as usize || h[..32] != MAGIC {
             return Ok(None);
         }
+        // The data is what the header says, as far as the file holds it. A length field that
+        // claims more (a truncated or corrupt file) must not send reads, or the copy an update
+        // makes, past the end of the file, nor overflow offsets past the header into it.
+        let in_file = file.metadata()?.len().saturating_sub(HEADER_LEN);
+        let claimed = u64::from_be_bytes(h[64..72].try_into().expect("8 bytes"));
         Ok(Some(SlotShare {
             path,
             file,
             write_enabler: h[32..64].try_into().expect("32 bytes"),
-            data_len: u64::from_be_bytes(h[64..72].try_into().expect("8 bytes")),
+            data_len: claimed.min(in_file),
         }))
     }
 
@@ -320,4 +325,53 @@ fn write_share(
     file.sync_all()?;
     drop(file);
     fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Storage, StorageConfig, StorageServer};
+
+    /// Found by the `mutable_container` fuzz target: a container whose length field claims
+    /// more than the file holds (up to `u64::MAX`). A read near the end of that claimed
+    /// length overflowed the file offset (a panic with overflow checks; without them it
+    /// wrapped around into the header, write enabler included), and an update tried to
+    /// grow the copy to the claimed length.
+    #[tokio::test]
+    async fn a_length_field_past_the_end_of_the_file_reads_only_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(d.path())).unwrap();
+        let si = [9u8; 16];
+        let bucket = bucket_dir(&d.path().join("shares"), &si);
+        fs::create_dir_all(&bucket).unwrap();
+        let we = [0x42; 32];
+        for claimed in [u64::MAX, u64::MAX - 3, 1000] {
+            let mut file = MAGIC.to_vec();
+            file.extend_from_slice(&we);
+            file.extend_from_slice(&claimed.to_be_bytes());
+            file.extend_from_slice(b"data");
+            fs::write(bucket.join("0"), &file).unwrap();
+            let readv = vec![(0, 10), (u64::MAX - 8, 8), (u64::MAX - 71, 32), (2, 8)];
+            let reads = storage.slot_readv(si, vec![], readv).await.unwrap();
+            let want = [&b"data"[..], b"", b"", b"ta"].map(|b| Bytes(b.to_vec()));
+            assert_eq!(reads[&0], want, "a length field of {claimed}");
+
+            // An update copies what the file holds and leaves a well-formed container.
+            let tw = TestWriteVectors {
+                test: Vec::new(),
+                write: vec![(2, Bytes(b"TA!".to_vec()))],
+                new_length: None,
+            };
+            let secrets = (we, [1; 32], [2; 32]);
+            let tw = BTreeMap::from([(0, tw)]);
+            let (passed, _) = storage
+                .slot_testv_and_readv_and_writev(si, secrets, tw, Vec::new())
+                .await
+                .unwrap();
+            assert!(passed);
+            let after = fs::read(bucket.join("0")).unwrap();
+            assert_eq!(after[64..72], 5u64.to_be_bytes());
+            assert_eq!(&after[72..], b"daTA!");
+        }
+    }
 }
