@@ -487,11 +487,7 @@ impl ClientState {
     fn save_cache(&self) {
         let Some(path) = &self.cache else { return };
         let _one_at_a_time = lock(&self.saving);
-        let entries: Vec<CacheEntry> = lock(&self.anns)
-            .values()
-            .map(|v| CacheEntry::from(&v.signed))
-            .collect();
-        let text = serde_json::to_string_pretty(&entries).expect("cache entries encode");
+        let text = encode_cache(lock(&self.anns).values().map(|v| &v.signed));
         if let Err(e) = folio_rpc::identity::write_private(path, text.as_bytes()) {
             warn!(path = %path.display(), error = %e, "could not save the announcement cache");
         }
@@ -526,6 +522,23 @@ impl CacheEntry {
             signature: Bytes(hex(&self.signature)?),
         })
     }
+}
+
+/// The text of an announcement cache holding `anns`, as a node writes
+/// `private/introducer_cache.json`: a JSON array of `{"key", "body", "signature"}` objects,
+/// each field in lowercase hex. (Public for the fuzz target.)
+#[doc(hidden)]
+pub fn encode_cache<'a>(anns: impl IntoIterator<Item = &'a SignedAnnouncement>) -> String {
+    let entries: Vec<CacheEntry> = anns.into_iter().map(CacheEntry::from).collect();
+    serde_json::to_string_pretty(&entries).expect("cache entries encode")
+}
+
+/// Reads an announcement cache's text: every entry whose fields decode, in order and not
+/// yet verified; or why the text is not a cache. (Public for the fuzz target.)
+#[doc(hidden)]
+pub fn decode_cache(text: &str) -> Result<Vec<SignedAnnouncement>, String> {
+    let entries: Vec<CacheEntry> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Ok(entries.iter().filter_map(CacheEntry::decode).collect())
 }
 
 /// The largest announcement cache read at start.
@@ -696,16 +709,15 @@ fn load_cache(path: &std::path::Path) -> Vec<Verified> {
         },
         Err(_) => return Vec::new(),
     };
-    let entries: Vec<CacheEntry> = match serde_json::from_str(&text) {
-        Ok(e) => e,
+    let signed = match decode_cache(&text) {
+        Ok(s) => s,
         Err(e) => {
             warn!(path = %path.display(), error = %e, "announcement cache unreadable; ignored");
             return Vec::new();
         }
     };
-    entries
-        .iter()
-        .filter_map(|e| e.decode())
+    signed
+        .into_iter()
         .filter_map(|s| match s.verify() {
             Ok(v) => Some(v),
             Err(e) => {
