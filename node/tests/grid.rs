@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use folio_tests::ChildGuard;
 
 mod common;
-use common::{create, files_under, run, status, tahoe, wait_for_file};
+use common::{create, files_under, run, status, stop_all, tahoe, wait_for_file};
 
 /// (nickname, connected) of every storage server `dir`'s node knows.
 fn servers(dir: &Path) -> Vec<(String, bool)> {
@@ -198,12 +198,7 @@ fn every_node_sees_every_storage_server_and_reconnects_after_a_restart() {
             || servers(d) == all_up(&names),
         );
     }
-    for p in &procs {
-        p.terminate();
-    }
-    for p in &mut procs {
-        assert!(p.wait_timeout(Duration::from_secs(20)).success());
-    }
+    stop_all(&mut procs, Duration::from_secs(20));
 }
 
 #[test]

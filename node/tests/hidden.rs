@@ -10,7 +10,7 @@ use folio_tests::tornet::{LoneTor, LoneTorAuth, TorNet};
 use serde_json::Value;
 
 mod common;
-use common::{add_to_section, create, run, status, wait_for_file};
+use common::{add_to_section, create, run, status, stop_all, wait_for_file};
 
 /// Waits until every node sees both storage servers connected; returns the last statuses.
 fn wait_for_grid(dirs: &[PathBuf], timeout: Duration) -> Vec<Value> {
@@ -121,12 +121,7 @@ fn hidden_grid(base: &Path, transport: &str, extra: &[String], tweak: impl Fn(&P
             );
         }
     }
-    for p in &procs {
-        p.terminate();
-    }
-    for p in &mut procs {
-        assert!(p.wait_timeout(Duration::from_secs(30)).success());
-    }
+    stop_all(&mut procs, Duration::from_secs(30));
 }
 
 #[test]
@@ -307,12 +302,7 @@ fn tor_launch_runs_a_tor_of_the_nodes_own() {
         "the launcher must use its own tor: {tor_handler}"
     );
 
-    for p in &procs {
-        p.terminate();
-    }
-    for p in &mut procs {
-        assert!(p.wait_timeout(Duration::from_secs(30)).success());
-    }
+    stop_all(&mut procs, Duration::from_secs(30));
     let deadline = Instant::now() + Duration::from_secs(10);
     while alive(tor_pid) {
         assert!(

@@ -19,7 +19,7 @@ use folio_tests::ChildGuard;
 use serde_json::Value;
 
 mod common;
-use common::{add_section, add_to_section, create, run, status, tahoe, wait_for_file};
+use common::{add_section, add_to_section, create, run, status, stop_all, tahoe, wait_for_file};
 
 /// The process that opened one connection a [`Proxy`] accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,15 +298,6 @@ fn put_and_get(dir: &Path, base: &Path, size: usize) {
     assert_eq!(std::fs::read(&output).unwrap(), data);
 }
 
-fn stop(mut procs: Vec<ChildGuard>) {
-    for p in &procs {
-        p.terminate();
-    }
-    for p in &mut procs {
-        assert!(p.wait_timeout(Duration::from_secs(30)).success());
-    }
-}
-
 /// A node that reveals its IP address, with `[server:X] tcp = tor`: X is reached through
 /// the private Tor network (its exit opens every connection to X's port), and the node
 /// itself never connects to X's port. Before `tcp` was applied per server, the node dialed
@@ -372,7 +363,7 @@ fn server_tcp_tor_reaches_that_server_only_through_tor() {
 
     put_and_get(&dir, base, 200_000);
     only_through_tor();
-    stop(vec![node, x, intro]);
+    stop_all(&mut [node, x, intro], Duration::from_secs(30));
     drop(tor);
     drop(net);
 }
@@ -437,7 +428,7 @@ fn server_tcp_disabled_refuses_with_a_clear_status() {
             .all(|o| o.pid.is_some() && o.pid != Some(node.pid())),
         "the node dialed X's port: {openers:?}"
     );
-    stop(vec![node, x, y, intro]);
+    stop_all(&mut [node, x, y, intro], Duration::from_secs(30));
 }
 
 /// `[server:TUBID] furl` (Tahoe's static servers): a client with no introducer stores a file
@@ -487,5 +478,5 @@ fn server_furl_without_an_introducer_stores_and_serves_a_file() {
             .collect();
         assert!(!shares.is_empty(), "no share on {name}");
     }
-    stop(procs);
+    stop_all(&mut procs, Duration::from_secs(30));
 }

@@ -205,13 +205,7 @@ impl LoneTor {
             .unwrap_or_else(|e| panic!("tor is not installed ({e}): scripts/test.sh installs it"));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let control = loop {
-            let text = std::fs::read_to_string(&port_file).unwrap_or_default();
-            if let Some(addr) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("PORT="))
-                .and_then(|a| a.trim().parse().ok())
-                .filter(|_| text.ends_with('\n'))
-            {
+            if let Some(addr) = folio_transports::tor_launch::read_port_file(&port_file) {
                 break addr;
             }
             if std::time::Instant::now() > deadline {

@@ -246,8 +246,9 @@ impl Drop for LaunchedTor {
     }
 }
 
-/// Reads `PORT=127.0.0.1:NNNN` from tor's control port file (complete lines only).
-fn read_port_file(path: &Path) -> Option<SocketAddr> {
+/// Reads `PORT=127.0.0.1:NNNN` from the file tor writes for `ControlPortWriteToFile`
+/// (complete lines only: `None` while tor is still writing it).
+pub fn read_port_file(path: &Path) -> Option<SocketAddr> {
     let text = std::fs::read_to_string(path).ok()?;
     if !text.ends_with('\n') {
         return None; // still being written

@@ -25,6 +25,16 @@ pub fn create(args: &[&str]) {
     );
 }
 
+/// Stops `procs` cleanly: SIGTERM to all, then each must exit with success within `within`.
+pub fn stop_all(procs: &mut [ChildGuard], within: Duration) {
+    for p in procs.iter() {
+        p.terminate();
+    }
+    for p in procs.iter_mut() {
+        assert!(p.wait_timeout(within).success());
+    }
+}
+
 pub fn run(dir: &Path) -> ChildGuard {
     let mut c = tahoe();
     c.arg("run").arg(dir);
