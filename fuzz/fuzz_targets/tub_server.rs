@@ -44,7 +44,6 @@
 //! ```
 #![no_main]
 
-use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
@@ -52,57 +51,24 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use folio_fuzz::{
+    bounded, identity, runtime, settle, short_handshake, split_frames, CLIENT_PEM, SEP, SERVER_PEM,
+};
 use folio_rpc::connector::ConnectFuture;
 use folio_rpc::{
-    interface, BoxStream, Connector, Established, HandshakeConfig, Handshaker, Hint, Identity,
-    NoConnector, Tub, TubConfig,
+    interface, BoxStream, Connector, Established, HandshakeConfig, Handshaker, Hint, NoConnector,
+    Tub, TubConfig,
 };
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::task::JoinHandle;
 
-/// Separates frame payloads in mode 2. `0xf5` never occurs in UTF-8.
-const SEP: &[u8] = &[0xf5; 4];
 /// The swissnum the served object is registered under.
 const OBJECT_NAME: &str = "obj";
 const DUPLEX: usize = 64 * 1024;
 const MAX_EXPORTS: usize = 16;
 /// How long the served object waits for the client to answer a callback.
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The server: `seeds/identity_pem/ed25519` (a throwaway key).
-const SERVER_PEM: &str = "-----BEGIN PRIVATE KEY-----
-MC4CAQAwBQYDK2VwBCIEIM+0ny42ifZmt/fdsAGgKZZ4eWmorJUaqGHKWT/XbZii
------END PRIVATE KEY-----
------BEGIN CERTIFICATE-----
-MIIBSDCB+6ADAgECAhQ9xCaXTR1tu5/1Kbxc5iL+aG9+GTAFBgMrZXAwGTEXMBUG
-A1UEAwwOZm9saW8gdHViIHNlZWQwIBcNMjYxMTI3MTYzOTU2WhgPMjEyNjExMDMx
-NjM5NTZaMBkxFzAVBgNVBAMMDmZvbGlvIHR1YiBzZWVkMCowBQYDK2VwAyEA04lN
-PGM7ZOvprD74LXf4gOSBNRwwBiJ5nR0v/+nWVBajUzBRMB0GA1UdDgQWBBSA5dqe
-Gd8zz6P6OqRrafKz8i0xhjAfBgNVHSMEGDAWgBSA5dqeGd8zz6P6OqRrafKz8i0x
-hjAPBgNVHRMBAf8EBTADAQH/MAUGAytlcANBACsrUgkSkB0BEG4wbQbu1EI8RW8i
-7BeeYlRHIfO5xui0KTwKK3uftrFQjlAWmKv6URQH+S8U1Rt9G/2kG0UyGgY=
------END CERTIFICATE-----
-";
-
-/// The client: `seeds/identity_pem/p256` (a throwaway key).
-const CLIENT_PEM: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgSTQ/rElvlQw5RbTh
-nqO5fn2ntrqHkEB4dClr62R5DBChRANCAAQ4rt+fMzMq2CdkwEM5EEBTlKtqOwLv
-tOS24BbGUmxuNwSQDgZyuJsJd10ExEOkLWUkZmtPYHg4unZjwWTqRVaX
------END PRIVATE KEY-----
------BEGIN CERTIFICATE-----
-MIIBizCCATGgAwIBAgIUQsv9c57JOyffAoQPXIgFh8XO60IwCgYIKoZIzj0EAwIw
-GjEYMBYGA1UEAwwPZm9saW8gcDI1NiBzZWVkMCAXDTI2MTEyNzE2Mzk1NloYDzIx
-MjYxMTAzMTYzOTU2WjAaMRgwFgYDVQQDDA9mb2xpbyBwMjU2IHNlZWQwWTATBgcq
-hkjOPQIBBggqhkjOPQMBBwNCAAQ4rt+fMzMq2CdkwEM5EEBTlKtqOwLvtOS24BbG
-UmxuNwSQDgZyuJsJd10ExEOkLWUkZmtPYHg4unZjwWTqRVaXo1MwUTAdBgNVHQ4E
-FgQUdtk83q+8jhVMl2rHfqLGgvV9XtAwHwYDVR0jBBgwFoAUdtk83q+8jhVMl2rH
-fqLGgvV9XtAwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEA3lWB
-w32nkqZtKPQ5DOziSFzPYC/qZ6kxOZSZt77h2s8CID8aZ0wkAj0fnPyI0kfh8R6G
-/Ff5baaqz/UBJlmt+9m2
------END CERTIFICATE-----
-";
 
 #[interface(name = "fuzz.calc.v1")]
 pub trait Calc {
@@ -181,19 +147,6 @@ impl Counter for CounterImpl {
     }
 }
 
-fn identity(pem: &str) -> Identity {
-    Identity::from_pem(pem).expect("the fixed identities load")
-}
-
-fn short_handshake() -> HandshakeConfig {
-    HandshakeConfig {
-        prelude_timeout: Duration::from_secs(1),
-        tls_timeout: Duration::from_secs(1),
-        hello_timeout: Duration::from_secs(1),
-        ..HandshakeConfig::default()
-    }
-}
-
 /// The fuzzing client's handshake: the smallest frame limit, so large answers hit it.
 fn client_handshake() -> HandshakeConfig {
     HandshakeConfig {
@@ -222,42 +175,8 @@ fn server_tub() -> Tub {
     tub
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap()
-}
-
-/// Awaits `fut`, which must finish within `secs` seconds of virtual time.
-async fn bounded<T>(what: &str, secs: u64, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what} did not finish within {secs} s (virtual time)"),
-    }
-}
-
-/// Lets every task run until all wait (for input or a timer): one virtual millisecond.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(1)).await;
-}
-
 fn thirds(bytes: &[u8]) -> std::slice::Chunks<'_, u8> {
     bytes.chunks(bytes.len().div_ceil(3).max(1))
-}
-
-fn split_frames(mut rest: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    if rest.is_empty() {
-        return out;
-    }
-    while let Some(i) = rest.windows(SEP.len()).position(|w| w == SEP) {
-        out.push(&rest[..i]);
-        rest = &rest[i + SEP.len()..];
-    }
-    out.push(rest);
-    out
 }
 
 fuzz_target!(
