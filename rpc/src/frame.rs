@@ -169,8 +169,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Reads more bytes so that at least `need` are buffered. Returns `false` at end of stream.
-    /// The buffer only grows to `need` (bounded by the decoder's limit) or one read chunk.
+    /// Reads more bytes towards `need` buffered. Returns `false` at end of stream.
+    ///
+    /// The buffer grows with the bytes that have arrived, not with the length a header
+    /// announced: to one read chunk, then at most to twice what it holds, and never past
+    /// `need` (which the decoder has bounded by the frame limit). A peer that announces a
+    /// 1 MiB frame and sends nothing more holds one read chunk; one that sends it all costs
+    /// a few doublings, and the buffer is kept for the next frame.
     async fn fill(&mut self, need: usize) -> Result<bool, FrameError> {
         if self.start == self.end {
             self.start = 0;
@@ -185,8 +190,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
-            let want = need.max(READ_CHUNK.min(HEADER_LEN + self.decoder.max_len as usize));
-            if self.buf.len() < want {
+            if self.buf.len() < need {
+                let step = READ_CHUNK.max(2 * self.end);
+                let want = need.min(step).max(self.buf.len());
                 self.buf.resize(want, 0);
             }
         }
@@ -468,6 +474,36 @@ mod tests {
         ));
         // The reader did not size a buffer for the announced frame.
         assert!(r.buf.len() <= READ_CHUNK);
+    }
+
+    /// A header announcing a large frame sizes nothing: the buffer follows the bytes that
+    /// arrive, at most doubling, so a peer that announces 1 MiB and stops holds one chunk.
+    #[tokio::test]
+    async fn an_announced_frame_does_not_size_the_buffer() {
+        let (mut tx, rx) = tokio::io::duplex(4 * 1024 * 1024);
+        let mut r = FrameReader::new(rx, 1 << 20);
+        tx.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+        tx.write_all(&[7; 100]).await.unwrap();
+        let silent = tokio::time::timeout(std::time::Duration::from_millis(50), r.next_frame());
+        assert!(silent.await.is_err(), "the frame is not complete");
+        assert!(r.buf.len() <= READ_CHUNK, "{} bytes held", r.buf.len());
+        // A quarter arrives: the buffer follows what arrived, not what was announced.
+        tx.write_all(&vec![7; (256 << 10) - 100]).await.unwrap();
+        let partial = tokio::time::timeout(std::time::Duration::from_millis(50), r.next_frame());
+        assert!(partial.await.is_err(), "the frame is not complete");
+        assert!(
+            r.buf.len() <= 2 * (HEADER_LEN + (256 << 10)),
+            "{} bytes held for 256 KiB received",
+            r.buf.len()
+        );
+        // The rest arrives, and the frame is whole.
+        tx.write_all(&vec![7; 768 << 10]).await.unwrap();
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(5), r.next_frame())
+            .await
+            .expect("the frame completes")
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.len(), 1 << 20);
     }
 
     #[tokio::test]
