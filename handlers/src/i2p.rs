@@ -126,8 +126,8 @@ impl I2pListener {
             path: key_path.display().to_string(),
             source,
         };
-        let key = match std::fs::read_to_string(key_path) {
-            Ok(k) => k.trim().to_string(),
+        let key = match read_key_file(key_path) {
+            Ok(k) => k,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let (_public, private) = generate_destination(cfg).await?;
                 crate::write_secret(key_path, &private).map_err(key_err)?;
@@ -169,5 +169,42 @@ impl Listener for I2pListener {
 
     fn describe(&self) -> String {
         format!("i2p:{}", self.session.address())
+    }
+}
+
+/// The largest key file read: far more than an I2P private destination (about 900 base64 characters).
+pub const MAX_KEY_FILE: u64 = 8 * 1024;
+
+/// Reads a saved key, trimmed, through the bound [`MAX_KEY_FILE`] (a larger file is refused,
+/// not read whole).
+fn read_key_file(path: &Path) -> std::io::Result<String> {
+    folio_rpc::identity::read_text_bounded(path, MAX_KEY_FILE).map(|k| k.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key file over the bound is refused before the SAM bridge is asked anything (it used
+    /// to be read whole, then handed to the bridge).
+    #[tokio::test]
+    async fn an_oversized_key_file_is_refused_unread() {
+        let dir = std::env::temp_dir().join(format!("folio-i2p-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("i2p_dest.privkey");
+        std::fs::write(&path, vec![b'A'; 1024 * 1024]).unwrap();
+        // Nothing listens on port 9 of 127.0.0.1 (discard): had the key been taken, the
+        // error would be the bridge's.
+        let cfg = SamConfig {
+            bridge: "127.0.0.1:9".parse().unwrap(),
+            ..SamConfig::default()
+        };
+        let err = I2pListener::start(&cfg, &path).await.err().unwrap();
+        assert!(
+            matches!(&err, I2pListenError::Key { source, .. }
+                if source.kind() == std::io::ErrorKind::FileTooLarge),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

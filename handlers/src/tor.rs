@@ -144,8 +144,8 @@ impl OnionListener {
             path: key_path.display().to_string(),
             source,
         };
-        let saved = match std::fs::read_to_string(key_path) {
-            Ok(k) => Some(k.trim().to_string()),
+        let saved = match read_key_file(key_path) {
+            Ok(k) => Some(k),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(key_err(e)),
         };
@@ -201,6 +201,15 @@ impl Listener for OnionListener {
     }
 }
 
+/// The largest key file read: far more than an onion service key (`ED25519-V3:` and 88 base64 characters).
+pub const MAX_KEY_FILE: u64 = 8 * 1024;
+
+/// Reads a saved key, trimmed, through the bound [`MAX_KEY_FILE`] (a larger file is refused,
+/// not read whole).
+fn read_key_file(path: &Path) -> std::io::Result<String> {
+    folio_rpc::identity::read_text_bounded(path, MAX_KEY_FILE).map(|k| k.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +223,27 @@ mod tests {
             e.to_string().contains("cannot be reached through Tor"),
             "{e}"
         );
+    }
+
+    /// A key file over the bound is refused before tor is asked anything (it used to be
+    /// read whole, then handed to tor).
+    #[tokio::test]
+    async fn an_oversized_key_file_is_refused_unread() {
+        let dir = std::env::temp_dir().join(format!("folio-onion-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tor_onion.privkey");
+        std::fs::write(&path, vec![b'A'; 1024 * 1024]).unwrap();
+        // Nothing listens on port 9 of 127.0.0.1 (discard): had the key been taken, the
+        // error would be tor's.
+        let control: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let err = OnionListener::start(control, &path, 3457)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, OnionListenError::Key { source, .. }
+                if source.kind() == std::io::ErrorKind::FileTooLarge),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -126,6 +126,10 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
+/// The largest file [`PrivateDir::read`] takes: keys, secrets, sequence numbers, FURLs and
+/// the tor control password are all far smaller.
+pub const MAX_PRIVATE_FILE: u64 = 64 * 1024;
+
 /// The file in `private/` holding a running tor's control-port password.
 pub const TOR_CONTROL_PASSWORD: &str = "tor_control_password";
 
@@ -239,19 +243,29 @@ impl PrivateDir {
         })
     }
 
-    /// Reads a file, or `None` when it does not exist. Refuses files others can read.
+    /// Reads a file, or `None` when it does not exist. Refuses files others can read, and
+    /// files of more than [`MAX_PRIVATE_FILE`] bytes (read through that bound, so a file
+    /// that grows while it is read cannot get past it).
     pub fn read(&self, name: &str) -> Result<Option<String>, PrivateError> {
+        let max = MAX_PRIVATE_FILE;
         let path = self.file(name);
-        let io = |source| PrivateError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        match std::fs::metadata(&path) {
-            Ok(meta) => check_mode(&path, &meta)?,
+        let (bytes, meta) = match folio_rpc::identity::read_bounded(&path, max) {
+            Ok(read) => read,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(e)),
-        }
-        std::fs::read_to_string(&path).map(Some).map_err(io)
+            Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                return Err(self.corrupt(name, &format!("larger than {max} bytes")))
+            }
+            Err(source) => {
+                return Err(PrivateError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        };
+        check_mode(&path, &meta)?;
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| self.corrupt(name, "not UTF-8 text"))
     }
 
     /// The control-port password of a running tor (`private/tor_control_password`), if the
@@ -274,10 +288,20 @@ impl PrivateDir {
             .ok_or_else(|| self.corrupt(name, "missing (was the node made with `tahoe create-*`?)"))
     }
 
-    /// The Tub identity.
+    /// The Tub identity. `Identity::load` reads `node.pem` once, through its own bound
+    /// (`MAX_IDENTITY_FILE`), and checks its mode.
     pub fn identity(&self) -> Result<Identity, PrivateError> {
-        self.required("node.pem")?;
-        Ok(Identity::load(&self.file("node.pem"))?)
+        match Identity::load(&self.file("node.pem")) {
+            Err(IdentityError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Err(self.corrupt(
+                    "node.pem",
+                    "missing (was the node made with `tahoe create-*`?)",
+                ))
+            }
+            loaded => Ok(loaded?),
+        }
     }
 
     /// The announcement signing key.
@@ -409,5 +433,32 @@ mod tests {
         assert!(pk.verify(b"hellO", &sig).is_err());
         let again = SigningKey::from_text(&k.to_text()).unwrap();
         assert_eq!(again.public(), k.public());
+    }
+
+    /// Every file of `private/` is read through a bound: a file too large is refused as such,
+    /// not read whole first (the old `read` had no bound at all).
+    #[test]
+    fn files_over_the_bound_are_refused_without_reading_them_whole() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = PrivateDir::create(base.path()).unwrap();
+        let mut big = SigningKey::generate().to_text().into_bytes();
+        big.resize(MAX_PRIVATE_FILE as usize + 1, b' ');
+        dir.write("node.privkey", &big).unwrap();
+        let err = dir.signing_key().unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("larger than {MAX_PRIVATE_FILE} bytes")),
+            "{err}"
+        );
+        // At the bound exactly, the file is read (and its trailing blanks ignored).
+        big.truncate(MAX_PRIVATE_FILE as usize);
+        dir.write("node.privkey", &big).unwrap();
+        dir.signing_key().unwrap();
+        // node.pem goes through Identity::load's bound.
+        dir.write("node.pem", &vec![b'-'; 1024 * 1024]).unwrap();
+        let err = dir.identity().unwrap_err();
+        assert!(
+            matches!(err, PrivateError::Identity(IdentityError::TooLarge { .. })),
+            "{err}"
+        );
     }
 }

@@ -441,16 +441,22 @@ impl Furl {
         crate::identity::write_private(path, format!("{self}\n").as_bytes())
     }
 
-    /// Reads a FURL written by [`Furl::save`] (surrounding whitespace is ignored).
+    /// Reads a FURL written by [`Furl::save`] (surrounding whitespace is ignored). The file
+    /// is read through a bound of [`MAX_FURL_LEN`] + 2 bytes (a line ending).
     pub fn load(path: &std::path::Path) -> std::io::Result<Furl> {
-        let meta = std::fs::metadata(path)?;
-        if meta.len() > MAX_FURL_LEN as u64 + 2 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{} is too large to hold a FURL", path.display()),
-            ));
-        }
-        let text = std::fs::read_to_string(path)?;
+        const MAX_FURL_FILE: u64 = MAX_FURL_LEN as u64 + 2;
+        // Read with the bound, not checked with `metadata` first: a file that grows in
+        // between cannot get past it.
+        let text = crate::identity::read_text_bounded(path, MAX_FURL_FILE).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::FileTooLarge {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} is too large to hold a FURL", path.display()),
+                )
+            } else {
+                e
+            }
+        })?;
         text.trim().parse().map_err(|e: FurlError| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -861,5 +867,46 @@ mod tests {
         assert_eq!(postcard::from_bytes::<Furl>(&bytes).unwrap(), f);
         let t = postcard::to_allocvec(&tubid()).unwrap();
         assert_eq!(postcard::from_bytes::<TubId>(&t).unwrap(), tubid());
+    }
+
+    /// `Furl::load` reads through its bound: a FURL file that yields more than a FURL and a
+    /// line ending is refused, even when `metadata` said it was empty (a FIFO here; a file
+    /// that grows between a size check and the read is the same race, which the old
+    /// metadata-then-read check let through).
+    #[cfg(unix)]
+    #[test]
+    fn load_reads_through_its_bound() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("folio-furl-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = furl("tcp:example.org:3456", "abcdefghijklmnopqrstuvwxyz234567");
+        let saved = dir.join("saved.furl");
+        let f: Furl = text.parse().unwrap();
+        f.save(&saved).unwrap();
+        assert_eq!(Furl::load(&saved).unwrap(), f);
+
+        let fifo = dir.join("fifo.furl");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let writer = {
+            let (fifo, text) = (fifo.clone(), text.clone());
+            std::thread::spawn(move || {
+                let mut out = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+                // A valid FURL, then more blank space than a FURL file may hold.
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.write_all(&vec![b' '; 2 * MAX_FURL_LEN]);
+            })
+        };
+        let err = Furl::load(&fifo).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string().contains("too large to hold a FURL"),
+            "{err}"
+        );
+        writer.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

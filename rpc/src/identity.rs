@@ -45,12 +45,10 @@ pub enum IdentityError {
         mode: u32,
     },
     /// The file is larger than any identity file.
-    #[error("{path} is {len} bytes, larger than an identity file can be ({MAX_IDENTITY_FILE})")]
+    #[error("{path} is larger than an identity file can be (over {MAX_IDENTITY_FILE} bytes)")]
     TooLarge {
         /// The file.
         path: String,
-        /// Its length.
-        len: u64,
     },
     /// Reading or writing the file failed.
     #[error("{path}: {source}")]
@@ -172,7 +170,16 @@ impl Identity {
             path: name.clone(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(io)?;
+        // One open, and everything below is about that file: its mode from `fstat`, its
+        // bytes read with the bound (a file that grows after a `metadata` call cannot get
+        // past a bound checked there).
+        let (bytes, meta) = read_bounded(path, MAX_IDENTITY_FILE).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::FileTooLarge {
+                IdentityError::TooLarge { path: name.clone() }
+            } else {
+                io(e)
+            }
+        })?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -181,13 +188,14 @@ impl Identity {
                 return Err(IdentityError::InsecurePermissions { path: name, mode });
             }
         }
-        if meta.len() > MAX_IDENTITY_FILE {
-            return Err(IdentityError::TooLarge {
-                path: name,
-                len: meta.len(),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(io)?;
+        #[cfg(not(unix))]
+        let _ = meta;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not UTF-8 text",
+            ))
+        })?;
         Self::from_pem(&text)
     }
 
@@ -201,6 +209,43 @@ impl Identity {
             Ok(id)
         }
     }
+}
+
+/// Reads the whole file at `path`, refusing one of more than `max` bytes, and gives its
+/// metadata too (from the open file, so it describes the bytes read).
+///
+/// The file is opened once and read through `take(max + 1)`: the bound holds however the
+/// file changes between a `metadata` call and the read, and whatever it is (a FIFO or a
+/// device yields at most `max + 1` bytes before it is refused). Over the bound, the error's
+/// kind is [`std::io::ErrorKind::FileTooLarge`] and its text names the path and the bound.
+/// Every small local file Folio reads (identities, FURL files, keys, secrets, caches) goes
+/// through here.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<(Vec<u8>, std::fs::Metadata)> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    // The metadata's length is only a hint for the buffer (capped by the bound).
+    let hint = meta.len().min(max.saturating_add(1)).min(1 << 20) as usize;
+    let mut bytes = Vec::with_capacity(hint);
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("{} is over {max} bytes", path.display()),
+        ));
+    }
+    Ok((bytes, meta))
+}
+
+/// [`read_bounded`] for a text file: its bytes as UTF-8 (else `InvalidData`).
+pub fn read_text_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+    let (bytes, _) = read_bounded(path, max)?;
+    String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not UTF-8 text", path.display()),
+        )
+    })
 }
 
 /// Writes a secret (a key, a FURL) to `path`, readable by its owner only (mode `0600`),
@@ -320,6 +365,61 @@ mod tests {
             IdentityError::InsecurePermissions { mode: 0o644, .. }
         ));
         assert!(err.to_string().contains("chmod 600"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file whose size `metadata` reports as 0 but which yields more (a FIFO here; a file
+    /// that grows between the check and the read is the same race): the old
+    /// metadata-then-read check let it through, and the whole stream was read.
+    #[cfg(unix)]
+    #[test]
+    fn load_reads_through_the_bound_whatever_metadata_said() {
+        let dir = std::env::temp_dir().join(format!("folio-id-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tub.pem");
+        let made = std::process::Command::new("mkfifo")
+            .arg("-m")
+            .arg("600")
+            .arg(&path)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                let chunk = vec![b'A'; 64 * 1024];
+                let mut sent = 0u64;
+                // Stops when the reader has had enough and closes its end (EPIPE).
+                while sent < 16 * MAX_IDENTITY_FILE && f.write_all(&chunk).is_ok() {
+                    sent += chunk.len() as u64;
+                }
+                sent
+            })
+        };
+        let err = Identity::load(&path).unwrap_err();
+        assert!(matches!(err, IdentityError::TooLarge { .. }), "{err}");
+        let sent = writer.join().unwrap();
+        assert!(sent < 16 * MAX_IDENTITY_FILE, "the reader stopped early");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn read_bounded_takes_up_to_the_bound_and_refuses_more() {
+        let dir = std::env::temp_dir().join(format!("folio-id-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::write(&path, vec![1u8; 100]).unwrap();
+        assert_eq!(read_bounded(&path, 100).unwrap().0.len(), 100);
+        let err = read_bounded(&path, 99).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(err.to_string().contains("over 99 bytes"), "{err}");
+        std::fs::write(&path, vec![b'x'; MAX_IDENTITY_FILE as usize + 1]).unwrap();
+        assert!(matches!(
+            Identity::load(&path),
+            Err(IdentityError::TooLarge { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -55,12 +55,16 @@ fn decode_secret(s: &str) -> Option<LeaseSecret> {
         .ok()
 }
 
-/// The leases on one share. A missing file holds none; an unreadable one is logged and
-/// treated as holding none.
+/// The largest lease file read: 64 leases take about 13 KiB; a larger file is not one this
+/// server wrote, and is treated as unreadable.
+const MAX_LEASE_FILE: u64 = 1024 * 1024;
+
+/// The leases on one share. A missing file holds none; an unreadable one (or one over
+/// [`MAX_LEASE_FILE`]) is logged and treated as holding none.
 pub(super) fn load(dir: &Path, shnum: u16) -> Vec<Lease> {
     let path = lease_path(dir, shnum);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+    let bytes = match folio_rpc::identity::read_bounded(&path, MAX_LEASE_FILE) {
+        Ok((b, _)) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
             warn!(path = %path.display(), error = %e, "cannot read lease file");
