@@ -190,9 +190,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
-            if self.buf.len() < need {
-                let step = READ_CHUNK.max(2 * self.end);
-                let want = need.min(step).max(self.buf.len());
+            // At least one read chunk (a header alone must not mean reads of four bytes),
+            // then at most twice what has arrived, never past the frame.
+            let floor = READ_CHUNK.min(HEADER_LEN + self.decoder.max_len as usize);
+            let want = need.min(floor.max(2 * self.end)).max(floor);
+            if self.buf.len() < want {
                 self.buf.resize(want, 0);
             }
         }
