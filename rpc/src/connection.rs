@@ -540,7 +540,9 @@ impl ConnShared {
                 });
             }
         }
-        let _ = self.closed_tx.send(Some(reason.to_string()));
+        // `send` would drop the value when nobody is subscribed yet, and a later `closed()`
+        // would then wait for ever: the value is stored whoever listens.
+        self.closed_tx.send_replace(Some(reason.to_string()));
         if let Some(tub) = self.tub.upgrade() {
             tub.forget_connection(self);
         }
