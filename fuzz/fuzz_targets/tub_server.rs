@@ -16,9 +16,12 @@
 //! After the handshake the server exports a `fuzz.calc.v1` object under the swissnum `obj`:
 //! a call of `get_reference("obj")` on the root (object 0) exports it as object 1. Its methods
 //! take and return references, call back into the client (`bump`, answered by the input's own
-//! `Answer` frames, or not), hold references (`keep`/`forget`), sleep, and produce answers over
-//! the client's 4 KiB frame limit (`repeat`). The Tub's limits are small, so that the queue,
-//! export and import bounds are reachable in a few kilobytes.
+//! `Answer` frames, or not), hold references (`keep`/`forget`), sleep, never return until
+//! stopped (`hang`), and produce answers over the client's 4 KiB frame limit (`repeat`). The
+//! Tub's limits are small, so that the queue, export and import bounds are reachable in a few
+//! kilobytes, and its `max_call_duration` is short, so that calls stopped by a caller's
+//! deadline (`TimedCall`), by a `Cancel` (running or queued) and by the cap itself all happen
+//! within a run. The handshake negotiates protocol version 2, so those messages are read.
 //!
 //! If `m & 0x80`, the client shuts its write side after `r` (TLS close_notify); otherwise the
 //! stream stays open and the server's timeouts run.
@@ -30,7 +33,8 @@
 //! - a real client's handshake succeeds (modes 1 and 2);
 //! - after the input the server has 0 or 1 connection, and exports no more than its limit;
 //! - a client that closed its side (`m & 0x80`, modes 1 and 2) is dropped within bounded time
-//!   (every method of the served object is bounded, so no backpressure can last);
+//!   (every method of the served object is bounded, by itself or by `max_call_duration`, so
+//!   no backpressure can last);
 //! - `Tub::shutdown` completes in bounded time, leaves no connection, and the server closes
 //!   its end of the stream within bounded time.
 //!
@@ -69,6 +73,8 @@ const DUPLEX: usize = 64 * 1024;
 const MAX_EXPORTS: usize = 16;
 /// How long the served object waits for the client to answer a callback.
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest the server lets a call run: a `hang` ends within it.
+const MAX_CALL_DURATION: Duration = Duration::from_secs(3);
 
 #[interface(name = "fuzz.calc.v1")]
 pub trait Calc {
@@ -88,6 +94,11 @@ pub trait Calc {
     async fn repeat(&self, text: String, times: u32) -> Result<String, String>;
     #[oneway]
     async fn note(&self, text: String);
+    /// Never returns: stopped by the caller's deadline, a `Cancel`, or `MAX_CALL_DURATION`.
+    async fn hang(&self) -> Result<u64, String>;
+    /// `hang`, one-way: stopped by `MAX_CALL_DURATION`.
+    #[oneway]
+    async fn hang_oneway(&self);
 }
 
 #[interface(name = "fuzz.counter.v1")]
@@ -135,6 +146,12 @@ impl Calc for CalcImpl {
         Ok(text.repeat(times))
     }
     async fn note(&self, _text: String) {}
+    async fn hang(&self) -> Result<u64, String> {
+        std::future::pending().await
+    }
+    async fn hang_oneway(&self) {
+        std::future::pending::<()>().await
+    }
 }
 
 struct CounterImpl(Mutex<u64>);
@@ -169,6 +186,9 @@ fn server_tub() -> Tub {
         disconnect_timeout: None,
         dial_timeout: Duration::from_secs(1),
         max_write_queue: 64 * 1024,
+        call_timeout: Some(CALLBACK_TIMEOUT),
+        max_call_duration: Some(MAX_CALL_DURATION),
+        ..TubConfig::default()
     };
     let tub = Tub::new(identity(SERVER_PEM), Arc::new(NoConnector), config).unwrap();
     tub.set_location(vec!["mem:server".parse().unwrap()]);
@@ -440,6 +460,10 @@ mod seeds {
         Limits,
         /// A call, then the client Tub shuts down: its goodbye.
         Goodbye,
+        /// Deadlines and cancellation: a `TimedCall` whose deadline passes, a running call
+        /// and a queued call cancelled, a call stopped by the server's cap, a one-way call
+        /// that hangs.
+        Deadline,
         /// Everything above in one session, ending in a goodbye.
         All,
     }
@@ -480,6 +504,36 @@ mod seeds {
         }
         if scenario == Oneway || all {
             calc.note("hello".into()).await.unwrap();
+        }
+        if scenario == Deadline || all {
+            // Timed out by the caller: the server drops it at the same deadline, silently.
+            let short = calc.with_timeout(Some(Duration::from_millis(100)));
+            assert!(matches!(
+                short.hang().await,
+                Err(folio_rpc::CallError::DeadlineExceeded(_))
+            ));
+            // Four hang (every slot taken), a fifth waits; the fifth and one running are
+            // cancelled by dropping their callers.
+            let patient = calc.with_timeout(None);
+            let calls: Vec<_> = (0..5)
+                .map(|_| {
+                    let c = patient.clone();
+                    tokio::spawn(async move { c.hang().await })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            calls[4].abort();
+            calls[0].abort();
+            settle().await;
+            // The others are stopped by the server's cap, and told so.
+            for c in calls.into_iter().skip(1).take(3) {
+                assert!(matches!(
+                    c.await.unwrap(),
+                    Err(folio_rpc::CallError::Refused(_))
+                ));
+            }
+            calc.hang_oneway().await.unwrap();
+            assert_eq!(calc.add(1, 1).await.unwrap(), 2);
         }
         if scenario == Limits || all {
             let mine = CounterRef::serve(CounterImpl(Mutex::new(0)));
@@ -531,6 +585,7 @@ mod seeds {
             ("oneway", Oneway),
             ("limits", Limits),
             ("goodbye", Goodbye),
+            ("deadline", Deadline),
             ("all", All),
         ];
         for (name, scenario) in scenarios {

@@ -157,7 +157,9 @@ pub async fn put(
                 servers: 0,
             });
         }
+        // A whole upload to the grid: as long as it takes (the CLI's Ctrl-C cancels it).
         upload
+            .with_timeout(None)
             .finish(ProgressRef::serve(line.clone()))
             .await
             .map_err(node_err)
@@ -207,6 +209,7 @@ where
     let sink = Arc::new(WriterSink(tokio::sync::Mutex::new(out)));
     let result = client
         .control
+        .with_timeout(None) // a whole download: as long as it takes
         .download(
             cap.to_string(),
             SinkRef::serve(sink.clone()),

@@ -97,11 +97,11 @@ fn parse_method(m: &mut syn::TraitItemFn) -> syn::Result<Method> {
     }
     if matches!(
         sig.ident.unraw().to_string().as_str(),
-        "serve" | "object_ref"
+        "serve" | "object_ref" | "with_timeout"
     ) {
         return Err(Error::new_spanned(
             &sig.ident,
-            "`serve` and `object_ref` are taken by the generated handle; rename the method",
+            "`serve`, `object_ref` and `with_timeout` are taken by the generated handle; rename the method",
         ));
     }
     let oneway = m.attrs.iter().any(|a| a.path().is_ident("oneway"));
@@ -291,6 +291,12 @@ fn expand(attr: Tokens, mut item: ItemTrait) -> syn::Result<Tokens> {
             /// The untyped reference inside.
             pub fn object_ref(&self) -> &#rpc::ObjectRef {
                 &self.0
+            }
+
+            /// This handle, with its calls given up after `timeout` instead of the Tub's
+            /// `call_timeout` (`None`: no deadline). See `ObjectRef::with_timeout`.
+            pub fn with_timeout(&self, timeout: ::core::option::Option<::std::time::Duration>) -> Self {
+                #ref_ty(self.0.with_timeout(timeout))
             }
 
             #(#client_methods)*

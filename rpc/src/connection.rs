@@ -48,10 +48,10 @@ use crate::handshake::{ConnectionInfo, Established};
 use crate::limit::Limit;
 use crate::message::{self, AnswerBody, GoodbyeReason, Message, ROOT_OBJECT};
 use crate::object::{
-    decode_answer, encode_args, resolve_refs, CallContext, CallError, Dispatch, LazyRef, ObjectRef,
-    Outcome, RefCodec, RefDesc, RefKind, Refusal, Reply,
+    decode_answer, encode_args, resolve_refs, CallContext, CallError, CallTimeout, Dispatch,
+    LazyRef, ObjectRef, Outcome, RefCodec, RefDesc, RefKind, Refusal, Reply,
 };
-use crate::outbox::{Outbox, PushError};
+use crate::outbox::{Budget, Outbox, PushError};
 use crate::tls::TlsStream;
 use crate::tub::{TubConfig, TubInner};
 
@@ -60,15 +60,65 @@ type Observer = Box<dyn FnOnce(&str) + Send>;
 /// An inbound call, decoded and ready to run (it sends its own answer).
 type CallTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A call waiting for a slot: its task, its argument bytes, and, if the peer can cancel it,
+/// its control (whose `queued` flag is set while it waits here).
+type QueuedCall = (CallTask, usize, Option<Arc<CallCtl>>);
+
 /// The inbound calls running, and those waiting for a free slot in arrival order.
-#[derive(Default)]
 struct CallQueue {
-    tasks: std::collections::VecDeque<(CallTask, usize)>,
-    bytes: usize,
+    tasks: std::collections::VecDeque<QueuedCall>,
+    /// The argument bytes of the queued calls, counted against the Tub's budget as well.
+    bytes: Charged,
     /// Slots taken (calls running), at most `max_inbound_calls`. Counted under this lock,
     /// together with the queue, so that a slot coming free always goes to the call at its
     /// head.
     running: usize,
+}
+
+/// A count of bytes that is mirrored in the Tub's budget ([`Budget`]): `+=` and `-=` take
+/// and give back there too, and whatever is still counted is given back on drop.
+struct Charged {
+    n: usize,
+    budget: Arc<Budget>,
+}
+
+impl Charged {
+    fn new(budget: Arc<Budget>) -> Charged {
+        Charged { n: 0, budget }
+    }
+
+    fn get(&self) -> usize {
+        self.n
+    }
+
+    /// Whether `more` bytes fit the Tub's budget now.
+    fn tub_fits(&self, more: usize) -> bool {
+        self.budget.fits(more)
+    }
+
+    fn clear(&mut self) {
+        self.budget.give(std::mem::take(&mut self.n));
+    }
+}
+
+impl std::ops::AddAssign<usize> for Charged {
+    fn add_assign(&mut self, more: usize) {
+        self.n += more;
+        self.budget.take(more);
+    }
+}
+
+impl std::ops::SubAssign<usize> for Charged {
+    fn sub_assign(&mut self, less: usize) {
+        self.n -= less;
+        self.budget.give(less);
+    }
+}
+
+impl Drop for Charged {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 /// A slot to run one inbound call, taken by [`ConnShared::try_slot`] and handed back with
@@ -88,12 +138,19 @@ impl Drop for Slot {
 /// reader task, in message order, with the answer still in the received frame.
 trait Complete: Send + Sync {
     fn complete(&self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), String>);
+    /// The call's deadline passed first: it fails with `DeadlineExceeded(timeout)`.
+    fn expire(&self, timeout: Duration);
+    /// The call's deadline, if it has one.
+    fn deadline(&self) -> Option<Deadline>;
 }
 
 /// Where one call's answer lands, decoded: the caller's half of the call, shared with the
 /// pending table in a single allocation.
 struct AnswerSlot<T, E> {
     state: Mutex<SlotState<T, E>>,
+    /// Kept here rather than in the pending table, whose entries stay small: only the
+    /// deadline sweeper reads it.
+    deadline: Option<Deadline>,
 }
 
 struct SlotState<T, E> {
@@ -113,6 +170,20 @@ where
             Ok((reply, refs)) => decode_answer(reply, &refs),
             Err(reason) => Err(CallError::Disconnected(reason)),
         };
+        self.finish(result);
+    }
+
+    fn expire(&self, timeout: Duration) {
+        self.finish(Err(CallError::DeadlineExceeded(timeout)));
+    }
+
+    fn deadline(&self) -> Option<Deadline> {
+        self.deadline
+    }
+}
+
+impl<T, E> AnswerSlot<T, E> {
+    fn finish(&self, result: Result<T, CallError<E>>) {
         let waker = {
             let mut state = lock(&self.state);
             if state.result.is_some() {
@@ -156,6 +227,38 @@ impl Completion {
         if let Some(c) = self.0.take() {
             c.complete(reply);
         }
+    }
+
+    /// The call's deadline, if it has one.
+    fn deadline(&self) -> Option<Deadline> {
+        self.0.as_ref().and_then(|c| c.deadline())
+    }
+
+    /// Fails the call: its deadline has passed.
+    fn expire(mut self) {
+        if let Some(c) = self.0.take() {
+            match c.deadline() {
+                Some(d) => c.expire(d.timeout),
+                None => c.complete(Err("the call's deadline passed".into())),
+            }
+        }
+    }
+}
+
+/// When a call of ours must have its answer: `timeout` after it started.
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    at: tokio::time::Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    /// `timeout` from `start`; `None` if that is too far to represent (no deadline then).
+    fn after(start: tokio::time::Instant, timeout: Duration) -> Option<Deadline> {
+        Some(Deadline {
+            at: start.checked_add(timeout)?,
+            timeout,
+        })
     }
 }
 
@@ -243,8 +346,20 @@ pub(crate) struct ConnShared {
     /// queue without taking the lock for every call.
     queued_calls: std::sync::atomic::AtomicUsize,
     queue_room: tokio::sync::Notify,
+    /// The inbound calls the peer may still cancel (protocol version 2), by call id: those
+    /// queued, and those running that did not finish on their first poll. Keyed by the
+    /// peer's ids, hence the standard hasher; bounded by the running and queued calls.
+    inbound: Mutex<HashMap<u64, Arc<CallCtl>>>,
     /// Our own calls awaiting answers, at most `max_outbound_calls`.
     outbound: Limit,
+    /// No earlier deadline than this is held by a call in `pending` (see
+    /// [`ConnShared::arm_deadline`]): nanoseconds after `deadline_base`, plus 1; 0 for
+    /// none. Changed only under the `pending` lock.
+    armed: AtomicU64,
+    deadline_base: tokio::time::Instant,
+    /// Wakes the deadline sweeper: an earlier deadline was armed, or the connection closed.
+    sweep: tokio::sync::Notify,
+    sweeper_started: std::sync::atomic::AtomicBool,
     life: Mutex<LifeState>,
     /// Set once by close(): the reader checks it between frames, so a closed connection stops
     /// consuming input even while input keeps arriving.
@@ -289,6 +404,7 @@ impl ConnShared {
         est: Established<S>,
         tub: Weak<TubInner>,
         config: Arc<TubConfig>,
+        budget: Arc<Budget>,
         winning_hint: Option<String>,
     ) -> (Arc<ConnShared>, Box<dyn FnOnce() + Send>)
     where
@@ -305,7 +421,7 @@ impl ConnShared {
             info,
             me: me.clone(),
             tub,
-            outbox: Outbox::new(writer.max_len(), config.max_write_queue),
+            outbox: Outbox::new(writer.max_len(), config.max_write_queue, budget.clone()),
             reader_batching: std::sync::atomic::AtomicBool::new(false),
             flush_owed: std::sync::atomic::AtomicBool::new(false),
             pending: Mutex::new(Pending::default()),
@@ -317,10 +433,19 @@ impl ConnShared {
             }),
             imports: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1), // 0 marks the root, which is never counted
-            queue: Mutex::new(CallQueue::default()),
+            queue: Mutex::new(CallQueue {
+                tasks: Default::default(),
+                bytes: Charged::new(budget),
+                running: 0,
+            }),
             queued_calls: std::sync::atomic::AtomicUsize::new(0),
             queue_room: tokio::sync::Notify::new(),
+            inbound: Mutex::new(HashMap::new()),
             outbound: Limit::new(config.max_outbound_calls),
+            armed: AtomicU64::new(0),
+            deadline_base: tokio::time::Instant::now(),
+            sweep: tokio::sync::Notify::new(),
+            sweeper_started: std::sync::atomic::AtomicBool::new(false),
             is_closed: std::sync::atomic::AtomicBool::new(false),
             life: Mutex::new(LifeState {
                 closed: None,
@@ -421,7 +546,56 @@ impl ConnShared {
                 );
                 false
             }
+            Err(PushError::TubFull) => self.send_in_full_tub(msg),
             Err(PushError::Closed) => false,
+        }
+    }
+
+    /// A frame the peer provoked finds the Tub's budget full (the connection's own has room):
+    /// the connection whose peer has left the most unread is closed, and the frame is tried
+    /// once more. If that connection is this one, or the frame still does not fit, this
+    /// connection is closed.
+    fn send_in_full_tub(&self, msg: &Message<'_>) -> bool {
+        let why = |what: &str| {
+            format!(
+                "the peer is not reading: this Tub's {} bytes of buffers are full, and {what}",
+                self.config.max_buffered_bytes
+            )
+        };
+        let heaviest = self.tub.upgrade().and_then(|t| t.heaviest_writer());
+        if let Some(other) = heaviest.filter(|c| !std::ptr::eq(Arc::as_ptr(c), self)) {
+            other.close_with(
+                &why("the most of them waited for this peer"),
+                None,
+                Duration::ZERO,
+            );
+            if let Ok(first) = self.outbox.push(msg) {
+                self.queued(first, false);
+                return true;
+            }
+        }
+        self.close_with(
+            &why("the most of them waited for this peer"),
+            None,
+            Duration::ZERO,
+        );
+        false
+    }
+
+    /// The bytes waiting to be written to the peer (for the Tub's choice of whom to close
+    /// when its budget is full).
+    pub(crate) fn unwritten(&self) -> usize {
+        self.outbox.counted()
+    }
+
+    /// Tells the peer that we no longer wait for the answer to our call `id` (protocol
+    /// version 2). Best effort: a `Cancel` that finds the write budget full is not sent (the
+    /// peer stops the call at its deadline, if it has one), rather than closing a connection
+    /// our own calls have filled.
+    fn send_cancel(&self, id: u64) {
+        match self.outbox.push(&Message::Cancel { id }) {
+            Ok(first) => self.queued(first, false),
+            Err(e) => debug!(id, "no cancel sent: {e:?}"),
         }
     }
 
@@ -555,11 +729,16 @@ impl ConnShared {
         // slots until they end.) Dropped after the lock is released.
         let queued = {
             let mut q = lock(&self.queue);
-            q.bytes = 0;
+            q.bytes.clear();
             self.queued_calls.store(0, Ordering::Relaxed);
             std::mem::take(&mut q.tasks)
         };
         drop(queued);
+        // Nothing can be cancelled any more. (Those still running end by themselves.)
+        let cancellable = std::mem::take(&mut *lock(&self.inbound));
+        drop(cancellable);
+        // No deadline is left to watch: the sweeper ends.
+        self.sweep.notify_one();
         self.queue_room.notify_waiters();
         // Exported objects are no longer reachable through this connection. They are dropped
         // after the lock is released: their Drop may use this connection.
@@ -674,7 +853,7 @@ impl ConnShared {
 
     /// The peer's root object (id 0): always there, never reference-counted.
     pub(crate) fn remote_root(&self) -> ObjectRef {
-        ObjectRef(RefKind::Remote(Arc::new(RemoteInner {
+        ObjectRef::new(RefKind::Remote(Arc::new(RemoteInner {
             conn: self.arc(),
             id: ROOT_OBJECT,
             interface: crate::tub::ROOT_INTERFACE.to_string(),
@@ -709,11 +888,15 @@ impl ConnShared {
         if self.queued_calls.load(Ordering::Relaxed) == 0 {
             return true;
         }
+        // The connection's own bounds, and the Tub's budget, which all connections share. A
+        // reader waiting for room here is woken as its own queued calls start, so a full
+        // Tub slows every peer that has calls queued, and stops none for good.
         let q = lock(&self.queue);
         q.tasks.is_empty()
             || self.is_closed.load(Ordering::Relaxed)
             || (q.tasks.len() < self.config.max_queued_calls
-                && q.bytes + size <= self.config.max_queued_call_bytes)
+                && q.bytes.get() + size <= self.config.max_queued_call_bytes
+                && q.bytes.tub_fits(size))
     }
 
     /// Slots taken by running inbound calls.
@@ -733,18 +916,25 @@ impl ConnShared {
         Some(Slot(Some(self.clone())))
     }
 
-    /// Queues `task` (of `size` argument bytes) until a slot comes free.
-    fn queue_call(self: &Arc<Self>, task: CallTask, size: usize) {
+    /// Queues `task` (of `size` argument bytes) until a slot comes free; `ctl`, if the peer
+    /// may cancel it meanwhile.
+    fn queue_call(self: &Arc<Self>, task: CallTask, size: usize, ctl: Option<Arc<CallCtl>>) {
         let mut q = lock(&self.queue);
         q.bytes += size;
-        q.tasks.push_back((task, size));
+        if let Some(ctl) = &ctl {
+            ctl.queued.store(true, Ordering::Relaxed);
+        }
+        q.tasks.push_back((task, size, ctl));
         self.queued_calls.store(q.tasks.len(), Ordering::Relaxed);
         // A slot may have come free meanwhile.
         let mut start = Vec::new();
         while q.running < self.config.max_inbound_calls.max(1) {
-            let Some((task, size)) = q.tasks.pop_front() else {
+            let Some((task, size, ctl)) = q.tasks.pop_front() else {
                 break;
             };
+            if let Some(ctl) = ctl {
+                ctl.queued.store(false, Ordering::Relaxed);
+            }
             self.queued_calls.store(q.tasks.len(), Ordering::Relaxed);
             q.bytes -= size;
             q.running += 1;
@@ -771,7 +961,10 @@ impl ConnShared {
         let next = q.tasks.pop_front();
         self.queued_calls.store(q.tasks.len(), Ordering::Relaxed);
         match next {
-            Some((task, size)) => {
+            Some((task, size, ctl)) => {
+                if let Some(ctl) = ctl {
+                    ctl.queued.store(false, Ordering::Relaxed);
+                }
                 q.bytes -= size;
                 drop(q);
                 self.queue_room.notify_waiters();
@@ -788,6 +981,120 @@ impl ConnShared {
 
     fn root(&self) -> Arc<dyn Dispatch> {
         Arc::new(crate::tub::Root(self.tub.clone()))
+    }
+
+    /// True when no inbound call is running or waiting to run, and none of our calls awaits
+    /// an answer.
+    pub(crate) fn is_idle(&self) -> bool {
+        let inbound_idle = {
+            let q = lock(&self.queue);
+            q.running == 0 && q.tasks.is_empty()
+        };
+        inbound_idle && lock(&self.pending).is_empty()
+    }
+
+    /// Sees that the deadline sweeper wakes by `at`, the deadline of a call just entered in
+    /// `pending` (whose lock the caller holds). Costs an atomic load and compare: only a
+    /// deadline earlier than every one armed (the first after the sweeper found none, or
+    /// one with a shorter timeout) wakes the sweeper, starting it on first use.
+    fn arm_deadline(&self, at: tokio::time::Instant) {
+        let code = self.deadline_code(at);
+        let armed = self.armed.load(Ordering::Relaxed);
+        if armed != 0 && armed <= code {
+            return;
+        }
+        self.armed.store(code, Ordering::Relaxed);
+        if !self.sweeper_started.swap(true, Ordering::Relaxed) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(sweep_deadlines(self.arc()));
+            }
+        }
+        self.sweep.notify_one();
+    }
+
+    fn deadline_code(&self, at: tokio::time::Instant) -> u64 {
+        let after = at.saturating_duration_since(self.deadline_base).as_nanos();
+        u64::try_from(after).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// Fails every pending call whose deadline has passed with `DeadlineExceeded`, and arms
+    /// the earliest deadline left. Scans the pending table, which `max_outbound_calls`
+    /// bounds; runs only when an armed deadline passes.
+    fn expire_due(&self) {
+        let now = tokio::time::Instant::now();
+        let expired: Vec<Completion> = {
+            let mut pending = lock(&self.pending);
+            let mut next: Option<tokio::time::Instant> = None;
+            let mut due = Vec::new();
+            for (&id, c) in pending.iter() {
+                match c.deadline() {
+                    Some(d) if d.at <= now => due.push(id),
+                    Some(d) => next = Some(next.map_or(d.at, |n| n.min(d.at))),
+                    None => {}
+                }
+            }
+            self.armed.store(
+                next.map_or(0, |at| self.deadline_code(at)),
+                Ordering::Relaxed,
+            );
+            due.iter().filter_map(|id| pending.remove(id)).collect()
+        };
+        for c in expired {
+            c.expire();
+        }
+    }
+
+    /// Makes inbound call `id` cancellable by the peer until [`ConnShared::unwatch_inbound`].
+    /// A second call with the same id (a peer breaking the rule that ids are unique among
+    /// its outstanding calls) takes the id over: only its own calls suffer.
+    fn watch_inbound(&self, id: u64) -> Arc<CallCtl> {
+        let ctl = Arc::new(CallCtl::default());
+        lock(&self.inbound).insert(id, ctl.clone());
+        ctl
+    }
+
+    /// Inbound call `id` (controlled by `ctl`) has ended.
+    fn unwatch_inbound(&self, id: u64, ctl: &Arc<CallCtl>) {
+        let mut inbound = lock(&self.inbound);
+        if inbound.get(&id).is_some_and(|c| Arc::ptr_eq(c, ctl)) {
+            inbound.remove(&id);
+        }
+    }
+
+    /// The peer cancelled its call `id` (docs/protocol.md §7): a call still waiting for a
+    /// slot leaves the queue without ever running; a running one is stopped (its future
+    /// dropped) by its task, which then hands its slot on. No answer is sent. An unknown id
+    /// (a call that has ended, or never was) is ignored.
+    fn cancel_inbound(&self, id: u64) {
+        let Some(ctl) = lock(&self.inbound).remove(&id) else {
+            return;
+        };
+        let removed = {
+            let mut q = lock(&self.queue);
+            // Under the queue's lock: a call leaves the queue and clears its flag together.
+            if ctl.queued.load(Ordering::Relaxed) {
+                let at = q
+                    .tasks
+                    .iter()
+                    .position(|(_, _, c)| c.as_ref().is_some_and(|c| Arc::ptr_eq(c, &ctl)));
+                let entry = at.and_then(|at| q.tasks.remove(at));
+                if let Some((_, size, _)) = &entry {
+                    q.bytes -= *size;
+                    self.queued_calls.store(q.tasks.len(), Ordering::Relaxed);
+                }
+                entry
+            } else {
+                None
+            }
+        };
+        match removed {
+            Some(entry) => {
+                debug!(id, "a queued call was cancelled");
+                drop(entry); // outside the lock: dropping a call releases what it holds
+                self.queue_room.notify_waiters();
+            }
+            None => ctl.cancel(),
+        }
     }
 }
 
@@ -825,7 +1132,7 @@ impl RefCodec for ConnShared {
                 id: ROOT_OBJECT, ..
             } => Err("export id 0 is reserved for the root object".into()),
             RefDesc::Mine { id, interface } => {
-                Ok(ObjectRef(RefKind::Remote(self.import(id, interface)?)))
+                Ok(ObjectRef::new(RefKind::Remote(self.import(id, interface)?)))
             }
             // Export ids count from 1; the root is never passed as a reference.
             RefDesc::Yours { id: ROOT_OBJECT } => {
@@ -833,7 +1140,7 @@ impl RefCodec for ConnShared {
             }
             RefDesc::Yours { id } => self
                 .exported(id)
-                .map(|d| ObjectRef(RefKind::Local(d)))
+                .map(|d| ObjectRef::new(RefKind::Local(d)))
                 .ok_or_else(|| {
                     format!("the peer named our object {id}, which is not exported to it")
                 }),
@@ -844,7 +1151,7 @@ impl RefCodec for ConnShared {
                 let furl: Furl = furl
                     .parse()
                     .map_err(|e| format!("the gift's FURL does not parse: {e}"))?;
-                Ok(ObjectRef(RefKind::Furl(Arc::new(LazyRef {
+                Ok(ObjectRef::new(RefKind::Furl(Arc::new(LazyRef {
                     furl,
                     interface,
                     tub: self.tub.clone(),
@@ -877,7 +1184,7 @@ impl RefCodec for ConnShared {
 }
 
 /// A pending call's entry for the pending table, and the caller's wait for its answer.
-fn completion<T, E>() -> (Completion, Answer<T, E>)
+fn completion<T, E>(deadline: Option<Deadline>) -> (Completion, Answer<T, E>)
 where
     T: DeserializeOwned + Send + 'static,
     E: DeserializeOwned + Send + 'static,
@@ -887,6 +1194,7 @@ where
             result: None,
             waker: None,
         }),
+        deadline,
     });
     (Completion(Some(slot.clone())), Answer(slot))
 }
@@ -922,7 +1230,7 @@ impl ConnShared {
     {
         self.next_call_id
             .store(EARLY_CALL_ID + 1, Ordering::Relaxed);
-        let (complete, rx) = completion::<T, E>();
+        let (complete, rx) = completion::<T, E>(None);
         lock(&self.pending).insert(EARLY_CALL_ID, complete);
         rx
     }
@@ -937,10 +1245,15 @@ impl Drop for Rebatch<'_> {
     }
 }
 
-/// Removes a pending call's entry if the caller gives up (its future is dropped).
+/// Removes a pending call's entry if the caller gives up (its future is dropped). If the
+/// call had been sent and no answer has come, the peer is told with a `Cancel` (protocol
+/// version 2), unless the call's deadline has passed: the peer stops it by itself then.
 struct PendingGuard<'a> {
     conn: &'a ConnShared,
     id: u64,
+    /// The call is queued for sending, on a connection that can carry a `Cancel`.
+    cancel: bool,
+    deadline: Option<Deadline>,
 }
 
 impl PendingGuard<'_> {
@@ -952,8 +1265,41 @@ impl PendingGuard<'_> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.conn.pending).remove(&self.id);
+        let unanswered = lock(&self.conn.pending).remove(&self.id);
+        let Some(completion) = unanswered else {
+            return; // answered (the answer is dropped unread), or the connection closed
+        };
+        drop(completion);
+        if self.cancel
+            && self
+                .deadline
+                .is_none_or(|d| tokio::time::Instant::now() < d.at)
+        {
+            self.conn.send_cancel(self.id);
+        }
     }
+}
+
+/// Undoes what a call's reference table counted if the call is abandoned (its deadline
+/// passed, or its caller dropped it) while it waits for room to be sent.
+struct Unsent<'a> {
+    conn: &'a ConnShared,
+    refs: Option<&'a [RefDesc]>,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if let Some(refs) = self.refs.take() {
+            self.conn.rollback(refs);
+        }
+    }
+}
+
+/// What a `TimedCall` says is left of the caller's wait: rounded up to a whole millisecond,
+/// at least 1.
+fn timeout_ms(left: Duration) -> u64 {
+    let ms = left.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }
 
 impl RemoteInner {
@@ -961,35 +1307,76 @@ impl RemoteInner {
         self.conn.clone()
     }
 
-    /// Queues a call, waiting for room in the write budget. If it cannot be sent, what its
-    /// reference table counted is undone. `alone` says that no other call of ours is under
-    /// way on this connection: no other frame is likely to join this one soon, so it is
-    /// written at once rather than by the writer task.
-    async fn send<E>(&self, msg: &Message<'_>, alone: bool) -> Result<(), CallError<E>> {
-        match self.conn.outbox.push_waiting(msg).await {
+    /// Queues a call, waiting for room in the write budget, until `deadline` (computed only
+    /// if it has to wait). If it cannot be sent, what its reference table counted is undone.
+    /// `alone` says that no other call of ours is under way on this connection: no other
+    /// frame is likely to join this one soon, so it is written at once rather than by the
+    /// writer task.
+    async fn send<E>(
+        &self,
+        msg: &Message<'_>,
+        alone: bool,
+        deadline: impl FnOnce() -> Option<Deadline>,
+    ) -> Result<(), CallError<E>> {
+        let refs = match msg {
+            Message::Call { refs, .. }
+            | Message::TimedCall { refs, .. }
+            | Message::Oneway { refs, .. } => Some(refs.as_slice()).filter(|r| !r.is_empty()),
+            _ => None,
+        };
+        let pushed = match self.conn.outbox.push(msg) {
+            Err(PushError::Full | PushError::TubFull) => {
+                // The slow path: wait for room, within the deadline.
+                let mut unsent = Unsent {
+                    conn: &self.conn,
+                    refs,
+                };
+                let wait = self.conn.outbox.push_waiting(msg);
+                let pushed = match deadline() {
+                    None => wait.await,
+                    Some(d) => match tokio::time::timeout_at(d.at, wait).await {
+                        Ok(pushed) => pushed,
+                        // `unsent` undoes the reference table.
+                        Err(_) => return Err(CallError::DeadlineExceeded(d.timeout)),
+                    },
+                };
+                unsent.refs = None;
+                pushed
+            }
+            pushed => pushed,
+        };
+        match pushed {
             Ok(first) => {
                 self.conn.queued(first, alone);
                 Ok(())
             }
             Err(PushError::Encode(e)) => {
-                if let Message::Call { refs, .. } | Message::Oneway { refs, .. } = msg {
+                if let Some(refs) = refs {
                     self.conn.rollback(refs);
                 }
                 Err(CallError::Protocol(format!(
                     "the call is too large for the peer: {e}"
                 )))
             }
-            Err(PushError::Full | PushError::Closed) => {
+            Err(PushError::Full | PushError::TubFull | PushError::Closed) => {
                 Err(CallError::Disconnected("the connection is closing".into()))
             }
         }
     }
 
+    /// Calls `method` and waits for the answer, for at most the handle's `timeout` (or the
+    /// Tub's `call_timeout`), counted from now: waiting for an outbound slot and for room to
+    /// send count. On a version-2 connection the timeout travels with the call.
+    ///
+    /// No timer per call: the wait for the answer is bounded by the connection's deadline
+    /// sweeper ([`ConnShared::arm_deadline`]); a timer is armed only when the call has to
+    /// wait for a slot or for room to send.
     pub(crate) async fn call<A, T, E>(
         &self,
         interface: &str,
         method: &str,
         args: &A,
+        timeout: CallTimeout,
     ) -> Result<T, CallError<E>>
     where
         A: Serialize,
@@ -1000,57 +1387,131 @@ impl RemoteInner {
         if let Some(reason) = conn.closed_reason() {
             return Err(CallError::Disconnected(reason));
         }
-        let unit = conn.outbound.acquire().await;
+        let timeout = timeout.or(conn.config.call_timeout);
+        let (unit, waited) = match conn.outbound.try_acquire() {
+            Some(unit) => (unit, None),
+            None => {
+                let start = tokio::time::Instant::now();
+                let wait = conn.outbound.acquire();
+                let unit = match timeout.and_then(|t| Deadline::after(start, t)) {
+                    None => wait.await,
+                    Some(d) => tokio::time::timeout_at(d.at, wait)
+                        .await
+                        .map_err(|_| CallError::DeadlineExceeded(d.timeout))?,
+                };
+                (unit, Some(start))
+            }
+        };
+        // One clock reading per call, unless it waited for its slot.
+        let deadline = timeout
+            .and_then(|t| Deadline::after(waited.unwrap_or_else(tokio::time::Instant::now), t));
         let id = conn.next_call_id.fetch_add(1, Ordering::Relaxed);
         let (args, refs) = encode_args(&self.codec(), args)?;
-        let msg = Message::Call {
-            id,
-            target: self.id,
-            interface,
-            method,
-            args: &args,
-            refs,
-        };
-        let (complete, rx) = completion::<T, E>();
-        lock(&conn.pending).insert(id, complete);
-        let guard = PendingGuard { conn, id };
-        if let Some(reason) = conn.closed_reason() {
-            return Err(CallError::Disconnected(reason));
-        }
-        // Alone: no other caller holds an outbound unit, answered or not, so no other call is
-        // about to join this one in the queue.
-        self.send(&msg, unit.alone).await?;
-        drop(msg);
-        crate::object::recycle(args);
-        let result = rx.await;
-        // The completion was removed from the table to run (or the table was emptied by
-        // close): no second lock and lookup to remove it.
-        guard.completed();
-        drop(unit);
-        result
-    }
-
-    pub(crate) async fn call_oneway<A: Serialize>(
-        &self,
-        interface: &str,
-        method: &str,
-        args: &A,
-    ) -> Result<(), CallError<()>> {
-        if let Some(reason) = self.conn.closed_reason() {
-            return Err(CallError::Disconnected(reason));
-        }
-        let (args, refs) = encode_args(&self.codec(), args)?;
-        self.send(
-            &Message::Oneway {
+        let v2 = conn.info.version >= 2;
+        let msg = match deadline {
+            // Version 1 has no way to say it: the deadline is only ours.
+            Some(d) if v2 => Message::TimedCall {
+                id,
+                timeout_ms: timeout_ms(match waited {
+                    None => d.timeout,
+                    Some(_) => d.at.saturating_duration_since(tokio::time::Instant::now()),
+                }),
                 target: self.id,
                 interface,
                 method,
                 args: &args,
                 refs,
             },
-            false,
-        )
+            _ => Message::Call {
+                id,
+                target: self.id,
+                interface,
+                method,
+                args: &args,
+                refs,
+            },
+        };
+        let (complete, rx) = completion::<T, E>(deadline);
+        {
+            let mut pending = lock(&conn.pending);
+            pending.insert(id, complete);
+            if let Some(d) = deadline {
+                conn.arm_deadline(d.at);
+            }
+        }
+        let mut guard = PendingGuard {
+            conn,
+            id,
+            cancel: false,
+            deadline,
+        };
+        if let Some(reason) = conn.closed_reason() {
+            return Err(CallError::Disconnected(reason));
+        }
+        // Alone: no other caller holds an outbound unit, answered or not, so no other call is
+        // about to join this one in the queue.
+        self.send(&msg, unit.alone, || deadline).await?;
+        guard.cancel = v2;
+        drop(msg);
+        crate::object::recycle(args);
+        let result = rx.await;
+        // The completion was removed from the table to run (by the answer, the deadline
+        // sweeper, or close): no second lock and lookup to remove it.
+        guard.completed();
+        drop(unit);
+        result
+    }
+
+    /// Sends a one-way call, waiting for room to send it for at most the handle's `timeout`
+    /// (or the Tub's `call_timeout`). The timeout does not travel: nobody waits for a one-way
+    /// call once it is sent.
+    pub(crate) async fn call_oneway<A: Serialize>(
+        &self,
+        interface: &str,
+        method: &str,
+        args: &A,
+        timeout: CallTimeout,
+    ) -> Result<(), CallError<()>> {
+        if let Some(reason) = self.conn.closed_reason() {
+            return Err(CallError::Disconnected(reason));
+        }
+        let (args, refs) = encode_args(&self.codec(), args)?;
+        let msg = Message::Oneway {
+            target: self.id,
+            interface,
+            method,
+            args: &args,
+            refs,
+        };
+        let timeout = timeout.or(self.conn.config.call_timeout);
+        self.send(&msg, false, || {
+            timeout.and_then(|t| Deadline::after(tokio::time::Instant::now(), t))
+        })
         .await
+    }
+}
+
+/// A connection's deadline sweeper, started by its first call with a deadline: it sleeps
+/// until the earliest deadline armed, fails the calls whose deadline has passed, and ends
+/// when the connection closes. One timer for the connection, rather than one per call.
+async fn sweep_deadlines(conn: Arc<ConnShared>) {
+    loop {
+        if conn.is_closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let woken = conn.sweep.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let armed = conn.armed.load(Ordering::Relaxed);
+        if armed == 0 {
+            woken.await;
+            continue;
+        }
+        let at = conn.deadline_base + Duration::from_nanos(armed - 1);
+        tokio::select! {
+            _ = woken => continue,
+            _ = tokio::time::sleep_until(at) => conn.expire_due(),
+        }
     }
 }
 
@@ -1118,7 +1579,14 @@ where
                 refs,
             } => {
                 shared.wait_for_queue_room(args.len()).await;
-                dispatch(&shared, Some(id), target, interface, method, args, refs).await;
+                let call = Inbound {
+                    id: Some(id),
+                    timeout_ms: None,
+                    target,
+                    interface,
+                    method,
+                };
+                dispatch(&shared, call, args, refs).await;
             }
             Message::Oneway {
                 target,
@@ -1128,8 +1596,45 @@ where
                 refs,
             } => {
                 shared.wait_for_queue_room(args.len()).await;
-                dispatch(&shared, None, target, interface, method, args, refs).await;
+                let call = Inbound {
+                    id: None,
+                    timeout_ms: None,
+                    target,
+                    interface,
+                    method,
+                };
+                dispatch(&shared, call, args, refs).await;
             }
+            Message::TimedCall { .. } | Message::Cancel { .. }
+                if shared.info.version < msg.min_version() =>
+            {
+                let why = format!(
+                    "a version-{} message on a version-{} connection",
+                    msg.min_version(),
+                    shared.info.version
+                );
+                break (why.clone(), Some(GoodbyeReason::ProtocolViolation(why)));
+            }
+            Message::TimedCall {
+                id,
+                timeout_ms,
+                target,
+                interface,
+                method,
+                args,
+                refs,
+            } => {
+                shared.wait_for_queue_room(args.len()).await;
+                let call = Inbound {
+                    id: Some(id),
+                    timeout_ms: Some(timeout_ms),
+                    target,
+                    interface,
+                    method,
+                };
+                dispatch(&shared, call, args, refs).await;
+            }
+            Message::Cancel { id } => shared.cancel_inbound(id),
             Message::Answer { id, body } => {
                 // The reference table is resolved whether or not anyone still waits for the
                 // answer: what it carried is imported, and released again if unused.
@@ -1161,19 +1666,36 @@ where
     shared.close(&reason, goodbye);
 }
 
+/// What names an inbound call, besides its payload.
+struct Inbound<'a> {
+    /// `None` for a one-way call.
+    id: Option<u64>,
+    /// The caller's timeout, from a `TimedCall`.
+    timeout_ms: Option<u64>,
+    target: u64,
+    interface: &'a str,
+    method: &'a str,
+}
+
 /// Starts one inbound call. Everything that can be refused is refused here, synchronously.
 /// The method is then polled once right here, on the reader task, so calls start in the
 /// order they arrived (everything a method does before its first `.await` happens in
-/// arrival order), and a method that completes at once costs no task spawn.
+/// arrival order), and a method that completes at once costs no task spawn, and no timer
+/// or entry in the table of cancellable calls either: only a call that has to wait (for a
+/// slot, or inside the method) is watched for its deadline and for a `Cancel`.
 async fn dispatch(
     shared: &Arc<ConnShared>,
-    id: Option<u64>,
-    target: u64,
-    interface: &str,
-    method: &str,
+    call: Inbound<'_>,
     args: &[u8],
     table: Vec<crate::object::RefDesc>,
 ) {
+    let Inbound {
+        id,
+        timeout_ms,
+        target,
+        interface,
+        method,
+    } = call;
     // Resolve the reference table first, so that what it carries is accounted for (imported,
     // and released again) even if the call is refused.
     let refs = match resolve_refs(&**shared, table) {
@@ -1211,9 +1733,8 @@ async fn dispatch(
         (Ok(fut), id) => {
             let mut fut = CatchUnwind(AssertUnwindSafe(fut));
             let Some(slot) = shared.try_slot() else {
-                let conn = shared.clone();
-                let task = Box::pin(async move { send_answer(&conn, id, ctx, fut.await) });
-                shared.queue_call(task, args.len());
+                let (task, ctl) = watched(shared, id, timeout_ms, ctx, fut);
+                shared.queue_call(task, args.len(), ctl);
                 return;
             };
             // Polled here first: a method that completes at once is answered without a task
@@ -1225,8 +1746,7 @@ async fn dispatch(
                     shared.finish_call(slot);
                 }
                 Poll::Pending => {
-                    let conn = shared.clone();
-                    let task = Box::pin(async move { send_answer(&conn, id, ctx, fut.await) });
+                    let (task, _) = watched(shared, id, timeout_ms, ctx, fut);
                     shared.spawn_call(task, slot);
                 }
             }
@@ -1265,6 +1785,160 @@ fn send_answer(shared: &ConnShared, id: Option<u64>, ctx: CallContext, reply: Op
     ctx.release_kept();
     if let Reply::Ok(b) | Reply::AppError(b) = reply {
         crate::object::recycle(b);
+    }
+}
+
+/// The task of an inbound call that did not complete at once: it runs the method (`fut`)
+/// and sends its answer, unless the call is stopped first. It is stopped, its future
+/// dropped, when the peer cancels it (protocol version 2: the returned control is in the
+/// table of cancellable calls until the task ends), when the caller's timeout has passed
+/// since it arrived (no answer then: nobody waits for it), or when this Tub's
+/// `max_call_duration` has (answered with `Refusal::Failed`). The task ends normally in
+/// every case, so its slot is handed on as usual ([`ConnShared::finish_call`]).
+fn watched<F>(
+    shared: &Arc<ConnShared>,
+    id: Option<u64>,
+    timeout_ms: Option<u64>,
+    ctx: CallContext,
+    fut: F,
+) -> (CallTask, Option<Arc<CallCtl>>)
+where
+    F: Future<Output = Option<Reply>> + Unpin + Send + 'static,
+{
+    let conn = shared.clone();
+    let cap = shared.config.max_call_duration;
+    let limit = match (timeout_ms.map(Duration::from_millis), cap) {
+        (Some(theirs), Some(ours)) if ours < theirs => Some((ours, Whose::Ours)),
+        (Some(theirs), _) => Some((theirs, Whose::Caller)),
+        (None, Some(ours)) => Some((ours, Whose::Ours)),
+        (None, None) => None,
+    };
+    // Only a peer that speaks version 2 can cancel; a one-way call cannot be cancelled.
+    let ctl = match id {
+        Some(id) if shared.info.version >= 2 => Some(shared.watch_inbound(id)),
+        _ => None,
+    };
+    let sleep = limit.and_then(|(d, _)| {
+        let at = tokio::time::Instant::now().checked_add(d)?;
+        Some(Box::pin(tokio::time::sleep_until(at)))
+    });
+    if sleep.is_none() && ctl.is_none() {
+        let task = Box::pin(async move { send_answer(&conn, id, ctx, fut.await) });
+        return (task, None);
+    }
+    let stoppable = Stoppable {
+        fut: Some(fut),
+        ctl: ctl.clone(),
+        sleep,
+        limit,
+    };
+    let watch = ctl.clone();
+    let task = Box::pin(async move {
+        let ended = stoppable.await;
+        if let (Some(id), Some(ctl)) = (id, &watch) {
+            conn.unwatch_inbound(id, ctl);
+        }
+        match ended {
+            Ended::Done(reply) => send_answer(&conn, id, ctx, reply),
+            Ended::Cancelled => {
+                debug!(?id, "call cancelled by the caller");
+                ctx.release_kept();
+            }
+            Ended::OutOfTime(d, Whose::Caller) => {
+                debug!(?id, "call stopped: the caller's {d:?} have passed");
+                ctx.release_kept();
+            }
+            Ended::OutOfTime(d, Whose::Ours) => {
+                debug!(?id, "call stopped: it ran for {d:?} (max_call_duration)");
+                let why = format!(
+                    "the call did not finish within {d:?}, the longest this Tub lets a call run"
+                );
+                send_answer(&conn, id, ctx, Some(Reply::Refused(Refusal::Failed(why))));
+            }
+        }
+    });
+    (task, ctl)
+}
+
+/// Whose time limit stops an inbound call.
+#[derive(Clone, Copy, Debug)]
+enum Whose {
+    /// The caller's timeout: nobody waits for an answer once it has passed.
+    Caller,
+    /// This Tub's `max_call_duration`: the caller still waits, and is told.
+    Ours,
+}
+
+/// How a watched inbound call ended.
+enum Ended {
+    /// The method returned (`None`: it panicked).
+    Done(Option<Reply>),
+    /// The peer cancelled it.
+    Cancelled,
+    /// Its time ran out.
+    OutOfTime(Duration, Whose),
+}
+
+/// The peer's handle on one of its calls to us that may still be cancelled.
+#[derive(Default)]
+struct CallCtl {
+    cancelled: std::sync::atomic::AtomicBool,
+    /// Set while the call waits in the queue for a slot (changed under the queue's lock).
+    queued: std::sync::atomic::AtomicBool,
+    /// The call's task, to wake when it is cancelled.
+    waker: Mutex<Option<Waker>>,
+}
+
+impl CallCtl {
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        let waker = lock(&self.waker).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// A method's future that is stopped (dropped, so the work stops) when its call is
+/// cancelled or its time runs out. Both are looked at before the method is polled, so a
+/// call stopped while it waited for a slot never runs at all.
+struct Stoppable<F> {
+    fut: Option<F>,
+    ctl: Option<Arc<CallCtl>>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    limit: Option<(Duration, Whose)>,
+}
+
+impl<F: Future<Output = Option<Reply>> + Unpin> Future for Stoppable<F> {
+    type Output = Ended;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let this = &mut *self;
+        if let Some(ctl) = &this.ctl {
+            {
+                // Registered before the flag is read: a cancel in between wakes this waker.
+                let mut w = lock(&ctl.waker);
+                match &*w {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *w = Some(cx.waker().clone()),
+                }
+            }
+            if ctl.cancelled.load(Ordering::SeqCst) {
+                this.fut = None;
+                return Poll::Ready(Ended::Cancelled);
+            }
+        }
+        if let Some(sleep) = &mut this.sleep {
+            if sleep.as_mut().poll(cx).is_ready() {
+                this.fut = None;
+                let (d, whose) = this.limit.expect("a timer has a limit");
+                return Poll::Ready(Ended::OutOfTime(d, whose));
+            }
+        }
+        match &mut this.fut {
+            Some(fut) => Pin::new(fut).poll(cx).map(Ended::Done),
+            None => Poll::Ready(Ended::Cancelled), // never polled again once ended
+        }
     }
 }
 
@@ -1317,5 +1991,15 @@ impl ConnShared {
             Some(k) if idle >= k => self.send_message(&Message::Ping { nonce }),
             _ => false,
         }
+    }
+}
+
+/// The goodbye for a connection closed to make room for another (see
+/// [`TubConfig::max_connections`]): `Full` from protocol version 2, `Shutdown` before.
+pub(crate) fn room_goodbye(info: &ConnectionInfo) -> GoodbyeReason {
+    if info.version >= 2 {
+        GoodbyeReason::Full
+    } else {
+        GoodbyeReason::Shutdown
     }
 }

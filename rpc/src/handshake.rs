@@ -26,8 +26,11 @@ use crate::prelude::{self, PreludeError, Progress, Status};
 use crate::tls::{self, HandshakeTooLarge, Side, TlsStream, TubIdMismatch};
 use crate::tubid::TubId;
 
-/// The highest protocol version this build speaks (negotiated in the hello).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The highest protocol version this build speaks (negotiated in the hello). Version 2 is
+/// version 1 plus call deadlines and cancellation (`TimedCall`, `Cancel`: docs/protocol.md
+/// §7); a later version only adds messages, so a message of version N means the same in
+/// every version above N.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The lowest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// The largest hello frame accepted.
@@ -534,10 +537,11 @@ impl Handshaker {
 
     /// The client path, with `early` (whole frames, each with its length prefix) sent in the
     /// same write as this party's hello, before the server's hello arrives (handshake.md
-    /// §6.2). They are sent only if this party speaks a single protocol version, so that
-    /// their encoding cannot depend on the negotiation, and only if every frame's payload is
-    /// within [`MIN_FRAME_LIMIT`], the least limit a server may announce; the flag says
-    /// whether they were.
+    /// §6.2). They are sent only if every frame is a message of the lowest protocol version
+    /// this party offers, so that what they mean cannot depend on the negotiation (later
+    /// versions only add messages), and only if every frame's payload is within
+    /// [`MIN_FRAME_LIMIT`], the least limit a server may announce; the flag says whether
+    /// they were.
     pub(crate) async fn connect_early<S>(
         &self,
         io: S,
@@ -556,7 +560,7 @@ impl Handshaker {
 
     /// Whether `early` may follow this party's hello (see [`Handshaker::connect_early`]).
     fn may_send_early(&self, early: &[u8]) -> bool {
-        if early.is_empty() || self.config.versions.0 != self.config.versions.1 {
+        if early.is_empty() {
             return false;
         }
         let decoder = crate::frame::FrameDecoder::new(MIN_FRAME_LIMIT);
@@ -564,6 +568,11 @@ impl Handshaker {
         while !rest.is_empty() {
             match decoder.decode(rest) {
                 Ok(crate::frame::Decoded::Frame { len }) => {
+                    let payload = &rest[crate::frame::HEADER_LEN..crate::frame::HEADER_LEN + len];
+                    match crate::message::decode(payload) {
+                        Ok(m) if m.min_version() <= self.config.versions.0 => {}
+                        _ => return false,
+                    }
                     rest = &rest[crate::frame::HEADER_LEN + len..]
                 }
                 _ => return false,
@@ -1116,5 +1125,45 @@ mod tests {
         assert_eq!(negotiate((1, 4), (2, 3)).unwrap(), 3);
         assert_eq!(negotiate((3, 4), (1, 5)).unwrap(), 4);
         assert!(negotiate((1, 2), (3, 4)).is_err());
+    }
+
+    /// Frames behind the hello must mean the same whatever version is negotiated: messages
+    /// of the lowest version offered only (handshake.md §6.2).
+    #[test]
+    fn early_frames_are_messages_of_the_lowest_version_offered() {
+        use crate::message::Message;
+        let frame = |m: &Message<'_>| crate::frame::encode_frame(m, MIN_FRAME_LIMIT).unwrap();
+        let call = frame(&Message::Call {
+            id: 1,
+            target: 0,
+            interface: "folio.root",
+            method: "get_reference",
+            args: &[],
+            refs: vec![],
+        });
+        let timed = frame(&Message::TimedCall {
+            id: 1,
+            timeout_ms: 1000,
+            target: 0,
+            interface: "folio.root",
+            method: "get_reference",
+            args: &[],
+            refs: vec![],
+        });
+        let with = |versions| {
+            let id = Arc::new(Identity::generate().unwrap());
+            let config = HandshakeConfig {
+                versions,
+                ..HandshakeConfig::default()
+            };
+            Handshaker::new(id, config).unwrap()
+        };
+        let (v1_2, v2) = (with((1, 2)), with((2, 2)));
+        assert!(v1_2.may_send_early(&call));
+        assert!(!v1_2.may_send_early(&timed));
+        assert!(!v1_2.may_send_early(&[call.clone(), timed.clone()].concat()));
+        assert!(v2.may_send_early(&timed));
+        assert!(v2.may_send_early(&call));
+        assert!(!v1_2.may_send_early(&call[..call.len() - 1]));
     }
 }

@@ -122,7 +122,10 @@ pub use object::{
 };
 pub use reconnector::{ReconnectPolicy, Reconnector, ReconnectorState, ReconnectorStatus};
 pub use tls::{Side, TlsStream};
-pub use tub::{HintStatus, PeerStatus, ReferenceError, RegisterError, Tub, TubConfig};
+pub use tub::{
+    HintStatus, PeerStatus, ReferenceError, RegisterError, Tub, TubConfig, TubLoad,
+    EVICT_PENDING_AFTER, SHED_TIME,
+};
 pub use tubid::TubId;
 
 /// Declares a Folio interface: one trait gives a typed handle and server dispatch.
@@ -144,7 +147,9 @@ pub use tubid::TubId;
 ///   trait method returning `Result<T, CallError<E>>` (one-way methods return once queued);
 ///   `StorageRef::serve(impl)` wraps a local implementation, and the handle can be registered
 ///   with [`Tub::register`] or passed inside arguments and results (it implements serde and
-///   [`TypedRef`]);
+///   [`TypedRef`]); `StorageRef::with_timeout(Some(d))` is the same handle with another call
+///   timeout than the Tub's `call_timeout` ([`ObjectRef::with_timeout`]). The names `serve`,
+///   `object_ref` and `with_timeout` are taken, so no method may have them;
 /// - `StorageServer<T>`, the [`Dispatch`] implementation.
 ///
 /// Methods take `&self` and owned parameters that implement serde; they return

@@ -64,6 +64,14 @@ impl Limit {
         Unit { limit: self, alone }
     }
 
+    /// Takes a unit if one is free and nobody waits for one, without waiting.
+    pub(crate) fn try_acquire(&self) -> Option<Unit<'_>> {
+        if self.waiting.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        self.try_take().map(|alone| self.unit(alone))
+    }
+
     /// Takes a unit, waiting for one to come free if all are held.
     pub(crate) async fn acquire(&self) -> Unit<'_> {
         if self.waiting.load(Ordering::SeqCst) == 0 {

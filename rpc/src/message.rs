@@ -84,6 +84,52 @@ pub enum Message<'a> {
         /// Why.
         reason: GoodbyeReason,
     },
+    /// Protocol version 2: a [`Message::Call`] whose caller stops waiting for the answer
+    /// `timeout_ms` milliseconds after it sent the call. The receiver stops the method once
+    /// that long has passed since it received the call, and sends no answer then
+    /// (docs/protocol.md §7). Never sent on a version-1 connection.
+    TimedCall {
+        /// As in `Call`.
+        id: u64,
+        /// How long the caller waits, in milliseconds, counted by the receiver from the
+        /// moment it receives this message. At least 1.
+        timeout_ms: u64,
+        /// As in `Call`.
+        target: u64,
+        /// As in `Call`.
+        #[serde(borrow)]
+        interface: &'a str,
+        /// As in `Call`.
+        #[serde(borrow)]
+        method: &'a str,
+        /// As in `Call`.
+        #[serde(borrow, with = "crate::bytes::borrowed")]
+        args: &'a [u8],
+        /// As in `Call`.
+        refs: Vec<RefDesc>,
+    },
+    /// Protocol version 2: the sender no longer waits for the answer to its call `id`. The
+    /// receiver drops the call if it is still waiting to run, stops it if it is running, and
+    /// sends no answer; it ignores an id it does not know (docs/protocol.md §7). Never sent
+    /// on a version-1 connection.
+    Cancel {
+        /// The abandoned call's id.
+        id: u64,
+    },
+}
+
+impl Message<'_> {
+    /// The lowest protocol version in which this message may be sent.
+    pub fn min_version(&self) -> u16 {
+        match self {
+            Message::TimedCall { .. }
+            | Message::Cancel { .. }
+            | Message::Goodbye {
+                reason: GoodbyeReason::Full,
+            } => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// The outcome of a call.
@@ -120,6 +166,10 @@ pub enum GoodbyeReason {
     ProtocolViolation(String),
     /// Nothing arrived from the peer within the disconnect timeout.
     Timeout,
+    /// The sender holds as many connections as it allows, and closed this one (idle, or one
+    /// it accepted) to make room for another. Protocol version 2; a version-1 peer is sent
+    /// `Shutdown` instead. Dialing again later is fine.
+    Full,
 }
 
 impl std::fmt::Display for GoodbyeReason {
@@ -131,6 +181,9 @@ impl std::fmt::Display for GoodbyeReason {
             GoodbyeReason::Shutdown => f.write_str("the Tub shut down"),
             GoodbyeReason::ProtocolViolation(s) => write!(f, "protocol violation: {s}"),
             GoodbyeReason::Timeout => f.write_str("nothing received within the disconnect timeout"),
+            GoodbyeReason::Full => f.write_str(
+                "closed to make room for another connection (the peer holds its maximum)",
+            ),
         }
     }
 }
@@ -170,6 +223,16 @@ mod tests {
             Message::Goodbye {
                 reason: GoodbyeReason::Duplicate,
             },
+            Message::TimedCall {
+                id: 7,
+                timeout_ms: 300_000,
+                target: 3,
+                interface: "i",
+                method: "m",
+                args: &[1, 2],
+                refs: vec![RefDesc::Yours { id: 4 }],
+            },
+            Message::Cancel { id: 7 },
         ];
         for m in msgs {
             let mut bytes = postcard::to_allocvec(&m).unwrap();
@@ -342,5 +405,34 @@ mod tests {
         want.extend_from_slice(b"get_reference");
         want.extend_from_slice(&[0x03, 0x02, b'h', b'i', 0x00]);
         assert_eq!(postcard::to_allocvec(&m).unwrap(), want);
+    }
+
+    #[test]
+    fn wire_bytes_of_the_version_2_messages() {
+        // docs/protocol.md §7's examples: the variants come after the seven of version 1.
+        let m = Message::TimedCall {
+            id: 2,
+            timeout_ms: 300_000,
+            target: 1,
+            interface: "i",
+            method: "m",
+            args: &[0x05],
+            refs: vec![],
+        };
+        let want = [
+            0x07, 0x02, 0xe0, 0xa7, 0x12, 0x01, 0x01, b'i', 0x01, b'm', 0x01, 0x05, 0x00,
+        ];
+        assert_eq!(postcard::to_allocvec(&m).unwrap(), want);
+        assert_eq!(decode(&want).unwrap(), m);
+        assert_eq!(m.min_version(), 2);
+        let c = Message::Cancel { id: 2 };
+        assert_eq!(postcard::to_allocvec(&c).unwrap(), [0x08, 0x02]);
+        assert_eq!(c.min_version(), 2);
+        assert_eq!(Message::Ping { nonce: 0 }.min_version(), 1);
+        let full = Message::Goodbye {
+            reason: GoodbyeReason::Full,
+        };
+        assert_eq!(full.min_version(), 2);
+        assert_eq!(postcard::to_allocvec(&full).unwrap(), [6, 4]);
     }
 }

@@ -19,6 +19,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -88,6 +89,12 @@ pub enum CallError<E> {
     /// The answer did not decode, or the arguments could not be encoded.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// No answer came within the call's timeout (the duration given): the caller stopped
+    /// waiting, and a peer that speaks protocol version 2 stops the method too. The method
+    /// may or may not have run, in part or in full; the connection is unharmed. See
+    /// [`ObjectRef::with_timeout`] and `TubConfig::call_timeout`.
+    #[error("no answer within {0:?}")]
+    DeadlineExceeded(Duration),
 }
 
 impl<E> CallError<E> {
@@ -99,6 +106,7 @@ impl<E> CallError<E> {
             CallError::Disconnected(s) => CallError::Disconnected(s),
             CallError::Unreachable(s) => CallError::Unreachable(s),
             CallError::Protocol(s) => CallError::Protocol(s),
+            CallError::DeadlineExceeded(d) => CallError::DeadlineExceeded(d),
         }
     }
 }
@@ -496,8 +504,31 @@ pub(crate) fn take_ref_error() -> Option<String> {
 }
 
 /// A handle to an object that can be called.
+///
+/// Besides the object, a handle carries the timeout of the calls made through it: the
+/// Tub's `call_timeout` unless [`ObjectRef::with_timeout`] set another. The timeout is a
+/// property of this handle only; it does not travel when the reference is passed to a peer.
 #[derive(Clone)]
-pub struct ObjectRef(pub(crate) RefKind);
+pub struct ObjectRef(pub(crate) RefKind, pub(crate) CallTimeout);
+
+/// The timeout of the calls made through one handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CallTimeout {
+    /// The Tub's `call_timeout` (none for an object in this process).
+    TubDefault,
+    /// Set on the handle: `None` waits as long as it takes.
+    Set(Option<Duration>),
+}
+
+impl CallTimeout {
+    /// The timeout in force, given the Tub's default.
+    pub(crate) fn or(self, tub_default: Option<Duration>) -> Option<Duration> {
+        match self {
+            CallTimeout::TubDefault => tub_default,
+            CallTimeout::Set(t) => t,
+        }
+    }
+}
 
 #[derive(Clone)]
 pub(crate) enum RefKind {
@@ -532,7 +563,24 @@ impl fmt::Debug for ObjectRef {
 impl ObjectRef {
     /// A reference to an object in this process.
     pub fn local(obj: Arc<dyn Dispatch>) -> Self {
-        ObjectRef(RefKind::Local(obj))
+        ObjectRef::new(RefKind::Local(obj))
+    }
+
+    pub(crate) fn new(kind: RefKind) -> Self {
+        ObjectRef(kind, CallTimeout::TubDefault)
+    }
+
+    /// This handle, with calls made through it given up after `timeout` instead of the
+    /// Tub's `call_timeout`; `None` waits for as long as it takes (until the answer comes or
+    /// the connection is lost). A call that gets no answer in time fails with
+    /// [`CallError::DeadlineExceeded`]; on a connection that speaks protocol version 2 the
+    /// timeout travels with the call, and the peer stops the method when it passes. The
+    /// clock starts when the call starts (waiting for a free outbound slot and for room to
+    /// send counts), after a FURL reference has reached its Tub. One-way calls use it only
+    /// to bound the wait for room to send. A local object's calls have no timeout unless
+    /// one is set here. Other handles to the same object keep their own timeout.
+    pub fn with_timeout(&self, timeout: Option<Duration>) -> ObjectRef {
+        ObjectRef(self.0.clone(), CallTimeout::Set(timeout))
     }
 
     /// The interface the object implements.
@@ -584,8 +632,17 @@ impl ObjectRef {
     {
         let target = self.resolve().await?;
         match &target.0 {
-            RefKind::Local(d) => local_call(d.clone(), interface, method, args).await,
-            RefKind::Remote(r) => r.call(interface, method, args).await,
+            RefKind::Local(d) => match self.1.or(None) {
+                None => local_call(d.clone(), interface, method, args).await,
+                Some(t) => {
+                    let call = local_call(d.clone(), interface, method, args);
+                    match tokio::time::timeout(t, call).await {
+                        Ok(result) => result,
+                        Err(_) => Err(CallError::DeadlineExceeded(t)),
+                    }
+                }
+            },
+            RefKind::Remote(r) => r.call(interface, method, args, self.1).await,
             RefKind::Furl(_) => unreachable!("resolve() never returns a FURL reference"),
         }
     }
@@ -612,7 +669,7 @@ impl ObjectRef {
                 tokio::spawn(fut);
                 Ok(())
             }
-            RefKind::Remote(r) => r.call_oneway(interface, method, args).await,
+            RefKind::Remote(r) => r.call_oneway(interface, method, args, self.1).await,
             RefKind::Furl(_) => unreachable!("resolve() never returns a FURL reference"),
         }
     }
@@ -828,6 +885,13 @@ pub trait TypedRef: Sized + Clone + Send + Sync + 'static {
 
     /// The untyped reference inside.
     fn object_ref(&self) -> &ObjectRef;
+
+    /// This handle with another call timeout (see [`ObjectRef::with_timeout`]). Handles
+    /// generated by [`crate::interface`] also have it as an inherent method.
+    fn with_timeout(&self, timeout: Option<Duration>) -> Self {
+        Self::from_object_ref(self.object_ref().with_timeout(timeout))
+            .expect("the same object implements the same interface")
+    }
 }
 
 /// Serde support for typed handles: checks the interface on decode.

@@ -41,8 +41,11 @@ use crate::message::Message;
 pub(crate) enum PushError {
     /// The message does not encode, or its frame exceeds the peer's limit.
     Encode(FrameError),
-    /// The budget has no room for the frame now.
+    /// The connection's budget has no room for the frame now.
     Full,
+    /// The Tub-wide budget ([`Budget`]) has no room for the frame now, though this
+    /// connection's own has.
+    TubFull,
     /// The connection is closing: nothing more is sent.
     Closed,
 }
@@ -55,6 +58,56 @@ enum Taken {
     /// The connection is closing, and every frame queued before has been taken: send this
     /// goodbye frame, if any, and shut the stream.
     Close(Option<Vec<u8>>),
+}
+
+/// A Tub-wide budget of bytes, shared by the outboxes of all its connections (and by the
+/// queues of inbound calls waiting for a slot): `TubConfig::max_buffered_bytes`.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    /// A budget of `max` bytes (at least 1).
+    pub(crate) fn new(max: usize) -> Budget {
+        Budget {
+            used: std::sync::atomic::AtomicUsize::new(0),
+            max: max.max(1),
+        }
+    }
+
+    /// Takes `n` bytes if they fit.
+    pub(crate) fn try_take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                (u.saturating_add(n) <= self.max).then_some(u + n)
+            })
+            .is_ok()
+    }
+
+    /// Whether `n` more bytes would fit now.
+    pub(crate) fn fits(&self, n: usize) -> bool {
+        self.used.load(Ordering::SeqCst).saturating_add(n) <= self.max
+    }
+
+    /// Takes `n` bytes whether or not they fit (a frame always goes into an empty queue).
+    pub(crate) fn take(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Gives back `n` bytes.
+    pub(crate) fn give(&self, n: usize) {
+        if n > 0 {
+            let before = self.used.fetch_sub(n, Ordering::SeqCst);
+            debug_assert!(before >= n, "gave back {n} of {before} bytes taken");
+        }
+    }
+
+    /// Bytes taken now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::SeqCst)
+    }
 }
 
 #[derive(Default)]
@@ -153,6 +206,8 @@ pub(crate) struct Outbox {
     held: AtomicBool,
     max_frame: u32,
     budget: usize,
+    /// The Tub's budget, which this outbox's queued and unwritten bytes count against too.
+    tub: std::sync::Arc<Budget>,
 }
 
 /// The writer's buffer grows to the largest batch it wrote; past this it is given back.
@@ -173,8 +228,8 @@ fn payload_len(msg: &Message<'_>) -> usize {
 
 impl Outbox {
     /// An empty outbox for frames of at most `max_frame` bytes (the peer's limit) and
-    /// `budget` bytes waiting in all.
-    pub(crate) fn new(max_frame: u32, budget: usize) -> Outbox {
+    /// `budget` bytes waiting in all, counted against the Tub's budget `tub` as well.
+    pub(crate) fn new(max_frame: u32, budget: usize, tub: std::sync::Arc<Budget>) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             writing: Mutex::new(Writing::default()),
@@ -183,7 +238,15 @@ impl Outbox {
             held: AtomicBool::new(false),
             max_frame,
             budget: budget.max(1),
+            tub,
         }
+    }
+
+    /// The bytes this outbox counts against the budgets now: queued, and taken by a writer
+    /// but not yet written.
+    pub(crate) fn counted(&self) -> usize {
+        let state = self.lock();
+        state.writing + state.queued.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -196,6 +259,7 @@ impl Outbox {
     /// closes). Whoever attaches held frames must see that `write_now` is called soon.
     pub(crate) fn attach<W: AsyncWrite + Unpin + Send + 'static>(&self, io: W, held: Vec<u8>) {
         if !held.is_empty() {
+            self.tub.take(held.len());
             self.held.store(true, Ordering::SeqCst);
             let mut state = self.lock();
             let mut queued = held;
@@ -217,10 +281,10 @@ impl Outbox {
         self.push_or_want_room(msg, false)
     }
 
-    /// Queues `msg` as a frame, waiting for room in the budget; returns as [`Outbox::push`].
+    /// Queues `msg` as a frame, waiting for room in the budgets; returns as [`Outbox::push`].
     pub(crate) async fn push_waiting(&self, msg: &Message<'_>) -> Result<bool, PushError> {
         match self.push(msg) {
-            Err(PushError::Full) => {}
+            Err(PushError::Full | PushError::TubFull) => {}
             done => return done,
         }
         loop {
@@ -228,8 +292,10 @@ impl Outbox {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
+            // Room in the Tub's budget is waited for the same way: this outbox's own writes
+            // wake it, and an empty outbox takes a frame whatever the Tub's budget says.
             match self.push_or_want_room(msg, true) {
-                Err(PushError::Full) => room.await,
+                Err(PushError::Full | PushError::TubFull) => room.await,
                 done => return done,
             }
         }
@@ -249,8 +315,25 @@ impl Outbox {
             state.room_wanted |= want_room;
             return Err(PushError::Full);
         }
+        if waiting > 0 && !self.tub.fits(payload_len(msg)) {
+            state.room_wanted |= want_room;
+            return Err(PushError::TubFull);
+        }
         append_frame(&mut state.queued, msg, self.max_frame).map_err(PushError::Encode)?;
-        if waiting > 0 && waiting + (state.queued.len() - before) > self.budget {
+        let len = state.queued.len() - before;
+        // A frame into an empty outbox is always taken (it may be larger than either budget,
+        // and it is what lets every connection make progress); otherwise it must fit both.
+        let refused = if waiting == 0 {
+            self.tub.take(len);
+            None
+        } else if waiting + len > self.budget {
+            Some(PushError::Full)
+        } else if !self.tub.try_take(len) {
+            Some(PushError::TubFull)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
             state.queued.truncate(before);
             // Do not keep the room a refused frame made the buffer grow to.
             if state.queued.capacity() > self.budget.max(KEEP_CAPACITY) {
@@ -258,7 +341,7 @@ impl Outbox {
                 state.queued.shrink_to(keep);
             }
             state.room_wanted |= want_room;
-            return Err(PushError::Full);
+            return Err(refused);
         }
         // The writers take everything at once, so a queue that was not empty has already
         // been signalled and not yet taken.
@@ -431,6 +514,7 @@ impl Outbox {
         let mut state = self.lock();
         let wake = written && std::mem::take(&mut state.room_wanted);
         if written {
+            self.tub.give(state.writing);
             state.writing = 0;
         }
         // The writer task (the one that takes the goodbye) leaves held frames for the first
@@ -454,12 +538,22 @@ impl Outbox {
     fn written(&self, batch: &mut Vec<u8>) {
         clear_batch(batch);
         let mut state = self.lock();
+        self.tub.give(state.writing);
         state.writing = 0;
         let wake = std::mem::take(&mut state.room_wanted);
         drop(state);
         if wake {
             self.room.notify_waiters();
         }
+    }
+}
+
+impl Drop for Outbox {
+    /// What was never written (a connection torn down with frames queued) leaves the Tub's
+    /// budget with the memory that held it.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.tub.give(state.writing + state.queued.len());
     }
 }
 
@@ -481,6 +575,45 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    fn unbounded() -> Arc<Budget> {
+        Arc::new(Budget::new(usize::MAX))
+    }
+
+    /// Two connections share their Tub's budget: a frame that fits its own connection's
+    /// budget but not the Tub's is refused as `TubFull`, except into an empty queue; bytes
+    /// written, and an outbox dropped with bytes queued, give their share back.
+    #[tokio::test]
+    async fn outboxes_share_the_tubs_budget() {
+        let frame = encode_len(&call_with(&[0; 100]));
+        let tub = Arc::new(Budget::new(3 * frame));
+        let a = Outbox::new(1024, 1 << 20, tub.clone());
+        let b = Outbox::new(1024, 1 << 20, tub.clone());
+        let big = [0u8; 100];
+        assert!(a.push(&call_with(&big)).unwrap());
+        assert!(!a.push(&call_with(&big)).unwrap());
+        assert!(
+            b.push(&call_with(&big)).unwrap(),
+            "an empty queue always takes one"
+        );
+        assert_eq!(tub.used(), 3 * frame);
+        assert!(matches!(a.push(&call_with(&big)), Err(PushError::TubFull)));
+        assert!(matches!(b.push(&call_with(&big)), Err(PushError::TubFull)));
+        // A's frames are written: their bytes come back, and B has room again.
+        let mut batch = Vec::new();
+        assert!(matches!(a.take_now(&mut batch, false), Some(Taken::Frames)));
+        assert_eq!(
+            tub.used(),
+            3 * frame,
+            "taken but not yet written still counts"
+        );
+        a.written(&mut batch);
+        assert_eq!(tub.used(), frame);
+        assert!(!b.push(&call_with(&big)).unwrap());
+        assert_eq!(tub.used(), 2 * frame);
+        drop(b);
+        assert_eq!(tub.used(), 0, "a dropped outbox gives back what it held");
+    }
+
     fn ping(nonce: u64) -> Message<'static> {
         Message::Ping { nonce }
     }
@@ -499,7 +632,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_are_taken_together_in_order() {
-        let out = Outbox::new(1024, 1024);
+        let out = Outbox::new(1024, 1024, unbounded());
         out.push(&ping(1)).unwrap();
         out.push(&ping(2)).unwrap();
         let mut batch = Vec::new();
@@ -530,7 +663,7 @@ mod tests {
     #[tokio::test]
     async fn the_budget_counts_queued_and_unwritten_bytes() {
         let frame = encode_len(&ping(1));
-        let out = Arc::new(Outbox::new(1024, 2 * frame));
+        let out = Arc::new(Outbox::new(1024, 2 * frame, unbounded()));
         out.push(&ping(1)).unwrap();
         out.push(&ping(2)).unwrap();
         assert!(matches!(out.push(&ping(3)), Err(PushError::Full)));
@@ -547,14 +680,14 @@ mod tests {
         out.written(&mut batch);
         waiter.await.unwrap().unwrap();
         // A frame over the whole budget goes when nothing else waits.
-        let small = Outbox::new(1024, 1);
+        let small = Outbox::new(1024, 1, unbounded());
         small.push(&ping(1)).unwrap();
         assert!(matches!(small.push(&ping(2)), Err(PushError::Full)));
     }
 
     #[test]
     fn an_oversized_frame_is_refused_and_leaves_the_queue_as_it_was() {
-        let out = Outbox::new(4, 1024);
+        let out = Outbox::new(4, 1024, unbounded());
         out.push(&ping(1)).unwrap();
         let call = call_with(&[0; 16]);
         assert!(matches!(
@@ -568,7 +701,7 @@ mod tests {
     fn a_large_frame_that_does_not_fit_leaves_no_room_taken() {
         let args = vec![7u8; 60 * 1024];
         let call = call_with(&args);
-        let out = Outbox::new(u32::MAX, 100 * 1024);
+        let out = Outbox::new(u32::MAX, 100 * 1024, unbounded());
         out.push(&call).unwrap();
         let len = out.lock().queued.len();
         // Refused without being copied in: the queue and its allocation stay as they were.
@@ -613,7 +746,7 @@ mod tests {
     #[tokio::test]
     async fn a_frame_written_now_leaves_on_the_calling_task_behind_the_held_ones() {
         let (ours, mut peer) = tokio::io::duplex(4096);
-        let out = Arc::new(Outbox::new(1024, 1 << 20));
+        let out = Arc::new(Outbox::new(1024, 1 << 20, unbounded()));
         out.attach(ours, frame(&ping(0)));
         // Before the writer task has run, writing now leaves it to that task.
         assert!(!out.push(&ping(1)).unwrap());
@@ -657,7 +790,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_the_stream_cannot_take_now_is_finished_by_the_writer_task() {
         let (ours, mut peer) = tokio::io::duplex(64);
-        let out = Arc::new(Outbox::new(u32::MAX, 1 << 20));
+        let out = Arc::new(Outbox::new(u32::MAX, 1 << 20, unbounded()));
         out.attach(ours, Vec::new());
         let writer = tokio::spawn({
             let out = out.clone();

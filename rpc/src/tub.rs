@@ -66,6 +66,45 @@ pub struct TubConfig {
     /// Bytes that may wait to be written to one connection. Our calls wait for room; a peer
     /// that provokes more (by not reading its answers) is disconnected.
     pub max_write_queue: usize,
+    /// How long a call waits for its answer before failing with
+    /// `CallError::DeadlineExceeded`, unless its handle says otherwise
+    /// (`ObjectRef::with_timeout`); `None` waits until the answer comes or the connection is
+    /// lost. A peer that speaks protocol version 2 is told the timeout with the call and
+    /// stops the method when it passes (docs/protocol.md §7). Default 300 s: a hundred of
+    /// the slowest round trips over Tor or I2P (about 3 s), so far beyond any answer that is
+    /// still coming, yet a peer that stops answering calls cannot hold a caller, or an
+    /// outbound slot, for more than five minutes.
+    pub call_timeout: Option<Duration>,
+    /// The longest an inbound call may run (counted from its arrival, time spent waiting for
+    /// a slot included) before it is stopped and answered with `Refusal::Failed`; a caller's
+    /// shorter timeout stops it earlier, without an answer. One-way calls are stopped
+    /// silently. `None`: only the caller's timeout applies (and none for a caller that sets
+    /// none, or speaks protocol version 1). Default 600 s: twice the default `call_timeout`,
+    /// so a caller's own timeout decides, and a method stuck for good holds its slot for ten
+    /// minutes at most.
+    pub max_call_duration: Option<Duration>,
+    /// Inbound streams that may be in the handshake at once (from the first byte to the
+    /// hello). When a stream arrives with this many under way, the oldest is closed to make
+    /// room if it has been at it for [`EVICT_PENDING_AFTER`] (a handshake that slow is
+    /// stalling, or on a very slow link); otherwise the new stream is answered with the
+    /// prelude status `Busy` and closed, before any TLS work. So a burst is shed early and
+    /// cheaply, and a crowd of stalled handshakes cannot keep a prompt client out.
+    pub max_pending_handshakes: usize,
+    /// Connections this Tub holds at once, inbound and outbound together (a replacement for
+    /// a peer's existing connection does not count twice). When a new one would exceed it,
+    /// an idle inbound connection, chosen at random, is closed to make room; for a
+    /// connection this Tub dialed itself, a busy inbound one if none is idle. Connections
+    /// this Tub dialed are never closed to make room. With no connection to close, an
+    /// inbound peer is refused at the hello and our own dial fails.
+    pub max_connections: usize,
+    /// Bytes all connections together may hold in their write queues and in the arguments of
+    /// inbound calls waiting for a slot: the Tub-wide budget over the per-connection bounds
+    /// above, which would otherwise multiply by `max_connections`. Every connection may
+    /// always have one frame queued either way, so each makes progress. When the budget is
+    /// full, a reader with calls queued stops reading until they start; our own calls wait
+    /// for room; and a frame a peer provoked closes the connection whose peer has left the
+    /// most unread.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for TubConfig {
@@ -80,9 +119,15 @@ impl Default for TubConfig {
             max_imports: 65_536,
             accept_gifts: true,
             keepalive: Some(Duration::from_secs(240)),
-            disconnect_timeout: None,
+            // Two keepalive pings unanswered: a silent or trickling peer is let go.
+            disconnect_timeout: Some(Duration::from_secs(600)),
             dial_timeout: Duration::from_secs(120),
             max_write_queue: 16 * 1024 * 1024,
+            call_timeout: Some(Duration::from_secs(300)),
+            max_call_duration: Some(Duration::from_secs(600)),
+            max_pending_handshakes: 1024,
+            max_connections: 4096,
+            max_buffered_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -159,6 +204,32 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
 }
 
+/// A Tub's load and what its limits turned away (see [`Tub::load`]). Counts are since the
+/// Tub started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TubLoad {
+    /// Connections held (at most `max_connections`, one over while a full Tub's own dial
+    /// finds nothing to close).
+    pub connections: usize,
+    /// Bytes held in write queues and queued inbound calls, all connections together (at
+    /// most `max_buffered_bytes`, plus one frame per connection).
+    pub buffered_bytes: usize,
+    /// Inbound handshakes under way (at most `max_pending_handshakes`).
+    pub pending_handshakes: usize,
+    /// Inbound handshakes closed to make room for a newer one.
+    pub evicted_handshakes: u64,
+    /// Inbound streams answered `Busy`.
+    pub busy_answers: u64,
+    /// Inbound streams closed without an answer (more were arriving than could be answered).
+    pub dropped_unanswered: u64,
+    /// Connections closed to make room for another.
+    pub closed_for_room: u64,
+    /// Dials under way, or waited for, by peer.
+    pub dial_locks: usize,
+    /// Entries in the status table ([`Tub::connection_status`]).
+    pub peer_status: usize,
+}
+
 /// One hint's progress: "connecting", "negotiating", "connected", "failed: ...",
 /// "skipped: ...", "cancelled".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +294,18 @@ pub(crate) struct TubInner {
     dial_locks: Mutex<HashMap<TubId, Arc<tokio::sync::Mutex<()>>>>,
     status: Mutex<HashMap<TubId, PeerStatus>>,
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The bytes every connection's write queue and inbound call queue hold, together.
+    budget: Arc<crate::outbox::Budget>,
+    /// Inbound streams in the handshake now (at most `max_pending_handshakes`), oldest first.
+    pending_handshakes: Mutex<PendingHandshakes>,
+    /// Streams being answered `Busy` now (at most `max_pending_handshakes` as well; beyond
+    /// that a stream is closed without an answer).
+    shedding: Arc<std::sync::atomic::AtomicUsize>,
+    /// Streams answered `Busy`, and those closed unanswered, since the Tub started.
+    busy_answers: std::sync::atomic::AtomicU64,
+    dropped_unanswered: std::sync::atomic::AtomicU64,
+    /// Connections closed to make room for another.
+    closed_for_room: std::sync::atomic::AtomicU64,
     /// Whether the keepalive task (one per Tub, for all its connections) has started.
     keepalive_started: std::sync::atomic::AtomicBool,
     shut_down: std::sync::atomic::AtomicBool,
@@ -307,8 +390,13 @@ impl TubInner {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (conn, start) =
-            ConnShared::create(est, self.me.clone(), self.config.clone(), hint.clone());
+        let (conn, start) = ConnShared::create(
+            est,
+            self.me.clone(),
+            self.config.clone(),
+            self.budget.clone(),
+            hint.clone(),
+        );
         // Registered before the connection is visible: its own calls are numbered after it.
         let mut early = early_resolve.then(|| conn.expect_early_answer());
         if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
@@ -317,6 +405,14 @@ impl TubInner {
             return (conn, None);
         }
         let peer = conn.info.peer;
+        if self.live_connection(&peer).is_none() {
+            // Admission made room already; this covers our own dials and admissions that
+            // raced each other. A full Tub with nothing to close keeps the new connection
+            // anyway: it was admitted, and is one over the limit only until one closes.
+            if let Err(why) = self.make_room(conn.info.side) {
+                debug!(%peer, "{why}");
+            }
+        }
         let mut conns = lock(&self.connections);
         let (winner, loser, why) = match conns.get(&peer).filter(|c| c.closed_reason().is_none()) {
             None => (conn.clone(), None, ""),
@@ -396,6 +492,72 @@ impl TubInner {
         });
     }
 
+    /// A place among the pending handshakes, if there is one or the oldest has been at it
+    /// for [`EVICT_PENDING_AFTER`] (it is then told to stop).
+    fn pending_unit(&self) -> Option<PendingTicket> {
+        let mut p = lock(&self.pending_handshakes);
+        if p.by_age.len() >= self.config.max_pending_handshakes.max(1) {
+            let (&oldest, (started, _)) = p.by_age.first_key_value()?;
+            if started.elapsed() < EVICT_PENDING_AFTER {
+                return None;
+            }
+            let (_, stop) = p.by_age.remove(&oldest).expect("present");
+            stop.notify_one();
+            p.evicted += 1;
+        }
+        let id = p.next;
+        p.next += 1;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        p.by_age
+            .insert(id, (std::time::Instant::now(), stop.clone()));
+        Some(PendingTicket {
+            tub: self.me.clone(),
+            id,
+            stop,
+        })
+    }
+
+    /// A unit of the limit on streams being answered `Busy`, if one is free (and counted as
+    /// answered).
+    fn shedding_unit(&self) -> Option<Counted> {
+        let unit = Counted::take(&self.shedding, self.config.max_pending_handshakes)?;
+        self.busy_answers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(unit)
+    }
+
+    fn count_dropped(&self) {
+        self.dropped_unanswered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn shed_reason(&self) -> String {
+        format!(
+            "{} inbound handshakes are under way (the limit)",
+            self.config.max_pending_handshakes.max(1)
+        )
+    }
+
+    /// Keeps the status table bounded: it holds every live connection and the peers this
+    /// Tub dialed that are gone (for status displays). Past twice `max_connections` entries,
+    /// departed peers are forgotten until it is back to `max_connections`; a peer dialed
+    /// again gets a fresh entry.
+    fn prune_status(&self, status: &mut HashMap<TubId, PeerStatus>) {
+        let max = self.config.max_connections.max(1);
+        if status.len() <= 2 * max {
+            return;
+        }
+        let gone: Vec<TubId> = status
+            .values()
+            .filter(|s| !s.connected)
+            .map(|s| s.tubid)
+            .take(status.len() - max)
+            .collect();
+        for tubid in gone {
+            status.remove(&tubid);
+        }
+    }
+
     fn set_hint_status(&self, tubid: TubId, hint: &str, status: String) {
         let mut all = lock(&self.status);
         let s = all.entry(tubid).or_insert_with(|| empty_status(tubid));
@@ -420,11 +582,15 @@ impl TubInner {
             .ok()
             .and_then(|args| crate::connection::early_root_call("get_reference", &args))
             .unwrap_or_default();
-        lock(&self.status)
-            .entry(tubid)
-            .or_insert_with(|| empty_status(tubid))
-            .hints
-            .clear();
+        {
+            let mut status = lock(&self.status);
+            self.prune_status(&mut status);
+            status
+                .entry(tubid)
+                .or_insert_with(|| empty_status(tubid))
+                .hints
+                .clear();
+        }
         // Every hint goes to the connector, even types this crate does not know: an embedder's
         // connector may handle its own. Unsupported ones come back at once and are skipped.
         // One sequence number for every attempt of this dial: the server admits only the
@@ -554,12 +720,37 @@ impl TubInner {
             return Ok((c, None));
         }
         let dial_lock = lock(&self.dial_locks).entry(tubid).or_default().clone();
-        let _one_dialer = dial_lock.lock().await;
+        let result = {
+            let _one_dialer = dial_lock.lock().await;
+            self.connection_to_locked(furl).await
+        };
+        // The lock's entry goes once nobody else holds or waits for it, so the table holds
+        // only the dials under way.
+        let mut locks = lock(&self.dial_locks);
+        if locks
+            .get(&tubid)
+            .is_some_and(|l| Arc::ptr_eq(l, &dial_lock) && Arc::strong_count(l) == 2)
+        {
+            locks.remove(&tubid);
+        }
+        result
+    }
+
+    async fn connection_to_locked(
+        &self,
+        furl: &Furl,
+    ) -> Result<(Arc<ConnShared>, Option<EarlyResolve>), ReferenceError> {
+        let tubid = furl.tubid();
         if let Some(c) = self.live_connection(&tubid) {
             return Ok((c, None));
         }
         if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ReferenceError::Shutdown);
+        }
+        // A full Tub with nothing it may close fails before dialing, not after the peer has
+        // done its part. (Room is made once the new connection is up: see adopt.)
+        if let Err(reason) = self.room_victim(Side::Client) {
+            return Err(ReferenceError::Failed { tubid, reason });
         }
         match self.dial(furl).await {
             // The peer dialed us meanwhile (and its connection won): use that one.
@@ -577,7 +768,9 @@ impl TubInner {
         }
         let conns = lock(&self.connections);
         let Some(old) = conns.get(&new.peer).filter(|c| c.closed_reason().is_none()) else {
-            return Ok(());
+            drop(conns);
+            // A new peer: it needs a place of its own.
+            return self.make_room(Side::Server);
         };
         if old.info.peer_hello.incarnation == new.peer_hello.incarnation
             && dial_key(&old.info) == dial_key(new)
@@ -585,6 +778,64 @@ impl TubInner {
             return Err("another attempt of the same dial is already connected".into());
         }
         Ok(())
+    }
+
+    /// Makes room for one more connection if this Tub holds `max_connections`: closes an
+    /// idle inbound connection, chosen at random (a peer cannot make its own connections
+    /// look fresher than an honest peer's to keep them); for a connection this Tub dials
+    /// (`side` is `Client`), a busy inbound one if none is idle. Connections this Tub
+    /// dialed are never closed for room. Errs when there is nothing to close.
+    fn make_room(&self, side: Side) -> Result<(), String> {
+        let Some(victim) = self.room_victim(side)? else {
+            return Ok(());
+        };
+        let max = self.config.max_connections.max(1);
+        debug!(peer = %victim.info.peer, "closing a connection to make room");
+        self.closed_for_room
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        victim.close(
+            &format!("closed to make room: this Tub holds {max} connections (its limit)"),
+            Some(crate::connection::room_goodbye(&victim.info)),
+        );
+        Ok(())
+    }
+
+    /// The connection whose peer has left the most bytes unread, if any has left any.
+    pub(crate) fn heaviest_writer(&self) -> Option<Arc<ConnShared>> {
+        let conns: Vec<_> = lock(&self.connections).values().cloned().collect();
+        conns
+            .into_iter()
+            .map(|c| (c.unwritten(), c))
+            .filter(|(n, _)| *n > 0)
+            .max_by_key(|(n, _)| *n)
+            .map(|(_, c)| c)
+    }
+
+    /// The connection [`TubInner::make_room`] would close: `None` if there is room.
+    fn room_victim(&self, side: Side) -> Result<Option<Arc<ConnShared>>, String> {
+        let max = self.config.max_connections.max(1);
+        let conns = lock(&self.connections);
+        if conns.len() < max {
+            return Ok(None);
+        }
+        let inbound = || {
+            conns
+                .values()
+                .filter(|c| c.info.side == Side::Server && c.closed_reason().is_none())
+        };
+        let idle: Vec<_> = inbound().filter(|c| c.is_idle()).collect();
+        let candidates = if idle.is_empty() && side == Side::Client {
+            inbound().collect()
+        } else {
+            idle
+        };
+        if candidates.is_empty() {
+            return Err(format!(
+                "this Tub holds {max} connections (its limit) and none of them may be closed \
+                 to make room"
+            ));
+        }
+        Ok(Some(candidates[random_index(candidates.len())].clone()))
     }
 
     pub(crate) async fn get_reference(
@@ -633,6 +884,96 @@ impl TubInner {
             };
         }
     }
+}
+
+/// A random index below `n` (n > 0).
+fn random_index(n: usize) -> usize {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    // The system's generator does not fail on the platforms Folio runs on; if it did, the
+    // first candidate is as good a choice as any.
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    (u64::from_le_bytes(bytes) % n as u64) as usize
+}
+
+/// How long an inbound handshake may last before a newcomer may take its place when
+/// `max_pending_handshakes` are under way. A handshake on a LAN takes milliseconds, and over
+/// Tor or I2P a few round trips; one that has not finished after this is stalling (or on a
+/// link so slow that it will be retried anyway).
+pub const EVICT_PENDING_AFTER: Duration = Duration::from_secs(1);
+
+/// The inbound handshakes under way, by arrival.
+#[derive(Default)]
+struct PendingHandshakes {
+    next: u64,
+    /// When each began, and how to tell it to stop.
+    by_age: std::collections::BTreeMap<u64, (std::time::Instant, Arc<tokio::sync::Notify>)>,
+    /// Handshakes stopped to make room, since the Tub started.
+    evicted: u64,
+}
+
+/// A place among a Tub's pending handshakes, given back when dropped.
+struct PendingTicket {
+    tub: Weak<TubInner>,
+    id: u64,
+    /// Notified when the handshake must stop to make room for a newer one.
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for PendingTicket {
+    fn drop(&mut self) {
+        if let Some(tub) = self.tub.upgrade() {
+            lock(&tub.pending_handshakes).by_age.remove(&self.id);
+        }
+    }
+}
+
+/// One unit of a Tub-wide count bounded by a limit, given back when dropped.
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Counted {
+    /// Takes a unit of `count` if it is below `max` (at least 1).
+    fn take(count: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Counted> {
+        use std::sync::atomic::Ordering::SeqCst;
+        count
+            .fetch_update(SeqCst, SeqCst, |n| (n < max.max(1)).then_some(n + 1))
+            .ok()
+            .map(|_| Counted(count.clone()))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The longest a stream answered `Busy` is kept: to write the answer, and then to read what
+/// the client sent (its request and ClientHello) so that the close is a clean one and the
+/// answer is not lost to a reset.
+pub const SHED_TIME: Duration = Duration::from_secs(1);
+
+/// Answers `Busy` on a stream this Tub has no room to handshake, without waiting for its
+/// request (the answer does not depend on it), then closes it (handshake.md §3).
+async fn shed<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, _unit: Counted) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(SHED_TIME, async {
+        let answer = crate::prelude::encode_answer(crate::prelude::Status::Busy);
+        stream.write_all(&answer).await?;
+        stream.shutdown().await?;
+        // What the client sent is read and dropped, at most 64 KiB (the request and a
+        // ClientHello are well under it), until it closes too.
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => total += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 /// A dial error's text without the hint it starts with (the status shows the hint already).
@@ -692,6 +1033,7 @@ impl Tub {
         config: TubConfig,
     ) -> Result<Tub, HandshakeError> {
         let handshaker = Handshaker::new(Arc::new(identity), config.handshake.clone())?;
+        let budget = Arc::new(crate::outbox::Budget::new(config.max_buffered_bytes));
         let inner = Arc::new_cyclic(|me| TubInner {
             me: me.clone(),
             handshaker,
@@ -703,6 +1045,12 @@ impl Tub {
             dial_locks: Mutex::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
             listeners: Mutex::new(Vec::new()),
+            pending_handshakes: Mutex::default(),
+            budget: budget.clone(),
+            shedding: Arc::default(),
+            busy_answers: Default::default(),
+            dropped_unanswered: Default::default(),
+            closed_for_room: Default::default(),
             keepalive_started: std::sync::atomic::AtomicBool::new(false),
             shut_down: std::sync::atomic::AtomicBool::new(false),
         });
@@ -775,21 +1123,57 @@ impl Tub {
     }
 
     /// Runs the server side of the handshake on a stream that was accepted, then serves it.
+    ///
+    /// With `max_pending_handshakes` streams already in the handshake, the stream is
+    /// answered `Busy` and closed instead, and this returns [`HandshakeError::Refused`].
     pub async fn accept<S>(&self, stream: S) -> Result<ConnectionInfo, HandshakeError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        match self.inner.pending_unit() {
+            Some(unit) => self.accept_counted(stream, unit).await,
+            None => {
+                let why = self.inner.shed_reason();
+                match self.inner.shedding_unit() {
+                    Some(unit) => shed(stream, unit).await,
+                    None => self.inner.count_dropped(),
+                }
+                Err(HandshakeError::Refused(why))
+            }
+        }
+    }
+
+    async fn accept_counted<S>(
+        &self,
+        stream: S,
+        pending: PendingTicket,
+    ) -> Result<ConnectionInfo, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let inner = &self.inner;
-        let est = inner
-            .handshaker
-            .run_server(stream, &|info| inner.admit(info), true)
-            .await?;
+        let admit = |info: &ConnectionInfo| inner.admit(info);
+        let est = tokio::select! {
+            est = inner.handshaker.run_server(stream, &admit, true) => est?,
+            _ = pending.stop.notified() => {
+                return Err(HandshakeError::Refused(format!(
+                    "closed after {EVICT_PENDING_AFTER:?} in the handshake to make room for \
+                     another ({} handshakes are under way, the limit)",
+                    inner.config.max_pending_handshakes.max(1)
+                )));
+            }
+        };
+        drop(pending);
         let info = est.info.clone();
         self.inner.adopt(est, None, None, false);
         Ok(info)
     }
 
     /// Accepts every stream `listener` yields, each as `Side::Server`.
+    ///
+    /// Each stream is handshaken on a task of its own, at most `max_pending_handshakes` at
+    /// once. Beyond that a stream is answered `Busy` (on a task that lives at most
+    /// [`SHED_TIME`]), and beyond as many again it is closed at once.
     pub fn listen(&self, mut listener: impl Listener) {
         let tub = self.clone();
         let desc = listener.describe();
@@ -798,12 +1182,21 @@ impl Tub {
                 loop {
                     match listener.accept().await {
                         Ok(stream) => {
-                            let tub = tub.clone();
-                            tokio::spawn(async move {
-                                if let Err(e) = tub.accept(stream).await {
-                                    debug!("inbound handshake failed: {e}");
-                                }
-                            });
+                            if let Some(unit) = tub.inner.pending_unit() {
+                                let tub = tub.clone();
+                                tokio::spawn(async move {
+                                    if let Err(e) = tub.accept_counted(stream, unit).await {
+                                        debug!("inbound handshake failed: {e}");
+                                    }
+                                });
+                            } else if let Some(unit) = tub.inner.shedding_unit() {
+                                debug!("{}: answering Busy", tub.inner.shed_reason());
+                                tokio::spawn(shed(stream, unit));
+                            } else {
+                                debug!("{}: closing at once", tub.inner.shed_reason());
+                                tub.inner.count_dropped();
+                                drop(stream);
+                            }
                         }
                         Err(e) => {
                             warn!("listener failed: {e}");
@@ -849,6 +1242,24 @@ impl Tub {
             .values()
             .filter(|c| c.closed_reason().is_none())
             .count()
+    }
+
+    /// How loaded this Tub is, and what its limits have turned away since it started.
+    pub fn load(&self) -> TubLoad {
+        use std::sync::atomic::Ordering::Relaxed;
+        let inner = &self.inner;
+        let pending = lock(&inner.pending_handshakes);
+        TubLoad {
+            connections: lock(&inner.connections).len(),
+            buffered_bytes: inner.budget.used(),
+            pending_handshakes: pending.by_age.len(),
+            evicted_handshakes: pending.evicted,
+            busy_answers: inner.busy_answers.load(Relaxed),
+            dropped_unanswered: inner.dropped_unanswered.load(Relaxed),
+            closed_for_room: inner.closed_for_room.load(Relaxed),
+            dial_locks: lock(&inner.dial_locks).len(),
+            peer_status: lock(&inner.status).len(),
+        }
     }
 
     /// Information about the live connection to `peer`, if there is one.

@@ -26,6 +26,7 @@ async fn next_resolution<R: tokio::io::AsyncRead + Unpin>(
         .expect("a frame")
         .expect("not the end of the stream");
     match decode(frame).expect("a message") {
+        // On a live connection of protocol version 2 the call carries the caller's timeout.
         Message::Call {
             id,
             target,
@@ -33,6 +34,15 @@ async fn next_resolution<R: tokio::io::AsyncRead + Unpin>(
             method,
             args,
             refs,
+        }
+        | Message::TimedCall {
+            id,
+            target,
+            interface,
+            method,
+            args,
+            refs,
+            ..
         } => {
             assert_eq!(
                 (target, interface, method),

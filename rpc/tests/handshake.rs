@@ -39,7 +39,7 @@ async fn handshake_succeeds_and_frames_flow_both_ways() {
     assert_eq!(s.info.side, Side::Server);
     assert_eq!((c.info.local, c.info.peer), (alice.tubid(), bob.tubid()));
     assert_eq!((s.info.local, s.info.peer), (bob.tubid(), alice.tubid()));
-    assert_eq!(c.info.version, 1);
+    assert_eq!(c.info.version, 2);
     assert_eq!(s.info.peer_hello.incarnation, alice.incarnation());
     assert_eq!(c.info.peer_hello.incarnation, bob.incarnation());
     assert_eq!(c.info.local_hello.connection_seq, 1);
@@ -370,7 +370,7 @@ async fn oversized_frame_after_handshake_is_refused() {
 #[tokio::test]
 async fn no_common_version_is_named_on_both_sides() {
     let alice = handshaker_with(HandshakeConfig {
-        versions: (2, 3),
+        versions: (3, 4),
         ..HandshakeConfig::default()
     });
     let bob = handshaker();
@@ -379,15 +379,15 @@ async fn no_common_version_is_named_on_both_sides() {
     assert!(matches!(
         c,
         Err(HandshakeError::NoCommonVersion {
-            ours: (2, 3),
-            theirs: (1, 1)
+            ours: (3, 4),
+            theirs: (1, 2)
         })
     ));
     assert!(matches!(
         s,
         Err(HandshakeError::NoCommonVersion {
-            ours: (1, 1),
-            theirs: (2, 3)
+            ours: (1, 2),
+            theirs: (3, 4)
         })
     ));
 }

@@ -67,6 +67,9 @@ async fn idle_and_slow_handshakes_do_not_starve_a_good_client() {
             hello_timeout: timeout,
             ..HandshakeConfig::default()
         },
+        // Room for the whole crowd: this test is about what time does to idle handshakes.
+        // (rpc/tests/limits.rs tests the cap on them.)
+        max_pending_handshakes: SILENT + SLOW + 10,
         ..TubConfig::default()
     };
     let (server, addr) = folio_tests::tubs::listening_tub(cfg).await;
