@@ -54,8 +54,12 @@ use folio_node::private::SigningKey;
 use folio_rpc::{Bytes, CallError, Furl, NoConnector, Tub};
 use libfuzzer_sys::fuzz_target;
 
+/// The per-publisher limits equal the whole, so they never decide before it (one connection
+/// and one key never hold more than the introducer does): the model stays the global one.
 const LIMITS: IntroducerLimits = IntroducerLimits {
     max_announcements: 4,
+    max_per_peer: 4,
+    max_per_key: 4,
     max_subscribers: 2,
     delivery_timeout: Duration::from_secs(60),
 };

@@ -93,11 +93,31 @@ const CLIENT_KEYS: &[&str] = &[
     "shares.needed",
     "shares.happy",
     "shares.total",
+    "max_servers",
 ];
-const STORAGE_KEYS: &[&str] = &["enabled", "reserved_space", "storage_dir"];
+const STORAGE_KEYS: &[&str] = &[
+    "enabled",
+    "reserved_space",
+    "storage_dir",
+    "max_space_per_client",
+];
+const INTRODUCER_KEYS: &[&str] = &[
+    "max_announcements",
+    "max_announcements_per_peer",
+    "max_announcements_per_key",
+    "max_subscribers",
+    "delivery_timeout",
+];
 const SERVER_KEYS: &[&str] = &["nickname", "furl", "hints", "tcp"];
 const KNOWN_SECTIONS: &str =
-    "[node], [connections], [tor], [i2p], [client], [storage], [server:TUBID]";
+    "[node], [connections], [tor], [i2p], [client], [storage], [introducer], [server:TUBID]";
+
+/// The largest `[client] max_servers`.
+pub const MAX_MAX_SERVERS: u64 = 100_000;
+/// The largest `[introducer] max_announcements` and `max_subscribers`.
+pub const MAX_INTRODUCER_TABLE: u64 = 1_000_000;
+/// The longest `[introducer] delivery_timeout`, in seconds.
+pub const MAX_DELIVERY_TIMEOUT_SECS: u64 = 3600;
 
 // ---------------------------------------------------------------------------------------------
 // The typed configuration.
@@ -121,6 +141,8 @@ pub struct NodeConfig {
     pub client: ClientSection,
     /// `[storage]`.
     pub storage: StorageSection,
+    /// `[introducer]`: the limits of an introducer node (other nodes ignore it).
+    pub introducer: IntroducerSection,
     /// `[server:TUBID]` sections, in file order.
     pub server_overrides: Vec<ServerOverride>,
     /// The line of each setting read, keyed by (section, key) with the key spelled as in
@@ -256,6 +278,11 @@ pub struct ClientSection {
     /// `shares.total` (N): shares made of each file. Default 10. Always
     /// `1 <= needed <= happy <= total <= 256`.
     pub shares_total: u16,
+    /// `max_servers`: the most announcements (so the most storage servers) this node holds
+    /// and dials, heard from introducers or cached; newer announcements of those held are
+    /// still taken. 1 to [`MAX_MAX_SERVERS`]. Default
+    /// [`MAX_HELD_ANNOUNCEMENTS`](crate::introducer::MAX_HELD_ANNOUNCEMENTS) (1000).
+    pub max_servers: u64,
 }
 
 /// `[storage]`.
@@ -270,6 +297,58 @@ pub struct StorageSection {
     /// `storage_dir`: where shares live, relative to the base directory unless absolute.
     /// Default: `BASEDIR/storage`.
     pub storage_dir: Option<PathBuf>,
+    /// `max_space_per_client`: the most space one client (one peer TubId) may hold at once
+    /// in promises to its unfinished uploads plus the growth of the mutable slots it wrote,
+    /// written like `reserved_space`; at least 1. Default
+    /// [`DEFAULT_SPACE_PER_CLIENT`](crate::storage::DEFAULT_SPACE_PER_CLIENT) (64 GiB).
+    pub max_space_per_client: u64,
+}
+
+/// `[introducer]`: the limits of an introducer node ([`IntroducerLimits`](crate::introducer::IntroducerLimits)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntroducerSection {
+    /// `max_announcements`: announcements held in all. 1 to [`MAX_INTRODUCER_TABLE`].
+    /// Default 10000.
+    pub max_announcements: u64,
+    /// `max_announcements_per_peer`: new announcements one peer (connection TubId) may have
+    /// published and held. 1 to `max_announcements`. Default 16.
+    pub max_announcements_per_peer: u64,
+    /// `max_announcements_per_key`: announcements held for one signing key (one per
+    /// service). 1 to `max_announcements`. Default 16.
+    pub max_announcements_per_key: u64,
+    /// `max_subscribers`: subscriptions held. 1 to [`MAX_INTRODUCER_TABLE`]. Default 10000.
+    pub max_subscribers: u64,
+    /// `delivery_timeout`: seconds one batch may take to reach a subscriber. 1 to
+    /// [`MAX_DELIVERY_TIMEOUT_SECS`]. Default 60.
+    pub delivery_timeout_secs: u64,
+}
+
+impl IntroducerSection {
+    /// The introducer's limits.
+    pub fn limits(&self) -> crate::introducer::IntroducerLimits {
+        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        crate::introducer::IntroducerLimits {
+            max_announcements: n(self.max_announcements),
+            max_per_peer: n(self.max_announcements_per_peer),
+            max_per_key: n(self.max_announcements_per_key),
+            max_subscribers: n(self.max_subscribers),
+            delivery_timeout: std::time::Duration::from_secs(self.delivery_timeout_secs),
+        }
+    }
+}
+
+impl Default for IntroducerSection {
+    /// The defaults of [`IntroducerLimits`](crate::introducer::IntroducerLimits).
+    fn default() -> Self {
+        let d = crate::introducer::IntroducerLimits::default();
+        IntroducerSection {
+            max_announcements: d.max_announcements as u64,
+            max_announcements_per_peer: d.max_per_peer as u64,
+            max_announcements_per_key: d.max_per_key as u64,
+            max_subscribers: d.max_subscribers as u64,
+            delivery_timeout_secs: d.delivery_timeout.as_secs(),
+        }
+    }
 }
 
 /// A `[server:TUBID]` section: local settings for one storage server.
@@ -325,6 +404,7 @@ impl PartialEq for NodeConfig {
             i2p,
             client,
             storage,
+            introducer,
             server_overrides,
             lines: _,
         } = self;
@@ -334,6 +414,7 @@ impl PartialEq for NodeConfig {
             && *i2p == other.i2p
             && *client == other.client
             && *storage == other.storage
+            && *introducer == other.introducer
             && *server_overrides == other.server_overrides
     }
 }
@@ -381,12 +462,15 @@ impl Default for NodeConfig {
                 shares_needed: 3,
                 shares_happy: 7,
                 shares_total: 10,
+                max_servers: crate::introducer::MAX_HELD_ANNOUNCEMENTS as u64,
             },
             storage: StorageSection {
                 enabled: true,
                 reserved_space: 0,
                 storage_dir: None,
+                max_space_per_client: crate::storage::DEFAULT_SPACE_PER_CLIENT,
             },
+            introducer: IntroducerSection::default(),
             server_overrides: Vec::new(),
             lines: BTreeMap::new(),
         }
@@ -733,6 +817,13 @@ fn parse_small(v: &str, lo: u8, hi: u8) -> Result<u8, String> {
     }
 }
 
+fn parse_count(v: &str, lo: u64, hi: u64) -> Result<u64, String> {
+    match parse_uint(v, hi) {
+        Some(n) if n >= lo => Ok(n),
+        _ => Err(format!("expected a number from {lo} to {hi}")),
+    }
+}
+
 fn parse_shares(v: &str) -> Result<u16, String> {
     match parse_uint(v, u64::from(MAX_SHARES)) {
         Some(n) if n > 0 => Ok(n as u16),
@@ -831,12 +922,20 @@ fn parse_path(v: &str) -> Result<PathBuf, String> {
 }
 
 /// Characters a nickname may not hold besides controls: invisible and direction-changing
-/// marks (which let one name pose as another) and line separators.
-fn is_deceptive(c: char) -> bool {
+/// marks (which let one name pose as another) and line separators. Announcements are held to
+/// the same rule.
+pub fn is_deceptive(c: char) -> bool {
     matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
 fn check_nickname(v: &str) -> Result<String, String> {
+    check_nickname_text(v).map(|()| v.to_string())
+}
+
+/// The nickname rule, for `tahoe.cfg` and for announced nicknames alike: at most
+/// [`MAX_NICKNAME_CHARS`] characters, none of them a control, invisible or
+/// direction-changing character ([`is_deceptive`]). The error says what is allowed.
+pub fn check_nickname_text(v: &str) -> Result<(), String> {
     if v.chars().count() > MAX_NICKNAME_CHARS {
         return Err(format!(
             "a nickname is at most {MAX_NICKNAME_CHARS} characters"
@@ -849,7 +948,7 @@ fn check_nickname(v: &str) -> Result<String, String> {
                 .into(),
         );
     }
-    Ok(v.to_string())
+    Ok(())
 }
 
 fn parse_policy(v: &str) -> Result<TcpPolicy, String> {
@@ -1009,6 +1108,7 @@ enum Section {
     I2p,
     Client,
     Storage,
+    Introducer,
     Server(usize),
 }
 
@@ -1020,6 +1120,7 @@ fn section_keys(s: Section) -> &'static [&'static str] {
         Section::I2p => I2P_KEYS,
         Section::Client => CLIENT_KEYS,
         Section::Storage => STORAGE_KEYS,
+        Section::Introducer => INTRODUCER_KEYS,
         Section::Server(_) => SERVER_KEYS,
     }
 }
@@ -1130,6 +1231,7 @@ impl NodeConfig {
             "i2p" => Section::I2p,
             "client" => Section::Client,
             "storage" => Section::Storage,
+            "introducer" => Section::Introducer,
             _ => match name.strip_prefix("server:") {
                 Some(id) => {
                     let tubid: TubId = id.parse().map_err(|reason| Problem::ServerName {
@@ -1181,7 +1283,7 @@ impl NodeConfig {
                     let mut known = keys.join(", ");
                     if let Section::Client = section {
                         known = "introducer.furl, introducer.NAME.furl, shares.needed, \
-                                 shares.happy, shares.total"
+                                 shares.happy, shares.total, max_servers"
                             .into();
                     }
                     return Err(Problem::UnknownKey {
@@ -1277,6 +1379,7 @@ impl NodeConfig {
                     "shares.needed" => c.shares_needed = parse_shares(v)?,
                     "shares.happy" => c.shares_happy = parse_shares(v)?,
                     "shares.total" => c.shares_total = parse_shares(v)?,
+                    "max_servers" => c.max_servers = parse_count(v, 1, MAX_MAX_SERVERS)?,
                     _ => {
                         let name = introducer_name(key).unwrap_or("default");
                         if name != "default" && !valid_introducer_name(name) {
@@ -1302,7 +1405,29 @@ impl NodeConfig {
                 match key {
                     "enabled" => s.enabled = parse_bool(v)?,
                     "reserved_space" => s.reserved_space = parse_size(v)?,
+                    "max_space_per_client" => {
+                        s.max_space_per_client = parse_size(v)?;
+                        if s.max_space_per_client == 0 {
+                            return Err("a client needs some space: expected at least 1 byte \
+                                        (such as 64GiB)"
+                                .into());
+                        }
+                    }
                     _ => s.storage_dir = Some(parse_path(v)?),
+                }
+            }
+            Section::Introducer => {
+                let t = &mut self.introducer;
+                let table = |v| parse_count(v, 1, MAX_INTRODUCER_TABLE);
+                match key {
+                    "max_announcements" => t.max_announcements = table(v)?,
+                    "max_announcements_per_peer" => t.max_announcements_per_peer = table(v)?,
+                    "max_announcements_per_key" => t.max_announcements_per_key = table(v)?,
+                    "max_subscribers" => t.max_subscribers = table(v)?,
+                    _ => {
+                        t.delivery_timeout_secs = parse_count(v, 1, MAX_DELIVERY_TIMEOUT_SECS)
+                            .map_err(|e| format!("{e} (seconds)"))?
+                    }
                 }
             }
             Section::Server(i) => {
@@ -1462,6 +1587,29 @@ impl NodeConfig {
                          {bk} = {b}{}",
                         at("client", ak),
                         at("client", bk)
+                    ),
+                );
+            }
+        }
+
+        // Introducer limits: the per-publisher ones within the whole.
+        let intro = &self.introducer;
+        for (key, v) in [
+            (
+                "max_announcements_per_peer",
+                intro.max_announcements_per_peer,
+            ),
+            ("max_announcements_per_key", intro.max_announcements_per_key),
+        ] {
+            if v > intro.max_announcements {
+                let line = l("introducer", key).max(l("introducer", "max_announcements"));
+                return fail(
+                    line,
+                    format!(
+                        "[introducer] {key} = {v}{} is more than max_announcements = {}{}",
+                        at("introducer", key),
+                        intro.max_announcements,
+                        at("introducer", "max_announcements")
                     ),
                 );
             }
@@ -1778,6 +1926,15 @@ impl NodeConfig {
         ] {
             w.key(key, unless(&v, &dv, |v| v.to_string()), &dv.to_string());
         }
+        w.comment(
+            "The most storage servers to learn from introducers (and dial); announcements\n\
+             from new servers past it are ignored.",
+        );
+        w.key(
+            "max_servers",
+            unless(&c.max_servers, &d.client.max_servers, |n| n.to_string()),
+            &d.client.max_servers.to_string(),
+        );
 
         let s = &self.storage;
         w.section("storage", "The storage server.");
@@ -1803,6 +1960,54 @@ impl NodeConfig {
             s.storage_dir.as_deref().map(path_str),
             "storage",
         );
+        w.comment(
+            "The most space one client (one peer TubId) may hold at once: promised to its\n\
+             unfinished uploads, plus what its mutable slot writes grew. Same units as\n\
+             reserved_space.",
+        );
+        w.key(
+            "max_space_per_client",
+            unless(
+                &s.max_space_per_client,
+                &d.storage.max_space_per_client,
+                |n| format_size(*n),
+            ),
+            &format_size(d.storage.max_space_per_client),
+        );
+
+        let i = &self.introducer;
+        if *i != d.introducer {
+            let di = &d.introducer;
+            w.section(
+                "introducer",
+                "Limits of an introducer node (other nodes ignore this section).",
+            );
+            for (key, v, dv) in [
+                (
+                    "max_announcements",
+                    i.max_announcements,
+                    di.max_announcements,
+                ),
+                (
+                    "max_announcements_per_peer",
+                    i.max_announcements_per_peer,
+                    di.max_announcements_per_peer,
+                ),
+                (
+                    "max_announcements_per_key",
+                    i.max_announcements_per_key,
+                    di.max_announcements_per_key,
+                ),
+                ("max_subscribers", i.max_subscribers, di.max_subscribers),
+                (
+                    "delivery_timeout",
+                    i.delivery_timeout_secs,
+                    di.delivery_timeout_secs,
+                ),
+            ] {
+                w.key(key, unless(&v, &dv, |v| v.to_string()), &dv.to_string());
+            }
+        }
 
         if !self.server_overrides.is_empty() {
             w.0.push('\n');
@@ -2199,7 +2404,8 @@ mod tests {
             "\n[helper]\n",
             &[
                 "tahoe.cfg line 2: unknown section [helper] (known sections: [node], \
-               [connections], [tor], [i2p], [client], [storage], [server:TUBID])",
+               [connections], [tor], [i2p], [client], [storage], [introducer], \
+               [server:TUBID])",
             ],
         );
         assert_refused(
@@ -2937,9 +3143,39 @@ mod tests {
                 ],
             ),
             ("storage", "storage_dir", vec!["shares".into()]),
+            (
+                "storage",
+                "max_space_per_client",
+                vec!["1".into(), "5GiB".into(), "64GiB".into()],
+            ),
+            ("client", "max_servers", vec!["1".into(), "1000".into()]),
+            (
+                "introducer",
+                "max_announcements",
+                vec!["1".into(), "10000".into(), "50".into()],
+            ),
+            (
+                "introducer",
+                "max_announcements_per_peer",
+                vec!["1".into(), "16".into()],
+            ),
+            ("introducer", "max_announcements_per_key", vec!["2".into()]),
+            ("introducer", "max_subscribers", vec!["7".into()]),
+            (
+                "introducer",
+                "delivery_timeout",
+                vec!["1".into(), "3600".into()],
+            ),
         ];
-        let mut sections: Vec<&str> =
-            vec!["node", "connections", "tor", "i2p", "client", "storage"];
+        let mut sections: Vec<&str> = vec![
+            "node",
+            "connections",
+            "tor",
+            "i2p",
+            "client",
+            "storage",
+            "introducer",
+        ];
         // Shuffle the section order.
         for k in (1..sections.len()).rev() {
             let j = (rng.next() % (k as u64 + 1)) as usize;
@@ -2977,6 +3213,100 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn resource_limits_are_read_bounded_and_written_back() {
+        let c = NodeConfig::parse(
+            "[client]\nmax_servers = 50\n[storage]\nmax_space_per_client = 5GiB\n\
+             [introducer]\nmax_announcements = 100\nmax_announcements_per_peer = 2\n\
+             MAX_announcements_per_key = 3\nmax_subscribers = 9\ndelivery_timeout = 10\n",
+        )
+        .unwrap();
+        assert_eq!(c.client.max_servers, 50);
+        assert_eq!(c.storage.max_space_per_client, 5 << 30);
+        let limits = c.introducer.limits();
+        assert_eq!(
+            limits,
+            crate::introducer::IntroducerLimits {
+                max_announcements: 100,
+                max_per_peer: 2,
+                max_per_key: 3,
+                max_subscribers: 9,
+                delivery_timeout: std::time::Duration::from_secs(10),
+            }
+        );
+        assert_eq!(c.line("introducer", "max_announcements_per_key"), Some(8));
+        let written = c.to_cfg_string();
+        assert!(written.contains("\n[introducer]\n"), "{written}");
+        assert_eq!(NodeConfig::parse(&written).unwrap(), c);
+        // The defaults are the library's, and an unchanged [introducer] is not written.
+        let d = NodeConfig::default();
+        assert_eq!(
+            d.introducer.limits(),
+            crate::introducer::IntroducerLimits::default()
+        );
+        assert_eq!(
+            d.storage.max_space_per_client,
+            crate::storage::DEFAULT_SPACE_PER_CLIENT
+        );
+        assert!(!d.to_cfg_string().contains("[introducer]"));
+
+        assert_refused(
+            "[introducer]\nmax_announcements = 0\n",
+            &[
+                "line 2: bad value `0` for `max_announcements` in [introducer]: expected a \
+               number from 1 to 1000000",
+            ],
+        );
+        assert_refused(
+            "[introducer]\ndelivery_timeout = 3601\n",
+            &[
+                "line 2: bad value `3601` for `delivery_timeout`",
+                "1 to 3600 (seconds)",
+            ],
+        );
+        assert_refused(
+            "[introducer]\nmax_announcements = 10\n\nmax_announcements_per_peer = 11\n",
+            &[
+                "line 4:",
+                "[introducer] max_announcements_per_peer = 11 (line 4) is more than \
+                 max_announcements = 10 (line 2)",
+            ],
+        );
+        assert_refused(
+            "[introducer]\nmax_announcements_per_key = 10001\n",
+            &[
+                "max_announcements_per_key = 10001 (line 2) is more than max_announcements = \
+               10000",
+            ],
+        );
+        assert_refused(
+            "[introducer]\nmax_peers = 1\n",
+            &[
+                "unknown key `max_peers` in [introducer] (known keys: max_announcements, \
+               max_announcements_per_peer, max_announcements_per_key, max_subscribers, \
+               delivery_timeout)",
+            ],
+        );
+        assert_refused(
+            "[client]\nmax_servers = 100001\n",
+            &[
+                "line 2: bad value `100001` for `max_servers` in [client]: expected a number \
+               from 1 to 100000",
+            ],
+        );
+        assert_refused(
+            "[storage]\nmax_space_per_client = 0\n",
+            &[
+                "line 2: bad value `0` for `max_space_per_client`",
+                "at least 1 byte",
+            ],
+        );
+        assert_refused(
+            "[storage]\nmax_space_per_client = lots\n",
+            &["line 2: bad value `lots` for `max_space_per_client`", "5G"],
+        );
     }
 
     #[test]

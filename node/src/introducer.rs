@@ -10,11 +10,18 @@
 //! sequence number per (service, key) — an older or replayed one is ignored and logged — and
 //! calls every subscriber of that service back through the [`SubscriberRef`] it passed to
 //! `subscribe`. A subscriber that joins late gets every current announcement at once.
+//! What it holds is bounded ([`IntroducerLimits`], from `[introducer]` in tahoe.cfg): in all,
+//! per signing key, and per publishing peer — each new (service, key) is charged to the TubId
+//! of the connection that published it first. Updates of what it holds are always taken.
+//! Keys and TubIds cost nothing to make, so the per-publisher bounds limit one connection,
+//! not one person; docs/limits.md says what a hostile publisher can still do.
 //!
 //! The [`IntroducerClient`] keeps a reconnecting connection to each configured introducer,
 //! publishes and subscribes again after every reconnection, verifies what it hears (it
 //! trusts the introducer for availability only, never for content), and caches the
 //! announcements so that a restarted node finds its servers while the introducers are down.
+//! It holds at most [`ClientOptions::max_announcements`] (`[client] max_servers`), and only
+//! of the services it subscribed to, so a hostile introducer cannot make it dial without end.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -152,11 +159,22 @@ impl Announcement {
         {
             return invalid("service", "must be 1-64 of [a-z0-9-]");
         }
-        if self.nickname.chars().count() > 64 || self.nickname.chars().any(char::is_control) {
-            return invalid("nickname", "at most 64 printable characters");
+        // The same rule as `[node] nickname` in tahoe.cfg: what `tahoe status` shows must not
+        // pose as another name (invisible or direction-changing characters).
+        if let Err(reason) = crate::config::check_nickname_text(&self.nickname) {
+            return invalid("nickname", &reason);
         }
-        if self.version.len() > 128 || self.version.chars().any(char::is_control) {
-            return invalid("version", "at most 128 printable characters");
+        if self.version.len() > 128
+            || self
+                .version
+                .chars()
+                .any(|c| c.is_control() || crate::config::is_deceptive(c))
+        {
+            return invalid(
+                "version",
+                "at most 128 bytes of printable characters (no control, invisible or \
+                 direction-changing characters)",
+            );
         }
         if let Some(f) = &self.furl {
             if let Err(e) = f.parse::<Furl>() {
@@ -218,6 +236,16 @@ pub enum IntroducerError {
     /// Too many announcements in one call.
     #[error("batch of {0} announcements exceeds {MAX_BATCH}")]
     BatchTooLarge(usize),
+    /// The publisher (`by`: `"connection"`, the peer that published, or `"key"`, the signing
+    /// key) already holds as many announcements as one may; updates of those it holds are
+    /// still accepted.
+    #[error("this {by} already holds {maximum} announcements, the most one {by} may hold")]
+    PublisherFull {
+        /// `"connection"` or `"key"`.
+        by: String,
+        /// The limit.
+        maximum: u64,
+    },
 }
 
 /// The introducer, as publishers and subscribers call it.
@@ -240,11 +268,18 @@ pub trait Subscriber {
     async fn announce(&self, anns: Vec<SignedAnnouncement>) -> Result<(), IntroducerError>;
 }
 
-/// Limits of an introducer.
-#[derive(Debug, Clone)]
+/// Limits of an introducer. The node sets them from the `[introducer]` section of
+/// `tahoe.cfg`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntroducerLimits {
     /// Announcements held, over all services and keys.
     pub max_announcements: usize,
+    /// Announcements first published by one peer (the TubId of the connection that
+    /// published them), over all services and keys. A TubId costs nothing, so this bounds
+    /// what one connection can take, not what one person can.
+    pub max_per_peer: usize,
+    /// Announcements held for one signing key (one per service).
+    pub max_per_key: usize,
     /// Subscriptions held.
     pub max_subscribers: usize,
     /// How long one batch may take to reach a subscriber before that delivery is dropped
@@ -257,6 +292,8 @@ impl Default for IntroducerLimits {
     fn default() -> Self {
         IntroducerLimits {
             max_announcements: 10_000,
+            max_per_peer: 16,
+            max_per_key: 16,
             max_subscribers: 10_000,
             delivery_timeout: Duration::from_secs(60),
         }
@@ -272,6 +309,11 @@ struct Subscription {
 #[derive(Default)]
 struct IntroducerState {
     anns: BTreeMap<(String, [u8; 32]), Verified>,
+    /// Announcements held per publishing peer: each is charged to the peer that first
+    /// published its (service, key); updates do not move the charge. No entry is zero.
+    per_peer: HashMap<TubId, usize>,
+    /// Announcements held per signing key. No entry is zero.
+    per_key: HashMap<[u8; 32], usize>,
     subs: HashMap<u64, Subscription>,
 }
 
@@ -295,14 +337,24 @@ impl IntroducerService {
         }
     }
 
-    /// A reference to register on a Tub.
+    /// A reference to register on a Tub. Each call it serves knows the peer it came from,
+    /// to which the announcements that call publishes are charged
+    /// ([`IntroducerLimits::max_per_peer`]).
     pub fn serve(&self) -> IntroducerRef {
-        IntroducerRef::serve(self.clone())
+        use folio_rpc::TypedRef;
+        let d: Arc<dyn folio_rpc::Dispatch> = Arc::new(ByPeer(self.clone()));
+        IntroducerRef::from_object_ref(folio_rpc::ObjectRef::local(d))
+            .expect("ByPeer dispatches the introducer interface")
     }
 
     /// The announcements held, for status displays.
     pub fn announcements(&self) -> Vec<Verified> {
         lock(&self.state).anns.values().cloned().collect()
+    }
+
+    /// How many announcements are charged to `peer`.
+    pub fn held_by_peer(&self, peer: &TubId) -> usize {
+        lock(&self.state).per_peer.get(peer).copied().unwrap_or(0)
     }
 
     /// The number of live subscriptions.
@@ -353,16 +405,71 @@ fn valid_service(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-impl Introducer for IntroducerService {
+/// Serves the introducer interface, telling each call which peer it came from: the
+/// generated dispatch is run on a [`FromPeer`] made for the call.
+struct ByPeer(IntroducerService);
+
+impl folio_rpc::Dispatch for ByPeer {
+    fn interface(&self) -> &'static str {
+        IntroducerRef::INTERFACE
+    }
+
+    fn call(
+        self: Arc<Self>,
+        method: &str,
+        args: &[u8],
+        ctx: folio_rpc::CallContext,
+    ) -> Result<folio_rpc::ReplyFuture, folio_rpc::Refusal> {
+        let caller = FromPeer {
+            svc: self.0.clone(),
+            peer: ctx.peer(),
+        };
+        Arc::new(IntroducerServer(caller)).call(method, args, ctx)
+    }
+}
+
+/// The introducer as one call sees it: `peer` is the calling Tub (`None` in-process).
+struct FromPeer {
+    svc: IntroducerService,
+    peer: Option<TubId>,
+}
+
+impl Introducer for FromPeer {
     async fn publish(&self, ann: SignedAnnouncement) -> Result<PublishOutcome, IntroducerError> {
+        self.svc.publish_from(self.peer, ann)
+    }
+
+    async fn subscribe(
+        &self,
+        subscriber: SubscriberRef,
+        service: String,
+    ) -> Result<(), IntroducerError> {
+        self.svc.subscribe(subscriber, service).await
+    }
+}
+
+impl IntroducerService {
+    /// Publishes `ann` on behalf of `peer` (`None`: from this process, charged to nobody).
+    ///
+    /// A new (service, key) is taken only while the introducer holds fewer than
+    /// `max_announcements`, the key fewer than `max_per_key` and the peer fewer than
+    /// `max_per_peer`. A newer announcement for a (service, key) already held is always
+    /// taken, whoever passes it on: the signature says who it is from.
+    pub fn publish_from(
+        &self,
+        peer: Option<TubId>,
+        ann: SignedAnnouncement,
+    ) -> Result<PublishOutcome, IntroducerError> {
         let v = ann.verify().map_err(|e| {
-            warn!(error = %e, "refused an announcement");
+            warn!(error = %e, publisher = ?peer, "refused an announcement");
             IntroducerError::Announcement(e)
         })?;
         let key = (v.ann.service.clone(), v.key);
+        let limits = &self.limits;
         let targets = {
             let mut st = lock(&self.state);
-            if let Some(cur) = st.anns.get(&key) {
+            let st = &mut *st;
+            if let Some(cur) = st.anns.get_mut(&key) {
                 if v.ann.seqnum <= cur.ann.seqnum {
                     info!(
                         service = %v.ann.service,
@@ -375,14 +482,35 @@ impl Introducer for IntroducerService {
                         current: cur.ann.seqnum,
                     });
                 }
-            } else if st.anns.len() >= self.limits.max_announcements {
-                return Err(IntroducerError::Full(format!(
-                    "{} announcements",
-                    st.anns.len()
-                )));
+                *cur = v.clone();
+            } else {
+                if st.anns.len() >= limits.max_announcements {
+                    warn!(held = st.anns.len(), publisher = ?peer, "introducer full: refused a new announcement");
+                    return Err(IntroducerError::Full(format!(
+                        "{} announcements",
+                        st.anns.len()
+                    )));
+                }
+                let full = |by: &str, maximum: usize| {
+                    warn!(publisher = ?peer, by, maximum, nickname = %v.ann.nickname, "refused a new announcement: publisher limit");
+                    Err(IntroducerError::PublisherFull {
+                        by: by.into(),
+                        maximum: maximum as u64,
+                    })
+                };
+                if st.per_key.get(&v.key).copied().unwrap_or(0) >= limits.max_per_key {
+                    return full("key", limits.max_per_key);
+                }
+                if let Some(p) = &peer {
+                    if st.per_peer.get(p).copied().unwrap_or(0) >= limits.max_per_peer {
+                        return full("connection", limits.max_per_peer);
+                    }
+                    *st.per_peer.entry(*p).or_default() += 1;
+                }
+                *st.per_key.entry(v.key).or_default() += 1;
+                st.anns.insert(key, v.clone());
             }
-            info!(service = %v.ann.service, nickname = %v.ann.nickname, seqnum = v.ann.seqnum, "announcement accepted");
-            st.anns.insert(key, v.clone());
+            info!(service = %v.ann.service, nickname = %v.ann.nickname, seqnum = v.ann.seqnum, publisher = ?peer, "announcement accepted");
             st.subs
                 .values()
                 .filter(|s| s.service == v.ann.service)
@@ -393,6 +521,14 @@ impl Introducer for IntroducerService {
             self.deliver(sub, vec![v.signed.clone()]);
         }
         Ok(PublishOutcome::Accepted)
+    }
+}
+
+impl Introducer for IntroducerService {
+    /// Publishes as this process (charged to no peer). Remote callers reach
+    /// [`IntroducerService::publish_from`] with their TubId through [`IntroducerService::serve`].
+    async fn publish(&self, ann: SignedAnnouncement) -> Result<PublishOutcome, IntroducerError> {
+        self.publish_from(None, ann)
     }
 
     async fn subscribe(
@@ -447,6 +583,8 @@ pub type AnnouncementSink = Arc<dyn Fn(&Verified) + Send + Sync>;
 
 struct ClientState {
     anns: Mutex<BTreeMap<(String, [u8; 32]), Verified>>,
+    /// The services subscribed to: announcements of others are not held.
+    services: Vec<String>,
     sink: AnnouncementSink,
     cache: Option<PathBuf>,
     /// One cache writer at a time (they share a temporary file name).
@@ -456,13 +594,18 @@ struct ClientState {
     max: usize,
 }
 
-/// The most announcements (distinct service and key) a client holds; newer versions of
-/// those it holds are still taken.
-pub const MAX_HELD_ANNOUNCEMENTS: usize = 10_000;
+/// The default of [`ClientOptions::max_announcements`] (`[client] max_servers`): the most
+/// announcements (distinct service and key) a client holds, and so the most storage servers
+/// it dials. Newer versions of those it holds are still taken.
+pub const MAX_HELD_ANNOUNCEMENTS: usize = 1_000;
 
 impl ClientState {
     /// Keeps `v` if it is newer than what is held; tells the sink.
     fn offer(&self, v: Verified) -> bool {
+        if !self.services.contains(&v.ann.service) {
+            debug!(service = %v.ann.service, "ignored an announcement of a service not subscribed to");
+            return false;
+        }
         let key = (v.ann.service.clone(), v.key);
         {
             let mut anns = lock(&self.anns);
@@ -590,6 +733,10 @@ pub struct ClientOptions {
     pub cache: Option<PathBuf>,
     /// How to reconnect.
     pub policy: ReconnectPolicy,
+    /// The most announcements (distinct service and key) held, heard or cached: so the most
+    /// servers dialed. Default [`MAX_HELD_ANNOUNCEMENTS`]; the node takes `[client]
+    /// max_servers`.
+    pub max_announcements: usize,
 }
 
 /// A node's link to its introducers.
@@ -608,10 +755,11 @@ impl IntroducerClient {
     ) -> IntroducerClient {
         let state = Arc::new(ClientState {
             anns: Mutex::default(),
+            services: opts.subscribe.clone(),
             sink,
             cache: opts.cache.clone(),
             saving: Mutex::new(()),
-            max: MAX_HELD_ANNOUNCEMENTS,
+            max: opts.max_announcements,
         });
         if let Some(path) = &opts.cache {
             let loaded = load_cache(path);
@@ -695,19 +843,19 @@ impl IntroducerClient {
 }
 
 fn load_cache(path: &std::path::Path) -> Vec<Verified> {
-    let text = match std::fs::metadata(path) {
-        Ok(m) if m.len() > MAX_CACHE_BYTES => {
+    // Read through the bound (not checked with `metadata` first, which a growing file gets
+    // past).
+    let text = match folio_rpc::identity::read_text_bounded(path, MAX_CACHE_BYTES) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
             warn!(path = %path.display(), "announcement cache too large; ignored");
             return Vec::new();
         }
-        Ok(_) => match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(path = %path.display(), error = %e, "cannot read the announcement cache");
-                return Vec::new();
-            }
-        },
-        Err(_) => return Vec::new(),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot read the announcement cache");
+            return Vec::new();
+        }
     };
     let signed = match decode_cache(&text) {
         Ok(s) => s,
@@ -782,6 +930,21 @@ mod tests {
         let mut a = ann(1);
         a.nickname = "bell\u{7}".into();
         assert!(a.sign(&key).verify().is_err());
+        // tahoe.cfg's nickname rule: no invisible or direction-changing characters.
+        for bad in ["a\u{202e}b", "a\u{200b}", "\u{2068}x"] {
+            let mut a = ann(1);
+            a.nickname = bad.into();
+            assert!(matches!(
+                a.sign(&key).verify(),
+                Err(AnnouncementError::Invalid { field, .. }) if field == "nickname"
+            ));
+            let mut a = ann(1);
+            a.version = bad.into();
+            assert!(matches!(
+                a.sign(&key).verify(),
+                Err(AnnouncementError::Invalid { field, .. }) if field == "version"
+            ));
+        }
     }
 
     #[test]
@@ -790,6 +953,7 @@ mod tests {
         let s = seen.clone();
         let state = ClientState {
             anns: Mutex::default(),
+            services: vec!["storage".into()],
             sink: Arc::new(move |_: &Verified| *lock(&s) += 1),
             cache: None,
             saving: Mutex::new(()),

@@ -24,9 +24,7 @@ use crate::control::{
 };
 use crate::files::{Files, Reporter};
 use crate::immutable::EncodingParams;
-use crate::introducer::{
-    Announcement, ClientOptions, IntroducerClient, IntroducerLimits, IntroducerService,
-};
+use crate::introducer::{Announcement, ClientOptions, IntroducerClient, IntroducerService};
 use crate::private::{random_bytes, PrivateDir};
 use folio_transports::tor::ControlPort;
 use folio_transports::tor_launch::{LaunchOptions, LaunchedTor};
@@ -93,11 +91,19 @@ struct Inner {
 }
 
 /// The Tub settings of a node: keepalives, and a disconnect timeout because over Tor and
-/// I2P a vanished peer can leave a stream open on our side indefinitely.
+/// I2P a vanished peer can leave a stream open on our side indefinitely. A storage server or
+/// introducer serves many clients: it holds up to 16,384 connections (docs/performance.md
+/// measures 10,000 idle ones on two cores).
 pub fn node_tub_config() -> TubConfig {
     TubConfig {
         keepalive: Some(Duration::from_secs(60)),
         disconnect_timeout: Some(Duration::from_secs(180)),
+        max_connections: 16_384,
+        // The control object's `download` and `finish` run as long as a whole transfer
+        // over Tor or I2P takes, beyond any fixed cap; every other call a node serves ends
+        // by itself or at its caller's deadline (protocol version 2), and what a node's
+        // methods wait for (calls to peers) has its own `call_timeout`.
+        max_call_duration: None,
         ..TubConfig::default()
     }
 }
@@ -154,7 +160,9 @@ impl Node {
         let (mut introducer, mut client, mut broker, mut storage_enabled, mut files) =
             (None, None, None, false, None);
         if kind == "introducer" {
-            let svc = IntroducerService::new(IntroducerLimits::default());
+            let limits = cfg.introducer.limits();
+            info!(?limits, "introducer limits ([introducer] in tahoe.cfg)");
+            let svc = IntroducerService::new(limits);
             let name = private.swissnum_for("introducer.furl")?;
             let furl = tub
                 .register_as(svc.serve(), name.as_str())
@@ -163,6 +171,9 @@ impl Node {
             info!(%furl, "introducer ready (FURL also in private/introducer.furl)");
             introducer = Some(svc);
         } else {
+            if cfg.line("introducer", "").is_some() {
+                warn!("tahoe.cfg has an [introducer] section, which only an introducer node (create-introducer) reads; ignored");
+            }
             let mut publish = Vec::new();
             if cfg.storage.enabled {
                 if location.is_empty() {
@@ -208,6 +219,8 @@ impl Node {
                     subscribe: vec!["storage".into()],
                     cache: Some(private.file("introducer_cache.json")),
                     policy: node_reconnect_policy(),
+                    max_announcements: usize::try_from(cfg.client.max_servers)
+                        .unwrap_or(usize::MAX),
                 },
                 b.sink(),
             );
@@ -542,7 +555,9 @@ fn embedded_tor(
         let failed = |e: &dyn std::fmt::Display| {
             StartError::Handler(format!("[tor] arti.network {}: {e}", path.display()))
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| failed(&e))?;
+        // Read through the parser's own bound (a larger file is refused, not read whole).
+        let max = folio_transports::tor_network::MAX_NETWORK_FILE as u64;
+        let text = folio_rpc::identity::read_text_bounded(&path, max).map_err(|e| failed(&e))?;
         let net =
             folio_transports::tor_network::PrivateNetwork::parse(&text).map_err(|e| failed(&e))?;
         opts.network = Some(net);
@@ -724,6 +739,7 @@ fn start_storage(
     let storage = crate::storage::Storage::open(crate::storage::StorageConfig {
         dir,
         reserved_space: cfg.storage.reserved_space,
+        max_space_per_client: cfg.storage.max_space_per_client,
         ..Default::default()
     })
     .map_err(|e| StartError::Storage(e.to_string()))?;

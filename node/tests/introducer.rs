@@ -7,10 +7,12 @@ use std::time::Duration;
 use folio_node::introducer::{
     Announcement, AnnouncementError, ClientOptions, IntroducerClient, IntroducerError,
     IntroducerLimits, IntroducerRef, IntroducerService, PublishOutcome, SignedAnnouncement,
-    Subscriber, SubscriberRef, Verified,
+    Subscriber, SubscriberRef, Verified, MAX_HELD_ANNOUNCEMENTS,
 };
 use folio_node::private::SigningKey;
 use folio_rpc::{Bytes, CallError, Furl, ReconnectPolicy, Tub, TubConfig};
+
+mod common;
 
 async fn tub() -> Tub {
     folio_tests::tubs::tcp_tub(TubConfig::default())
@@ -218,6 +220,7 @@ async fn clients_publish_subscribe_and_fall_back_to_their_cache() {
             subscribe: vec!["storage".into()],
             cache: Some(cache.clone()),
             policy,
+            max_announcements: MAX_HELD_ANNOUNCEMENTS,
         },
         Arc::new(move |v: &Verified| h.lock().unwrap().push(v.clone())),
     );
@@ -245,6 +248,7 @@ async fn clients_publish_subscribe_and_fall_back_to_their_cache() {
             subscribe: vec!["storage".into()],
             cache: Some(cache.clone()),
             policy,
+            max_announcements: MAX_HELD_ANNOUNCEMENTS,
         },
         Arc::new(move |v: &Verified| h2.lock().unwrap().push(v.clone())),
     );
@@ -264,9 +268,10 @@ async fn clients_publish_subscribe_and_fall_back_to_their_cache() {
         ClientOptions {
             introducers: Vec::new(),
             publish: Vec::new(),
-            subscribe: Vec::new(),
+            subscribe: vec!["storage".into()],
             cache: Some(cache),
             policy,
+            max_announcements: MAX_HELD_ANNOUNCEMENTS,
         },
         Arc::new(move |v: &Verified| h3.lock().unwrap().push(v.clone())),
     );
@@ -289,6 +294,7 @@ impl Subscriber for Silent {
 async fn a_silent_subscriber_does_not_accumulate_deliveries() {
     let (_t, svc, furl) = introducer_with(IntroducerLimits {
         delivery_timeout: Duration::from_millis(300),
+        max_per_peer: 20,
         ..IntroducerLimits::default()
     })
     .await;
@@ -333,4 +339,222 @@ async fn a_silent_subscriber_does_not_accumulate_deliveries() {
         2,
         "the silent subscriber is still subscribed"
     );
+}
+
+/// One publishing connection cannot fill the introducer with fresh keys: past
+/// `max_per_peer` new announcements it is refused, while updates of those it holds, and
+/// other publishers, are still taken. (Before, one connection could take every slot.)
+#[tokio::test]
+async fn one_publisher_cannot_fill_the_introducer() {
+    let limits = IntroducerLimits {
+        max_announcements: 10,
+        max_per_peer: 4,
+        max_per_key: 2,
+        ..IntroducerLimits::default()
+    };
+    let (_t, svc, furl) = introducer_with(limits).await;
+    let hostile_tub = tub().await;
+    let hostile: IntroducerRef = hostile_tub.get(&furl).await.unwrap();
+    let keys: Vec<SigningKey> = (0..5).map(|_| SigningKey::generate()).collect();
+    for (i, k) in keys[..4].iter().enumerate() {
+        assert_eq!(
+            hostile
+                .publish(ann(&format!("h{i}"), 1).sign(k))
+                .await
+                .unwrap(),
+            PublishOutcome::Accepted
+        );
+    }
+    match hostile.publish(ann("h4", 1).sign(&keys[4])).await {
+        Err(CallError::App(IntroducerError::PublisherFull { by, maximum: 4 })) => {
+            assert_eq!(by, "connection")
+        }
+        other => panic!("a fifth key from one connection: {other:?}"),
+    }
+    assert_eq!(svc.held_by_peer(&hostile_tub.tubid()), 4);
+    // Updates of what it holds are still taken.
+    assert_eq!(
+        hostile.publish(ann("h0", 2).sign(&keys[0])).await.unwrap(),
+        PublishOutcome::Accepted
+    );
+
+    // Another publisher still gets in; its announcements are charged to it.
+    let good_tub = tub().await;
+    let good: IntroducerRef = good_tub.get(&furl).await.unwrap();
+    let gk = SigningKey::generate();
+    assert_eq!(
+        good.publish(ann("good", 1).sign(&gk)).await.unwrap(),
+        PublishOutcome::Accepted
+    );
+    // One key holds at most `max_per_key` services, whoever publishes them.
+    let mut a = ann("good", 1);
+    a.service = "helper".into();
+    good.publish(a.sign(&gk)).await.unwrap();
+    let mut a = ann("good", 1);
+    a.service = "third".into();
+    match good.publish(a.sign(&gk)).await {
+        Err(CallError::App(IntroducerError::PublisherFull { by, maximum: 2 })) => {
+            assert_eq!(by, "key")
+        }
+        other => panic!("a third service for one key: {other:?}"),
+    }
+    assert_eq!(svc.held_by_peer(&good_tub.tubid()), 2);
+    // An update passed on by another connection is taken, and stays charged to the first.
+    assert_eq!(
+        good.publish(ann("h1", 2).sign(&keys[1])).await.unwrap(),
+        PublishOutcome::Accepted
+    );
+    assert_eq!(svc.held_by_peer(&hostile_tub.tubid()), 4);
+    assert_eq!(svc.held_by_peer(&good_tub.tubid()), 2);
+    assert_eq!(svc.announcements().len(), 6);
+
+    // The global bound still holds over many publishers: each connection has its own
+    // per-peer budget (TubIds are free), so four more fill the remaining four slots.
+    for _ in 0..4 {
+        let t = tub().await;
+        let p: IntroducerRef = t.get(&furl).await.unwrap();
+        let _ = p.publish(ann("x", 1).sign(&SigningKey::generate())).await;
+        drop(t);
+    }
+    let last_tub = tub().await;
+    let last: IntroducerRef = last_tub.get(&furl).await.unwrap();
+    assert!(matches!(
+        last.publish(ann("late", 1).sign(&SigningKey::generate()))
+            .await,
+        Err(CallError::App(IntroducerError::Full(_)))
+    ));
+    // Holders still update when the introducer is full.
+    assert_eq!(
+        good.publish(ann("good", 2).sign(&gk)).await.unwrap(),
+        PublishOutcome::Accepted
+    );
+}
+
+/// An announced nickname is held to tahoe.cfg's rule: no invisible or direction-changing
+/// characters (before, only control characters were refused), so `tahoe status` cannot show
+/// a name posing as another.
+#[tokio::test]
+async fn deceptive_nicknames_are_refused() {
+    let (_t, svc, furl) = introducer().await;
+    let client = tub().await;
+    let intro: IntroducerRef = client.get(&furl).await.unwrap();
+    for nickname in [
+        "alice\u{202e}eci",
+        "bo\u{200b}b",
+        "\u{2066}x",
+        "zero\u{feff}",
+    ] {
+        match intro
+            .publish(ann(nickname, 1).sign(&SigningKey::generate()))
+            .await
+        {
+            Err(CallError::App(IntroducerError::Announcement(AnnouncementError::Invalid {
+                field,
+                reason,
+            }))) => {
+                assert_eq!(field, "nickname");
+                assert!(reason.contains("direction-changing"), "{reason}");
+            }
+            other => panic!("{nickname:?}: {other:?}"),
+        }
+    }
+    assert!(svc.announcements().is_empty());
+    // Letters of any script are fine.
+    intro
+        .publish(ann("Zoë 東京 شبكة", 1).sign(&SigningKey::generate()))
+        .await
+        .unwrap();
+}
+
+/// A client holds at most `max_announcements` (`[client] max_servers`) announcements, and
+/// only of the services it subscribed to: an introducer that sends more cannot make it
+/// hold (and dial) more.
+#[tokio::test]
+async fn a_client_holds_what_it_is_configured_to() {
+    let (_it, _svc, furl) = introducer_with(IntroducerLimits {
+        max_per_peer: 100,
+        ..IntroducerLimits::default()
+    })
+    .await;
+    let publisher = tub().await;
+    let p: IntroducerRef = publisher.get(&furl).await.unwrap();
+    for i in 0..5 {
+        p.publish(ann(&format!("s{i}"), 1).sign(&SigningKey::generate()))
+            .await
+            .unwrap();
+    }
+    let mut other = ann("other", 1);
+    other.service = "other".into();
+    p.publish(other.sign(&SigningKey::generate()))
+        .await
+        .unwrap();
+
+    let heard: Arc<Mutex<Vec<Verified>>> = Arc::default();
+    let h = heard.clone();
+    let t = tub().await;
+    let client = IntroducerClient::start(
+        &t,
+        ClientOptions {
+            introducers: vec![("default".into(), furl)],
+            publish: Vec::new(),
+            subscribe: vec!["storage".into()],
+            cache: None,
+            policy: ReconnectPolicy::default(),
+            max_announcements: 3,
+        },
+        Arc::new(move |v: &Verified| h.lock().unwrap().push(v.clone())),
+    );
+    eventually("the client to hear three", || {
+        heard.lock().unwrap().len() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(client.announcements().len(), 3);
+    assert!(client
+        .announcements()
+        .iter()
+        .all(|v| v.ann.service == "storage"));
+    client.stop();
+}
+
+/// The `[introducer]` section of an introducer node's tahoe.cfg reaches the running
+/// introducer: with `max_announcements_per_peer = 1`, a second new key from one connection
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_introducer_node_takes_its_limits_from_tahoe_cfg() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("introducer");
+    common::create(&[
+        "create-introducer",
+        "--hostname",
+        "127.0.0.1",
+        dir.to_str().unwrap(),
+    ]);
+    let cfg = dir.join("tahoe.cfg");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[introducer]\nmax_announcements_per_peer = 1\ndelivery_timeout = 5\n");
+    std::fs::write(&cfg, text).unwrap();
+    let node = folio_node::node::Node::start(&dir).await.unwrap();
+    let furl = Furl::load(&dir.join("private/introducer.furl")).unwrap();
+
+    let client = tub().await;
+    let intro: IntroducerRef = client.get(&furl).await.unwrap();
+    assert_eq!(
+        intro
+            .publish(ann("one", 1).sign(&SigningKey::generate()))
+            .await
+            .unwrap(),
+        PublishOutcome::Accepted
+    );
+    match intro
+        .publish(ann("two", 1).sign(&SigningKey::generate()))
+        .await
+    {
+        Err(CallError::App(IntroducerError::PublisherFull { by, maximum: 1 })) => {
+            assert_eq!(by, "connection")
+        }
+        other => panic!("a second key from one connection: {other:?}"),
+    }
+    client.shutdown().await;
+    node.shutdown().await;
 }

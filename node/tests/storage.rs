@@ -658,6 +658,155 @@ fn reserved_space_refuses_new_shares() {
     })
 }
 
+/// One client (one peer TubId) cannot have more than `max_space_per_client` promised to its
+/// unfinished uploads plus grown in slots; finishing or aborting uploads gives the space
+/// back, and another client has its own quota. (Before, one connection could take all free
+/// space.)
+#[test]
+fn a_client_holds_at_most_its_quota() {
+    run(async {
+        // Each share costs its size plus a 40-byte header; a new slot share its data plus 72.
+        let grid = Grid::with(|c| c.max_space_per_client = 3_000).await;
+        let me = grid.client.tubid();
+        let (_, w1) = grid.allocate([1; 16], &[0, 1], 1000).await.unwrap();
+        assert_eq!(w1.len(), 2);
+        assert_eq!(grid.storage.client_usage(&me), 2_080);
+        // Two more shares of 1000 would pass 3000: the whole call is refused, typed.
+        match grid.allocate([2; 16], &[0, 1], 1000).await {
+            Err(CallError::App(StorageError::QuotaExceeded {
+                held,
+                requested,
+                maximum,
+            })) => assert_eq!((held, requested, maximum), (2_080, 1_040, 3_000)),
+            other => panic!("expected QuotaExceeded, got {other:?}"),
+        }
+        assert_eq!(grid.storage.client_usage(&me), 2_080);
+        assert_eq!(grid.storage.uploads_in_progress(), 2);
+        let msg = StorageError::QuotaExceeded {
+            held: 1,
+            requested: 2,
+            maximum: 3,
+        }
+        .to_string();
+        assert!(msg.contains("quota"), "{msg}");
+
+        // A slot write that would grow past the quota is refused too, and writes nothing.
+        let big = vec![7u8; 1_000];
+        match grid
+            .ss
+            .slot_testv_and_readv_and_writev(
+                [3; 16],
+                ([3; 32], [1; 32], [2; 32]),
+                BTreeMap::from([(0, tw(vec![], vec![(0, &big)], None))]),
+                vec![],
+            )
+            .await
+        {
+            Err(CallError::App(StorageError::QuotaExceeded { requested, .. })) => {
+                assert_eq!(requested, 1_072)
+            }
+            other => panic!("expected QuotaExceeded, got {other:?}"),
+        }
+        assert!(!grid.bucket(&[3; 16]).exists());
+
+        // Another client has a quota of its own.
+        let other = tub();
+        let ss2: StorageServerRef = other.get(&grid.furl).await.unwrap();
+        let (_, w2) = ss2
+            .allocate_buckets(
+                [2; 16],
+                [1; 32],
+                [2; 32],
+                [0, 1].into_iter().collect(),
+                1000,
+                CanaryRef::serve(NullCanary),
+            )
+            .await
+            .unwrap();
+        assert_eq!(w2.len(), 2);
+        assert_eq!(grid.storage.client_usage(&other.tubid()), 2_080);
+
+        // Finishing one upload and aborting the other gives the first client's space back.
+        write_all(&w1[&0], &data(1, 1000), 1000).await;
+        w1[&0].close().await.unwrap();
+        w1[&1].abort().await.unwrap();
+        assert_eq!(grid.storage.client_usage(&me), 0);
+        // Slot growth counts until shrunk: 500 + 72, then deleting the share gives it back.
+        grid.ss
+            .slot_testv_and_readv_and_writev(
+                [3; 16],
+                ([3; 32], [1; 32], [2; 32]),
+                BTreeMap::from([(0, tw(vec![], vec![(0, &big[..500])], None))]),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(grid.storage.client_usage(&me), 572);
+        let (_, w3) = grid.allocate([4; 16], &[0, 1], 1000).await.unwrap();
+        assert_eq!(w3.len(), 2);
+        assert_eq!(grid.storage.client_usage(&me), 2_652);
+        grid.ss
+            .slot_testv_and_readv_and_writev(
+                [3; 16],
+                ([3; 32], [1; 32], [2; 32]),
+                BTreeMap::from([(0, tw(vec![], vec![], Some(0)))]),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(grid.storage.client_usage(&me), 2_080);
+        // A lost connection aborts its uploads, which gives their space back.
+        other.shutdown().await;
+        eventually("the other client's uploads to be aborted", || {
+            grid.storage.client_usage(&other.tubid()) == 0
+        })
+        .await;
+        grid.shutdown().await;
+    })
+}
+
+/// `[storage] max_space_per_client` in tahoe.cfg reaches a running node's storage server.
+#[test]
+fn a_storage_node_takes_its_client_quota_from_tahoe_cfg() {
+    run(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("node");
+        common::create(&[
+            "create-node",
+            "--hostname",
+            "127.0.0.1",
+            dir.to_str().unwrap(),
+        ]);
+        let cfg = dir.join("tahoe.cfg");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let text = text.replace("[storage]\n", "[storage]\nmax_space_per_client = 5kB\n");
+        std::fs::write(&cfg, text).unwrap();
+        let node = folio_node::node::Node::start(&dir).await.unwrap();
+        let furl = Furl::load(&dir.join("private/storage.furl")).unwrap();
+        let client = tub();
+        let ss: StorageServerRef = client.get(&furl).await.unwrap();
+        let allocate = |size: u64| {
+            ss.allocate_buckets(
+                [5; 16],
+                [1; 32],
+                [2; 32],
+                [0].into_iter().collect(),
+                size,
+                CanaryRef::serve(NullCanary),
+            )
+        };
+        match allocate(5_000).await {
+            Err(CallError::App(StorageError::QuotaExceeded { maximum, .. })) => {
+                assert_eq!(maximum, 5_000)
+            }
+            other => panic!("expected QuotaExceeded, got {other:?}"),
+        }
+        assert_eq!(allocate(4_960).await.unwrap().1.len(), 1);
+        client.shutdown().await;
+        node.shutdown().await;
+    })
+}
+
 #[test]
 fn size_limits_are_enforced() {
     run(async {

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::disk::{bucket_dir, list_shares, read_at_most, share_name, si_b32, sync_dir};
 use super::lease::{self, Lease};
+use super::quota::Charge;
 use super::{
     lock, BucketReader, BucketWriter, CanaryRef, Inner, StorageError, StorageIndex, MAX_CHUNK,
     MAX_WRITTEN_RANGES,
@@ -288,6 +289,10 @@ pub(super) struct Allocation {
 }
 
 /// Tahoe's `allocate_buckets`, on disk. The caller holds the storage index's lock.
+///
+/// `need` bytes per share are promised, and charged to `client`: if a share the server would
+/// allocate does not fit in the client's quota, the whole call is refused
+/// ([`StorageError::QuotaExceeded`]) and nothing stays allocated.
 pub(super) fn allocate(
     storage: &Arc<Inner>,
     si: StorageIndex,
@@ -295,6 +300,7 @@ pub(super) fn allocate(
     sharenums: &BTreeSet<u16>,
     allocated_size: u64,
     canary: &CanaryRef,
+    client: Option<folio_rpc::TubId>,
 ) -> Result<Allocation, StorageError> {
     let final_dir = bucket_dir(&storage.shares, &si);
     let existing = list_shares(&final_dir).map_err(|e| StorageError::io("listing a bucket", &e))?;
@@ -311,7 +317,7 @@ pub(super) fn allocate(
     };
     let need = allocated_size.saturating_add(HEADER_LEN);
     let mut active = lock(&storage.active);
-    let mut remaining = storage.space_for_new_shares(active.values().sum());
+    let mut remaining = storage.space_for_new_shares(active.values().map(|(n, _)| n).sum());
     let incoming_dir = bucket_dir(&storage.incoming, &si);
     let mut failure = None;
     for &shnum in sharenums {
@@ -327,6 +333,10 @@ pub(super) fn allocate(
             info!(si = %si_b32(&si), shnum, need, remaining, "no room for share; not allocated");
             continue;
         }
+        if let Err(e) = lock(&storage.quotas).take(client, need, Charge::Promise) {
+            failure = Some(e);
+            break;
+        }
         let path = incoming_dir.join(share_name(shnum));
         let created = fs::create_dir_all(&incoming_dir).and_then(|()| {
             let file = OpenOptions::new()
@@ -340,11 +350,12 @@ pub(super) fn allocate(
             Err(e) => {
                 warn!(path = %path.display(), error = %e, "cannot create an incoming share");
                 let _ = fs::remove_file(&path);
+                lock(&storage.quotas).give_back(client, need, Charge::Promise);
                 failure = Some(StorageError::io("creating an incoming share", &e));
                 break;
             }
         }
-        slot.insert(need);
+        slot.insert((need, client));
         remaining -= need;
         let shared = Arc::new(WriterShared {
             storage: storage.clone(),

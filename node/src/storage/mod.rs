@@ -25,6 +25,14 @@
 //!   the free space (`statvfs`: `f_bavail * f_frsize`, less the space promised to uploads in
 //!   progress) below [`StorageConfig::reserved_space`] is not allocated either. Shares left
 //!   out are simply absent from the map of writers, as in Tahoe.
+//! - **Client quota.** A client is the peer TubId of the connection a call arrives on. It may
+//!   hold at most [`StorageConfig::max_space_per_client`] bytes at once: the sizes (plus
+//!   headers) of its unfinished uploads, given back at close or abort, plus what its slot
+//!   writes grew slots by, given back as its writes shrink or delete shares. An allocation or
+//!   a slot write that would pass it is refused as a whole
+//!   ([`StorageError::QuotaExceeded`]). TubIds cost nothing, so this bounds one connection's
+//!   share, not one person's; the total is bounded by the free space above the reserve.
+//!   Calls made in-process on a [`Storage`] are not charged.
 //! - A write past the allocated size is refused ([`StorageError::WritePastEnd`]). Writes may
 //!   overlap bytes already written only with the same bytes
 //!   ([`StorageError::ConflictingWrite`] otherwise; nothing is written).
@@ -99,6 +107,7 @@ mod disk;
 mod immutable;
 mod lease;
 mod mutable;
+mod quota;
 mod server;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -111,6 +120,7 @@ use folio_rpc::{interface, Bytes};
 use serde::{Deserialize, Serialize};
 
 pub use disk::si_b32;
+pub use quota::MAX_TRACKED_CLIENTS;
 use server::Inner;
 pub use server::Storage;
 
@@ -135,6 +145,8 @@ pub const MAX_LEASES_PER_SHARE: usize = 64;
 pub const MAX_ADVISORY_LOG: u64 = 16 * 1024 * 1024;
 /// The most separate written ranges an upload may have at once (its writes, once merged).
 pub const MAX_WRITTEN_RANGES: usize = 4096;
+/// The default [`StorageConfig::max_space_per_client`]: 64 GiB.
+pub const DEFAULT_SPACE_PER_CLIENT: u64 = 64 << 30;
 
 /// What a storage server says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,6 +287,21 @@ pub enum StorageError {
     /// The server's filesystem failed (the detail is in the server's log).
     #[error("storage I/O failed: {0}")]
     Io(String),
+    /// The calling client already holds so much space (promised to its unfinished uploads,
+    /// plus what its slot writes grew) that this request would pass its quota
+    /// ([`StorageConfig::max_space_per_client`]). Nothing was allocated or written.
+    #[error(
+        "client quota: this client holds {held} bytes, and {requested} more would pass its \
+         limit of {maximum} bytes; finish or abort uploads first"
+    )]
+    QuotaExceeded {
+        /// Bytes the client holds.
+        held: u64,
+        /// Bytes the refused request needed.
+        requested: u64,
+        /// The quota.
+        maximum: u64,
+    },
 }
 
 impl StorageError {
@@ -403,11 +430,16 @@ pub struct StorageConfig {
     pub lease_duration: Duration,
     /// Accept no new shares and no slot writes (reads, leases and advice still work).
     pub readonly: bool,
+    /// The most space one client (the peer TubId of a connection) may hold at once: bytes
+    /// promised to its unfinished uploads plus the growth of the slots it wrote. Going past
+    /// it gives [`StorageError::QuotaExceeded`]. `[storage] max_space_per_client` in
+    /// tahoe.cfg.
+    pub max_space_per_client: u64,
 }
 
 impl StorageConfig {
     /// Defaults: no reserve, immutable shares up to 1 TiB, mutable ones up to Tahoe's
-    /// 69,105,000 bytes, 31-day leases, writable.
+    /// 69,105,000 bytes, 31-day leases, writable, [`DEFAULT_SPACE_PER_CLIENT`] per client.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         StorageConfig {
             dir: dir.into(),
@@ -416,6 +448,7 @@ impl StorageConfig {
             max_mutable_share_size: 69_105_000,
             lease_duration: Duration::from_secs(31 * 24 * 3600),
             readonly: false,
+            max_space_per_client: DEFAULT_SPACE_PER_CLIENT,
         }
     }
 }

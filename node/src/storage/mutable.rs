@@ -13,6 +13,7 @@ use super::disk::{
     bucket_dir, ct_eq, list_shares, read_at_most, remove_if_present, si_b32, sync_dir, tmp_path,
 };
 use super::lease::{self, Lease};
+use super::quota::Charge;
 use super::{lock, Inner, StorageError, StorageIndex, TestWriteVectors, WriteEnabler};
 
 /// Bytes before a slot's data: [`MAGIC`], the write enabler (32 bytes), the data length
@@ -148,6 +149,7 @@ pub(super) fn testv_and_readv_and_writev(
     lease: &Lease,
     tw_vectors: &BTreeMap<u16, TestWriteVectors>,
     read_vector: &[(u64, u64)],
+    client: Option<folio_rpc::TubId>,
 ) -> Result<(bool, BTreeMap<u16, Vec<Bytes>>), StorageError> {
     let dir = bucket_dir(&storage.shares, si);
     let (slots, others) = open_slot(&dir)?;
@@ -193,12 +195,13 @@ pub(super) fn testv_and_readv_and_writev(
     // Plan every share before touching any, so that a refusal writes nothing.
     let max = storage.config.max_mutable_share_size;
     let mut plans = Vec::new();
-    let mut growth = 0u64;
+    let (mut growth, mut shrink) = (0u64, 0u64);
     for (&shnum, tw) in tw_vectors {
         let current = slots.get(&shnum);
         let cur_len = current.map_or(0, |s| s.data_len);
         let plan = if tw.new_length == Some(0) {
-            if current.is_some() {
+            if let Some(cur) = current {
+                shrink = shrink.saturating_add(cur.data_len + HEADER_LEN);
                 Plan::Delete
             } else {
                 Plan::Nothing
@@ -227,6 +230,7 @@ pub(super) fn testv_and_readv_and_writev(
             }
             let header = if current.is_none() { HEADER_LEN } else { 0 };
             growth = growth.saturating_add(len.saturating_sub(cur_len) + header);
+            shrink = shrink.saturating_add(cur_len.saturating_sub(len));
             Plan::Write { new_len: len }
         };
         plans.push((shnum, plan));
@@ -235,6 +239,9 @@ pub(super) fn testv_and_readv_and_writev(
         info!(si = %si_s, growth, "no room for the slot update");
         return Err(StorageError::NoSpace);
     }
+    // Charged before writing; given back as far as the update shrinks shares, once it is
+    // written. A failure half-way keeps the charge (the space may be taken).
+    lock(&storage.quotas).take(client, growth, Charge::SlotGrowth)?;
 
     let mut changed = false;
     for (shnum, plan) in plans {
@@ -271,6 +278,7 @@ pub(super) fn testv_and_readv_and_writev(
             }
         }
     }
+    lock(&storage.quotas).give_back(client, shrink, Charge::SlotGrowth);
     if changed {
         sync_dir(&dir).map_err(|e| StorageError::io("syncing a bucket directory", &e))?;
         // An emptied bucket goes away (prefix directories stay).

@@ -5,20 +5,27 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
-use folio_rpc::Bytes;
+use folio_rpc::{Bytes, TubId};
 use tracing::{debug, info, warn};
 
+use super::quota::{Charge, Quotas};
 use super::{
     blocking, disk, immutable, lease, lock, mutable, si_b32, BucketReaderRef, BucketWriterRef,
     CanaryRef, LeaseSecret, StorageConfig, StorageError, StorageIndex, StorageServer,
-    StorageServerRef, StorageVersion, TestWriteVectors, WriteEnabler, MAX_ADVISORY_LOG, MAX_CHUNK,
-    MAX_REASON_LEN, MAX_SHNUM, MAX_VECTORS,
+    StorageServerRef, StorageServerServer, StorageVersion, TestWriteVectors, WriteEnabler,
+    MAX_ADVISORY_LOG, MAX_CHUNK, MAX_REASON_LEN, MAX_SHNUM, MAX_VECTORS,
 };
 
 /// A storage server over one directory. Cheap to clone; implements [`StorageServer`].
+///
+/// Calls made on a `Storage` directly are this process's own and have no client quota;
+/// [`Storage::serve`] gives each remote call a view charged to its caller
+/// ([`Storage::as_client`]).
 #[derive(Clone)]
 pub struct Storage {
     inner: Arc<Inner>,
+    /// Whom this view's calls are charged to (see `quota.rs`).
+    client: Option<TubId>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -29,6 +36,9 @@ impl std::fmt::Debug for Storage {
     }
 }
 
+/// The bytes promised to one upload in progress, and the client they are charged to.
+pub(super) type Promise = (u64, Option<TubId>);
+
 /// The state shared by the server, its writers and its readers.
 pub(super) struct Inner {
     pub(super) config: StorageConfig,
@@ -38,9 +48,11 @@ pub(super) struct Inner {
     pub(super) incoming: PathBuf,
     /// `<dir>/corruption-advisories`.
     advisories: PathBuf,
-    /// Uploads in progress, with the bytes promised to each. Also serializes creating and
-    /// removing files and directories under `incoming/`.
-    pub(super) active: Mutex<HashMap<(StorageIndex, u16), u64>>,
+    /// Uploads in progress, with the bytes promised to each and the client they are charged
+    /// to. Also serializes creating and removing files and directories under `incoming/`.
+    pub(super) active: Mutex<HashMap<(StorageIndex, u16), Promise>>,
+    /// The space each client holds. Taken after `active` when both are.
+    pub(super) quotas: Mutex<Quotas>,
     /// One lock per storage index with an operation in progress: allocation, close, slot
     /// updates and leases of one index happen one at a time.
     si_locks: Mutex<HashMap<StorageIndex, Arc<tokio::sync::Mutex<()>>>>,
@@ -112,7 +124,9 @@ impl Inner {
                 warn!(path = %incoming.display(), error = %e, "cannot remove an incoming share");
             }
         }
-        active.remove(&(*si, shnum));
+        if let Some((promised, client)) = active.remove(&(*si, shnum)) {
+            lock(&self.quotas).give_back(client, promised, Charge::Promise);
+        }
         if let Some(bucket) = incoming.parent() {
             if std::fs::remove_dir(bucket).is_ok() {
                 if let Some(prefix) = bucket.parent() {
@@ -160,22 +174,44 @@ impl Storage {
         }
         disk::sync_dir(&shares).map_err(|e| ctx("cannot sync", e))?;
         info!(dir = %config.dir.display(), reserved_space = config.reserved_space, "storage opened");
+        let quotas = Mutex::new(Quotas::new(config.max_space_per_client));
         Ok(Storage {
+            client: None,
             inner: Arc::new(Inner {
                 config,
                 shares,
                 incoming,
                 advisories,
                 active: Mutex::new(HashMap::new()),
+                quotas,
                 si_locks: Mutex::new(HashMap::new()),
                 advisory_log: Mutex::new(()),
             }),
         })
     }
 
-    /// A reference to this server, to register on a Tub (`StorageServerRef::serve`).
+    /// A reference to this server, to register on a Tub. Each call it serves runs on
+    /// [`Storage::as_client`] of the peer it came from, so that the space it takes is charged
+    /// to that client ([`StorageConfig::max_space_per_client`]).
     pub fn serve(&self) -> StorageServerRef {
-        StorageServerRef::serve(self.clone())
+        use folio_rpc::TypedRef;
+        let d: Arc<dyn folio_rpc::Dispatch> = Arc::new(ByPeer(self.clone()));
+        StorageServerRef::from_object_ref(folio_rpc::ObjectRef::local(d))
+            .expect("ByPeer dispatches the storage interface")
+    }
+
+    /// This server as seen by `client`: the space its calls take is charged to it.
+    pub fn as_client(&self, client: TubId) -> Storage {
+        Storage {
+            inner: self.inner.clone(),
+            client: Some(client),
+        }
+    }
+
+    /// The bytes `client` holds against its quota: promised to its unfinished uploads, plus
+    /// the growth of the slots it wrote.
+    pub fn client_usage(&self, client: &TubId) -> u64 {
+        lock(&self.inner.quotas).held(client)
     }
 
     /// The configuration it runs with.
@@ -191,6 +227,28 @@ impl Storage {
     /// Uploads in progress.
     pub fn uploads_in_progress(&self) -> usize {
         lock(&self.inner.active).len()
+    }
+}
+
+/// Serves the storage interface, running each call on the view of the peer it came from.
+struct ByPeer(Storage);
+
+impl folio_rpc::Dispatch for ByPeer {
+    fn interface(&self) -> &'static str {
+        StorageServerRef::INTERFACE
+    }
+
+    fn call(
+        self: Arc<Self>,
+        method: &str,
+        args: &[u8],
+        ctx: folio_rpc::CallContext,
+    ) -> Result<folio_rpc::ReplyFuture, folio_rpc::Refusal> {
+        let view = Storage {
+            inner: self.0.inner.clone(),
+            client: ctx.peer(),
+        };
+        Arc::new(StorageServerServer(view)).call(method, args, ctx)
     }
 }
 
@@ -270,6 +328,7 @@ impl StorageServer for Storage {
         let lease = lease::Lease::new(renew_secret, cancel_secret, inner.config.lease_duration);
         let watched = canary.clone();
         let requested = sharenums.len();
+        let client = self.client;
         let alloc = blocking(move || {
             immutable::allocate(
                 &inner,
@@ -278,6 +337,7 @@ impl StorageServer for Storage {
                 &sharenums,
                 allocated_size,
                 &canary,
+                client,
             )
         })
         .await?;
@@ -434,6 +494,7 @@ impl StorageServer for Storage {
         let (write_enabler, renew, cancel) = secrets;
         let _guard = self.inner.lock_si(storage_index).await;
         let inner = self.inner.clone();
+        let client = self.client;
         blocking(move || {
             let lease = lease::Lease::new(renew, cancel, inner.config.lease_duration);
             mutable::testv_and_readv_and_writev(
@@ -443,6 +504,7 @@ impl StorageServer for Storage {
                 &lease,
                 &tw_vectors,
                 &read_vector,
+                client,
             )
         })
         .await
