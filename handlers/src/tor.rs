@@ -150,9 +150,17 @@ impl OnionListener {
             Err(e) => return Err(key_err(e)),
         };
         let mut ctl = Control::connect(control, Duration::from_secs(30)).await?;
-        let local = tokio::net::TcpListener::bind(("127.0.0.1", local_port))
+        // With the same listen backlog as every TCP listener (tor delivers a burst of
+        // onion streams as a burst of loopback connections).
+        let spec = folio_transports::tcp::ListenSpec {
+            addr: (std::net::Ipv4Addr::LOCALHOST, local_port).into(),
+        };
+        let local = folio_transports::tcp::listen(&spec)
             .await
-            .map_err(TorError::Io)?;
+            .map_err(|e| match e {
+                folio_transports::tcp::TcpError::Bind { source, .. } => TorError::Io(source),
+                other => TorError::Io(std::io::Error::other(other)),
+            })?;
         let target = local.local_addr().map_err(TorError::Io)?;
         let (id, key) = ctl
             .add_onion(saved.as_deref(), virtual_port, target)

@@ -195,26 +195,39 @@ pub async fn listen(spec: &ListenSpec) -> Result<TcpListener, TcpError> {
             Err(e) => {
                 debug!(error = %e, "no dual-stack IPv6 socket: listening on IPv4 only");
                 let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), spec.addr.port());
-                return TcpListener::bind(v4).await.map_err(bind_error(v4));
+                return bound(v4, false).map_err(bind_error(v4));
             }
         }
     }
-    TcpListener::bind(spec.addr)
-        .await
-        .map_err(bind_error(spec.addr))
+    bound(spec.addr, false).map_err(bind_error(spec.addr))
 }
+
+/// The listen backlog of every listening socket: the connections the kernel completes and
+/// holds until they are accepted. tokio's `TcpListener::bind` asks for 128; a burst of dials
+/// beyond that is dropped by the kernel and each dialer waits out a SYN retransmission (1 s,
+/// then 3 s) before the Tub's own limits even see it. This matches the Tub's default
+/// `max_pending_handshakes`; the kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: i32 = 1024;
 
 /// An IPv6 listening socket with `IPV6_V6ONLY` off, so IPv4 peers reach it too (as
 /// IPv4-mapped addresses), whatever the system's default (`net.ipv6.bindv6only`).
 fn dual_stack(addr: SocketAddr) -> io::Result<TcpListener> {
+    bound(addr, true)
+}
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`]; with `dual`, an IPv6 one that
+/// accepts IPv4 too.
+fn bound(addr: SocketAddr, dual: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_only_v6(false)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if dual {
+        socket.set_only_v6(false)?;
+    }
     // As tokio's and std's `bind` do: a restarted node gets its port back at once.
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
 
@@ -487,6 +500,26 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, TcpError::Connect { .. }), "{e}");
         assert!(e.to_string().contains(&format!("127.0.0.1:{port}")));
+    }
+
+    /// A burst of dials larger than tokio's default backlog (128) is completed by the kernel
+    /// while nothing accepts, on a specific address as on the dual-stack one: no dialer waits
+    /// out a SYN retransmission.
+    #[tokio::test]
+    async fn a_burst_of_dials_fits_the_listen_backlog() {
+        for spec in ["tcp:0:interface=127.0.0.1", "tcp:0"] {
+            let listener = listen(&spec.parse().unwrap()).await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let mut held = Vec::new();
+            for i in 0..400 {
+                let dial = TcpStream::connect(("127.0.0.1", port));
+                let s = tokio::time::timeout(Duration::from_millis(500), dial)
+                    .await
+                    .unwrap_or_else(|_| panic!("{spec}: dial {i} waited for the backlog"))
+                    .unwrap();
+                held.push(s);
+            }
+        }
     }
 
     #[tokio::test]
