@@ -84,11 +84,11 @@ pub struct TubConfig {
     /// minutes at most.
     pub max_call_duration: Option<Duration>,
     /// Inbound streams that may be in the handshake at once (from the first byte to the
-    /// hello). When a stream arrives with this many under way, the oldest is closed to make
-    /// room if it has been at it for [`EVICT_PENDING_AFTER`] (a handshake that slow is
-    /// stalling, or on a very slow link); otherwise the new stream is answered with the
-    /// prelude status `Busy` and closed, before any TLS work. So a burst is shed early and
-    /// cheaply, and a crowd of stalled handshakes cannot keep a prompt client out.
+    /// hello). When a stream arrives with this many under way, the one that has waited
+    /// longest for its peer is closed to make room if it has waited [`EVICT_PENDING_AFTER`]
+    /// (it is stalling, or on a very slow link); otherwise the new stream is answered with
+    /// the prelude status `Busy` and closed, before any TLS work. So a burst is shed early
+    /// and cheaply, and a crowd of stalled handshakes cannot keep a prompt client out.
     pub max_pending_handshakes: usize,
     /// Connections this Tub holds at once, inbound and outbound together (a replacement for
     /// a peer's existing connection does not count twice). When a new one would exceed it,
@@ -492,28 +492,51 @@ impl TubInner {
         });
     }
 
-    /// A place among the pending handshakes, if there is one or the oldest has been at it
-    /// for [`EVICT_PENDING_AFTER`] (it is then told to stop).
+    /// A place among the pending handshakes, if there is one, or if one of them has been
+    /// waiting for its peer for [`EVICT_PENDING_AFTER`]: the one that has waited longest is
+    /// told to stop.
     fn pending_unit(&self) -> Option<PendingTicket> {
         let mut p = lock(&self.pending_handshakes);
         if p.by_age.len() >= self.config.max_pending_handshakes.max(1) {
-            let (&oldest, (started, _)) = p.by_age.first_key_value()?;
-            if started.elapsed() < EVICT_PENDING_AFTER {
-                return None;
+            let now = p.clock.now_ms();
+            let stalled = p
+                .by_age
+                .iter()
+                .filter_map(|(&id, e)| e.waiting.waited_ms(now).map(|w| (w, std::cmp::Reverse(id))))
+                .max();
+            // (Of those that have waited as long, the oldest.)
+            match stalled {
+                Some((waited, std::cmp::Reverse(id)))
+                    if waited >= EVICT_PENDING_AFTER.as_millis() as u64 =>
+                {
+                    let entry = p.by_age.remove(&id).expect("present");
+                    entry.stop.notify_one();
+                    p.evicted += 1;
+                }
+                _ => return None,
             }
-            let (_, stop) = p.by_age.remove(&oldest).expect("present");
-            stop.notify_one();
-            p.evicted += 1;
         }
         let id = p.next;
         p.next += 1;
         let stop = Arc::new(tokio::sync::Notify::new());
-        p.by_age
-            .insert(id, (std::time::Instant::now(), stop.clone()));
+        let waiting = Arc::new(Waiting {
+            clock: p.clock,
+            since_ms: std::sync::atomic::AtomicU64::new(0),
+            total_ms: std::sync::atomic::AtomicU64::new(0),
+            done: std::sync::atomic::AtomicBool::new(false),
+        });
+        p.by_age.insert(
+            id,
+            PendingEntry {
+                stop: stop.clone(),
+                waiting: waiting.clone(),
+            },
+        );
         Some(PendingTicket {
             tub: self.me.clone(),
             id,
             stop,
+            waiting,
         })
     }
 
@@ -896,20 +919,137 @@ fn random_index(n: usize) -> usize {
     (u64::from_le_bytes(bytes) % n as u64) as usize
 }
 
-/// How long an inbound handshake may last before a newcomer may take its place when
-/// `max_pending_handshakes` are under way. A handshake on a LAN takes milliseconds, and over
-/// Tor or I2P a few round trips; one that has not finished after this is stalling (or on a
-/// link so slow that it will be retried anyway).
-pub const EVICT_PENDING_AFTER: Duration = Duration::from_secs(1);
+/// How long, in all, an inbound handshake may wait for its peer (the server has asked the
+/// stream for bytes and none came; a peer that trickles bytes waits between them) before a newcomer may take its place when `max_pending_handshakes`
+/// are under way. An honest client waits about one round trip in all; a handshake that is
+/// slow because this Tub is busy (its CPU, not the peer) waits for nothing and is never
+/// chosen. So a crowd of stalled handshakes gives way to prompt clients, however fast it is
+/// renewed, while a burst of honest ones is not cut short.
+pub const EVICT_PENDING_AFTER: Duration = Duration::from_millis(250);
+
+/// Milliseconds since a Tub started: cheap timestamps for its pending handshakes.
+#[derive(Clone, Copy)]
+struct Clock(std::time::Instant);
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock(std::time::Instant::now())
+    }
+}
+
+impl Clock {
+    fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
 
 /// The inbound handshakes under way, by arrival.
 #[derive(Default)]
 struct PendingHandshakes {
     next: u64,
-    /// When each began, and how to tell it to stop.
-    by_age: std::collections::BTreeMap<u64, (std::time::Instant, Arc<tokio::sync::Notify>)>,
+    clock: Clock,
+    by_age: std::collections::BTreeMap<u64, PendingEntry>,
     /// Handshakes stopped to make room, since the Tub started.
     evicted: u64,
+}
+
+struct PendingEntry {
+    /// Notified when the handshake must stop to make room for a newer one.
+    stop: Arc<tokio::sync::Notify>,
+    waiting: Arc<Waiting>,
+}
+
+/// How long a pending handshake has waited for its peer, in all: a peer that trickles its
+/// bytes waits as long as one that sends nothing.
+struct Waiting {
+    clock: Clock,
+    /// 1 + the `clock` millisecond at which the current wait for the peer began; 0 while
+    /// the handshake is not waiting for the peer.
+    since_ms: std::sync::atomic::AtomicU64,
+    /// The waits that have ended, in milliseconds.
+    total_ms: std::sync::atomic::AtomicU64,
+    /// The handshake is over: nothing is recorded any more.
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Waiting {
+    /// How long it has waited for the peer by `now`, in all, if it is waiting now (a
+    /// handshake the Tub itself is working on is never a candidate).
+    fn waited_ms(&self, now: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.since_ms.load(Relaxed) {
+            0 => None,
+            since => Some(self.total_ms.load(Relaxed) + now.saturating_sub(since - 1)),
+        }
+    }
+}
+
+/// An inbound stream during its handshake: records when reading from the peer waits (see
+/// [`EVICT_PENDING_AFTER`]). Once the handshake is over it only passes bytes through.
+struct Watched<S> {
+    inner: S,
+    waiting: Arc<Waiting>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let w = &self.waiting;
+        if !w.done.load(Relaxed) {
+            let since = w.since_ms.load(Relaxed);
+            if r.is_pending() {
+                if since == 0 {
+                    w.since_ms.store(w.clock.now_ms() + 1, Relaxed);
+                }
+            } else if since != 0 {
+                let waited = w.clock.now_ms().saturating_sub(since - 1);
+                w.total_ms.fetch_add(waited, Relaxed);
+                w.since_ms.store(0, Relaxed);
+            }
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A place among a Tub's pending handshakes, given back when dropped.
@@ -918,10 +1058,14 @@ struct PendingTicket {
     id: u64,
     /// Notified when the handshake must stop to make room for a newer one.
     stop: Arc<tokio::sync::Notify>,
+    waiting: Arc<Waiting>,
 }
 
 impl Drop for PendingTicket {
     fn drop(&mut self) {
+        self.waiting
+            .done
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(tub) = self.tub.upgrade() {
             lock(&tub.pending_handshakes).by_age.remove(&self.id);
         }
@@ -1153,12 +1297,17 @@ impl Tub {
     {
         let inner = &self.inner;
         let admit = |info: &ConnectionInfo| inner.admit(info);
+        let stream = Watched {
+            inner: stream,
+            waiting: pending.waiting.clone(),
+        };
         let est = tokio::select! {
             est = inner.handshaker.run_server(stream, &admit, true) => est?,
             _ = pending.stop.notified() => {
                 return Err(HandshakeError::Refused(format!(
-                    "closed after {EVICT_PENDING_AFTER:?} in the handshake to make room for \
-                     another ({} handshakes are under way, the limit)",
+                    "closed after waiting {EVICT_PENDING_AFTER:?} or more for the peer in the \
+                     handshake, to make room for another ({} handshakes are under way, the \
+                     limit)",
                     inner.config.max_pending_handshakes.max(1)
                 )));
             }

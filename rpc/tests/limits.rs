@@ -142,6 +142,40 @@ async fn a_burst_past_the_pending_cap_is_answered_busy_and_a_prompt_client_still
     assert!(rest.len() <= ANSWER_LEN, "no TLS was sent to it: {rest:?}");
 }
 
+/// Gap 1: trickling bytes does not keep a stalled handshake's place. The time a handshake
+/// has waited for its peer adds up across its bytes, so a slowloris peer that sends one
+/// byte every 100 ms is closed for a prompt client like a silent one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_handshake_gives_way_to_a_prompt_client() {
+    let grid = Grid::new(Net::Tcp);
+    let server = grid
+        .tub_with(
+            Identity::generate().unwrap(),
+            config(|c| c.max_pending_handshakes = 1),
+        )
+        .await;
+    let furl = server.register(GateRef::serve(gate())).unwrap();
+    let mut slow = TcpStream::connect(addr_of(&server)).await.unwrap();
+    let request = prelude::encode_request(&server.tubid());
+    let trickle = tokio::spawn(async move {
+        for b in request {
+            if slow.write_all(&[b]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    });
+    tokio::time::sleep(EVICT_PENDING_AFTER * 3).await;
+    let client = grid.tub().await;
+    let g: GateRef = client
+        .get(&furl)
+        .await
+        .expect("the prompt client is served");
+    assert_eq!(g.ping().await.unwrap(), 2);
+    trickle.abort();
+}
+
 /// Gap 1, the other end: more streams than can even be answered are closed at once, and
 /// counted. (Answering `Busy` is itself bounded.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
