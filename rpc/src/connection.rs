@@ -672,12 +672,13 @@ impl ConnShared {
     }
 
     /// Closes the connection, once. Pending calls fail with `reason`; observers run. The
-    /// writer gets a few seconds to deliver the goodbye.
+    /// writer gets [`CLOSE_LINGER`] to deliver the goodbye.
     pub(crate) fn close(&self, reason: &str, goodbye: Option<GoodbyeReason>) {
-        self.close_with(reason, goodbye, Duration::from_secs(10));
+        self.close_with(reason, goodbye, CLOSE_LINGER);
     }
 
-    /// Like [`ConnShared::close`], with the time the writer may linger to flush.
+    /// Like [`ConnShared::close`]; with `linger` zero the writer is stopped at once instead
+    /// of being given [`CLOSE_LINGER`] to deliver what was queued and the goodbye.
     fn close_with(&self, reason: &str, goodbye: Option<GoodbyeReason>, linger: Duration) {
         let (observers, tasks) = {
             let mut life = lock(&self.life);
@@ -704,14 +705,11 @@ impl ConnShared {
         for t in tasks.iter().skip(1) {
             t.abort();
         }
-        if let Some(writer) = tasks.first().cloned() {
+        // A lingering writer stops itself after CLOSE_LINGER (writer_loop): no task and no
+        // timer is left behind for a writer that finishes sooner, as almost all do.
+        if let Some(writer) = tasks.first() {
             if linger.is_zero() {
                 writer.abort();
-            } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    tokio::time::sleep(linger).await;
-                    writer.abort();
-                });
             }
         }
         // `send` would drop the value when nobody is subscribed yet, and a later `closed()`
@@ -1515,9 +1513,23 @@ async fn sweep_deadlines(conn: Arc<ConnShared>) {
     }
 }
 
+/// How long a closing connection's writer may take to deliver what was queued and the
+/// goodbye (unless the close said not to wait: a peer that does not read).
+const CLOSE_LINGER: Duration = Duration::from_secs(10);
+
 async fn writer_loop(shared: Arc<ConnShared>) {
-    if let Err(e) = shared.outbox.run_writer().await {
-        shared.close(&format!("write failed: {e}"), None);
+    let linger = async {
+        let mut closed = shared.closed_tx.subscribe();
+        let _ = closed.wait_for(|r| r.is_some()).await;
+        tokio::time::sleep(CLOSE_LINGER).await;
+    };
+    tokio::select! {
+        written = shared.outbox.run_writer() => {
+            if let Err(e) = written {
+                shared.close(&format!("write failed: {e}"), None);
+            }
+        }
+        () = linger => debug!("the writer did not finish within {CLOSE_LINGER:?} of the close"),
     }
 }
 
