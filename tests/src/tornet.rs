@@ -11,7 +11,8 @@ pub struct TorNet {
     dir: PathBuf,
     base: u16,
     // One network at a time per process: two on two cores miss their voting deadlines.
-    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+    // `None` once the network is stopped and the lock handed on (see `start`).
+    one_at_a_time: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
 static ONE_NETWORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -33,30 +34,55 @@ impl TorNet {
                 );
             }
         }
-        let guard = ONE_NETWORK.lock().unwrap_or_else(|p| p.into_inner());
-        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let base = 20000 + ((std::process::id() + 7 * n) % 40) as u16 * 500;
-        let dir = std::env::temp_dir().join(format!("folio-tornet-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir); // the script creates it (with its own marker)
-        let net = TorNet {
-            dir,
-            base,
-            _one_at_a_time: guard,
-        };
-        for step in [&["setup"][..], &["start"], &["wait", "120"]] {
-            let out = net.run(step);
-            if !out.status.success() {
-                // The network's directory goes with it: say what its tors logged first.
-                panic!(
-                    "the private Tor network failed at `{}`:\n{}\n{}\n{}",
-                    step.join(" "),
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr),
-                    net.log_tails(12)
-                );
-            }
+        let mut guard = Some(ONE_NETWORK.lock().unwrap_or_else(|p| p.into_inner()));
+        // Two tries, on two sets of ports: the network is tor's alone (no Folio code runs in
+        // it), and a port another process holds, or a first vote that misses the relays, is
+        // no finding about Folio. The first failure is reported on stderr either way.
+        let mut failures = Vec::new();
+        for _ in 0..2 {
+            let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Ports BASE..BASE+310, below Linux's ephemeral range (32768 and up), where the
+            // outgoing connections of other tests in this process could hold one of them.
+            let base = 20000 + ((std::process::id() + 7 * n) % 24) as u16 * 500;
+            let dir = std::env::temp_dir().join(format!("folio-tornet-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir); // the script creates it (with its own marker)
+            let net = TorNet {
+                dir,
+                base,
+                one_at_a_time: guard.take(),
+            };
+            let failed = [&["setup"][..], &["start"], &["wait", "120"]]
+                .into_iter()
+                .find_map(|step| {
+                    let out = net.run(step);
+                    (!out.status.success()).then(|| {
+                        // The network's directory goes with it: say what its tors logged.
+                        format!(
+                            "the private Tor network (ports from {base}) failed at `{}`:\n{}\n{}\n{}",
+                            step.join(" "),
+                            String::from_utf8_lossy(&out.stdout),
+                            String::from_utf8_lossy(&out.stderr),
+                            net.log_tails(12)
+                        )
+                    })
+                });
+            let Some(failure) = failed else {
+                return net;
+            };
+            eprintln!("{failure}");
+            failures.push(failure);
+            guard = Some(net.stop_keeping_lock());
         }
-        net
+        panic!("{}", failures.join("\n--- and again ---\n"));
+    }
+
+    /// Stops the network and removes its directory, handing back the one-network lock.
+    fn stop_keeping_lock(mut self) -> std::sync::MutexGuard<'static, ()> {
+        let _ = self.run(&["stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.one_at_a_time
+            .take()
+            .expect("a network holds the lock until it is stopped")
     }
 
     fn run(&self, args: &[&str]) -> std::process::Output {
@@ -77,13 +103,16 @@ impl TorNet {
         nodes.sort();
         let mut report = String::new();
         for node in nodes {
-            let Ok(log) = std::fs::read_to_string(node.join("notice.log")) else {
+            // A tor that never got as far as opening its log said why on stdout.
+            let Ok(log) = std::fs::read_to_string(node.join("notice.log"))
+                .or_else(|_| std::fs::read_to_string(node.join("stdout.log")))
+            else {
                 continue;
             };
             let all: Vec<&str> = log.lines().collect();
             let tail = &all[all.len().saturating_sub(lines)..];
             report.push_str(&format!(
-                "--- {} (last {} lines of notice.log)\n{}\n",
+                "--- {} (last {} lines of its log)\n{}\n",
                 node.file_name().unwrap_or_default().to_string_lossy(),
                 tail.len(),
                 tail.join("\n")
@@ -130,6 +159,9 @@ impl TorNet {
 
 impl Drop for TorNet {
     fn drop(&mut self) {
+        if self.one_at_a_time.is_none() {
+            return; // stopped already (stop_keeping_lock)
+        }
         let _ = self.run(&["stop"]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
