@@ -4,6 +4,7 @@
 
 pub mod echo;
 pub mod i2pd;
+pub mod slowlink;
 pub mod tornet;
 pub mod tubs;
 
