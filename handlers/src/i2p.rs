@@ -126,7 +126,7 @@ impl I2pListener {
             path: key_path.display().to_string(),
             source,
         };
-        let key = match read_key_file(key_path) {
+        let key = match crate::read_secret(key_path) {
             Ok(k) => k,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let (_public, private) = generate_destination(cfg).await?;
@@ -170,15 +170,6 @@ impl Listener for I2pListener {
     fn describe(&self) -> String {
         format!("i2p:{}", self.session.address())
     }
-}
-
-/// The largest key file read: far more than an I2P private destination (about 900 base64 characters).
-pub const MAX_KEY_FILE: u64 = 8 * 1024;
-
-/// Reads a saved key, trimmed, through the bound [`MAX_KEY_FILE`] (a larger file is refused,
-/// not read whole).
-fn read_key_file(path: &Path) -> std::io::Result<String> {
-    folio_rpc::identity::read_text_bounded(path, MAX_KEY_FILE).map(|k| k.trim().to_string())
 }
 
 #[cfg(test)]

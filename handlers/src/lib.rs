@@ -360,6 +360,18 @@ pub(crate) fn write_secret(path: &std::path::Path, text: &str) -> std::io::Resul
     folio_rpc::identity::write_private(path, format!("{text}\n").as_bytes())
 }
 
+/// The largest key file read back (an onion service key or an I2P private destination):
+/// far more than either (`ED25519-V3:` and 88 base64 characters; about 900 base64
+/// characters).
+pub const MAX_KEY_FILE: u64 = 8 * 1024;
+
+/// Reads a key file written by [`write_secret`], trimmed, through the bound
+/// [`MAX_KEY_FILE`] (a larger file is refused, not read whole).
+#[cfg(any(feature = "tor-system", feature = "i2p"))]
+pub(crate) fn read_secret(path: &std::path::Path) -> std::io::Result<String> {
+    folio_rpc::identity::read_text_bounded(path, MAX_KEY_FILE).map(|k| k.trim().to_string())
+}
+
 /// A TCP listener for a Tub: every connection it accepts is handed to the server side of
 /// the handshake (`Tub::listen`).
 #[derive(Debug)]

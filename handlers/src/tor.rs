@@ -144,7 +144,7 @@ impl OnionListener {
             path: key_path.display().to_string(),
             source,
         };
-        let saved = match read_key_file(key_path) {
+        let saved = match crate::read_secret(key_path) {
             Ok(k) => Some(k),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(key_err(e)),
@@ -207,15 +207,6 @@ impl Listener for OnionListener {
     fn describe(&self) -> String {
         format!("tor:{}:{}", self.onion, self.virtual_port)
     }
-}
-
-/// The largest key file read: far more than an onion service key (`ED25519-V3:` and 88 base64 characters).
-pub const MAX_KEY_FILE: u64 = 8 * 1024;
-
-/// Reads a saved key, trimmed, through the bound [`MAX_KEY_FILE`] (a larger file is refused,
-/// not read whole).
-fn read_key_file(path: &Path) -> std::io::Result<String> {
-    folio_rpc::identity::read_text_bounded(path, MAX_KEY_FILE).map(|k| k.trim().to_string())
 }
 
 #[cfg(test)]
