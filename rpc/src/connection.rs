@@ -1581,71 +1581,27 @@ where
                 break (why.clone(), Some(GoodbyeReason::ProtocolViolation(why)));
             }
         };
+        if matches!(msg, Message::TimedCall { .. } | Message::Cancel { .. })
+            && shared.info.version < msg.min_version()
+        {
+            let why = format!(
+                "a version-{} message on a version-{} connection",
+                msg.min_version(),
+                shared.info.version
+            );
+            break (why.clone(), Some(GoodbyeReason::ProtocolViolation(why)));
+        }
+        let msg = match Inbound::split(msg) {
+            Ok((call, args, refs)) => {
+                shared.wait_for_queue_room(args.len()).await;
+                dispatch(&shared, call, args, refs).await;
+                continue;
+            }
+            Err(other) => other,
+        };
         match msg {
-            Message::Call {
-                id,
-                target,
-                interface,
-                method,
-                args,
-                refs,
-            } => {
-                shared.wait_for_queue_room(args.len()).await;
-                let call = Inbound {
-                    id: Some(id),
-                    timeout_ms: None,
-                    target,
-                    interface,
-                    method,
-                };
-                dispatch(&shared, call, args, refs).await;
-            }
-            Message::Oneway {
-                target,
-                interface,
-                method,
-                args,
-                refs,
-            } => {
-                shared.wait_for_queue_room(args.len()).await;
-                let call = Inbound {
-                    id: None,
-                    timeout_ms: None,
-                    target,
-                    interface,
-                    method,
-                };
-                dispatch(&shared, call, args, refs).await;
-            }
-            Message::TimedCall { .. } | Message::Cancel { .. }
-                if shared.info.version < msg.min_version() =>
-            {
-                let why = format!(
-                    "a version-{} message on a version-{} connection",
-                    msg.min_version(),
-                    shared.info.version
-                );
-                break (why.clone(), Some(GoodbyeReason::ProtocolViolation(why)));
-            }
-            Message::TimedCall {
-                id,
-                timeout_ms,
-                target,
-                interface,
-                method,
-                args,
-                refs,
-            } => {
-                shared.wait_for_queue_room(args.len()).await;
-                let call = Inbound {
-                    id: Some(id),
-                    timeout_ms: Some(timeout_ms),
-                    target,
-                    interface,
-                    method,
-                };
-                dispatch(&shared, call, args, refs).await;
-            }
+            // Dispatched above (Inbound::split).
+            Message::Call { .. } | Message::Oneway { .. } | Message::TimedCall { .. } => {}
             Message::Cancel { id } => shared.cancel_inbound(id),
             Message::Answer { id, body } => {
                 // The reference table is resolved whether or not anyone still waits for the
@@ -1687,6 +1643,57 @@ struct Inbound<'a> {
     target: u64,
     interface: &'a str,
     method: &'a str,
+}
+
+impl<'a> Inbound<'a> {
+    /// A call, one-way call or timed call as the call to dispatch, with its arguments and
+    /// reference table; any other message is given back.
+    #[allow(clippy::type_complexity)]
+    fn split(msg: Message<'a>) -> Result<(Self, &'a [u8], Vec<RefDesc>), Message<'a>> {
+        let (id, timeout_ms, target, interface, method, args, refs) = match msg {
+            Message::Call {
+                id,
+                target,
+                interface,
+                method,
+                args,
+                refs,
+            } => (Some(id), None, target, interface, method, args, refs),
+            Message::Oneway {
+                target,
+                interface,
+                method,
+                args,
+                refs,
+            } => (None, None, target, interface, method, args, refs),
+            Message::TimedCall {
+                id,
+                timeout_ms,
+                target,
+                interface,
+                method,
+                args,
+                refs,
+            } => (
+                Some(id),
+                Some(timeout_ms),
+                target,
+                interface,
+                method,
+                args,
+                refs,
+            ),
+            other => return Err(other),
+        };
+        let call = Inbound {
+            id,
+            timeout_ms,
+            target,
+            interface,
+            method,
+        };
+        Ok((call, args, refs))
+    }
 }
 
 /// Starts one inbound call. Everything that can be refused is refused here, synchronously.
