@@ -341,10 +341,14 @@ impl IntroducerService {
     /// to which the announcements that call publishes are charged
     /// ([`IntroducerLimits::max_per_peer`]).
     pub fn serve(&self) -> IntroducerRef {
-        use folio_rpc::TypedRef;
-        let d: Arc<dyn folio_rpc::Dispatch> = Arc::new(ByPeer(self.clone()));
-        IntroducerRef::from_object_ref(folio_rpc::ObjectRef::local(d))
-            .expect("ByPeer dispatches the introducer interface")
+        // Each call runs on a [`FromPeer`] made for it: the service learns who publishes.
+        let svc = self.clone();
+        folio_rpc::serve_per_call(move |ctx| {
+            Arc::new(IntroducerServer(FromPeer {
+                svc: svc.clone(),
+                peer: ctx.peer(),
+            }))
+        })
     }
 
     /// The announcements held, for status displays.
@@ -403,29 +407,6 @@ fn valid_service(s: &str) -> bool {
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-/// Serves the introducer interface, telling each call which peer it came from: the
-/// generated dispatch is run on a [`FromPeer`] made for the call.
-struct ByPeer(IntroducerService);
-
-impl folio_rpc::Dispatch for ByPeer {
-    fn interface(&self) -> &'static str {
-        IntroducerRef::INTERFACE
-    }
-
-    fn call(
-        self: Arc<Self>,
-        method: &str,
-        args: &[u8],
-        ctx: folio_rpc::CallContext,
-    ) -> Result<folio_rpc::ReplyFuture, folio_rpc::Refusal> {
-        let caller = FromPeer {
-            svc: self.0.clone(),
-            peer: ctx.peer(),
-        };
-        Arc::new(IntroducerServer(caller)).call(method, args, ctx)
-    }
 }
 
 /// The introducer as one call sees it: `peer` is the calling Tub (`None` in-process).

@@ -118,7 +118,8 @@ pub use handshake::{
 };
 pub use identity::{Identity, IdentityError};
 pub use object::{
-    CallContext, CallError, Dispatch, ObjectRef, Refusal, Reply, ReplyFuture, TypedRef,
+    serve_per_call, CallContext, CallError, Dispatch, ObjectRef, Refusal, Reply, ReplyFuture,
+    TypedRef,
 };
 pub use reconnector::{ReconnectPolicy, Reconnector, ReconnectorState, ReconnectorStatus};
 pub use tls::{Side, TlsStream};

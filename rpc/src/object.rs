@@ -894,6 +894,46 @@ pub trait TypedRef: Sized + Clone + Send + Sync + 'static {
     }
 }
 
+/// A handle to `T`'s interface whose every call runs on a dispatcher made for that call from
+/// its context: for a service that must know who is calling ([`CallContext::peer`]), for
+/// example to charge what the call takes to that peer. `make` returns the generated server
+/// of `T`'s interface over a view of the service for this caller.
+pub fn serve_per_call<T, F>(make: F) -> T
+where
+    T: TypedRef,
+    F: Fn(&CallContext) -> Arc<dyn Dispatch> + Send + Sync + 'static,
+{
+    struct PerCall<F> {
+        interface: &'static str,
+        make: F,
+    }
+
+    impl<F> Dispatch for PerCall<F>
+    where
+        F: Fn(&CallContext) -> Arc<dyn Dispatch> + Send + Sync + 'static,
+    {
+        fn interface(&self) -> &'static str {
+            self.interface
+        }
+
+        fn call(
+            self: Arc<Self>,
+            method: &str,
+            args: &[u8],
+            ctx: CallContext,
+        ) -> Result<ReplyFuture, Refusal> {
+            (self.make)(&ctx).call(method, args, ctx)
+        }
+    }
+
+    let per_call: Arc<dyn Dispatch> = Arc::new(PerCall {
+        interface: T::INTERFACE,
+        make,
+    });
+    T::from_object_ref(ObjectRef::local(per_call))
+        .unwrap_or_else(|_| unreachable!("the dispatcher has T's interface"))
+}
+
 /// Serde support for typed handles: checks the interface on decode.
 #[doc(hidden)]
 pub fn deserialize_typed<'de, D: serde::Deserializer<'de>, T: TypedRef>(

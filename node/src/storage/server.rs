@@ -194,10 +194,13 @@ impl Storage {
     /// [`Storage::as_client`] of the peer it came from, so that the space it takes is charged
     /// to that client ([`StorageConfig::max_space_per_client`]).
     pub fn serve(&self) -> StorageServerRef {
-        use folio_rpc::TypedRef;
-        let d: Arc<dyn folio_rpc::Dispatch> = Arc::new(ByPeer(self.clone()));
-        StorageServerRef::from_object_ref(folio_rpc::ObjectRef::local(d))
-            .expect("ByPeer dispatches the storage interface")
+        let inner = self.inner.clone();
+        folio_rpc::serve_per_call(move |ctx| {
+            Arc::new(StorageServerServer(Storage {
+                inner: inner.clone(),
+                client: ctx.peer(),
+            }))
+        })
     }
 
     /// This server as seen by `client`: the space its calls take is charged to it.
@@ -227,28 +230,6 @@ impl Storage {
     /// Uploads in progress.
     pub fn uploads_in_progress(&self) -> usize {
         lock(&self.inner.active).len()
-    }
-}
-
-/// Serves the storage interface, running each call on the view of the peer it came from.
-struct ByPeer(Storage);
-
-impl folio_rpc::Dispatch for ByPeer {
-    fn interface(&self) -> &'static str {
-        StorageServerRef::INTERFACE
-    }
-
-    fn call(
-        self: Arc<Self>,
-        method: &str,
-        args: &[u8],
-        ctx: folio_rpc::CallContext,
-    ) -> Result<folio_rpc::ReplyFuture, folio_rpc::Refusal> {
-        let view = Storage {
-            inner: self.0.inner.clone(),
-            client: ctx.peer(),
-        };
-        Arc::new(StorageServerServer(view)).call(method, args, ctx)
     }
 }
 
