@@ -182,6 +182,18 @@ fn expand(attr: Tokens, mut item: ItemTrait) -> syn::Result<Tokens> {
             }
         }
     }
+    // Every method `foo` with an answer gets a `foo_promise` twin on the handle.
+    for m in &methods {
+        let taken = m.name.unraw().to_string();
+        if let Some(base) = taken.strip_suffix("_promise") {
+            if methods.iter().any(|o| !o.oneway && o.name.unraw() == base) {
+                return Err(Error::new_spanned(
+                    &m.name,
+                    format!("`{taken}` is taken by the promise twin of `{base}`; rename one"),
+                ));
+            }
+        }
+    }
     let ref_ty = format_ident!("{}Ref", name);
     let server_ty = format_ident!("{}Server", name);
     let trait_attrs = &item.attrs;
@@ -221,10 +233,24 @@ fn expand(attr: Tokens, mut item: ItemTrait) -> syn::Result<Tokens> {
                 }
             }
         } else {
+            let promise_name = format_ident!("{}_promise", name.unraw());
+            let promise_doc = format!(
+                "Sends `{}` and returns, once it is queued, the promise of its answer: \
+                 references the answer carries can be called before it arrives (promise \
+                 pipelining, see `folio_rpc::promise`). Awaiting the promise gives what \
+                 awaiting `{}` gives.",
+                name.unraw(),
+                name.unraw()
+            );
             quote! {
                 #(#attrs)*
                 pub async fn #name(&self, #(#params),*) -> ::core::result::Result<#ok, #rpc::CallError<#err>> {
                     self.0.call::<_, #ok, #err>(#wire, #method_wire, &(#(#names,)*)).await
+                }
+
+                #[doc = #promise_doc]
+                pub async fn #promise_name(&self, #(#params),*) -> ::core::result::Result<#rpc::Promise<#ok, #err>, #rpc::CallError<#err>> {
+                    self.0.call_promise::<_, #ok, #err>(#wire, #method_wire, &(#(#names,)*)).await
                 }
             }
         }

@@ -46,12 +46,17 @@ use crate::frame::{encode_frame, FrameError, FrameReader};
 use crate::furl::Furl;
 use crate::handshake::{ConnectionInfo, Established};
 use crate::limit::Limit;
-use crate::message::{self, AnswerBody, GoodbyeReason, Message, ROOT_OBJECT};
+use crate::limit::Unit;
+use crate::message::{
+    self, parse_promise_target, AnswerBody, GoodbyeReason, Message, MAX_PROMISE_NUMBER,
+    PROMISE_MARK, ROOT_OBJECT,
+};
 use crate::object::{
     decode_answer, encode_args, resolve_refs, CallContext, CallError, CallTimeout, Dispatch,
     LazyRef, ObjectRef, Outcome, RefCodec, RefDesc, RefKind, Refusal, Reply,
 };
 use crate::outbox::{Budget, Outbox, PushError};
+use crate::promise::{PromiseCell, SendGuard};
 use crate::tls::TlsStream;
 use crate::tub::{TubConfig, TubInner};
 
@@ -136,7 +141,7 @@ impl Drop for Slot {
 
 /// An answer's destination: decodes it for the caller and wakes the caller. Runs on the
 /// reader task, in message order, with the answer still in the received frame.
-trait Complete: Send + Sync {
+pub(crate) trait Complete: Send + Sync {
     fn complete(&self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), String>);
     /// The call's deadline passed first: it fails with `DeadlineExceeded(timeout)`.
     fn expire(&self, timeout: Duration);
@@ -220,7 +225,7 @@ impl<T, E> Future for Answer<T, E> {
 /// One outstanding call's entry in the pending table. It completes the call once; dropped
 /// without completing it (a connection torn down without running `close`), it fails the
 /// call rather than leave the caller waiting.
-struct Completion(Option<Arc<dyn Complete>>);
+pub(crate) struct Completion(pub(crate) Option<Arc<dyn Complete>>);
 
 impl Completion {
     fn complete(mut self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), String>) {
@@ -247,9 +252,9 @@ impl Completion {
 
 /// When a call of ours must have its answer: `timeout` after it started.
 #[derive(Clone, Copy, Debug)]
-struct Deadline {
-    at: tokio::time::Instant,
-    timeout: Duration,
+pub(crate) struct Deadline {
+    pub(crate) at: tokio::time::Instant,
+    pub(crate) timeout: Duration,
 }
 
 impl Deadline {
@@ -317,6 +322,48 @@ struct LifeState {
     tasks: Vec<AbortHandle>,
 }
 
+/// Inbound, protocol version 3 (docs/protocol.md §8): the peer's promise-able calls whose
+/// answers we keep for calls pipelined on them, until the peer's `Finish`; and those calls,
+/// while they wait. At most `max_kept_answers` entries and `max_held_calls` calls (with
+/// `max_queued_call_bytes` of arguments).
+struct KeptAnswers {
+    entries: HashMap<u64, Kept>,
+    /// Calls waiting in `entries`, and their argument bytes (counted against the Tub's
+    /// budget as well).
+    held: usize,
+    held_bytes: Charged,
+}
+
+/// One promise-able call of the peer's.
+enum Kept {
+    /// Not answered yet: calls pipelined on it wait here, in arrival order. `finished`: the
+    /// peer sent its `Finish` already, so nothing is kept once it is answered.
+    Waiting { calls: Vec<Held>, finished: bool },
+    /// Answered: the export ids of the answer's reference table (`None` for an entry that
+    /// is not our own object), or why the call gave none.
+    Settled(Result<Arc<[Option<u64>]>, String>),
+}
+
+/// A call pipelined on a promise whose answer does not exist yet. Its reference table was
+/// resolved on arrival, like any call's.
+struct Held {
+    id: Option<u64>,
+    timeout_ms: Option<u64>,
+    received: tokio::time::Instant,
+    index: u32,
+    interface: String,
+    method: String,
+    args: Vec<u8>,
+    refs: Vec<ObjectRef>,
+}
+
+/// What a promise target names right now.
+enum Promised {
+    Object(Arc<dyn Dispatch>),
+    Pending,
+    Broken(String),
+}
+
 /// The state of one connection, shared by its tasks and by every reference that uses it.
 pub(crate) struct ConnShared {
     pub(crate) info: ConnectionInfo,
@@ -351,7 +398,13 @@ pub(crate) struct ConnShared {
     /// peer's ids, hence the standard hasher; bounded by the running and queued calls.
     inbound: Mutex<HashMap<u64, Arc<CallCtl>>>,
     /// Our own calls awaiting answers, at most `max_outbound_calls`.
-    outbound: Limit,
+    pub(crate) outbound: Limit,
+    /// Inbound, protocol version 3: what is kept of the answers to the peer's promise-able
+    /// calls, and the calls pipelined on them that wait for those answers.
+    kept: Mutex<KeptAnswers>,
+    /// Outbound: our promise-able calls whose `Finish` is not sent yet, at most
+    /// [`MAX_UNFINISHED`].
+    pub(crate) unfinished: std::sync::atomic::AtomicUsize,
     /// No earlier deadline than this is held by a call in `pending` (see
     /// [`ConnShared::arm_deadline`]): nanoseconds after `deadline_base`, plus 1; 0 for
     /// none. Changed only under the `pending` lock.
@@ -435,13 +488,19 @@ impl ConnShared {
             next_generation: AtomicU64::new(1), // 0 marks the root, which is never counted
             queue: Mutex::new(CallQueue {
                 tasks: Default::default(),
-                bytes: Charged::new(budget),
+                bytes: Charged::new(budget.clone()),
                 running: 0,
             }),
             queued_calls: std::sync::atomic::AtomicUsize::new(0),
             queue_room: tokio::sync::Notify::new(),
             inbound: Mutex::new(HashMap::new()),
             outbound: Limit::new(config.max_outbound_calls),
+            kept: Mutex::new(KeptAnswers {
+                entries: HashMap::new(),
+                held: 0,
+                held_bytes: Charged::new(budget.clone()),
+            }),
+            unfinished: std::sync::atomic::AtomicUsize::new(0),
             armed: AtomicU64::new(0),
             deadline_base: tokio::time::Instant::now(),
             sweep: tokio::sync::Notify::new(),
@@ -735,6 +794,15 @@ impl ConnShared {
         // Nothing can be cancelled any more. (Those still running end by themselves.)
         let cancellable = std::mem::take(&mut *lock(&self.inbound));
         drop(cancellable);
+        // Calls held for promised answers never run; what was kept is forgotten. Dropped
+        // after the lock is released: the references the calls carried are let go.
+        let kept = {
+            let mut kept = lock(&self.kept);
+            kept.held = 0;
+            kept.held_bytes.clear();
+            std::mem::take(&mut kept.entries)
+        };
+        drop(kept);
         // No deadline is left to watch: the sweeper ends.
         self.sweep.notify_one();
         self.queue_room.notify_waiters();
@@ -988,7 +1056,7 @@ impl ConnShared {
             let q = lock(&self.queue);
             q.running == 0 && q.tasks.is_empty()
         };
-        inbound_idle && lock(&self.pending).is_empty()
+        inbound_idle && lock(&self.kept).held == 0 && lock(&self.pending).is_empty()
     }
 
     /// Sees that the deadline sweeper wakes by `at`, the deadline of a call just entered in
@@ -1063,8 +1131,9 @@ impl ConnShared {
     /// slot leaves the queue without ever running; a running one is stopped (its future
     /// dropped) by its task, which then hands its slot on. No answer is sent. An unknown id
     /// (a call that has ended, or never was) is ignored.
-    fn cancel_inbound(&self, id: u64) {
+    fn cancel_inbound(self: &Arc<Self>, id: u64) {
         let Some(ctl) = lock(&self.inbound).remove(&id) else {
+            self.unhold(id);
             return;
         };
         let removed = {
@@ -1090,6 +1159,7 @@ impl ConnShared {
                 debug!(id, "a queued call was cancelled");
                 drop(entry); // outside the lock: dropping a call releases what it holds
                 self.queue_room.notify_waiters();
+                self.settle(id, Err("it was cancelled by its caller".into()));
             }
             None => ctl.cancel(),
         }
@@ -1121,6 +1191,17 @@ impl RefCodec for ConnShared {
                 furl: lazy.furl.to_string(),
                 interface: lazy.interface.clone(),
             }),
+            // A promise target never travels in a reference table (protocol.md §8): the
+            // reference goes once it exists.
+            RefKind::Promise(p) => match p.settled_reference() {
+                Some(Ok(real)) => self.encode(&real),
+                Some(Err(why)) => Err(format!("a promised reference cannot be sent: {why}")),
+                None => Err(
+                    "a promised reference can be sent only once its answer has arrived: \
+                     await `resolved()` first"
+                        .into(),
+                ),
+            },
         }
     }
 
@@ -1197,40 +1278,105 @@ where
     (Completion(Some(slot.clone())), Answer(slot))
 }
 
-/// The id of the call a client may send right behind its hello, before the server's hello
-/// arrives (docs/protocol.md §5). A connection that carried one numbers its own calls after
-/// it.
+/// The number of the call a client sends right behind its hello, before the server's hello
+/// arrives: the FURL's resolution (docs/protocol.md §5). It is sent promise-able, with id
+/// `PROMISE_MARK | 1`, so that a call may be pipelined on it in the same flight: that one,
+/// if any, has id 2. A connection that carried them numbers its own calls after them.
 pub(crate) const EARLY_CALL_ID: u64 = 1;
 
-/// The frame of a call to the peer's root object, with `args` (encoded, carrying no
-/// references), to be sent as early data with id [`EARLY_CALL_ID`]; `None` if its payload is
-/// over [`crate::handshake::MIN_FRAME_LIMIT`], the least limit a server may announce.
-pub(crate) fn early_root_call(method: &str, args: &[u8]) -> Option<Vec<u8>> {
-    let call = Message::Call {
-        id: EARLY_CALL_ID,
+/// The frame of `msg` as early data: `None` if its payload is over
+/// [`crate::handshake::MIN_FRAME_LIMIT`], the least limit a server may announce.
+pub(crate) fn early_frame(msg: &Message<'_>) -> Option<Vec<u8>> {
+    encode_frame(msg, crate::handshake::MIN_FRAME_LIMIT).ok()
+}
+
+/// The early frame that resolves `swissnum` on the peer's root, promise-able.
+pub(crate) fn early_resolution(swissnum: &str) -> Option<Vec<u8>> {
+    let args = postcard::to_allocvec(&(swissnum,)).ok()?;
+    early_frame(&Message::Call {
+        id: PROMISE_MARK | EARLY_CALL_ID,
         target: ROOT_OBJECT,
         interface: crate::tub::ROOT_INTERFACE,
-        method,
-        args,
+        method: "get_reference",
+        args: &args,
         refs: Vec::new(),
-    };
-    encode_frame(&call, crate::handshake::MIN_FRAME_LIMIT).ok()
+    })
+}
+
+/// The early frame of a call pipelined on the early resolution (reference 0 of its answer),
+/// if its arguments carry no reference (there is no connection yet to export one on) and
+/// it fits. A version-1 `Call`, as early data must be: its timeout stays the caller's own.
+pub(crate) fn early_pipelined_call<A: Serialize>(
+    interface: &str,
+    method: &str,
+    args: &A,
+) -> Option<Vec<u8>> {
+    let codec: Arc<dyn RefCodec> = Arc::new(NoReferences);
+    let (args, refs) = crate::object::encode_value(&codec, args).ok()?;
+    if !refs.is_empty() {
+        return None;
+    }
+    early_frame(&Message::Call {
+        id: EARLY_CALL_ID + 1,
+        target: message::promise_target(PROMISE_MARK | EARLY_CALL_ID, 0)?,
+        interface,
+        method,
+        args: &args,
+        refs,
+    })
+}
+
+/// A codec for arguments that may carry no reference.
+struct NoReferences;
+
+impl RefCodec for NoReferences {
+    fn encode(&self, _: &ObjectRef) -> Result<RefDesc, String> {
+        Err("no reference can be sent before the connection exists".into())
+    }
+
+    fn decode(&self, _: RefDesc) -> Result<ObjectRef, String> {
+        Err("no reference can be received here".into())
+    }
+}
+
+/// A call sent behind our hello, pipelined on the FURL's resolution: its frame, and where
+/// its answer lands.
+pub(crate) struct EarlyCall {
+    pub(crate) frame: Vec<u8>,
+    pub(crate) completion: Completion,
+}
+
+/// Make a call's pending entry for an early call (see [`early_pipelined_call`]).
+pub(crate) fn early_completion<T, E>(timeout: Option<Duration>) -> (Completion, Answer<T, E>)
+where
+    T: DeserializeOwned + Send + 'static,
+    E: DeserializeOwned + Send + 'static,
+{
+    completion(timeout.and_then(|t| Deadline::after(tokio::time::Instant::now(), t)))
 }
 
 impl ConnShared {
-    /// Waits for the answer to the call sent as early data ([`early_root_call`]): registers
-    /// its completion and numbers this connection's own calls after it. Runs before anyone
-    /// else can see the connection, and before its reader starts.
-    pub(crate) fn expect_early_answer<T, E>(&self) -> Answer<T, E>
-    where
-        T: DeserializeOwned + Send + 'static,
-        E: DeserializeOwned + Send + 'static,
-    {
-        self.next_call_id
-            .store(EARLY_CALL_ID + 1, Ordering::Relaxed);
-        let (complete, rx) = completion::<T, E>(None);
-        lock(&self.pending).insert(EARLY_CALL_ID, complete);
-        rx
+    /// Registers where the answers to the frames sent behind our hello land: the FURL's
+    /// resolution (its promise cell) and, if one went with it, the call pipelined on it.
+    /// Runs before anyone else can see the connection, and before its reader starts; this
+    /// connection's own calls are numbered after them.
+    pub(crate) fn expect_early(self: &Arc<Self>, call: Option<Completion>) -> Arc<PromiseCell> {
+        let marked = self.info.version >= 3;
+        let id = PROMISE_MARK | EARLY_CALL_ID;
+        let cell = PromiseCell::remote(self.clone(), id, marked, "get_reference", None);
+        let mut next = EARLY_CALL_ID + 1;
+        let mut pending = lock(&self.pending);
+        pending.insert(id, Completion(Some(cell.clone())));
+        if let Some(call) = call {
+            if let Some(d) = call.deadline() {
+                self.arm_deadline(d.at);
+            }
+            pending.insert(next, call);
+            next += 1;
+        }
+        drop(pending);
+        self.next_call_id.store(next, Ordering::Relaxed);
+        cell
     }
 }
 
@@ -1300,9 +1446,56 @@ fn timeout_ms(left: Duration) -> u64 {
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }
 
+/// The most promise-able calls of ours on one connection whose `Finish` is not sent yet.
+/// Beyond it a call is sent as an ordinary call, and calls on its promise wait for its
+/// answer: an honest caller stays well within the `max_kept_answers` a receiver keeps
+/// (4096 by default), so the receiver never has to forget a promise its caller still uses.
+pub(crate) const MAX_UNFINISHED: usize = 1024;
+
+/// A call queued for sending (see [`ConnShared::issue`]): what its caller needs to wait
+/// for the answer.
+struct Issued<'a, R> {
+    unit: Unit<'a>,
+    guard: PendingGuard<'a>,
+    answer: R,
+}
+
 impl RemoteInner {
-    fn codec(&self) -> Arc<dyn RefCodec> {
-        self.conn.clone()
+    /// Calls `method` and waits for the answer (see [`ConnShared::call_on`]).
+    pub(crate) async fn call<A, T, E>(
+        &self,
+        interface: &str,
+        method: &str,
+        args: &A,
+        timeout: CallTimeout,
+    ) -> Result<T, CallError<E>>
+    where
+        A: Serialize,
+        T: DeserializeOwned + Send + 'static,
+        E: DeserializeOwned + Send + 'static,
+    {
+        self.conn
+            .call_on(self.id, interface, method, args, timeout, None)
+            .await
+    }
+
+    /// Sends a one-way call (see [`ConnShared::oneway_on`]).
+    pub(crate) async fn call_oneway<A: Serialize>(
+        &self,
+        interface: &str,
+        method: &str,
+        args: &A,
+        timeout: CallTimeout,
+    ) -> Result<(), CallError<()>> {
+        self.conn
+            .oneway_on(self.id, interface, method, args, timeout, None)
+            .await
+    }
+}
+
+impl ConnShared {
+    fn codec(self: &Arc<Self>) -> Arc<dyn RefCodec> {
+        self.clone()
     }
 
     /// Queues a call, waiting for room in the write budget, until `deadline` (computed only
@@ -1322,14 +1515,11 @@ impl RemoteInner {
             | Message::Oneway { refs, .. } => Some(refs.as_slice()).filter(|r| !r.is_empty()),
             _ => None,
         };
-        let pushed = match self.conn.outbox.push(msg) {
+        let pushed = match self.outbox.push(msg) {
             Err(PushError::Full | PushError::TubFull) => {
                 // The slow path: wait for room, within the deadline.
-                let mut unsent = Unsent {
-                    conn: &self.conn,
-                    refs,
-                };
-                let wait = self.conn.outbox.push_waiting(msg);
+                let mut unsent = Unsent { conn: self, refs };
+                let wait = self.outbox.push_waiting(msg);
                 let pushed = match deadline() {
                     None => wait.await,
                     Some(d) => match tokio::time::timeout_at(d.at, wait).await {
@@ -1345,12 +1535,12 @@ impl RemoteInner {
         };
         match pushed {
             Ok(first) => {
-                self.conn.queued(first, alone);
+                self.queued(first, alone);
                 Ok(())
             }
             Err(PushError::Encode(e)) => {
                 if let Some(refs) = refs {
-                    self.conn.rollback(refs);
+                    self.rollback(refs);
                 }
                 Err(CallError::Protocol(format!(
                     "the call is too large for the peer: {e}"
@@ -1362,35 +1552,43 @@ impl RemoteInner {
         }
     }
 
-    /// Calls `method` and waits for the answer, for at most the handle's `timeout` (or the
-    /// Tub's `call_timeout`), counted from now: waiting for an outbound slot and for room to
-    /// send count. On a version-2 connection the timeout travels with the call.
+    /// Queues a call of `method` on the peer's object `target` (an export id, the root, or
+    /// a promise target), for at most the handle's `timeout` (or the Tub's
+    /// `call_timeout`) counted from now: waiting for an outbound slot and for room to send
+    /// count. On a version-2 connection the timeout travels with the call. With
+    /// `promise_able`, on a version-3 connection and within [`MAX_UNFINISHED`], the call's
+    /// id carries [`PROMISE_MARK`]. `sink` makes the call's pending entry and what its
+    /// caller waits on, given the deadline, the id and whether it is marked. `via`, for a
+    /// call sent to a promise target, keeps that promise's `Finish` behind this call; it is
+    /// dropped once the call is queued.
     ///
     /// No timer per call: the wait for the answer is bounded by the connection's deadline
     /// sweeper ([`ConnShared::arm_deadline`]); a timer is armed only when the call has to
     /// wait for a slot or for room to send.
-    pub(crate) async fn call<A, T, E>(
-        &self,
+    #[allow(clippy::too_many_arguments)]
+    async fn issue<'a, A, E, R>(
+        self: &'a Arc<Self>,
+        target: u64,
         interface: &str,
         method: &str,
         args: &A,
         timeout: CallTimeout,
-    ) -> Result<T, CallError<E>>
+        promise_able: bool,
+        via: Option<SendGuard>,
+        sink: impl FnOnce(Option<Deadline>, u64, bool) -> (Completion, R),
+    ) -> Result<Issued<'a, R>, CallError<E>>
     where
         A: Serialize,
-        T: DeserializeOwned + Send + 'static,
-        E: DeserializeOwned + Send + 'static,
     {
-        let conn = &*self.conn;
-        if let Some(reason) = conn.closed_reason() {
+        if let Some(reason) = self.closed_reason() {
             return Err(CallError::Disconnected(reason));
         }
-        let timeout = timeout.or(conn.config.call_timeout);
-        let (unit, waited) = match conn.outbound.try_acquire() {
+        let timeout = timeout.or(self.config.call_timeout);
+        let (unit, waited) = match self.outbound.try_acquire() {
             Some(unit) => (unit, None),
             None => {
                 let start = tokio::time::Instant::now();
-                let wait = conn.outbound.acquire();
+                let wait = self.outbound.acquire();
                 let unit = match timeout.and_then(|t| Deadline::after(start, t)) {
                     None => wait.await,
                     Some(d) => tokio::time::timeout_at(d.at, wait)
@@ -1403,9 +1601,18 @@ impl RemoteInner {
         // One clock reading per call, unless it waited for its slot.
         let deadline = timeout
             .and_then(|t| Deadline::after(waited.unwrap_or_else(tokio::time::Instant::now), t));
-        let id = conn.next_call_id.fetch_add(1, Ordering::Relaxed);
+        let number = self.next_call_id.fetch_add(1, Ordering::Relaxed);
+        let marked = promise_able
+            && self.info.version >= 3
+            && number <= MAX_PROMISE_NUMBER
+            && self.unfinished.load(Ordering::Relaxed) < MAX_UNFINISHED;
+        let id = if marked {
+            PROMISE_MARK | number
+        } else {
+            number
+        };
         let (args, refs) = encode_args(&self.codec(), args)?;
-        let v2 = conn.info.version >= 2;
+        let v2 = self.info.version >= 2;
         let msg = match deadline {
             // Version 1 has no way to say it: the deadline is only ours.
             Some(d) if v2 => Message::TimedCall {
@@ -1414,7 +1621,7 @@ impl RemoteInner {
                     None => d.timeout,
                     Some(_) => d.at.saturating_duration_since(tokio::time::Instant::now()),
                 }),
-                target: self.id,
+                target,
                 interface,
                 method,
                 args: &args,
@@ -1422,70 +1629,141 @@ impl RemoteInner {
             },
             _ => Message::Call {
                 id,
-                target: self.id,
+                target,
                 interface,
                 method,
                 args: &args,
                 refs,
             },
         };
-        let (complete, rx) = completion::<T, E>(deadline);
+        let (complete, answer) = sink(deadline, id, marked);
         {
-            let mut pending = lock(&conn.pending);
+            let mut pending = lock(&self.pending);
             pending.insert(id, complete);
             if let Some(d) = deadline {
-                conn.arm_deadline(d.at);
+                self.arm_deadline(d.at);
             }
         }
         let mut guard = PendingGuard {
-            conn,
+            conn: self,
             id,
             cancel: false,
             deadline,
         };
-        if let Some(reason) = conn.closed_reason() {
+        if let Some(reason) = self.closed_reason() {
             return Err(CallError::Disconnected(reason));
         }
         // Alone: no other caller holds an outbound unit, answered or not, so no other call is
         // about to join this one in the queue.
         self.send(&msg, unit.alone, || deadline).await?;
+        drop(via);
         guard.cancel = v2;
         drop(msg);
         crate::object::recycle(args);
-        let result = rx.await;
-        // The completion was removed from the table to run (by the answer, the deadline
-        // sweeper, or close): no second lock and lookup to remove it.
-        guard.completed();
-        drop(unit);
-        result
+        Ok(Issued {
+            unit,
+            guard,
+            answer,
+        })
     }
 
-    /// Sends a one-way call, waiting for room to send it for at most the handle's `timeout`
-    /// (or the Tub's `call_timeout`). The timeout does not travel: nobody waits for a one-way
-    /// call once it is sent.
-    pub(crate) async fn call_oneway<A: Serialize>(
-        &self,
+    /// Calls `method` on the peer's object `target` and waits for the answer (see
+    /// [`ConnShared::issue`]).
+    pub(crate) async fn call_on<A, T, E>(
+        self: &Arc<Self>,
+        target: u64,
         interface: &str,
         method: &str,
         args: &A,
         timeout: CallTimeout,
+        via: Option<SendGuard>,
+    ) -> Result<T, CallError<E>>
+    where
+        A: Serialize,
+        T: DeserializeOwned + Send + 'static,
+        E: DeserializeOwned + Send + 'static,
+    {
+        let sink = |deadline, _, _| completion::<T, E>(deadline);
+        let issued = self
+            .issue(target, interface, method, args, timeout, false, via, sink)
+            .await?;
+        let result = issued.answer.await;
+        // The completion was removed from the table to run (by the answer, the deadline
+        // sweeper, or close): no second lock and lookup to remove it.
+        issued.guard.completed();
+        drop(issued.unit);
+        result
+    }
+
+    /// Sends a promise-able call of `method` on the peer's object `target` and returns, once
+    /// it is queued, the cell its answer will land in (see [`crate::Promise`]). Its
+    /// outbound unit is held until the answer comes. Dropping the cell does not cancel the
+    /// call: its timeout still bounds it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start_promise<A, E>(
+        self: &Arc<Self>,
+        target: u64,
+        interface: &str,
+        method: &str,
+        args: &A,
+        timeout: CallTimeout,
+        via: Option<SendGuard>,
+    ) -> Result<Arc<PromiseCell>, CallError<E>>
+    where
+        A: Serialize,
+    {
+        let sink = |deadline, id, marked| {
+            let cell = PromiseCell::remote(self.clone(), id, marked, method, deadline);
+            (Completion(Some(cell.clone())), cell)
+        };
+        let issued = self
+            .issue(target, interface, method, args, timeout, true, via, sink)
+            .await?;
+        issued.guard.completed();
+        issued.unit.keep();
+        issued.answer.holds_unit();
+        Ok(issued.answer)
+    }
+
+    /// Sends a one-way call to the peer's object `target`, waiting for room to send it for
+    /// at most the handle's `timeout` (or the Tub's `call_timeout`). The timeout does not
+    /// travel: nobody waits for a one-way call once it is sent.
+    pub(crate) async fn oneway_on<A: Serialize>(
+        self: &Arc<Self>,
+        target: u64,
+        interface: &str,
+        method: &str,
+        args: &A,
+        timeout: CallTimeout,
+        via: Option<SendGuard>,
     ) -> Result<(), CallError<()>> {
-        if let Some(reason) = self.conn.closed_reason() {
+        if let Some(reason) = self.closed_reason() {
             return Err(CallError::Disconnected(reason));
         }
         let (args, refs) = encode_args(&self.codec(), args)?;
         let msg = Message::Oneway {
-            target: self.id,
+            target,
             interface,
             method,
             args: &args,
             refs,
         };
-        let timeout = timeout.or(self.conn.config.call_timeout);
-        self.send(&msg, false, || {
-            timeout.and_then(|t| Deadline::after(tokio::time::Instant::now(), t))
-        })
-        .await
+        let timeout = timeout.or(self.config.call_timeout);
+        let sent = self
+            .send(&msg, false, || {
+                timeout.and_then(|t| Deadline::after(tokio::time::Instant::now(), t))
+            })
+            .await;
+        drop(via);
+        sent
+    }
+
+    /// Sends `Finish` for our promise-able call `id` (protocol version 3): the peer may
+    /// forget its answer. Like a `Decref`, it is always sent (a peer that reads nothing is
+    /// disconnected rather than let the peer's table of kept answers fill).
+    pub(crate) fn send_finish(&self, id: u64) {
+        self.unfinished.fetch_sub(1, Ordering::Relaxed);
+        self.send_message(&Message::Finish { id });
     }
 }
 
@@ -1581,9 +1859,7 @@ where
                 break (why.clone(), Some(GoodbyeReason::ProtocolViolation(why)));
             }
         };
-        if matches!(msg, Message::TimedCall { .. } | Message::Cancel { .. })
-            && shared.info.version < msg.min_version()
-        {
+        if shared.info.version < msg.min_version() {
             let why = format!(
                 "a version-{} message on a version-{} connection",
                 msg.min_version(),
@@ -1603,6 +1879,7 @@ where
             // Dispatched above (Inbound::split).
             Message::Call { .. } | Message::Oneway { .. } | Message::TimedCall { .. } => {}
             Message::Cancel { id } => shared.cancel_inbound(id),
+            Message::Finish { id } => shared.finish_kept(id),
             Message::Answer { id, body } => {
                 // The reference table is resolved whether or not anyone still waits for the
                 // answer: what it carried is imported, and released again if unused.
@@ -1702,6 +1979,10 @@ impl<'a> Inbound<'a> {
 /// arrival order), and a method that completes at once costs no task spawn, and no timer
 /// or entry in the table of cancellable calls either: only a call that has to wait (for a
 /// slot, or inside the method) is watched for its deadline and for a `Cancel`.
+///
+/// On a version-3 connection a promise-able call (its id carries [`PROMISE_MARK`]) gets an
+/// entry for its answer, and a call to a promise target whose answer does not exist yet is
+/// held until it does ([`ConnShared::settle`]).
 async fn dispatch(
     shared: &Arc<ConnShared>,
     call: Inbound<'_>,
@@ -1717,32 +1998,88 @@ async fn dispatch(
     } = call;
     // Resolve the reference table first, so that what it carries is accounted for (imported,
     // and released again) even if the call is refused.
-    let refs = match resolve_refs(&**shared, table) {
-        Ok(refs) => Ok(refs),
-        Err(e) => Err(Refusal::BadReference(e)),
-    };
-    let (refs, refused) = match refs {
+    let (refs, refused) = match resolve_refs(&**shared, table) {
         Ok(r) => (r, None),
-        Err(e) => (Vec::new(), Some(e)),
+        Err(e) => (Vec::new(), Some(Refusal::BadReference(e))),
     };
-    let ctx = CallContext::new(shared.clone(), Some(shared.info.peer), refs);
-    let object = if target == ROOT_OBJECT {
-        Some(shared.root())
-    } else {
-        shared.exported(target)
+    let v3 = shared.info.version >= 3;
+    if let Some(id) = id.filter(|&id| v3 && id & PROMISE_MARK != 0) {
+        shared.keep_answer(id);
+    }
+    let promised = parse_promise_target(target).filter(|_| v3);
+    let (object, refs) = match (refused, promised) {
+        (Some(refusal), _) => (Err(refusal), refs),
+        (None, _) if target == ROOT_OBJECT => (Ok(shared.root()), refs),
+        (None, None) => (
+            shared
+                .exported(target)
+                .ok_or(Refusal::UnknownObject { target }),
+            refs,
+        ),
+        (None, Some((promise, index))) => match shared.promised_object(promise, index) {
+            Promised::Object(obj) => (Ok(obj), refs),
+            Promised::Broken(why) => (Err(Refusal::Broken(why)), refs),
+            Promised::Pending => {
+                let held = Held {
+                    id,
+                    timeout_ms,
+                    received: tokio::time::Instant::now(),
+                    index,
+                    interface: interface.to_string(),
+                    method: method.to_string(),
+                    args: args.to_vec(),
+                    refs,
+                };
+                match shared.hold(promise, held) {
+                    Ok(()) => return,
+                    Err(instead) => instead,
+                }
+            }
+        },
     };
+    let mut start = Some((
+        object,
+        CallContext::new(shared.clone(), Some(shared.info.peer), refs),
+    ));
+    std::future::poll_fn(|cx| {
+        if let Some((object, ctx)) = start.take() {
+            start_call(
+                shared, id, timeout_ms, object, interface, method, args, ctx, cx,
+            );
+        }
+        Poll::Ready(())
+    })
+    .await;
+}
+
+/// Starts an inbound call on `object` (or refuses it): the end of [`dispatch`], and how a
+/// held call is delivered once its promise resolves. A method is polled first with `cx`:
+/// the reader's context, or, for a held call, one that wakes nobody (the task it moves to
+/// if it does not complete polls it again at once).
+#[allow(clippy::too_many_arguments)]
+fn start_call(
+    shared: &Arc<ConnShared>,
+    id: Option<u64>,
+    timeout_ms: Option<u64>,
+    object: Result<Arc<dyn Dispatch>, Refusal>,
+    interface: &str,
+    method: &str,
+    args: &[u8],
+    ctx: CallContext,
+    cx: &mut Context<'_>,
+) {
     let started = match object {
-        _ if refused.is_some() => Err(refused.expect("checked")),
-        None => Err(Refusal::UnknownObject { target }),
-        Some(obj) if obj.interface() != interface => Err(Refusal::WrongInterface {
+        Err(refusal) => Err(refusal),
+        Ok(obj) if obj.interface() != interface => Err(Refusal::WrongInterface {
             expected: interface.to_string(),
             actual: obj.interface().to_string(),
         }),
-        Some(obj) => obj.call(method, args, ctx.clone()),
+        Ok(obj) => obj.call(method, args, ctx.clone()),
     };
     match (started, id) {
         (Err(refusal), Some(id)) => {
             debug!(%refusal, "call refused");
+            shared.settle(id, Err(format!("it was refused: {refusal}")));
             shared.send_message(&Message::Answer {
                 id,
                 body: AnswerBody::Refused(refusal),
@@ -1758,8 +2095,7 @@ async fn dispatch(
             };
             // Polled here first: a method that completes at once is answered without a task
             // (or an allocation) of its own.
-            let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await;
-            match first {
+            match Pin::new(&mut fut).poll(cx) {
                 Poll::Ready(reply) => {
                     send_answer(shared, id, ctx, reply);
                     shared.finish_call(slot);
@@ -1773,13 +2109,260 @@ async fn dispatch(
     }
 }
 
+impl ConnShared {
+    /// The peer's promise-able call `id` has arrived: its answer will be kept for calls
+    /// pipelined on it, unless `max_kept_answers` are kept already (it is then an ordinary
+    /// call, and calls sent to its promise are refused as `Broken`).
+    fn keep_answer(&self, id: u64) {
+        let mut kept = lock(&self.kept);
+        if kept.entries.len() < self.config.max_kept_answers {
+            kept.entries.entry(id).or_insert(Kept::Waiting {
+                calls: Vec::new(),
+                finished: false,
+            });
+        } else {
+            debug!(
+                id,
+                "a promise-able call beyond max_kept_answers: its answer is not kept"
+            );
+        }
+    }
+
+    /// What reference `index` of the answer to the peer's promise-able call `promise` is.
+    fn promised_object(&self, promise: u64, index: u32) -> Promised {
+        self.promised_in(&lock(&self.kept), promise, index)
+    }
+
+    fn promised_in(&self, kept: &KeptAnswers, promise: u64, index: u32) -> Promised {
+        let number = promise & !PROMISE_MARK;
+        match kept.entries.get(&promise) {
+            None => Promised::Broken(format!(
+                "no answer of call {number} is kept: it never arrived, was not promise-able, \
+                 was finished, or came when {} answers were kept (the limit)",
+                self.config.max_kept_answers
+            )),
+            Some(Kept::Waiting { .. }) => Promised::Pending,
+            Some(Kept::Settled(Ok(ids))) => match ids.get(index as usize).copied().flatten() {
+                Some(export) => match self.exported(export) {
+                    Some(obj) => Promised::Object(obj),
+                    None => Promised::Broken(format!(
+                        "reference {index} of the answer to call {number} is no longer exported"
+                    )),
+                },
+                None => Promised::Broken(no_object(number, index, ids.len())),
+            },
+            Some(Kept::Settled(Err(why))) => Promised::Broken(format!(
+                "call {number}, which it was sent to, failed: {why}"
+            )),
+        }
+    }
+
+    /// Holds `call` until the answer to `promise` exists. If it exists by now (it came on
+    /// another task since [`ConnShared::promised_object`] looked), or `max_held_calls`
+    /// calls (or `max_queued_call_bytes` of their arguments) are held, gives back what to
+    /// run the call on instead (or the refusal), with the call's references.
+    #[allow(clippy::type_complexity)]
+    fn hold(
+        &self,
+        promise: u64,
+        call: Held,
+    ) -> Result<(), (Result<Arc<dyn Dispatch>, Refusal>, Vec<ObjectRef>)> {
+        let mut kept = lock(&self.kept);
+        let over = kept.held >= self.config.max_held_calls
+            || kept.held_bytes.get() + call.args.len() > self.config.max_queued_call_bytes
+            || !kept.held_bytes.tub_fits(call.args.len());
+        let size = call.args.len();
+        let waiting = matches!(kept.entries.get(&promise), Some(Kept::Waiting { .. }));
+        if waiting && over {
+            let why = format!(
+                "{} calls ({} argument bytes) already wait for promised answers on this \
+                 connection (the limit is {} calls, {} bytes)",
+                kept.held,
+                kept.held_bytes.get(),
+                self.config.max_held_calls,
+                self.config.max_queued_call_bytes
+            );
+            return Err((Err(Refusal::Broken(why)), call.refs));
+        }
+        if !waiting {
+            let object = match self.promised_in(&kept, promise, call.index) {
+                Promised::Object(obj) => Ok(obj),
+                Promised::Broken(why) => Err(Refusal::Broken(why)),
+                Promised::Pending => Err(Refusal::Broken("the promise is pending".into())),
+            };
+            return Err((object, call.refs));
+        }
+        if let Some(Kept::Waiting { calls, .. }) = kept.entries.get_mut(&promise) {
+            calls.push(call);
+        }
+        kept.held += 1;
+        kept.held_bytes += size;
+        Ok(())
+    }
+
+    /// The peer's call `id` has its outcome (answered, refused or stopped): if it is a kept
+    /// promise-able call, its answer is kept (until `Finish`) and the calls held for it are
+    /// started now, in arrival order, before its answer is queued, so that they start
+    /// before anything the peer sends once it has the answer.
+    pub(crate) fn settle(self: &Arc<Self>, id: u64, outcome: Result<Arc<[Option<u64>]>, String>) {
+        if id & PROMISE_MARK == 0 || self.info.version < 3 {
+            return;
+        }
+        let calls = {
+            let mut kept = lock(&self.kept);
+            let Some(Kept::Waiting { calls, finished }) = kept.entries.get_mut(&id) else {
+                return;
+            };
+            let calls = std::mem::take(calls);
+            if *finished {
+                kept.entries.remove(&id);
+            } else {
+                kept.entries.insert(id, Kept::Settled(outcome.clone()));
+            }
+            kept.held -= calls.len();
+            kept.held_bytes -= calls.iter().map(|c| c.args.len()).sum::<usize>();
+            calls
+        };
+        for call in calls {
+            self.deliver(id, call, &outcome);
+        }
+    }
+
+    /// Starts a held call on what its promise gave (or refuses it as `Broken`), with what is
+    /// left of its caller's timeout: a call whose caller has given up meanwhile is dropped.
+    fn deliver(
+        self: &Arc<Self>,
+        promise: u64,
+        call: Held,
+        outcome: &Result<Arc<[Option<u64>]>, String>,
+    ) {
+        let Held {
+            id,
+            timeout_ms,
+            received,
+            index,
+            interface,
+            method,
+            args,
+            refs,
+        } = call;
+        let timeout_ms = match timeout_ms {
+            None => None,
+            Some(t) => {
+                let spent = u64::try_from(received.elapsed().as_millis()).unwrap_or(u64::MAX);
+                if spent >= t {
+                    debug!(
+                        ?id,
+                        "a held call's caller gave up before its promise resolved"
+                    );
+                    if let Some(id) = id {
+                        self.settle(id, Err("its caller's timeout passed".into()));
+                    }
+                    return;
+                }
+                Some(t - spent)
+            }
+        };
+        let number = promise & !PROMISE_MARK;
+        let object = match outcome {
+            Ok(ids) => ids
+                .get(index as usize)
+                .copied()
+                .flatten()
+                .and_then(|export| self.exported(export))
+                .ok_or_else(|| Refusal::Broken(no_object(number, index, ids.len()))),
+            Err(why) => Err(Refusal::Broken(format!(
+                "call {number}, which it was sent to, failed: {why}"
+            ))),
+        };
+        let ctx = CallContext::new(self.clone(), Some(self.info.peer), refs);
+        let mut cx = Context::from_waker(Waker::noop());
+        start_call(
+            self, id, timeout_ms, object, &interface, &method, &args, ctx, &mut cx,
+        );
+    }
+
+    /// The peer cancelled its call `id`: if it is held for a promise, it never runs.
+    fn unhold(self: &Arc<Self>, id: u64) {
+        let removed = {
+            let mut kept = lock(&self.kept);
+            if kept.held == 0 {
+                return;
+            }
+            let mut removed = None;
+            for entry in kept.entries.values_mut() {
+                if let Kept::Waiting { calls, .. } = entry {
+                    if let Some(at) = calls.iter().position(|c| c.id == Some(id)) {
+                        removed = Some(calls.remove(at));
+                        break;
+                    }
+                }
+            }
+            if let Some(call) = &removed {
+                kept.held -= 1;
+                kept.held_bytes -= call.args.len();
+            }
+            removed
+        };
+        if let Some(call) = removed {
+            debug!(id, "a held call was cancelled");
+            drop(call); // outside the lock: its references are let go
+            self.settle(id, Err("it was cancelled by its caller".into()));
+        }
+    }
+
+    /// Kept answers, held calls, and our own unfinished promise-able calls (for
+    /// `Tub::load`).
+    pub(crate) fn promise_load(&self) -> (usize, usize, usize) {
+        let kept = lock(&self.kept);
+        let unfinished = self.unfinished.load(Ordering::Relaxed);
+        (kept.entries.len(), kept.held, unfinished)
+    }
+
+    /// The peer will name its promise-able call `id` in no more targets.
+    fn finish_kept(&self, id: u64) {
+        let mut kept = lock(&self.kept);
+        match kept.entries.get_mut(&id) {
+            Some(Kept::Settled(_)) => {
+                kept.entries.remove(&id);
+            }
+            Some(Kept::Waiting { finished, .. }) => *finished = true,
+            None => {}
+        }
+    }
+}
+
+/// Why reference `index` of an answer (with `len` references) is no object to call.
+fn no_object(number: u64, index: u32, len: usize) -> String {
+    if index as usize >= len {
+        format!("the answer to call {number} carries {len} references, none at index {index}")
+    } else {
+        format!("reference {index} of the answer to call {number} is not an object of this Tub")
+    }
+}
+
 /// Queues the answer to call `id` (none for a one-way call), `None` if the method panicked,
 /// then lets go of what the call kept alive for it.
-fn send_answer(shared: &ConnShared, id: Option<u64>, ctx: CallContext, reply: Option<Reply>) {
+fn send_answer(shared: &Arc<ConnShared>, id: Option<u64>, ctx: CallContext, reply: Option<Reply>) {
     let reply =
         reply.unwrap_or_else(|| Reply::Refused(Refusal::Failed("the method panicked".into())));
     if let Some(id) = id {
         let refs = ctx.take_out_refs();
+        if id & PROMISE_MARK != 0 {
+            // Calls held for this answer start before it is queued.
+            let outcome = match &reply {
+                Reply::Ok(_) => Ok(refs
+                    .iter()
+                    .map(|d| match d {
+                        RefDesc::Mine { id, .. } => Some(*id),
+                        _ => None,
+                    })
+                    .collect()),
+                Reply::AppError(_) => Err("it returned its own error".into()),
+                Reply::Refused(r) => Err(format!("it was refused: {r}")),
+            };
+            shared.settle(id, outcome);
+        }
         let body = match &reply {
             Reply::Ok(b) => AnswerBody::Ok { value: b, refs },
             Reply::AppError(b) => AnswerBody::AppError { value: b, refs },
@@ -1862,10 +2445,16 @@ where
             Ended::Cancelled => {
                 debug!(?id, "call cancelled by the caller");
                 ctx.release_kept();
+                if let Some(id) = id {
+                    conn.settle(id, Err("it was cancelled by its caller".into()));
+                }
             }
             Ended::OutOfTime(d, Whose::Caller) => {
                 debug!(?id, "call stopped: the caller's {d:?} have passed");
                 ctx.release_kept();
+                if let Some(id) = id {
+                    conn.settle(id, Err("its caller's timeout passed".into()));
+                }
             }
             Ended::OutOfTime(d, Whose::Ours) => {
                 debug!(?id, "call stopped: it ran for {d:?} (max_call_duration)");

@@ -28,9 +28,10 @@ use crate::tubid::TubId;
 
 /// The highest protocol version this build speaks (negotiated in the hello). Version 2 is
 /// version 1 plus call deadlines and cancellation (`TimedCall`, `Cancel`: docs/protocol.md
-/// §7); a later version only adds messages, so a message of version N means the same in
+/// §7); version 3 adds promise pipelining (promise targets, `Finish`, `Refusal::Broken`:
+/// §8). A later version only adds messages, so a message of version N means the same in
 /// every version above N.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The lowest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// The largest hello frame accepted.

@@ -105,6 +105,7 @@ pub mod message;
 pub mod object;
 mod outbox;
 pub mod prelude;
+pub mod promise;
 pub mod reconnector;
 pub mod tls;
 pub mod tub;
@@ -121,6 +122,7 @@ pub use object::{
     serve_per_call, CallContext, CallError, Dispatch, ObjectRef, Refusal, Reply, ReplyFuture,
     TypedRef,
 };
+pub use promise::Promise;
 pub use reconnector::{ReconnectPolicy, Reconnector, ReconnectorState, ReconnectorStatus};
 pub use tls::{Side, TlsStream};
 pub use tub::{

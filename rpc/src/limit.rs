@@ -33,6 +33,13 @@ pub(crate) struct Unit<'a> {
     pub(crate) alone: bool,
 }
 
+impl Unit<'_> {
+    /// Keeps the unit past this handle's life: it is given back by [`Limit::give_back`].
+    pub(crate) fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Unit<'_> {
     fn drop(&mut self) {
         self.limit.release();
@@ -98,6 +105,11 @@ impl Limit {
             }
             room.await;
         }
+    }
+
+    /// Gives back a unit that was kept ([`Unit::keep`]).
+    pub(crate) fn give_back(&self) {
+        self.release();
     }
 
     fn release(&self) {

@@ -116,6 +116,47 @@ pub enum Message<'a> {
         /// The abandoned call's id.
         id: u64,
     },
+    /// Protocol version 3: the sender will name its call `id` (a promise-able call: `id`
+    /// carries [`PROMISE_MARK`]) in no more targets. The receiver forgets what it kept of
+    /// that call's answer for calls pipelined on it (docs/protocol.md §8). Sent once per
+    /// promise-able call, once its answer arrived or its caller gave up. Never sent on a
+    /// connection of a lower version.
+    Finish {
+        /// The promise-able call's id.
+        id: u64,
+    },
+}
+
+/// Protocol version 3: the bit that marks a call's `id` as **promise-able** (its caller
+/// may pipeline calls on its answer, and the receiver keeps what it needs of the answer
+/// until [`Message::Finish`]), and a call's `target` as a **promise target** (see
+/// [`promise_target`]). Export ids never have it.
+pub const PROMISE_MARK: u64 = 1 << 63;
+
+/// The largest number a promise-able call's id may carry beside [`PROMISE_MARK`]: it must
+/// fit in a promise target's 47 bits.
+pub const MAX_PROMISE_NUMBER: u64 = (1 << 47) - 1;
+
+/// The target that names "reference `index` of the answer to the promise-able call `id`"
+/// (protocol version 3): `PROMISE_MARK | number << 16 | index`, where `number` is `id`
+/// without its mark. `None` if `id` is not promise-able, its number is over
+/// [`MAX_PROMISE_NUMBER`], or `index` is over 65,535.
+pub fn promise_target(id: u64, index: u32) -> Option<u64> {
+    let number = id.checked_sub(PROMISE_MARK)?;
+    if number > MAX_PROMISE_NUMBER || index > u32::from(u16::MAX) {
+        return None;
+    }
+    Some(PROMISE_MARK | number << 16 | u64::from(index))
+}
+
+/// The promise-able call id and reference index a promise target names, or `None` for an
+/// ordinary target (an export id, or the root).
+pub fn parse_promise_target(target: u64) -> Option<(u64, u32)> {
+    if target & PROMISE_MARK == 0 {
+        return None;
+    }
+    let number = (target & !PROMISE_MARK) >> 16;
+    Some((PROMISE_MARK | number, (target & 0xffff) as u32))
 }
 
 impl Message<'_> {
@@ -127,6 +168,7 @@ impl Message<'_> {
             | Message::Goodbye {
                 reason: GoodbyeReason::Full,
             } => 2,
+            Message::Finish { .. } => 3,
             _ => 1,
         }
     }
@@ -434,5 +476,35 @@ mod tests {
         };
         assert_eq!(full.min_version(), 2);
         assert_eq!(postcard::to_allocvec(&full).unwrap(), [6, 4]);
+    }
+
+    #[test]
+    fn wire_bytes_of_the_version_3_messages() {
+        // docs/protocol.md §8's examples.
+        let id = PROMISE_MARK | 1;
+        let f = Message::Finish { id };
+        let mark_1 = [0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01];
+        let mut want = vec![0x09];
+        want.extend_from_slice(&mark_1);
+        assert_eq!(postcard::to_allocvec(&f).unwrap(), want);
+        assert_eq!(decode(&want).unwrap(), f);
+        assert_eq!(f.min_version(), 3);
+        // Reference 0 of the answer to call PROMISE_MARK | 1.
+        let target = promise_target(id, 0).unwrap();
+        assert_eq!(target, 0x8000_0000_0001_0000);
+        assert_eq!(parse_promise_target(target), Some((id, 0)));
+        assert_eq!(parse_promise_target(0x8000_0000_0001_0002), Some((id, 2)));
+        assert_eq!(parse_promise_target(7), None);
+        // Not promise-able, or out of range.
+        assert_eq!(promise_target(1, 0), None);
+        assert_eq!(
+            promise_target(PROMISE_MARK | (MAX_PROMISE_NUMBER + 1), 0),
+            None
+        );
+        assert_eq!(promise_target(id, 65_536), None);
+        let top = PROMISE_MARK | MAX_PROMISE_NUMBER;
+        let t = promise_target(top, 65_535).unwrap();
+        assert_eq!(t, u64::MAX);
+        assert_eq!(parse_promise_target(t), Some((top, 65_535)));
     }
 }

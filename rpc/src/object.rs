@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connection::RemoteInner;
 use crate::furl::Furl;
+use crate::promise::{OwnedOutcome, Promise, PromiseCell, PromisedRef};
 use crate::tub::TubInner;
 use crate::tubid::TubId;
 
@@ -69,6 +70,13 @@ pub enum Refusal {
     /// The method ran but its result could not be encoded.
     #[error("the method's result could not be sent: {0}")]
     Failed(String),
+    /// Protocol version 3: the call was pipelined on the promised answer of an earlier call
+    /// (a promise target), and that answer gave no object of the receiver to run it on: the
+    /// promised call failed (its error is in the text), its answer carries no reference at
+    /// that index, or the reference is not the receiver's own object. Also: too many calls
+    /// already wait for promised answers on the connection. The call never ran.
+    #[error("the promise it was sent to is broken: {0}")]
+    Broken(String),
 }
 
 /// Why a call failed, from the caller's side. `E` is the method's own error type.
@@ -535,6 +543,8 @@ pub(crate) enum RefKind {
     Local(Arc<dyn Dispatch>),
     Remote(Arc<RemoteInner>),
     Furl(Arc<LazyRef>),
+    /// A reference an answer still on its way will carry (promise pipelining).
+    Promise(Arc<PromisedRef>),
 }
 
 /// A reference named by a FURL (a gift), reached through the Tub on first use.
@@ -556,6 +566,11 @@ impl fmt::Debug for ObjectRef {
                 r.interface, r.id, r.conn.info.peer
             ),
             RefKind::Furl(l) => write!(f, "ObjectRef({} at {:?})", l.interface, l.furl),
+            RefKind::Promise(p) => write!(
+                f,
+                "ObjectRef({} promised as reference {} of {:?})",
+                p.interface, p.index, p.cell
+            ),
         }
     }
 }
@@ -589,6 +604,7 @@ impl ObjectRef {
             RefKind::Local(d) => d.interface(),
             RefKind::Remote(r) => &r.interface,
             RefKind::Furl(l) => &l.interface,
+            RefKind::Promise(p) => &p.interface,
         }
     }
 
@@ -598,6 +614,7 @@ impl ObjectRef {
             RefKind::Local(_) => None,
             RefKind::Remote(r) => Some(r.conn.info.peer),
             RefKind::Furl(l) => Some(l.furl.tubid()),
+            RefKind::Promise(p) => p.conn().map(|c| c.info.peer),
         }
     }
 
@@ -630,8 +647,7 @@ impl ObjectRef {
         T: DeserializeOwned + Send + 'static,
         E: DeserializeOwned + Send + 'static,
     {
-        let target = self.resolve().await?;
-        match &target.0 {
+        match &self.0 {
             RefKind::Local(d) => match self.1.or(None) {
                 None => local_call(d.clone(), interface, method, args).await,
                 Some(t) => {
@@ -643,7 +659,83 @@ impl ObjectRef {
                 }
             },
             RefKind::Remote(r) => r.call(interface, method, args, self.1).await,
-            RefKind::Furl(_) => unreachable!("resolve() never returns a FURL reference"),
+            RefKind::Promise(p) => p.call(interface, method, args, self.1).await,
+            RefKind::Furl(lazy) => {
+                // Boxed: reaching a FURL makes a call, and a call may reach a FURL.
+                let early = Box::pin(lazy.call_behind_hello(interface, method, args, self.1));
+                if let Some(result) = early.await {
+                    return result;
+                }
+                let target = Box::pin(lazy.target()).await?;
+                Box::pin(ObjectRef(target.0, self.1).call(interface, method, args)).await
+            }
+        }
+    }
+
+    /// Sends `method` with `args` and returns, once the call is queued, the [`Promise`] of its
+    /// answer: references in the answer can be called before it arrives (promise
+    /// pipelining, see [`crate::promise`]). Awaiting the promise gives what
+    /// [`ObjectRef::call`] gives.
+    pub async fn call_promise<A, T, E>(
+        &self,
+        interface: &str,
+        method: &str,
+        args: &A,
+    ) -> Result<Promise<T, E>, CallError<E>>
+    where
+        A: Serialize,
+    {
+        self.promise_cell(interface, method, args)
+            .await
+            .map(Promise::new)
+    }
+
+    pub(crate) async fn promise_cell<A, E>(
+        &self,
+        interface: &str,
+        method: &str,
+        args: &A,
+    ) -> Result<Arc<PromiseCell>, CallError<E>>
+    where
+        A: Serialize,
+    {
+        match &self.0 {
+            RefKind::Local(d) => {
+                // No round trip to save: the call runs now, and the promise is kept settled.
+                let call = local_call_raw(d.clone(), interface, method, args);
+                let (outcome, refs) = match self.1.or(None) {
+                    None => call.await?,
+                    Some(t) => tokio::time::timeout(t, call)
+                        .await
+                        .map_err(|_| CallError::DeadlineExceeded(t))??,
+                };
+                Ok(crate::promise::settled_cell(method, outcome, refs))
+            }
+            RefKind::Remote(r) => {
+                r.conn
+                    .start_promise(r.id, interface, method, args, self.1, None)
+                    .await
+            }
+            RefKind::Promise(p) => p.call_promise(interface, method, args, self.1).await,
+            RefKind::Furl(lazy) => {
+                let target = Box::pin(lazy.target()).await?;
+                Box::pin(ObjectRef(target.0, self.1).promise_cell(interface, method, args)).await
+            }
+        }
+    }
+
+    /// The reference itself, once it exists: for a promised reference ([`Promise::reference`]),
+    /// waits for the answer and gives the reference it carries, or why there is none; for a
+    /// FURL's (a gift, or [`crate::Tub::get_promised`]), reaches its Tub. Any other reference
+    /// is given back as it is.
+    pub async fn resolved(&self) -> Result<ObjectRef, CallError<()>> {
+        let mut r = self.clone();
+        loop {
+            r = match &r.0 {
+                RefKind::Promise(p) => p.wait().await?,
+                RefKind::Furl(lazy) => Box::pin(lazy.target()).await?,
+                _ => return Ok(ObjectRef(r.0, self.1)),
+            };
         }
     }
 
@@ -655,8 +747,7 @@ impl ObjectRef {
         method: &str,
         args: &A,
     ) -> Result<(), CallError<()>> {
-        let target = self.resolve().await?;
-        match &target.0 {
+        match &self.0 {
             RefKind::Local(d) => {
                 let codec: Arc<dyn RefCodec> = Arc::new(LocalCodec::default());
                 let (bytes, table) = encode_args(&codec, args)?;
@@ -670,15 +761,25 @@ impl ObjectRef {
                 Ok(())
             }
             RefKind::Remote(r) => r.call_oneway(interface, method, args, self.1).await,
-            RefKind::Furl(_) => unreachable!("resolve() never returns a FURL reference"),
+            RefKind::Promise(p) => p.call_oneway(interface, method, args, self.1).await,
+            RefKind::Furl(lazy) => {
+                let target = Box::pin(lazy.target()).await?;
+                Box::pin(ObjectRef(target.0, self.1).call_oneway(interface, method, args)).await
+            }
         }
     }
 
     /// Runs `observer` once when the connection under this reference is lost (at once if it
     /// already is). Local references never disconnect, so the observer is kept and dropped.
     pub fn on_disconnect(&self, observer: impl FnOnce(&str) + Send + 'static) {
-        if let RefKind::Remote(r) = &self.0 {
-            r.conn.on_disconnect(observer);
+        match &self.0 {
+            RefKind::Remote(r) => r.conn.on_disconnect(observer),
+            RefKind::Promise(p) => {
+                if let Some(conn) = p.conn() {
+                    conn.on_disconnect(observer);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -687,41 +788,12 @@ impl ObjectRef {
     pub async fn disconnected(&self) -> String {
         match &self.0 {
             RefKind::Remote(r) => r.conn.closed().await,
+            RefKind::Promise(p) => match p.conn() {
+                Some(conn) => conn.closed().await,
+                None => std::future::pending().await,
+            },
             _ => std::future::pending().await,
         }
-    }
-
-    /// Reaches a FURL reference's Tub if that has not happened yet.
-    async fn resolve<E>(&self) -> Result<ObjectRef, CallError<E>> {
-        let RefKind::Furl(lazy) = &self.0 else {
-            return Ok(self.clone());
-        };
-        let cached = lazy
-            .resolved
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(r) = cached {
-            let live = match &r.0 {
-                RefKind::Remote(inner) => inner.conn.closed_reason().is_none(),
-                _ => true,
-            };
-            if live {
-                return Ok(r);
-            }
-        }
-        let tub = lazy
-            .tub
-            .upgrade()
-            .ok_or_else(|| CallError::Unreachable("the Tub has shut down".to_string()))?;
-        // Boxed: resolving a FURL makes a call, and a call may resolve a FURL.
-        let r = Box::pin(TubInner::get_reference(&tub, &lazy.furl))
-            .await
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
-        r.check_interface(&lazy.interface)
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
-        *lazy.resolved.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
-        Ok(r.clone())
     }
 }
 
@@ -771,6 +843,20 @@ where
     T: DeserializeOwned,
     E: DeserializeOwned,
 {
+    let (outcome, out) = local_call_raw(d, interface, method, args).await?;
+    decode_answer(outcome.borrow(), &out)
+}
+
+/// A call to an object in this process, its answer left encoded (with its references).
+async fn local_call_raw<A, E>(
+    d: Arc<dyn Dispatch>,
+    interface: &str,
+    method: &str,
+    args: &A,
+) -> Result<(OwnedOutcome, Vec<ObjectRef>), CallError<E>>
+where
+    A: Serialize,
+{
     let codec: Arc<dyn RefCodec> = Arc::new(LocalCodec::default());
     let (bytes, table) = encode_args(&codec, args)?;
     check_local_interface(d.as_ref(), interface)?;
@@ -781,12 +867,12 @@ where
         .map_err(CallError::Refused)?;
     let reply = fut.await;
     let out = resolve_refs(codec.as_ref(), ctx.take_out_refs()).map_err(CallError::Protocol)?;
-    let outcome = match &reply {
-        Reply::Ok(bytes) => Outcome::Ok(bytes),
-        Reply::AppError(bytes) => Outcome::AppError(bytes),
-        Reply::Refused(r) => Outcome::Refused(r.clone()),
+    let outcome = match reply {
+        Reply::Ok(bytes) => OwnedOutcome::Ok(bytes),
+        Reply::AppError(bytes) => OwnedOutcome::AppError(bytes),
+        Reply::Refused(r) => OwnedOutcome::Refused(r),
     };
-    decode_answer(outcome, &out)
+    Ok((outcome, out))
 }
 
 fn check_local_interface<E>(d: &dyn Dispatch, interface: &str) -> Result<(), CallError<E>> {
@@ -891,6 +977,17 @@ pub trait TypedRef: Sized + Clone + Send + Sync + 'static {
     fn with_timeout(&self, timeout: Option<Duration>) -> Self {
         Self::from_object_ref(self.object_ref().with_timeout(timeout))
             .expect("the same object implements the same interface")
+    }
+
+    /// The handle itself once its reference exists (see [`ObjectRef::resolved`]): for a
+    /// promised handle, waits for the answer that carries it; fails if the promised call
+    /// failed or gave no such reference.
+    fn resolved(&self) -> impl Future<Output = Result<Self, CallError<()>>> + Send {
+        let r = self.object_ref().clone();
+        async move {
+            let real = r.resolved().await?;
+            Self::from_object_ref(real).map_err(CallError::Refused)
+        }
     }
 }
 

@@ -19,20 +19,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::connection::ConnShared;
+use crate::connection::{ConnShared, EarlyCall};
 use crate::connector::{ConnectError, Connector, Listener};
 use crate::furl::{Furl, FurlError, Hint, Swissnum};
 use crate::handshake::{ConnectionInfo, Established, HandshakeConfig, HandshakeError, Handshaker};
 use crate::identity::Identity;
 use crate::message::GoodbyeReason;
+use crate::message::ROOT_OBJECT;
 use crate::object::{
-    CallContext, CallError, Dispatch, ObjectRef, RefKind, Refusal, ReplyFuture, TypedRef,
+    CallContext, CallError, CallTimeout, Dispatch, LazyRef, ObjectRef, RefKind, Refusal,
+    ReplyFuture, TypedRef,
 };
+use crate::promise::{Promise, PromiseCell, PromisedRef};
 use crate::reconnector::{ReconnectPolicy, Reconnector};
 use crate::tls::Side;
 use crate::tubid::TubId;
@@ -105,6 +109,18 @@ pub struct TubConfig {
     /// for room; and a frame a peer provoked closes the connection whose peer has left the
     /// most unread.
     pub max_buffered_bytes: usize,
+    /// Protocol version 3 (promise pipelining): answers to one peer's promise-able calls
+    /// kept for the calls it pipelines on them, from the call's arrival until the peer's
+    /// `Finish`. A promise-able call beyond it is run as an ordinary call, and calls sent to
+    /// its promise are refused (`Refusal::Broken`). Folio's own callers keep at most 1024
+    /// unfinished, so they never meet it.
+    pub max_kept_answers: usize,
+    /// Protocol version 3: calls from one peer that may wait for a promised answer that does
+    /// not exist yet (their arguments count against `max_queued_call_bytes` and
+    /// `max_buffered_bytes` as well). Beyond it such a call is refused (`Refusal::Broken`)
+    /// rather than read no further: the answer it waits for may need frames behind it.
+    /// They wait as long as the promised call takes, which `max_call_duration` bounds.
+    pub max_held_calls: usize,
 }
 
 impl Default for TubConfig {
@@ -128,6 +144,8 @@ impl Default for TubConfig {
             max_pending_handshakes: 1024,
             max_connections: 4096,
             max_buffered_bytes: 256 * 1024 * 1024,
+            max_kept_answers: 4096,
+            max_held_calls: 1024,
         }
     }
 }
@@ -228,6 +246,14 @@ pub struct TubLoad {
     pub dial_locks: usize,
     /// Entries in the status table ([`Tub::connection_status`]).
     pub peer_status: usize,
+    /// Answers kept for calls peers may pipeline on them, all connections together (at most
+    /// `max_kept_answers` per connection; each goes when its caller sends `Finish`).
+    pub kept_answers: usize,
+    /// Calls waiting for a promised answer that does not exist yet, all connections
+    /// together (at most `max_held_calls` per connection).
+    pub held_calls: usize,
+    /// Our own promise-able calls whose `Finish` is not sent yet, all connections together.
+    pub unfinished_promises: usize,
 }
 
 /// One hint's progress: "connecting", "negotiating", "connected", "failed: ...",
@@ -251,8 +277,12 @@ pub(crate) enum RootError {
 
 pub(crate) const ROOT_INTERFACE: &str = "folio.root";
 
-/// Where the answer to a FURL's resolution sent behind our hello will arrive.
-type EarlyResolve = crate::connection::Answer<ObjectRef, RootError>;
+/// What a new connection carried behind our hello: the FURL's resolution (where its
+/// answer will land), and whether a call pipelined on it went too.
+pub(crate) struct Early {
+    pub(crate) resolve: Arc<PromiseCell>,
+    pub(crate) call_sent: bool,
+}
 
 impl Dispatch for Root {
     fn interface(&self) -> &'static str {
@@ -386,7 +416,8 @@ impl TubInner {
         hint: Option<String>,
         handler: Option<String>,
         early_resolve: bool,
-    ) -> (Arc<ConnShared>, Option<EarlyResolve>)
+        early_call: Option<EarlyCall>,
+    ) -> (Arc<ConnShared>, Option<Early>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -398,7 +429,13 @@ impl TubInner {
             hint.clone(),
         );
         // Registered before the connection is visible: its own calls are numbered after it.
-        let mut early = early_resolve.then(|| conn.expect_early_answer());
+        let mut early = early_resolve.then(|| {
+            let call_sent = early_call.is_some();
+            Early {
+                resolve: conn.expect_early(early_call.map(|c| c.completion)),
+                call_sent,
+            }
+        });
         if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
             conn.close("the Tub shut down", Some(GoodbyeReason::Shutdown));
             start();
@@ -599,12 +636,15 @@ impl TubInner {
     async fn dial(
         &self,
         furl: &Furl,
-    ) -> Result<(Arc<ConnShared>, Option<EarlyResolve>), ReferenceError> {
+        mut call: Option<EarlyCall>,
+    ) -> Result<(Arc<ConnShared>, Option<Early>), ReferenceError> {
         let tubid = furl.tubid();
-        let early = postcard::to_allocvec(&(furl.swissnum().as_str(),))
-            .ok()
-            .and_then(|args| crate::connection::early_root_call("get_reference", &args))
-            .unwrap_or_default();
+        let mut early =
+            crate::connection::early_resolution(furl.swissnum().as_str()).unwrap_or_default();
+        match &call {
+            Some(c) if !early.is_empty() => early.extend_from_slice(&c.frame),
+            _ => call = None,
+        }
         {
             let mut status = lock(&self.status);
             self.prune_status(&mut status);
@@ -699,7 +739,8 @@ impl TubInner {
                         }
                     }
                     self.set_hint_status(tubid, &text, "connected".into());
-                    return Ok(self.adopt(est, Some(text), handler, early_sent));
+                    let call = call.take().filter(|_| early_sent);
+                    return Ok(self.adopt(est, Some(text), handler, early_sent, call));
                 }
                 Err(DialFailure::Connect(ConnectError::Unsupported { .. })) => {
                     skipped.push(format!("{text}: no handler"));
@@ -734,10 +775,11 @@ impl TubInner {
 
     /// The live connection to `furl`'s Tub, dialing if there is none; a new connection comes
     /// with the answer to `furl`'s resolution on the way, if it went out early.
-    async fn connection_to(
+    pub(crate) async fn connection_to(
         &self,
         furl: &Furl,
-    ) -> Result<(Arc<ConnShared>, Option<EarlyResolve>), ReferenceError> {
+        call: Option<EarlyCall>,
+    ) -> Result<(Arc<ConnShared>, Option<Early>), ReferenceError> {
         let tubid = furl.tubid();
         if let Some(c) = self.live_connection(&tubid) {
             return Ok((c, None));
@@ -745,7 +787,7 @@ impl TubInner {
         let dial_lock = lock(&self.dial_locks).entry(tubid).or_default().clone();
         let result = {
             let _one_dialer = dial_lock.lock().await;
-            self.connection_to_locked(furl).await
+            self.connection_to_locked(furl, call).await
         };
         // The lock's entry goes once nobody else holds or waits for it, so the table holds
         // only the dials under way.
@@ -762,7 +804,8 @@ impl TubInner {
     async fn connection_to_locked(
         &self,
         furl: &Furl,
-    ) -> Result<(Arc<ConnShared>, Option<EarlyResolve>), ReferenceError> {
+        call: Option<EarlyCall>,
+    ) -> Result<(Arc<ConnShared>, Option<Early>), ReferenceError> {
         let tubid = furl.tubid();
         if let Some(c) = self.live_connection(&tubid) {
             return Ok((c, None));
@@ -775,7 +818,7 @@ impl TubInner {
         if let Err(reason) = self.room_victim(Side::Client) {
             return Err(ReferenceError::Failed { tubid, reason });
         }
-        match self.dial(furl).await {
+        match self.dial(furl, call).await {
             // The peer dialed us meanwhile (and its connection won): use that one.
             Err(e) => self.live_connection(&tubid).map(|c| (c, None)).ok_or(e),
             ok => ok,
@@ -875,10 +918,10 @@ impl TubInner {
         let mut tries = 0;
         loop {
             tries += 1;
-            let (conn, early) = tub.connection_to(furl).await?;
+            let (conn, early) = tub.connection_to(furl, None).await?;
             let result: Result<ObjectRef, CallError<RootError>> = match early {
                 // A new connection: the call went out behind our hello.
-                Some(answer) => answer.await,
+                Some(early) => Promise::<ObjectRef, RootError>::new(early.resolve).await,
                 None => {
                     conn.remote_root()
                         .call(
@@ -907,6 +950,148 @@ impl TubInner {
             };
         }
     }
+}
+
+impl LazyRef {
+    /// The reference last reached, if its connection is live (and, for a promise, it has
+    /// not failed). A promise that has settled with its reference is replaced by it.
+    fn cached(&self) -> Option<ObjectRef> {
+        let mut cached = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        let r = cached.clone()?;
+        let live = match &r.0 {
+            RefKind::Remote(inner) => inner.conn.closed_reason().is_none(),
+            RefKind::Promise(p) => match p.settled_reference() {
+                Some(Ok(real)) => {
+                    if let RefKind::Remote(inner) = &real.0 {
+                        let _ = inner.furl.set(self.furl.clone());
+                    }
+                    *cached = Some(real.clone());
+                    return Some(real).filter(|r| match &r.0 {
+                        RefKind::Remote(inner) => inner.conn.closed_reason().is_none(),
+                        _ => true,
+                    });
+                }
+                Some(Err(_)) => false,
+                None => p.conn().is_some_and(|c| c.closed_reason().is_none()),
+            },
+            _ => true,
+        };
+        live.then_some(r)
+    }
+
+    fn remember(&self, r: &ObjectRef) {
+        *self.resolved.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
+    }
+
+    /// What a call on this reference is sent to: the reference last reached if its
+    /// connection is live; else, over a live version-3 connection, the promise of the
+    /// FURL's resolution, sent now (calls pipelined on it leave with it); else the
+    /// reference, once reached.
+    pub(crate) async fn target<E>(&self) -> Result<ObjectRef, CallError<E>> {
+        if let Some(r) = self.cached() {
+            return Ok(r);
+        }
+        let tub = self
+            .tub
+            .upgrade()
+            .ok_or_else(|| CallError::Unreachable("the Tub has shut down".to_string()))?;
+        let tubid = self.furl.tubid();
+        let conn = (tubid != tub.handshaker.tubid())
+            .then(|| tub.live_connection(&tubid))
+            .flatten()
+            .filter(|c| c.info.version >= 3);
+        if let Some(conn) = conn {
+            let swissnum = self.furl.swissnum().as_str();
+            let cell = conn
+                .start_promise(
+                    ROOT_OBJECT,
+                    ROOT_INTERFACE,
+                    "get_reference",
+                    &(swissnum,),
+                    CallTimeout::TubDefault,
+                    None,
+                )
+                .await?;
+            let r = ObjectRef::new(RefKind::Promise(Arc::new(PromisedRef {
+                cell,
+                index: 0,
+                interface: self.interface.clone(),
+            })));
+            self.remember(&r);
+            return Ok(r);
+        }
+        let r = Box::pin(TubInner::get_reference(&tub, &self.furl))
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        r.check_interface(&self.interface)
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        self.remember(&r);
+        Ok(r)
+    }
+
+    /// Makes the first call on this reference when there is no connection to its Tub yet:
+    /// dials with the FURL's resolution and this call, pipelined on it, behind our hello
+    /// (protocol.md §5, §8). `None` when that does not apply (a connection exists or was
+    /// made meanwhile, the call carries references or is too large for early data): the
+    /// caller then sends it the ordinary way.
+    pub(crate) async fn call_behind_hello<A, T, E>(
+        &self,
+        interface: &str,
+        method: &str,
+        args: &A,
+        timeout: CallTimeout,
+    ) -> Option<Result<T, CallError<E>>>
+    where
+        A: Serialize,
+        T: DeserializeOwned + Send + 'static,
+        E: DeserializeOwned + Send + 'static,
+    {
+        if self.cached().is_some() {
+            return None;
+        }
+        let tub = self.tub.upgrade()?;
+        let tubid = self.furl.tubid();
+        if tubid == tub.handshaker.tubid() || tub.live_connection(&tubid).is_some() {
+            return None;
+        }
+        let frame = crate::connection::early_pipelined_call(interface, method, args)?;
+        let timeout = timeout.or(tub.config.call_timeout);
+        let (completion, answer) = crate::connection::early_completion::<T, E>(timeout);
+        let call = EarlyCall { frame, completion };
+        let (conn, early) = match Box::pin(tub.connection_to(&self.furl, Some(call))).await {
+            Ok(c) => c,
+            Err(e) => return Some(Err(CallError::Unreachable(e.to_string()))),
+        };
+        let early = early.filter(|e| e.call_sent)?;
+        let promised = PromisedRef {
+            cell: early.resolve,
+            index: 0,
+            interface: self.interface.clone(),
+        };
+        let promised = Arc::new(promised);
+        self.remember(&ObjectRef::new(RefKind::Promise(promised.clone())));
+        let result = answer.await;
+        // Refused unrun: a peer below version 3 knows no promise targets (UnknownObject), or
+        // the promise gave no object of the peer's (Broken). Sent to the reference now.
+        let unrun = match &result {
+            Err(CallError::Refused(Refusal::UnknownObject { .. })) => conn.info.version < 3,
+            Err(CallError::Refused(Refusal::Broken(_))) => true,
+            _ => false,
+        };
+        if !unrun {
+            return Some(result);
+        }
+        let real = match promised.wait::<E>().await {
+            Ok(real) => real,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Box::pin(ObjectRef(real.0, timeout_of(timeout)).call(interface, method, args)).await)
+    }
+}
+
+/// A handle's timeout, given what it came to.
+fn timeout_of(timeout: Option<Duration>) -> CallTimeout {
+    CallTimeout::Set(timeout)
 }
 
 /// A random index below `n` (n > 0).
@@ -1266,6 +1451,27 @@ impl Tub {
         T::from_object_ref(r).map_err(ReferenceError::WrongInterface)
     }
 
+    /// A typed handle to the object a FURL names, at once and without the network: the
+    /// FURL is reached on the handle's first call, and that call does not wait for it. On a
+    /// new connection the call goes out right behind our hello, pipelined on the FURL's
+    /// resolution (protocol.md §8), so its answer comes three round trips after the dial
+    /// starts with TCP (where [`Tub::get`] and then a call take four); on a live connection
+    /// the resolution and the call leave together. If the FURL cannot be reached, or names
+    /// no object, or one of another interface, its calls fail and say why
+    /// ([`CallError::Unreachable`], or [`Refusal::Broken`]); `resolved()` (of
+    /// [`TypedRef`]) reaches it and reports that before any call. Once its connection is
+    /// lost, the next call reaches the FURL again.
+    pub fn get_promised<T: TypedRef>(&self, furl: &Furl) -> T {
+        let lazy = LazyRef {
+            furl: furl.clone(),
+            interface: T::INTERFACE.to_string(),
+            tub: Arc::downgrade(&self.inner),
+            resolved: Mutex::new(None),
+        };
+        T::from_object_ref(ObjectRef::new(RefKind::Furl(Arc::new(lazy))))
+            .unwrap_or_else(|_| unreachable!("the lazy reference names T's interface"))
+    }
+
     /// Runs the server side of the handshake on a stream that was accepted, then serves it.
     ///
     /// With `max_pending_handshakes` streams already in the handshake, the stream is
@@ -1314,7 +1520,7 @@ impl Tub {
         };
         drop(pending);
         let info = est.info.clone();
-        self.inner.adopt(est, None, None, false);
+        self.inner.adopt(est, None, None, false, None);
         Ok(info)
     }
 
@@ -1397,6 +1603,14 @@ impl Tub {
     pub fn load(&self) -> TubLoad {
         use std::sync::atomic::Ordering::Relaxed;
         let inner = &self.inner;
+        let conns: Vec<_> = lock(&inner.connections).values().cloned().collect();
+        let (mut kept_answers, mut held_calls, mut unfinished_promises) = (0, 0, 0);
+        for c in &conns {
+            let (k, h, u) = c.promise_load();
+            kept_answers += k;
+            held_calls += h;
+            unfinished_promises += u;
+        }
         let pending = lock(&inner.pending_handshakes);
         TubLoad {
             connections: lock(&inner.connections).len(),
@@ -1408,6 +1622,9 @@ impl Tub {
             closed_for_room: inner.closed_for_room.load(Relaxed),
             dial_locks: lock(&inner.dial_locks).len(),
             peer_status: lock(&inner.status).len(),
+            kept_answers,
+            held_calls,
+            unfinished_promises,
         }
     }
 
@@ -1455,7 +1672,9 @@ impl Tub {
 mod tests {
     use super::*;
     use crate::connector::NoConnector;
-    use crate::message::{decode, AnswerBody, Message};
+    use crate::message::{decode, AnswerBody, Message, PROMISE_MARK};
+
+    const EARLY_ID: u64 = PROMISE_MARK | 1;
     use crate::object::RefDesc;
 
     /// A Tub's hello is held back until its first write, so the answer to a resolution that
@@ -1490,8 +1709,7 @@ mod tests {
             .unwrap();
         let client =
             Handshaker::new(Arc::new(Identity::generate().unwrap()), Default::default()).unwrap();
-        let args = postcard::to_allocvec(&(furl.swissnum().as_str(),)).unwrap();
-        let early = crate::connection::early_root_call("get_reference", &args).unwrap();
+        let early = crate::connection::early_resolution(furl.swissnum().as_str()).unwrap();
         let (a, b) = tokio::io::duplex(64 * 1024);
         let writes = Arc::new(Mutex::new(Vec::new()));
         let b = CountWrites {
@@ -1508,7 +1726,7 @@ mod tests {
         let frame = est.reader.next_frame().await.unwrap().unwrap();
         match decode(frame).unwrap() {
             Message::Answer {
-                id: 1,
+                id: EARLY_ID,
                 body: AnswerBody::Ok { refs, .. },
             } => assert!(matches!(refs.as_slice(), [RefDesc::Mine { .. }])),
             other => panic!("expected the answer to call 1, got {other:?}"),

@@ -39,7 +39,7 @@ async fn handshake_succeeds_and_frames_flow_both_ways() {
     assert_eq!(s.info.side, Side::Server);
     assert_eq!((c.info.local, c.info.peer), (alice.tubid(), bob.tubid()));
     assert_eq!((s.info.local, s.info.peer), (bob.tubid(), alice.tubid()));
-    assert_eq!(c.info.version, 2);
+    assert_eq!(c.info.version, folio_rpc::handshake::PROTOCOL_VERSION);
     assert_eq!(s.info.peer_hello.incarnation, alice.incarnation());
     assert_eq!(c.info.peer_hello.incarnation, bob.incarnation());
     assert_eq!(c.info.local_hello.connection_seq, 1);
@@ -370,7 +370,7 @@ async fn oversized_frame_after_handshake_is_refused() {
 #[tokio::test]
 async fn no_common_version_is_named_on_both_sides() {
     let alice = handshaker_with(HandshakeConfig {
-        versions: (3, 4),
+        versions: (4, 5),
         ..HandshakeConfig::default()
     });
     let bob = handshaker();
@@ -379,15 +379,15 @@ async fn no_common_version_is_named_on_both_sides() {
     assert!(matches!(
         c,
         Err(HandshakeError::NoCommonVersion {
-            ours: (3, 4),
-            theirs: (1, 2)
+            ours: (4, 5),
+            theirs: (1, 3)
         })
     ));
     assert!(matches!(
         s,
         Err(HandshakeError::NoCommonVersion {
-            ours: (1, 2),
-            theirs: (3, 4)
+            ours: (1, 3),
+            theirs: (4, 5)
         })
     ));
 }
