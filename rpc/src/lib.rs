@@ -60,6 +60,7 @@
 //! |---|---|
 //! | [`tub`] | the Tub: exports, listeners, dialing, one connection per peer, status |
 //! | [`object`] | references (local, remote, gifts), dispatch, typed errors |
+//! | [`promise`] | promise pipelining: calling a reference before the answer that carries it arrives |
 //! | [`message`] | the object protocol's messages |
 //! | [`reconnector`] | keeping a connection to a FURL up |
 //! | [`tubid`] | the TubId: a hash of the public key |

@@ -9,21 +9,47 @@
 //! to call *N*", and the peer runs it on that object as soon as the answer exists. Awaiting
 //! the promise gives the whole answer, as an ordinary call would.
 //!
-//! ```no_run
-//! # use folio_rpc::{interface, Tub, Furl};
+//! ```
+//! use std::sync::Arc;
+//! use folio_handlers::{Registry, TcpListener};
+//! use folio_rpc::{interface, Host, Identity, Tub, TubConfig};
+//!
 //! #[interface(name = "example.dir.v1")]
 //! pub trait Directory {
 //!     async fn open(&self, name: String) -> Result<FileRef, String>;
 //! }
 //! #[interface(name = "example.file.v1")]
 //! pub trait File {
-//!     async fn read(&self) -> Result<Vec<u8>, String>;
+//!     async fn read(&self) -> Result<String, String>;
 //! }
-//! # async fn demo(tub: Tub, furl: Furl) -> Result<(), Box<dyn std::error::Error>> {
-//! // No network yet: the first call goes out behind the hello of a new connection.
-//! let dir: DirectoryRef = tub.get_promised(&furl);
+//! struct Dir;
+//! impl Directory for Dir {
+//!     async fn open(&self, name: String) -> Result<FileRef, String> {
+//!         Ok(FileRef::serve(Text(format!("the text of {name}"))))
+//!     }
+//! }
+//! struct Text(String);
+//! impl File for Text {
+//!     async fn read(&self) -> Result<String, String> {
+//!         Ok(self.0.clone())
+//!     }
+//! }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tcp = Arc::new(Registry::with_tcp());
+//! let server = Tub::new(Identity::generate()?, tcp.clone(), TubConfig::default())?;
+//! let listener = TcpListener::bind(&"tcp:0:interface=127.0.0.1".parse()?).await?;
+//! server.set_location(vec![listener.hint_for(Host::Ipv4([127, 0, 0, 1].into()))]);
+//! server.listen(listener);
+//! let furl = server.register(DirectoryRef::serve(Dir))?;
+//!
+//! let client = Tub::new(Identity::generate()?, tcp, TubConfig::default())?;
+//! // No network yet: the first call goes out behind the hello of the new connection,
+//! // pipelined on the FURL's resolution.
+//! let dir: DirectoryRef = client.get_promised(&furl);
 //! let file = dir.open_promise("notes.txt".into()).await?; // sent, not awaited
-//! let bytes = file.reference().read().await?;             // sent right behind it
+//! let text = file.reference().read().await?; // sent right behind it, same flight
+//! assert_eq!(text, "the text of notes.txt");
 //! # Ok(()) }
 //! ```
 //!
