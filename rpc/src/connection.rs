@@ -2009,6 +2009,13 @@ async fn dispatch(
     let promised = parse_promise_target(target).filter(|_| v3);
     let (object, refs) = match (refused, promised) {
         (Some(refusal), _) => (Err(refusal), refs),
+        // Its own answer would never come: it would wait for itself.
+        (None, Some((promise, _))) if id == Some(promise) => (
+            Err(Refusal::Broken(
+                "a call cannot be sent to its own promise".into(),
+            )),
+            refs,
+        ),
         (None, _) if target == ROOT_OBJECT => (Ok(shared.root()), refs),
         (None, None) => (
             shared

@@ -494,3 +494,68 @@ async fn an_unresolved_promise_cannot_be_passed_in_arguments() {
     // Once settled, the promised handle itself may be passed: the reference goes.
     holder.hold(promise.reference()).await.unwrap();
 }
+
+/// A hostile caller's call sent to its own promise is refused, not held for ever (found by
+/// the tub_server fuzz target): written as raw frames, since Folio's caller cannot send it.
+#[tokio::test]
+async fn a_call_sent_to_its_own_promise_is_refused() {
+    use folio_rpc::message::{decode, promise_target, AnswerBody, Message, PROMISE_MARK};
+    use folio_rpc::{HandshakeConfig, Handshaker};
+    let p = pair().await;
+    let client = Handshaker::new(
+        Arc::new(Identity::generate().unwrap()),
+        HandshakeConfig::default(),
+    )
+    .unwrap();
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let server = p.server.clone();
+    let accept = tokio::spawn(async move { server.accept(b).await });
+    let mut est = client.connect(a, p.server.tubid()).await.unwrap();
+    accept.await.unwrap().unwrap();
+    let id = PROMISE_MARK | 7;
+    for timeout_ms in [None, Some(60_000)] {
+        let target = promise_target(id, 0).unwrap();
+        let msg = match timeout_ms {
+            None => Message::Call {
+                id,
+                target,
+                interface: "test.pipe.file.v1",
+                method: "name",
+                args: &[],
+                refs: vec![],
+            },
+            Some(timeout_ms) => Message::TimedCall {
+                id,
+                timeout_ms,
+                target,
+                interface: "test.pipe.file.v1",
+                method: "name",
+                args: &[],
+                refs: vec![],
+            },
+        };
+        let frame = folio_rpc::frame::encode_frame(&msg, u32::MAX).unwrap();
+        est.writer.write_encoded(&frame).await.unwrap();
+        est.writer.flush().await.unwrap();
+        let answer = bounded("the refusal", est.reader.next_frame()).await;
+        match decode(answer.unwrap().unwrap()).unwrap() {
+            Message::Answer {
+                id: got,
+                body: AnswerBody::Refused(Refusal::Broken(why)),
+            } => {
+                assert_eq!(got, id);
+                assert!(why.contains("own promise"), "{why}");
+            }
+            other => panic!("expected a Broken refusal, got {other:?}"),
+        }
+        assert_eq!(p.server.load().held_calls, 0);
+        let finish = Message::Finish { id };
+        let frame = folio_rpc::frame::encode_frame(&finish, u32::MAX).unwrap();
+        est.writer.write_encoded(&frame).await.unwrap();
+        est.writer.flush().await.unwrap();
+    }
+    eventually(5, "the kept answers are finished", || {
+        p.server.load().kept_answers == 0
+    })
+    .await;
+}
