@@ -21,25 +21,40 @@
 //! Tub's limits are small, so that the queue, export and import bounds are reachable in a few
 //! kilobytes, and its `max_call_duration` is short, so that calls stopped by a caller's
 //! deadline (`TimedCall`), by a `Cancel` (running or queued) and by the cap itself all happen
-//! within a run. The handshake negotiates protocol version 2, so those messages are read.
+//! within a run. The handshake negotiates protocol version 3, so those messages are read, and
+//! so are promise pipelining's (docs/protocol.md §8): promise-able calls (ids with
+//! `PROMISE_MARK`), calls sent to promise targets, and `Finish`. For those the object returns
+//! references after a sleep (`later`, `sub`: calls pipelined on them are held meanwhile), two
+//! at once (`two`: targets of index 1, and beyond), fails (`fail`) or never answers
+//! (`hang_ref`: its promise breaks at `max_call_duration`); the Tub keeps at most 8 answers and
+//! holds at most 4 calls, so both bounds are met within a few kilobytes.
 //!
 //! If `m & 0x80`, the client shuts its write side after `r` (TLS close_notify); otherwise the
-//! stream stays open and the server's timeouts run.
+//! stream stays open and the server's timeouts run. If `m & 0x7f >= 3` (modes 1 and 2; the
+//! mode is still `(m & 0x7f) % 3`), a client that did not close then stays idle for 120 s
+//! (virtual) before the server is shut down.
 //!
 //! Everything runs on a current-thread runtime with paused time: timers fire as soon as
 //! nothing else can run, so timeouts cost nothing and every await below is bounded in virtual
 //! time; a hang is reported as a panic. Invariants, beyond not panicking:
 //! - `Tub::accept` returns within the handshake's timeouts, whatever the bytes;
 //! - a real client's handshake succeeds (modes 1 and 2);
-//! - after the input the server has 0 or 1 connection, and exports no more than its limit;
+//! - after the input the server has 0 or 1 connection, exports no more than its limit, and
+//!   keeps no more answers and holds no more pipelined calls than its limits
+//!   (`Tub::load()`);
+//! - an idle client's connection (`m & 0x7f >= 3`) holds no pipelined call once 120 s have
+//!   passed: every promised call ends within `max_call_duration` once it runs, and the calls
+//!   queued or held before it are bounded, so no call waits for a promise for ever;
 //! - a client that closed its side (`m & 0x80`, modes 1 and 2) is dropped within bounded time
 //!   (every method of the served object is bounded, by itself or by `max_call_duration`, so
 //!   no backpressure can last);
-//! - `Tub::shutdown` completes in bounded time, leaves no connection, and the server closes
-//!   its end of the stream within bounded time.
+//! - `Tub::shutdown` completes in bounded time, leaves no connection, no kept answer and no
+//!   held call (`Tub::load()`), and the server closes its end of the stream within bounded
+//!   time.
 //!
 //! Seeds (`seeds/tub_server/`) are real traffic: a real client Tub talks to the server through
-//! a TLS-terminating proxy that records what the client sends. Regenerate them with
+//! a TLS-terminating proxy that records what the client sends (the scenarios are those of
+//! `seeds::Scenario`; `pipeline`'s first call went out behind the hello). Regenerate them with
 //! (the fuzzer exits once they are written):
 //!
 //! ```sh
@@ -75,6 +90,15 @@ const MAX_EXPORTS: usize = 16;
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest the server lets a call run: a `hang` ends within it.
 const MAX_CALL_DURATION: Duration = Duration::from_secs(3);
+/// Answers kept for calls pipelined on them (protocol version 3), and calls held waiting for
+/// one: small, so that both bounds are reached in a few kilobytes.
+const MAX_KEPT_ANSWERS: usize = 8;
+const MAX_HELD_CALLS: usize = 4;
+/// How long an idle client (`m & 0x7f >= 3`) waits before the server must hold no call: every
+/// call ends within `MAX_CALL_DURATION` once it runs, at most `max_inbound_calls` run at
+/// once and `max_queued_calls + MAX_HELD_CALLS` wait, so this is far beyond the longest a
+/// held call can wait for its promise.
+const IDLE: Duration = Duration::from_secs(120);
 
 #[interface(name = "fuzz.calc.v1")]
 pub trait Calc {
@@ -99,6 +123,18 @@ pub trait Calc {
     /// `hang`, one-way: stopped by `MAX_CALL_DURATION`.
     #[oneway]
     async fn hang_oneway(&self);
+    /// A new counter (from 0) after sleeping (at most a second): calls pipelined on its
+    /// promise are held meanwhile.
+    async fn later(&self, ms: u64) -> Result<CounterRef, String>;
+    /// Fails after sleeping (at most a second): a broken promise.
+    async fn fail(&self, ms: u64) -> Result<CounterRef, String>;
+    /// Two new counters (from 0 and 100): references at index 0 and 1.
+    async fn two(&self) -> Result<(CounterRef, CounterRef), String>;
+    /// A new calc object after sleeping (at most a second): promises on promised references.
+    async fn sub(&self, ms: u64) -> Result<CalcRef, String>;
+    /// Never returns a counter: the promise breaks at `MAX_CALL_DURATION` (or a deadline or
+    /// `Cancel`), with calls held on it.
+    async fn hang_ref(&self) -> Result<CounterRef, String>;
 }
 
 #[interface(name = "fuzz.counter.v1")]
@@ -152,6 +188,27 @@ impl Calc for CalcImpl {
     async fn hang_oneway(&self) {
         std::future::pending::<()>().await
     }
+    async fn later(&self, ms: u64) -> Result<CounterRef, String> {
+        tokio::time::sleep(Duration::from_millis(ms.min(1000))).await;
+        Ok(CounterRef::serve(CounterImpl(Mutex::new(0))))
+    }
+    async fn fail(&self, ms: u64) -> Result<CounterRef, String> {
+        tokio::time::sleep(Duration::from_millis(ms.min(1000))).await;
+        Err("no counter".into())
+    }
+    async fn two(&self) -> Result<(CounterRef, CounterRef), String> {
+        Ok((
+            CounterRef::serve(CounterImpl(Mutex::new(0))),
+            CounterRef::serve(CounterImpl(Mutex::new(100))),
+        ))
+    }
+    async fn sub(&self, ms: u64) -> Result<CalcRef, String> {
+        tokio::time::sleep(Duration::from_millis(ms.min(1000))).await;
+        Ok(CalcRef::serve(CalcImpl::default()))
+    }
+    async fn hang_ref(&self) -> Result<CounterRef, String> {
+        std::future::pending().await
+    }
 }
 
 struct CounterImpl(Mutex<u64>);
@@ -188,6 +245,8 @@ fn server_tub() -> Tub {
         max_write_queue: 64 * 1024,
         call_timeout: Some(CALLBACK_TIMEOUT),
         max_call_duration: Some(MAX_CALL_DURATION),
+        max_kept_answers: MAX_KEPT_ANSWERS,
+        max_held_calls: MAX_HELD_CALLS,
         ..TubConfig::default()
     };
     let tub = Tub::new(identity(SERVER_PEM), Arc::new(NoConnector), config).unwrap();
@@ -211,11 +270,12 @@ fuzz_target!(
             return;
         };
         let close = m & 0x80 != 0;
+        let idle = (m & 0x7f) >= 3;
         runtime().block_on(async {
             match (m & 0x7f) % 3 {
                 0 => raw(rest, close).await,
-                1 => after_handshake(rest, false, close).await,
-                _ => after_handshake(rest, true, close).await,
+                1 => after_handshake(rest, false, close, idle).await,
+                _ => after_handshake(rest, true, close, idle).await,
             }
         });
     }
@@ -251,7 +311,7 @@ async fn raw(bytes: &[u8], close: bool) {
 }
 
 /// Modes 1 and 2: a real handshake, then the input inside TLS.
-async fn after_handshake(input: &[u8], as_frames: bool, close: bool) {
+async fn after_handshake(input: &[u8], as_frames: bool, close: bool, idle: bool) {
     let server = server_tub();
     server
         .register_as(CalcRef::serve(CalcImpl::default()), OBJECT_NAME)
@@ -303,6 +363,13 @@ async fn after_handshake(input: &[u8], as_frames: bool, close: bool) {
     })
     .await;
     settle().await;
+    let load = server.load();
+    assert!(
+        load.kept_answers <= MAX_KEPT_ANSWERS && load.held_calls <= MAX_HELD_CALLS,
+        "{} answers kept and {} calls held, over the limits",
+        load.kept_answers,
+        load.held_calls
+    );
     if close {
         bounded("dropping a client that closed", 600, async {
             while server.connection_count() != 0 {
@@ -310,6 +377,11 @@ async fn after_handshake(input: &[u8], as_frames: bool, close: bool) {
             }
         })
         .await;
+    } else if idle {
+        // Every promise-able call has ended by now, so no call waits for one.
+        tokio::time::sleep(IDLE).await;
+        let held = server.load().held_calls;
+        assert_eq!(held, 0, "{held} calls still held {IDLE:?} after the input");
     }
     assert!(server.exports_to(&client.tubid()) <= MAX_EXPORTS);
     finish(&server, drain).await;
@@ -326,6 +398,12 @@ async fn finish(server: &Tub, drain: JoinHandle<()>) {
         server.connection_count(),
         0,
         "a connection survived shutdown"
+    );
+    let load = server.load();
+    assert_eq!(
+        (load.kept_answers, load.held_calls),
+        (0, 0),
+        "answers kept or calls held after shutdown"
     );
     // The writer gets 10 s to say goodbye and 5 s to close TLS.
     bounded("the server closing its end of the stream", 60, drain)
@@ -464,8 +542,138 @@ mod seeds {
         /// and a queued call cancelled, a call stopped by the server's cap, a one-way call
         /// that hangs.
         Deadline,
+        /// Promise pipelining (protocol version 3), on a connection whose first call goes out
+        /// behind the hello (`get_promised`): calls held on a promise and delivered in order,
+        /// one-way calls on a promise, chains, a failed promise, two references and an index
+        /// beyond them, a flood beyond `max_held_calls`, more promises than
+        /// `max_kept_answers`, held calls whose deadline passes or that are cancelled, a
+        /// promise broken by `max_call_duration`.
+        Pipeline,
         /// Everything above in one session, ending in a goodbye.
         All,
+    }
+
+    fn broken<T: std::fmt::Debug>(r: &Result<T, folio_rpc::CallError<String>>) -> bool {
+        matches!(
+            r,
+            Err(folio_rpc::CallError::Refused(folio_rpc::Refusal::Broken(_)))
+        )
+    }
+
+    /// Lets the client's decrefs (and `Finish`es) of what a step dropped reach the server, so
+    /// that the next step has room under `MAX_EXPORTS`.
+    async fn released() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    async fn pipeline(calc: &CalcRef) {
+        use folio_rpc::CallError;
+        {
+            // Held while `later` sleeps, then run in the order sent, before its answer goes.
+            let promise = calc.later_promise(200).await.unwrap();
+            let c = promise.reference();
+            let calls: Vec<_> = (0..3)
+                .map(|_| {
+                    let c = c.clone();
+                    tokio::spawn(async move { c.incr().await })
+                })
+                .collect();
+            let mut got = Vec::new();
+            for call in calls {
+                got.push(call.await.unwrap().unwrap());
+            }
+            assert_eq!(got, [1, 2, 3]);
+            let real = promise.await.unwrap();
+            assert_eq!(real.incr().await.unwrap(), 4);
+        }
+        released().await;
+        {
+            // A one-way call on a promise, and a chain: promises on promised references.
+            let sub = calc.sub_promise(100).await.unwrap().reference();
+            sub.note("held".into()).await.unwrap();
+            let subsub = sub.sub_promise(100).await.unwrap().reference();
+            let counter = subsub.later_promise(100).await.unwrap().reference();
+            assert_eq!(counter.incr().await.unwrap(), 1);
+        }
+        released().await;
+        {
+            // A failed promise: the call sent to it is refused unrun.
+            let failed = calc.fail_promise(100).await.unwrap();
+            assert!(broken(&failed.reference().incr().await));
+            assert!(matches!(failed.await, Err(CallError::App(_))));
+        }
+        {
+            // Two references, one beyond them, and one of another interface, all pipelined.
+            let pair = calc.two_promise().await.unwrap();
+            let (first, second, beyond): (CounterRef, CounterRef, CounterRef) = (
+                pair.reference_at(0),
+                pair.reference_at(1),
+                pair.reference_at(2),
+            );
+            let wrong: CalcRef = pair.reference_at(1);
+            let (a, b, c, d) =
+                tokio::join!(first.incr(), second.incr(), beyond.incr(), wrong.add(1, 2));
+            assert_eq!((a.unwrap(), b.unwrap()), (1, 101));
+            assert!(broken(&c), "{c:?}");
+            assert!(d.is_err());
+        }
+        released().await;
+        {
+            // A flood: more calls on one promise than the server holds. Those refused are
+            // sent again once the answer is in.
+            let flood = calc.later_promise(500).await.unwrap().reference();
+            let calls: Vec<_> = (0..2 * MAX_HELD_CALLS)
+                .map(|_| {
+                    let c = flood.clone();
+                    tokio::spawn(async move { c.incr().await })
+                })
+                .collect();
+            for c in calls {
+                c.await.unwrap().unwrap();
+            }
+        }
+        released().await;
+        {
+            // More promises at once than the server keeps answers for.
+            let mut promises = Vec::new();
+            for _ in 0..MAX_KEPT_ANSWERS + 2 {
+                promises.push(calc.later_promise(300).await.unwrap());
+            }
+            let calls: Vec<_> = promises
+                .iter()
+                .map(|p| {
+                    let c: CounterRef = p.reference();
+                    tokio::spawn(async move { c.incr().await })
+                })
+                .collect();
+            for c in calls {
+                assert_eq!(c.await.unwrap().unwrap(), 1);
+            }
+        }
+        released().await;
+        {
+            // A held call whose caller's deadline passes, and one cancelled (its future
+            // dropped): neither runs.
+            let gated = calc.later_promise(500).await.unwrap().reference();
+            let short = gated.with_timeout(Some(Duration::from_millis(100)));
+            assert!(matches!(
+                short.incr().await,
+                Err(CallError::DeadlineExceeded(_))
+            ));
+            let g = gated.clone();
+            let dropped = tokio::spawn(async move { g.incr().await });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            dropped.abort();
+            settle().await;
+            assert_eq!(gated.incr().await.unwrap(), 1);
+        }
+        released().await;
+        {
+            // A promise broken by the server's cap, with a call held on it.
+            let hung = calc.hang_ref_promise().await.unwrap();
+            assert!(broken(&hung.reference().incr().await));
+            assert!(matches!(hung.await, Err(CallError::Refused(_))));
+        }
     }
 
     async fn session(scenario: Scenario) -> Arc<Capture> {
@@ -485,7 +693,16 @@ mod seeds {
             TubConfig::default(),
         )
         .unwrap();
-        let calc: CalcRef = client.get(&furl).await.expect("get");
+        let calc: CalcRef = if scenario == Pipeline {
+            // No network yet: the first (ordinary) call goes out behind the hello, pipelined
+            // on the FURL's resolution. (A `_promise` call on this handle would wait for it.)
+            let calc: CalcRef = client.get_promised(&furl);
+            let c = calc.counter(7).await.unwrap();
+            assert_eq!(c.incr().await.unwrap(), 8);
+            calc
+        } else {
+            client.get(&furl).await.expect("get")
+        };
         let all = scenario == All;
         if scenario == Call || scenario == Goodbye || all {
             assert_eq!(calc.add(2, 3).await.unwrap(), 5);
@@ -534,6 +751,9 @@ mod seeds {
             }
             calc.hang_oneway().await.unwrap();
             assert_eq!(calc.add(1, 1).await.unwrap(), 2);
+        }
+        if scenario == Pipeline || all {
+            pipeline(&calc).await;
         }
         if scenario == Limits || all {
             let mine = CounterRef::serve(CounterImpl(Mutex::new(0)));
@@ -586,6 +806,7 @@ mod seeds {
             ("limits", Limits),
             ("goodbye", Goodbye),
             ("deadline", Deadline),
+            ("pipeline", Pipeline),
             ("all", All),
         ];
         for (name, scenario) in scenarios {
@@ -601,8 +822,15 @@ mod seeds {
                 );
             }
             put(&format!("frames_{name}"), 0x02, &frames.join(SEP));
-            if matches!(scenario, Call | All) {
+            if matches!(scenario, Call | Pipeline | All) {
                 put(&format!("stream_{name}"), 0x01, &framed(&frames));
+            }
+            if matches!(scenario, Pipeline | All) {
+                // Then idle until every held call must have ended.
+                put(&format!("frames_{name}_idle"), 0x05, &frames.join(SEP));
+            }
+            if scenario == Pipeline {
+                put("frames_pipeline_then_close", 0x82, &frames.join(SEP));
             }
             if scenario == All {
                 put("frames_all_then_close", 0x82, &frames.join(SEP));
