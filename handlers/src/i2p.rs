@@ -86,7 +86,12 @@ impl Handler for I2pHandler {
                 Ok(stream) => Ok(Box::new(stream) as BoxStream),
                 Err(e) => {
                     // A session whose bridge went away is made afresh next time.
-                    if matches!(e, SamError::BridgeUnreachable { .. } | SamError::Io(_)) {
+                    if matches!(
+                        e,
+                        SamError::BridgeUnreachable { .. }
+                            | SamError::Io(_)
+                            | SamError::Closed { .. }
+                    ) {
                         self.forget_session().await;
                     }
                     Err(failed(e))

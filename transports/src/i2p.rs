@@ -13,14 +13,19 @@
 //! `SESSION CREATE`, which yosemite cannot send, and a configurable bridge host. See
 //! `../shared/recipes/i2pd-offline.md` for the router behaviour this client was written against.
 //!
-//! Replies are parsed by [`parse_reply`], which never panics and bounds every line.
+//! Replies are parsed by [`parse_reply`], which never panics and bounds every line, and read
+//! off the socket by [`read_reply`]. A reply normally ends with a newline; emissary 0.4's
+//! bridge sends some refusals (`SESSION STATUS RESULT=DUPLICATE_DEST`, `... DUPLICATE_ID`,
+//! `STREAM STATUS RESULT=CANT_REACH_PEER`) with none and closes the socket at once, so a
+//! refusal cut short by the close is still taken as the bridge's answer ([`final_reply`]):
+//! `CANT_REACH_PEER` stays [`SamError::CantReachPeer`], not a "closed mid-reply".
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -66,7 +71,9 @@ impl Default for SamConfig {
 }
 
 impl SamConfig {
-    /// Zero-hop tunnels, one of each: what a test router with no peers can build.
+    /// Zero-hop tunnels, one of each: what a test router with no peers can build (i2pd).
+    /// emissary's bridge refuses 0-hop tunnels by closing the connection without a reply
+    /// ([`SamError::Closed`]); give it at least one hop.
     pub fn zero_hop(bridge: SocketAddr) -> Self {
         SamConfig {
             bridge,
@@ -137,6 +144,13 @@ pub enum SamError {
         what: &'static str,
         /// The time allowed.
         after: Duration,
+    },
+    /// The bridge closed the connection before a whole reply (emissary, for one, closes
+    /// without a word when asked for 0-hop tunnels).
+    #[error("the SAM bridge closed the connection {}", if partial.is_empty() { "without a reply".to_string() } else { format!("mid-reply, after {partial:?}") })]
+    Closed {
+        /// What it had sent of the unfinished line (at most 80 characters of it).
+        partial: String,
     },
     /// The bridge sent something that is not a SAM reply.
     #[error("malformed SAM reply: {0}")]
@@ -214,18 +228,21 @@ pub fn parse_reply(line: &str) -> Result<Reply, SamError> {
     })
 }
 
-/// Reads one line, byte by byte, so that nothing after it (stream data) is consumed.
-async fn read_line(s: &mut TcpStream) -> Result<String, SamError> {
+/// Reads one line, byte by byte, so that nothing after it (stream data) is consumed. Returns
+/// the line (without its newline) and whether a newline ended it; `false` means the bridge
+/// closed the connection after those bytes.
+async fn read_line_or_close<S>(s: &mut S) -> Result<(Vec<u8>, bool), SamError>
+where
+    S: AsyncRead + Unpin + ?Sized,
+{
     let mut line = Vec::with_capacity(128);
     loop {
         let mut b = [0u8; 1];
         if s.read(&mut b).await? == 0 {
-            return Err(SamError::Protocol(
-                "the bridge closed the connection mid-reply".into(),
-            ));
+            return Ok((line, false));
         }
         if b[0] == b'\n' {
-            break;
+            return Ok((line, true));
         }
         if line.len() >= MAX_LINE {
             return Err(SamError::Protocol(format!(
@@ -234,7 +251,68 @@ async fn read_line(s: &mut TcpStream) -> Result<String, SamError> {
         }
         line.push(b[0]);
     }
+}
+
+fn utf8(line: Vec<u8>) -> Result<String, SamError> {
     String::from_utf8(line).map_err(|_| SamError::Protocol("a reply that is not UTF-8".into()))
+}
+
+/// The bridge's unfinished last line, as [`SamError::Closed`] (shortened for the message).
+fn closed(partial: &str) -> SamError {
+    let mut shown: String = partial.chars().take(80).collect();
+    if shown.len() < partial.len() {
+        shown.push('…');
+    }
+    SamError::Closed { partial: shown }
+}
+
+/// What a bridge that closed the connection after `partial` (no newline) answered: a reply
+/// only when `partial` parses as one whose `RESULT` is present, not empty and not `OK`. A
+/// refusal carries nothing Folio goes on to use (emissary 0.4 ends `DUPLICATE_DEST`,
+/// `DUPLICATE_ID` and `CANT_REACH_PEER` this way and closes), while a cut `OK` could be a
+/// truncated destination or key, and its connection cannot carry a stream anyway: that, an
+/// empty line, or anything else is [`SamError::Closed`]. Never panics.
+pub fn final_reply(partial: &str) -> Result<Reply, SamError> {
+    match parse_reply(partial) {
+        Ok(reply)
+            if reply
+                .get("RESULT")
+                .is_some_and(|r| !r.is_empty() && r != "OK") =>
+        {
+            Ok(reply)
+        }
+        _ => Err(closed(partial)),
+    }
+}
+
+/// Reads one reply off a bridge connection: a line ended by a newline, or a refusal the
+/// bridge sent without one before closing ([`final_reply`]). Reads byte by byte and never
+/// past the newline, so the stream's own bytes that follow an `OK` stay unread.
+pub async fn read_reply<S>(s: &mut S) -> Result<Reply, SamError>
+where
+    S: AsyncRead + Unpin + ?Sized,
+{
+    let (line, ended) = read_line_or_close(s).await?;
+    let line = utf8(line)?;
+    if ended {
+        parse_reply(&line)
+    } else {
+        final_reply(&line)
+    }
+}
+
+/// Reads one whole line (the peer's destination after `STREAM ACCEPT`).
+async fn read_line<S>(s: &mut S) -> Result<String, SamError>
+where
+    S: AsyncRead + Unpin + ?Sized,
+{
+    let (line, ended) = read_line_or_close(s).await?;
+    let line = utf8(line)?;
+    if ended {
+        Ok(line)
+    } else {
+        Err(closed(&line))
+    }
 }
 
 fn check(reply: &Reply, what: &'static str, dest: Option<&str>) -> Result<(), SamError> {
@@ -266,18 +344,21 @@ fn short(dest: &str) -> String {
 }
 
 /// One command/reply exchange on a bridge connection, within `after`.
-async fn exchange(
-    s: &mut TcpStream,
+async fn exchange<S>(
+    s: &mut S,
     addr: SocketAddr,
     command: &str,
     what: &'static str,
     after: Duration,
-) -> Result<Reply, SamError> {
+) -> Result<Reply, SamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let fut = async {
         // One write: i2pd 2.45 treats a command split across reads as malformed.
         s.write_all(format!("{command}\n").as_bytes()).await?;
         s.flush().await?;
-        parse_reply(&read_line(s).await?)
+        read_reply(s).await
     };
     tokio::time::timeout(after, fut)
         .await
@@ -537,6 +618,167 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("DUPLICATED_ID"));
+    }
+
+    const BRIDGE: &str = "127.0.0.1:7656";
+
+    /// A command answered by `answer` (no newline), then the bridge closes: what emissary 0.4
+    /// does for these refusals.
+    async fn answered_then_closed(command: &str, answer: &str) -> Result<Reply, SamError> {
+        let mut bridge = tokio_test::io::Builder::new()
+            .write(format!("{command}\n").as_bytes())
+            .read(answer.as_bytes())
+            .build();
+        exchange(
+            &mut bridge,
+            BRIDGE.parse().unwrap(),
+            command,
+            "test",
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn refusals_without_a_newline_keep_their_meaning() {
+        let r = answered_then_closed(
+            "STREAM CONNECT ID=x DESTINATION=y.b32.i2p SILENT=false",
+            "STREAM STATUS RESULT=CANT_REACH_PEER",
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            check(&r, "STREAM CONNECT", Some("y.b32.i2p")),
+            Err(SamError::CantReachPeer { .. })
+        ));
+        for code in ["DUPLICATE_DEST", "DUPLICATE_ID"] {
+            let r = answered_then_closed(
+                "SESSION CREATE STYLE=STREAM ID=x DESTINATION=TRANSIENT",
+                &format!("SESSION STATUS RESULT={code}"),
+            )
+            .await
+            .unwrap();
+            match check(&r, "SESSION CREATE", None) {
+                Err(SamError::Refused { what, result, .. }) => {
+                    assert_eq!((what, result.as_str()), ("SESSION CREATE", code))
+                }
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        // A quoted message, cut short by the close, is no reply.
+        let e = answered_then_closed("X", "STREAM STATUS RESULT=I2P_ERROR MESSAGE=\"no lea")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SamError::Closed { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn only_a_refusal_may_end_without_a_newline() {
+        // An OK cut short could be a truncated key or destination: never taken.
+        for partial in [
+            "",
+            "HELLO REPLY RESULT=OK VERSION=3.1",
+            "DEST REPLY PUB=abc PRIV=de",
+            "SESSION STATUS",
+            "SESSION STATUS RESULT=",
+        ] {
+            let e = answered_then_closed("HELLO VERSION", partial)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&e, SamError::Closed { partial: p } if p == partial),
+                "{e:?}"
+            );
+        }
+        let e = answered_then_closed("HELLO VERSION", "").await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the SAM bridge closed the connection without a reply"
+        );
+        let long = format!("SESSION STATUS RESULT=OK DESTINATION={}", "A".repeat(900));
+        let e = answered_then_closed("X", &long).await.unwrap_err();
+        assert!(e.to_string().len() < 200, "the message is shortened: {e}");
+        // With a newline, a reply is a reply, and nothing after it is read.
+        let mut bridge = tokio_test::io::Builder::new()
+            .read(b"STREAM STATUS RESULT=OK\nstream bytes")
+            .build();
+        let r = read_reply(&mut bridge).await.unwrap();
+        assert_eq!(r.get("RESULT"), Some("OK"));
+        let mut rest = Vec::new();
+        bridge.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"stream bytes");
+    }
+
+    /// A bridge on 127.0.0.1 that plays `script`: for each connection in turn, answers HELLO,
+    /// then for each (expected command prefix, answer) reads one line and writes the answer
+    /// exactly as given (with or without a newline); then closes.
+    async fn scripted_bridge(script: Vec<Vec<(&'static str, String)>>) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            for exchanges in script {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut all = vec![(
+                    "HELLO VERSION",
+                    "HELLO REPLY RESULT=OK VERSION=3.1\n".into(),
+                )];
+                all.extend(exchanges);
+                for (expect, answer) in all {
+                    let line = read_line(&mut s).await.unwrap();
+                    assert!(line.starts_with(expect), "{line:?}, expected {expect:?}");
+                    s.write_all(answer.as_bytes()).await.unwrap();
+                }
+                // Dropping `s` closes the connection, as emissary does after these answers.
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn sessions_and_streams_report_the_bridges_refusals() {
+        let cfg = |bridge| SamConfig {
+            bridge,
+            timeout: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(5),
+            ..SamConfig::default()
+        };
+        let bridge = scripted_bridge(vec![vec![(
+            "SESSION CREATE",
+            "SESSION STATUS RESULT=DUPLICATE_DEST".into(),
+        )]])
+        .await;
+        let e = Session::create(&cfg(bridge), Destination::Private("k".into()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, SamError::Refused { result, .. } if result == "DUPLICATE_DEST"),
+            "{e:?}"
+        );
+
+        let public = "A".repeat(516);
+        let bridge = scripted_bridge(vec![
+            vec![
+                ("SESSION CREATE", "SESSION STATUS RESULT=OK\n".into()),
+                (
+                    "NAMING LOOKUP NAME=ME",
+                    format!("NAMING REPLY RESULT=OK NAME=ME VALUE={public}\n"),
+                ),
+            ],
+            vec![(
+                "STREAM CONNECT",
+                "STREAM STATUS RESULT=CANT_REACH_PEER".into(),
+            )],
+        ])
+        .await;
+        let session = Session::create(&cfg(bridge), Destination::Transient)
+            .await
+            .unwrap();
+        let e = session
+            .connect("abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrst.b32.i2p")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SamError::CantReachPeer { .. }), "{e:?}");
+        assert!(e.to_string().contains("cannot be reached"), "{e}");
     }
 
     #[test]
