@@ -27,11 +27,17 @@ cargo fmt --all -- --check
 
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The embedded I2P router and its test network are behind a feature (see tests/README.md).
+cargo clippy -p folio-transports -p folio-handlers -p folio-tests --features folio-tests/i2p-embedded \
+  --all-targets --locked -- -D warnings
 
 if [ "$FOLIO_FUZZ_SECONDS" != 0 ]; then
   step "fuzz smoke: every target for ${FOLIO_FUZZ_SECONDS}s"
   fuzz/run.sh "$FOLIO_FUZZ_SECONDS"
 fi
+
+step "cargo test: Tubs over a private network of embedded I2P routers (feature i2p-embedded)"
+cargo test -p folio-tests --features i2p-embedded --test i2p_embedded --locked
 
 # Last, so that the run ends with the test runner's own summary.
 step "cargo test"

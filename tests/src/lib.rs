@@ -4,6 +4,8 @@
 
 pub mod echo;
 pub mod i2pd;
+#[cfg(feature = "i2p-embedded")]
+pub mod i2pnet;
 pub mod slowlink;
 pub mod tornet;
 pub mod tubs;

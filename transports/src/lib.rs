@@ -4,7 +4,9 @@
 //! FURLs, TLS or RPC: `folio-handlers` maps hints onto it, and `folio-rpc` runs the handshake
 //! over whatever stream comes back.
 //!
-//! TCP ([`tcp`]); I2P through a SAM v3.1 bridge (`i2p`, cargo feature `i2p`, on by default);
+//! TCP ([`tcp`]); I2P through a SAM v3.1 bridge (`i2p`, cargo feature `i2p`, on by default),
+//! which may be an embedded emissary router (`i2p_embedded`, feature `i2p-embedded`, off by
+//! default);
 //! Tor through a system tor's SOCKS and control ports (`tor`, `tor_launch`, feature
 //! `tor-system`, on by default) or an embedded arti client (`arti`, feature `tor-arti`, off by
 //! default).
@@ -30,6 +32,8 @@
 pub mod arti;
 #[cfg(feature = "i2p")]
 pub mod i2p;
+#[cfg(feature = "i2p-embedded")]
+pub mod i2p_embedded;
 pub mod tcp;
 #[cfg(feature = "tor-system")]
 pub mod tor;
