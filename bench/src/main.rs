@@ -8,6 +8,11 @@
 //! | bulk | calls carrying 64 KiB arguments | 64 KiB writes over tokio-rustls |
 //! | connect | new Tub connection + handshake + first answer | TCP connect + TLS handshake + 1-byte echo |
 //! | idle connection | RSS growth per idle connection | — |
+//! | sequential bulk | one call at a time with a 64 KiB argument, answer awaited | the same with tarpc over tokio-rustls |
+//!
+//! On a simulated slow link (issue 17; src/slow.rs, named with `--only slow-tor,slow-i2p`
+//! since they take minutes): round trips to a first answer, a small immutable file's
+//! upload and download, and the goodput of a 16 MiB one, against the link's limits.
 //!
 //! Both ends live in this process. The raw side uses the same Ed25519 certificates and the
 //! same rustls configurations (TLS 1.3, ring) as Folio, so the difference is Folio's own work.
@@ -24,6 +29,12 @@ use clap::Parser;
 use folio_handlers::{Registry, TcpListener};
 use folio_rpc::{interface, Bytes, Host, Identity, Tub, TubConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+// The slow link of the tests crate, compiled in rather than depended on (see Cargo.toml).
+mod slow;
+#[allow(dead_code)]
+#[path = "../../tests/src/slowlink.rs"]
+mod slowlink;
 
 /// Options.
 #[derive(Debug, Parser)]
@@ -44,7 +55,27 @@ struct Args {
     /// Idle connections held for the memory figure.
     #[arg(long, default_value_t = 1000)]
     idle: usize,
-    /// Measure only these figures (comma-separated), e.g. to profile one of them.
+    /// MiB moved by each side of the sequential bulk figure (one 64 KiB call at a time).
+    #[arg(long, default_value_t = 256)]
+    bulk_seq_mib: usize,
+    /// Slow link: fresh connections timed for the first-answer figure.
+    #[arg(long, default_value_t = 3)]
+    slow_connects: usize,
+    /// Slow link: small files uploaded and downloaded (timed one at a time).
+    #[arg(long, default_value_t = 3)]
+    slow_small_files: usize,
+    /// Slow link: size of the large file, in MiB (0: no goodput figures).
+    #[arg(long, default_value_t = 16)]
+    slow_bulk_mib: usize,
+    /// Slow link: large files uploaded and downloaded.
+    #[arg(long, default_value_t = 1)]
+    slow_bulk_runs: usize,
+    /// Slow link: where the in-process storage servers keep their shares (default /dev/shm
+    /// if it exists, else the temporary directory); a directory is made under it and removed.
+    #[arg(long)]
+    grid_dir: Option<std::path::PathBuf>,
+    /// Measure only these figures (comma-separated), e.g. to profile one of them. Without
+    /// it, every figure but the slow-link ones.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Figure>,
     /// Run both ends on CPU 0 (re-executes under `taskset -c 0`, single-threaded runtime).
@@ -74,11 +105,38 @@ enum Figure {
     Connect,
     /// Memory per idle connection.
     Idle,
+    /// One 64 KiB call at a time (Folio, tarpc).
+    BulkSeq,
+    /// Slow link, Tor-like: RTT 300 ms, 8 MiB/s (minutes; only when named).
+    SlowTor,
+    /// Slow link, I2P-like: RTT 1 s, 2 MiB/s (minutes; only when named).
+    SlowI2p,
 }
 
 impl Args {
     fn wants(&self, figure: Figure) -> bool {
-        self.only.is_empty() || self.only.contains(&figure)
+        if self.only.is_empty() {
+            return !matches!(figure, Figure::SlowTor | Figure::SlowI2p);
+        }
+        self.only.contains(&figure)
+    }
+
+    fn slow_options(&self) -> slow::SlowOptions {
+        let grid_dir = self.grid_dir.clone().unwrap_or_else(|| {
+            let shm = std::path::PathBuf::from("/dev/shm");
+            if shm.is_dir() {
+                shm
+            } else {
+                std::env::temp_dir()
+            }
+        });
+        slow::SlowOptions {
+            connects: self.slow_connects,
+            small_files: self.slow_small_files,
+            bulk_mib: self.slow_bulk_mib,
+            bulk_runs: self.slow_bulk_runs,
+            grid_dir,
+        }
     }
 }
 
@@ -108,6 +166,9 @@ impl Echo for EchoImpl {
 #[tarpc::service]
 trait TarpcEcho {
     async fn ping(x: u64) -> u64;
+    /// The same method as `Echo::sink`, with the same argument type (`folio_rpc::Bytes`,
+    /// one `serialize_bytes`), so that both encode the payload as one block.
+    async fn sink(data: Bytes) -> u32;
 }
 
 #[derive(Clone)]
@@ -116,6 +177,9 @@ struct TarpcEchoImpl;
 impl TarpcEcho for TarpcEchoImpl {
     async fn ping(self, _: tarpc::context::Context, x: u64) -> u64 {
         x
+    }
+    async fn sink(self, _: tarpc::context::Context, data: Bytes) -> u32 {
+        data.len() as u32
     }
 }
 
@@ -160,17 +224,41 @@ fn main() -> Result<()> {
 }
 
 struct Report {
-    rows: Vec<(&'static str, String)>,
-    json: Vec<(&'static str, f64)>,
+    rows: Vec<(String, String)>,
+    json: Vec<(String, f64)>,
 }
 
 impl Report {
-    fn figure(&mut self, key: &'static str, label: &'static str, value: f64, unit: &str) {
-        self.json.push((key, value));
+    fn figure(&mut self, key: impl Into<String>, label: &str, value: f64, unit: &str) {
+        self.json.push((key.into(), value));
         // Ratios are compared with targets such as 1.15, so they get two decimals.
-        let decimals = if unit == "×" { 2 } else { 1 };
+        let decimals = if unit == "×" || unit == "RTT" { 2 } else { 1 };
         self.rows
-            .push((label, format!("{value:.decimals$} {unit}")));
+            .push((label.into(), format!("{value:.decimals$} {unit}")));
+    }
+
+    /// A figure that is a median of samples, shown with their range.
+    fn figure_range(
+        &mut self,
+        key: impl Into<String>,
+        label: &str,
+        value: f64,
+        (lo, hi): (f64, f64),
+        unit: &str,
+    ) {
+        self.json.push((key.into(), value));
+        self.rows
+            .push((label.into(), format!("{value:.2} {unit} ({lo:.2}–{hi:.2})")));
+    }
+
+    /// A JSON value with no row of its own.
+    fn json(&mut self, key: impl Into<String>, value: f64) {
+        self.json.push((key.into(), value));
+    }
+
+    /// A line of the table with no JSON value.
+    fn note(&mut self, text: String) {
+        self.rows.push((text, String::new()));
     }
 }
 
@@ -315,7 +403,10 @@ async fn run(args: Args) -> Result<()> {
     let (client, _) = tub().await?;
     let echo: EchoRef = client.get(&furl).await?;
     let raw = RawTls::start().await?;
-    let tarpc = if args.wants(Figure::Rtt) || args.wants(Figure::Pipelined) {
+    let tarpc = if args.wants(Figure::Rtt)
+        || args.wants(Figure::Pipelined)
+        || args.wants(Figure::BulkSeq)
+    {
         Some(tarpc_client(&raw).await?)
     } else {
         None
@@ -335,6 +426,36 @@ async fn run(args: Args) -> Result<()> {
     }
     if args.wants(Figure::Idle) {
         idle(&args, &mut report, &furl).await?;
+    }
+    if args.wants(Figure::BulkSeq) {
+        if let Some(tarpc) = tarpc.as_ref() {
+            bulk_seq(&args, &mut report, &echo, tarpc).await?;
+        }
+    }
+    if args.wants(Figure::SlowTor) || args.wants(Figure::SlowI2p) {
+        report.json(
+            "pipelining",
+            if cfg!(feature = "pipelining") {
+                1.0
+            } else {
+                0.0
+            },
+        );
+    }
+    if args.wants(Figure::SlowTor) {
+        let opts = args.slow_options();
+        slow::figures(&mut report, slowlink::LinkProfile::tor(), "Tor", "", &opts).await?;
+    }
+    if args.wants(Figure::SlowI2p) {
+        let opts = args.slow_options();
+        slow::figures(
+            &mut report,
+            slowlink::LinkProfile::i2p(),
+            "I2P",
+            "_i2p",
+            &opts,
+        )
+        .await?;
     }
 
     if args.json {
@@ -363,7 +484,11 @@ async fn run(args: Args) -> Result<()> {
             }
         );
         for (label, value) in &report.rows {
-            println!("  {label:<46} {value}");
+            if value.is_empty() {
+                println!("  {label}");
+            } else {
+                println!("  {label:<46} {value}");
+            }
         }
     }
     Ok(())
@@ -633,6 +758,68 @@ async fn idle(args: &Args, report: &mut Report, furl: &folio_rpc::Furl) -> Resul
         "idle connections held",
         idle.len() as f64,
         "",
+    );
+    Ok(())
+}
+
+/// Sequential bulk, figure 6: one call at a time with a 64 KiB argument, its answer awaited
+/// before the next, Folio and tarpc over the same TLS configurations, in four rounds that
+/// alternate which goes first (so that a slow phase of the machine falls on both). Each
+/// call's argument is a fresh copy of the same 64 KiB, on both sides (both APIs take it by
+/// value).
+async fn bulk_seq(
+    args: &Args,
+    report: &mut Report,
+    echo: &EchoRef,
+    tarpc: &TarpcEchoClient,
+) -> Result<()> {
+    const ROUNDS: usize = 4;
+    let per_round = (args.bulk_seq_mib * 1024 * 1024 / CHUNK / ROUNDS).max(10);
+    let data = Bytes(vec![0x5au8; CHUNK]);
+    for _ in 0..per_round / 4 {
+        echo.sink(data.clone()).await?;
+        tarpc.sink(tarpc::context::current(), data.clone()).await?;
+    }
+    let (mut folio_time, mut tarpc_time) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..ROUNDS {
+        for side in [round % 2, 1 - round % 2] {
+            let t = Instant::now();
+            for _ in 0..per_round {
+                let n = if side == 0 {
+                    echo.sink(data.clone()).await?
+                } else {
+                    tarpc.sink(tarpc::context::current(), data.clone()).await?
+                };
+                anyhow::ensure!(n as usize == CHUNK, "sink answered {n}");
+            }
+            let took = t.elapsed();
+            if side == 0 {
+                folio_time += took;
+            } else {
+                tarpc_time += took;
+            }
+        }
+    }
+    let mib = (ROUNDS * per_round * CHUNK) as f64 / (1024.0 * 1024.0);
+    let folio = mib / folio_time.as_secs_f64();
+    let tarpc_mib_s = mib / tarpc_time.as_secs_f64();
+    report.figure(
+        "bulk_seq_mib_s",
+        "bulk, one 64 KiB call at a time",
+        folio,
+        "MiB/s",
+    );
+    report.figure(
+        "tarpc_bulk_seq_mib_s",
+        "bulk, one 64 KiB call at a time, tarpc 0.38",
+        tarpc_mib_s,
+        "MiB/s",
+    );
+    report.figure(
+        "bulk_seq_ratio_vs_tarpc",
+        "  ratio (target ≥ 1.0)",
+        folio / tarpc_mib_s,
+        "×",
     );
     Ok(())
 }
