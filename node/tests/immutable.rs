@@ -676,6 +676,97 @@ fn upload_refused_below_happiness_leaves_nothing() {
     })
 }
 
+/// A small file (one segment) is allocated, written and closed in one flight per share.
+/// When servers refuse (read-only), already hold a share, or are down, the upload falls
+/// back correctly: refused shares go to the servers that accepted, held shares count as
+/// placed, and nothing is written twice.
+#[test]
+fn small_files_in_one_flight_fall_back_when_servers_refuse() {
+    run(async {
+        let bytes = data(21, 3000); // one segment with the default parameters
+        let params = EncodingParams {
+            happy: 5,
+            ..EncodingParams::default()
+        };
+        // Five of ten servers read-only: each accepting server takes a second share.
+        let grid = Grid::with(10, |i, c| c.readonly = i % 2 == 0).await;
+        let report = put(&grid, &params, &bytes).await;
+        assert_eq!(report.happiness, 5);
+        assert_eq!(report.shares_placed, 10);
+        assert!(report
+            .servers
+            .iter()
+            .all(|s| s.uploaded.len() == 2 && s.already_had.is_empty()));
+        for i in (0..10).step_by(2) {
+            assert!(grid.share_files(i).is_empty(), "read-only server {i}");
+        }
+        assert!(get(&grid, &report.cap).await.unwrap() == bytes);
+        // Again: every share is already there; nothing is written.
+        let again = put(&grid, &params, &bytes).await;
+        assert_eq!(again.cap, report.cap);
+        assert_eq!(again.shares_placed, 10);
+        assert!(again.servers.iter().all(|s| s.uploaded.is_empty()));
+        for i in 0..10 {
+            assert!(grid.incoming_files(i).is_empty(), "server {i}");
+        }
+        grid.shutdown().await;
+
+        // Some shares already on the grid (one server of ten has share files, from a
+        // grid where it held them), others not: the held ones count, the rest are written.
+        let mut grid = Grid::new(10).await;
+        let first = put(&grid, &EncodingParams::default(), &bytes).await;
+        let holder = grid.index(&first.servers[0].nickname);
+        for i in (0..10).filter(|&i| i != holder) {
+            for f in grid.share_files(i) {
+                std::fs::remove_file(f).unwrap();
+            }
+        }
+        let second = put(&grid, &EncodingParams::default(), &bytes).await;
+        assert_eq!(second.shares_placed, 10);
+        assert_eq!(
+            second
+                .servers
+                .iter()
+                .map(|s| s.already_had.len())
+                .sum::<usize>(),
+            1
+        );
+        assert!(get(&grid, &second.cap).await.unwrap() == bytes);
+        // Four servers down, happy is seven: refused. The shares the live servers took
+        // in the one flight stay (see `upload`'s docs): complete, and enough to read.
+        for i in 0..4 {
+            grid.stop(i).await;
+        }
+        let other = data(22, 3000);
+        let err = upload(
+            &grid.connected,
+            &EncodingParams::default(),
+            &CONVERGENCE,
+            &LEASE,
+            other.clone(),
+            Progress::new(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UploadError::NotHappy {
+                    found: 6,
+                    happy: 7,
+                    failed: 4,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        for i in 4..10 {
+            assert!(grid.incoming_files(i).is_empty(), "server {i}");
+        }
+        grid.shutdown().await;
+    })
+}
+
 #[test]
 fn servers_failing_mid_upload() {
     run(async {
@@ -965,6 +1056,34 @@ impl StorageServer for Recording {
         self.storage
             .slot_testv_and_readv_and_writev(storage_index, secrets, tw_vectors, read_vector)
             .await
+    }
+
+    async fn allocate_share(
+        &self,
+        storage_index: StorageIndex,
+        renew_secret: LeaseSecret,
+        cancel_secret: LeaseSecret,
+        shnum: u16,
+        allocated_size: u64,
+        canary: CanaryRef,
+    ) -> Result<BucketWriterRef, StorageError> {
+        self.received
+            .keep(&[&storage_index, &renew_secret, &cancel_secret]);
+        let inner = self
+            .storage
+            .allocate_share(
+                storage_index,
+                renew_secret,
+                cancel_secret,
+                shnum,
+                allocated_size,
+                canary,
+            )
+            .await?;
+        Ok(BucketWriterRef::serve(RecordingWriter {
+            inner,
+            received: self.received.clone(),
+        }))
     }
 }
 

@@ -326,6 +326,153 @@ fn write_rules() {
     })
 }
 
+/// Writes and `close()` sent in one flight, none waiting for an answer: the server runs
+/// them in arrival order, so the close sees every write and the share is whole. Before,
+/// the calls ran concurrently once started, and a close could overtake the last writes
+/// (and be refused as incomplete, or worse, lose a write sent before it).
+#[test]
+fn close_right_behind_writes_never_loses_a_write() {
+    type Call = std::pin::Pin<Box<dyn Future<Output = Result<(), CallError<StorageError>>> + Send>>;
+    run(async {
+        let grid = Grid::new().await;
+        for round in 0..20u8 {
+            let si = [round; 16];
+            // Many small writes, so several are running when the close arrives; the last
+            // ones are the largest, so they take longest.
+            let mut chunks: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut at = 0u64;
+            for i in 0..40usize {
+                let len = if i < 30 { 997 } else { 64 * 1024 };
+                chunks.push((at, data(round.wrapping_add(i as u8), len)));
+                at += len as u64;
+            }
+            let size = at;
+            let (_, writers) = grid.allocate(si, &[0], size).await.unwrap();
+            let w = writers[&0].clone();
+            // `join_all` polls each call once, in order, before any answer can arrive: the
+            // calls go out in this order, back to back.
+            let mut calls: Vec<Call> = Vec::new();
+            for (o, d) in &chunks {
+                let (w, o, d) = (w.clone(), *o, d.clone());
+                calls.push(Box::pin(async move { w.write(o, Bytes(d)).await }));
+            }
+            let c = w.clone();
+            calls.push(Box::pin(async move { c.close().await }));
+            for (i, r) in futures_util::future::join_all(calls)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                r.unwrap_or_else(|e| panic!("round {round}, call {i}: {e}"));
+            }
+            let readers = grid.ss.get_buckets(si).await.unwrap();
+            let r = &readers[&0];
+            assert_eq!(r.size().await.unwrap(), size);
+            let mut got = Vec::new();
+            while (got.len() as u64) < size {
+                got.extend_from_slice(&r.read(got.len() as u64, MAX_CHUNK).await.unwrap());
+            }
+            let want: Vec<u8> = chunks.iter().flat_map(|(_, d)| d.clone()).collect();
+            assert!(got == want, "round {round}: the share differs");
+        }
+
+        // In process: every call starts at once (no frames to read in between), so the
+        // writes' filesystem work and the close's all compete; the order still holds.
+        use folio_node::storage::StorageServer;
+        for round in 0..50u8 {
+            let si = [round; 16];
+            let sizes: Vec<usize> = (0..64).map(|i| 1000 + 37 * i).collect();
+            let size: u64 = sizes.iter().map(|&l| l as u64).sum();
+            let w = grid
+                .storage
+                .allocate_share(si, [3; 32], [4; 32], 1, size, CanaryRef::serve(NullCanary))
+                .await
+                .unwrap();
+            let mut calls: Vec<Call> = Vec::new();
+            let mut at = 0u64;
+            for (i, &len) in sizes.iter().enumerate() {
+                let (w, o, d) = (w.clone(), at, data(i as u8, len));
+                calls.push(Box::pin(async move { w.write(o, Bytes(d)).await }));
+                at += len as u64;
+            }
+            let c = w.clone();
+            calls.push(Box::pin(async move { c.close().await }));
+            for (i, r) in futures_util::future::join_all(calls)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                r.unwrap_or_else(|e| panic!("in process, round {round}, call {i}: {e}"));
+            }
+        }
+        grid.shutdown().await;
+    })
+}
+
+/// `allocate_share` gives the writer of exactly the share asked for, or a typed refusal.
+#[test]
+fn allocate_share_types_every_refusal() {
+    run(async {
+        let grid = Grid::new().await;
+        let si = [0x51; 16];
+        let alloc = |shnum: u16, size: u64| {
+            grid.ss.allocate_share(
+                si,
+                [1; 32],
+                [2; 32],
+                shnum,
+                size,
+                CanaryRef::serve(NullCanary),
+            )
+        };
+        upload(&grid, si, &[(0, data(0, 1000))]).await;
+        match alloc(0, 1000).await {
+            Err(CallError::App(StorageError::AlreadyHave { shnum: 0 })) => {}
+            other => panic!("expected AlreadyHave, got {:?}", other.map(|_| ())),
+        }
+        let w = alloc(1, 1000).await.unwrap();
+        match alloc(1, 1000).await {
+            Err(CallError::App(StorageError::UploadInProgress { shnum: 1 })) => {}
+            other => panic!("expected UploadInProgress, got {:?}", other.map(|_| ())),
+        }
+        assert!(matches!(
+            alloc(256, 1000).await,
+            Err(CallError::App(StorageError::BadShareNumber(256)))
+        ));
+        write_all(&w, &data(1, 1000), 300).await;
+        w.close().await.unwrap();
+        let readers = grid.ss.get_buckets(si).await.unwrap();
+        assert_eq!(readers.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(readers[&1].read(0, 1000).await.unwrap().0, data(1, 1000));
+        grid.shutdown().await;
+
+        let full = Grid::with(|c| c.reserved_space = u64::MAX).await;
+        let r = full
+            .ss
+            .allocate_share(si, [1; 32], [2; 32], 0, 1000, CanaryRef::serve(NullCanary))
+            .await;
+        assert!(
+            matches!(r, Err(CallError::App(StorageError::NoSpace))),
+            "{:?}",
+            r.map(|_| ())
+        );
+        assert!(full.incoming_files().is_empty());
+        full.shutdown().await;
+
+        let ro = Grid::with(|c| c.readonly = true).await;
+        let r = ro
+            .ss
+            .allocate_share(si, [1; 32], [2; 32], 0, 1000, CanaryRef::serve(NullCanary))
+            .await;
+        assert!(
+            matches!(r, Err(CallError::App(StorageError::ReadOnly))),
+            "{:?}",
+            r.map(|_| ())
+        );
+        ro.shutdown().await;
+    })
+}
+
 #[test]
 fn share_is_invisible_until_closed() {
     run(async {

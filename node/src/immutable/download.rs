@@ -1,24 +1,36 @@
 //! Download: locating shares, verifying them, and decoding segments into a sink.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aes::cipher::StreamCipher;
+use folio_rpc::CallError;
 use futures_util::future::join_all;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::codec::{cipher, ciphertext_hasher, Codec};
+use super::flow::{Flow, Ticket, INITIAL_WINDOW};
 use super::hash::Hash;
-use super::layout::{verify_block, ShareError, ShareFront, ShareLayout, Ueb};
-use super::{call, permuted, ChkCap, Phase, Progress, ReadCap};
+use super::layout::{verify_block, Geometry, ShareError, ShareFront, ShareLayout, Ueb};
+use super::{bounded, call, permuted, ChkCap, Phase, Progress, ReadCap};
 use crate::broker::ConnectedServer;
-use crate::storage::{BucketReaderRef, StorageIndex, MAX_CHUNK};
+use crate::storage::{BucketReaderRef, StorageError, StorageIndex, MAX_CHUNK};
 
-/// Bytes of blocks read ahead per share (at least one block).
+/// Bytes of blocks per read (at least one block).
 const BLOCK_WINDOW: u64 = MAX_CHUNK;
+/// The most block windows read ahead per share (the server's window usually says fewer).
+const MAX_AHEAD: usize = 32;
+/// A block tree this small is read whole, in one read started with the first blocks, rather
+/// than one level at a time (a round trip per level before the first block could be
+/// checked).
+const WHOLE_TREE_MAX: u64 = MAX_CHUNK;
+/// Heads up to this size are read from every server at once with the listing (for a small
+/// file, the whole share); larger ones only from the first k servers in permuted order.
+const SPECULATIVE_HEAD_MAX: u64 = 64 * 1024;
 /// Block tree nodes read at once per level.
 const TREE_WINDOW: u64 = 256;
 
@@ -134,6 +146,18 @@ struct Candidate {
     server: usize,
     shnum: u16,
     reader: BucketReaderRef,
+    /// Its first bytes, if they came with the listing.
+    head: Option<Vec<u8>>,
+    /// Reads of what follows the head, sent with the listing (see [`speculative_reads`]).
+    ahead: Vec<Prefetch>,
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        for (_, _, task) in self.ahead.drain(..) {
+            task.abort();
+        }
+    }
 }
 
 /// Why fetching from a share failed.
@@ -142,6 +166,70 @@ enum Fault {
     Server(String),
     /// The share's bytes are bad: report it, drop the share.
     Corrupt(String),
+}
+
+/// Asks `server` for its shares of `si`, and, pipelined on the answer's first reference, for
+/// the first `head_len` bytes of that share: both leave in one flight, so the first
+/// blocks of a small file come with the listing, one round trip in all. Reads are harmless,
+/// so reading whatever share comes first is safe; which share it was is known once the
+/// listing arrives. Gives the listing, the head (if the server listed a share and the read
+/// succeeded), and the time the listing took (a round trip).
+async fn locate_one(
+    server: &ConnectedServer,
+    si: StorageIndex,
+    head_len: u64,
+    extra: &[(u64, u64)],
+) -> (
+    Result<BTreeMap<u16, BucketReaderRef>, String>,
+    Option<Vec<u8>>,
+    Vec<Prefetch>,
+    Duration,
+) {
+    let started = Instant::now();
+    let listing = match bounded(server.server.get_buckets_promise(si)).await {
+        Ok(p) => p,
+        Err(e) => return (Err(call_error_text(e)), None, Vec::new(), started.elapsed()),
+    };
+    let first: BucketReaderRef = listing.reference_at(0);
+    let read = bounded(first.read_promise(0, head_len.min(MAX_CHUNK))).await;
+    let mut more = Vec::new();
+    for &(offset, len) in extra {
+        more.push((offset, len, bounded(first.read_promise(offset, len)).await));
+    }
+    let buckets = bounded(IntoFuture::into_future(listing)).await;
+    let rtt = started.elapsed();
+    let buckets = match buckets {
+        Ok(b) => b,
+        Err(e) => return (Err(call_error_text(e)), None, Vec::new(), rtt),
+    };
+    let ahead = if buckets.is_empty() {
+        Vec::new()
+    } else {
+        more.into_iter()
+            .filter_map(|(offset, len, p)| {
+                let p = p.ok()?;
+                let task = tokio::spawn(async move {
+                    bounded(IntoFuture::into_future(p))
+                        .await
+                        .map(|b| b.0)
+                        .map_err(call_error_text)
+                });
+                Some((offset, len, task))
+            })
+            .collect()
+    };
+    let head = match read {
+        Ok(p) if !buckets.is_empty() => bounded(IntoFuture::into_future(p)).await.ok().map(|b| b.0),
+        _ => None,
+    };
+    (Ok(buckets), head, ahead, rtt)
+}
+
+fn call_error_text(e: CallError<StorageError>) -> String {
+    match e {
+        CallError::App(e) => e.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// Reads `len` bytes at `offset` in calls of at most [`MAX_CHUNK`]; fewer at the end.
@@ -169,12 +257,22 @@ async fn read_range(reader: &BucketReaderRef, offset: u64, len: u64) -> Result<V
 /// A read running in the background: its offset, its length, and the task.
 type Prefetch = (u64, u64, JoinHandle<Result<Vec<u8>, String>>);
 
-/// Bytes `[start, start + data.len())` of a share, with the next range maybe on its way.
+/// Starts reading `[offset, offset + want)`, counted in `flow` until answered.
+fn spawn_read(reader: &BucketReaderRef, ticket: Ticket, offset: u64, want: u64) -> Prefetch {
+    let reader = reader.clone();
+    let task = tokio::spawn(async move {
+        let data = read_range(&reader, offset, want).await?;
+        ticket.delivered();
+        Ok(data)
+    });
+    (offset, want, task)
+}
+
+/// Bytes `[start, start + data.len())` of a share.
 #[derive(Default)]
 struct Window {
     start: u64,
     data: Vec<u8>,
-    next: Option<Prefetch>,
 }
 
 impl Window {
@@ -187,15 +285,16 @@ impl Window {
         &self.data[a..a + len as usize]
     }
 
-    /// Makes `[offset, offset + want)` (`want >= len`) the window, from the prefetch if it
-    /// is that range; a short answer is corruption.
+    /// Makes `[offset, offset + want)` the window, from `ready` if it is that read; a short
+    /// answer is corruption.
     async fn load(
         &mut self,
         reader: &BucketReaderRef,
+        ready: Option<Prefetch>,
         offset: u64,
         want: u64,
     ) -> Result<(), Fault> {
-        let data = match self.next.take() {
+        let data = match ready {
             Some((o, w, task)) if o == offset && w == want => task
                 .await
                 .unwrap_or_else(|e| Err(format!("a read task failed: {e}"))),
@@ -217,23 +316,6 @@ impl Window {
         self.data = data;
         Ok(())
     }
-
-    fn prefetch(&mut self, reader: &BucketReaderRef, offset: u64, want: u64) {
-        let reader = reader.clone();
-        self.next = Some((
-            offset,
-            want,
-            tokio::spawn(async move { read_range(&reader, offset, want).await }),
-        ));
-    }
-}
-
-impl Drop for Window {
-    fn drop(&mut self) {
-        if let Some((_, _, task)) = self.next.take() {
-            task.abort();
-        }
-    }
 }
 
 /// A share whose front checked out, in use.
@@ -242,8 +324,35 @@ struct Active {
     shnum: u16,
     reader: BucketReaderRef,
     root: Hash,
+    /// The server's window (shared by the shares read from it).
+    flow: Arc<Flow>,
+    /// The share's first bytes, as read with its front (all of a small share).
+    head: Window,
+    /// The whole block tree, when it is small enough to read at once.
+    tree: Window,
+    /// The block tree read in the background.
+    tree_ahead: Option<Prefetch>,
     blocks: Window,
+    /// Block windows read ahead, in order, with the first segment of each.
+    ///
+    /// Those sent with the listing hold a ticket of the server's window from when they are
+    /// adopted (they were sent before the window existed); it is given back, without a
+    /// sample, when they are used.
+    ahead: VecDeque<(u64, Prefetch, Option<Ticket>)>,
+    /// The first segment of the next block window to read ahead.
+    next_window: u64,
     levels: Vec<Window>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        for (_, (_, _, task), _) in self.ahead.drain(..) {
+            task.abort();
+        }
+        if let Some((_, _, task)) = self.tree_ahead.take() {
+            task.abort();
+        }
+    }
 }
 
 impl Active {
@@ -258,6 +367,102 @@ impl Active {
         let (start, _) = layout.block_range(first);
         let (end_at, end_len) = layout.block_range(last);
         (start, end_at + end_len - start)
+    }
+
+    /// A share whose front (and `head`) checked out: starts reading ahead what the head
+    /// does not hold, the whole block tree if it is small, and block windows as far as the
+    /// server's window allows.
+    fn new(mut c: Candidate, front: &ShareFront, head: Vec<u8>, flow: Arc<Flow>) -> Active {
+        let layout = &front.layout;
+        let levels = layout.tree_levels.len() - 1;
+        let per = Self::per_window(layout);
+        let mut next_window = 0;
+        while next_window < layout.geometry.num_segments {
+            let (start, want) = Self::window_range(layout, next_window);
+            if start + want > head.len() as u64 {
+                break;
+            }
+            next_window += per;
+        }
+        // Reads sent with the listing, for the layout the downloader guessed: those that are
+        // the real layout's tree or next windows are used; any others are dropped.
+        let mut sent: VecDeque<Prefetch> = std::mem::take(&mut c.ahead).into();
+        let tree_len = layout.end - layout.tree_offset;
+        let mut tree_ahead = None;
+        if tree_len > 0 && tree_len <= WHOLE_TREE_MAX && layout.end > head.len() as u64 {
+            let sent_tree = sent
+                .iter()
+                .position(|(o, w, _)| *o == layout.tree_offset && *w == tree_len);
+            tree_ahead = Some(match sent_tree.and_then(|i| sent.remove(i)) {
+                Some(read) => read,
+                None => {
+                    let ticket = flow.take(tree_len);
+                    spawn_read(&c.reader, ticket, layout.tree_offset, tree_len)
+                }
+            });
+        }
+        let mut ahead = VecDeque::new();
+        while let Some(read) = sent.pop_front() {
+            let (start, want) = Self::window_range(layout, next_window);
+            if next_window >= layout.geometry.num_segments || (read.0, read.1) != (start, want) {
+                read.2.abort();
+                continue;
+            }
+            let ticket = flow.take(want);
+            ahead.push_back((next_window, read, Some(ticket)));
+            next_window += per;
+        }
+        let mut a = Active {
+            server: c.server,
+            shnum: c.shnum,
+            reader: c.reader.clone(),
+            root: front.root,
+            flow,
+            head: Window {
+                start: 0,
+                data: head,
+            },
+            tree: Window::default(),
+            tree_ahead,
+            blocks: Window::default(),
+            ahead,
+            next_window,
+            levels: (0..levels).map(|_| Window::default()).collect(),
+        };
+        a.read_ahead(layout);
+        a
+    }
+
+    /// Starts reading the next block windows: always one (as a LAN needs), more while the
+    /// server's window has room, at most [`MAX_AHEAD`].
+    fn read_ahead(&mut self, layout: &ShareLayout) {
+        let per = Self::per_window(layout);
+        while self.next_window < layout.geometry.num_segments && self.ahead.len() < MAX_AHEAD {
+            let (start, want) = Self::window_range(layout, self.next_window);
+            let ticket = if self.ahead.is_empty() {
+                self.flow.take(want)
+            } else {
+                match self.flow.try_take(want) {
+                    Some(t) => t,
+                    None => break,
+                }
+            };
+            let read = spawn_read(&self.reader, ticket, start, want);
+            self.ahead.push_back((self.next_window, read, None));
+            self.next_window += per;
+        }
+    }
+
+    /// The share's bytes `[offset, offset + len)` if a window holds them.
+    fn bytes(&self, level: Option<usize>, offset: u64, len: u64) -> Option<&[u8]> {
+        let own = match level {
+            None => &self.blocks,
+            Some(l) => &self.levels[l],
+        };
+        [&self.head, &self.tree, own]
+            .into_iter()
+            .find(|w| w.covers(offset, len))
+            .map(|w| w.slice(offset, len))
     }
 
     /// The blocks of segments `first..last`, each verified.
@@ -277,37 +482,59 @@ impl Active {
     /// Segment `seg`'s block, verified against this share's root.
     async fn block(&mut self, layout: &ShareLayout, seg: u64) -> Result<Vec<u8>, Fault> {
         let (offset, len) = layout.block_range(seg);
-        if !self.blocks.covers(offset, len) {
+        if self.bytes(None, offset, len).is_none() {
             let per = Self::per_window(layout);
             let first = seg - seg % per;
             let (start, want) = Self::window_range(layout, first);
-            self.blocks.load(&self.reader, start, want).await?;
-            let next = first + per;
-            if next < layout.geometry.num_segments {
-                let (s, w) = Self::window_range(layout, next);
-                self.blocks.prefetch(&self.reader, s, w);
+            // Read-ahead of windows before this one is of no use now.
+            while self.ahead.front().is_some_and(|(f, _, _)| *f < first) {
+                if let Some((_, (_, _, task), _)) = self.ahead.pop_front() {
+                    task.abort();
+                }
             }
+            let ready = match self.ahead.front() {
+                Some((f, _, _)) if *f == first => self.ahead.pop_front().map(|(_, r, _)| r),
+                _ => None,
+            };
+            if ready.is_none() && self.next_window <= first {
+                self.next_window = first + per;
+            }
+            self.blocks.load(&self.reader, ready, start, want).await?;
+            self.read_ahead(layout);
         }
-        let block = self.blocks.slice(offset, len).to_vec();
+        let block = self
+            .bytes(None, offset, len)
+            .expect("the window was just loaded")
+            .to_vec();
         // The sibling nodes, each level's window loaded as needed.
         let levels = &layout.tree_levels;
         for level in 0..levels.len() - 1 {
             if let Some(sib) = super::hash::sibling(levels, level, seg) {
                 let at = layout.tree_node_offset(level, sib);
-                if !self.levels[level].covers(at, 32) {
-                    let first = sib & !1;
-                    let count = TREE_WINDOW.min(levels[level] - first);
-                    let start = layout.tree_node_offset(level, first);
-                    self.levels[level]
-                        .load(&self.reader, start, 32 * count)
-                        .await?;
+                if self.bytes(Some(level), at, 32).is_some() {
+                    continue;
                 }
+                if let Some(read) = self.tree_ahead.take() {
+                    let (offset, want) = (read.0, read.1);
+                    self.tree
+                        .load(&self.reader, Some(read), offset, want)
+                        .await?;
+                    if self.bytes(Some(level), at, 32).is_some() {
+                        continue;
+                    }
+                }
+                let first = sib & !1;
+                let count = TREE_WINDOW.min(levels[level] - first);
+                let start = layout.tree_node_offset(level, first);
+                self.levels[level]
+                    .load(&self.reader, None, start, 32 * count)
+                    .await?;
             }
         }
         let verdict = verify_block(layout, &self.root, seg, &block, |level, index| {
             let at = layout.tree_node_offset(level, index);
             let mut h = [0u8; 32];
-            h.copy_from_slice(self.levels[level].slice(at, 32));
+            h.copy_from_slice(self.bytes(Some(level), at, 32).ok_or(())?);
             Ok::<Hash, ()>(h)
         })
         .unwrap_or(Err(ShareError::BlockMismatch { segment: seg }));
@@ -380,6 +607,82 @@ struct Downloader<'a> {
     report: DownloadReport,
     used: BTreeSet<(usize, u16)>,
     ueb: Option<Ueb>,
+    /// Each server's read window, measured from its answers.
+    flows: BTreeMap<usize, Arc<Flow>>,
+    /// How much of each share to read with its front (see [`head_len`]).
+    head_len: u64,
+}
+
+/// How many bytes of a share to read first: the front, and as much of what follows as one
+/// read carries and the file probably needs — a small file's whole share, or a large one's
+/// first block window — so that the first blocks come with the front, not one round trip
+/// later. The segment size is not in the cap; the guess assumes the default
+/// (`EncodingParams::segment_size_for`). A wrong guess costs nothing but unused bytes: the
+/// front is always there, and the reads that follow are made from the share's real layout.
+fn head_len(cap: &ChkCap) -> u64 {
+    let front = ShareLayout::front_len(cap.total);
+    let guess = guessed_layout(cap)
+        .map(|layout| {
+            if layout.geometry.num_segments == 1 {
+                layout.end
+            } else {
+                let (start, want) = Active::window_range(&layout, 0);
+                start + want
+            }
+        })
+        .unwrap_or(front);
+    guess.clamp(front, MAX_CHUNK.max(front))
+}
+
+/// The layout of the cap's shares if the file was uploaded with the default segment size.
+fn guessed_layout(cap: &ChkCap) -> Option<ShareLayout> {
+    let params = super::EncodingParams {
+        needed: cap.needed,
+        happy: cap.needed,
+        total: cap.total,
+        ..Default::default()
+    };
+    Geometry::new(
+        cap.needed,
+        cap.total,
+        cap.size,
+        params.segment_size_for(cap.size),
+    )
+    .ok()
+    .map(ShareLayout::new)
+}
+
+/// Reads to send with the listing, behind the head, to the servers that get a whole head:
+/// the block tree (when it is read whole) and the block windows after the head, as far as
+/// [`INITIAL_WINDOW`] goes, for the guessed layout (see [`head_len`]). Without them a large
+/// download would ask for its blocks only once the listing came back, and the links would
+/// idle for that round trip. A wrong guess wastes those bytes, nothing else: the reads that
+/// are not the real layout's are dropped when the share's front has been checked.
+fn speculative_reads(cap: &ChkCap, head_len: u64) -> Vec<(u64, u64)> {
+    let Some(layout) = guessed_layout(cap) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let tree_len = layout.end - layout.tree_offset;
+    if tree_len > 0 && tree_len <= WHOLE_TREE_MAX && layout.end > head_len {
+        out.push((layout.tree_offset, tree_len));
+    }
+    let per = Active::per_window(&layout);
+    let mut budget = INITIAL_WINDOW.saturating_sub(head_len);
+    let mut first = 0;
+    while first < layout.geometry.num_segments {
+        let (start, want) = Active::window_range(&layout, first);
+        first += per;
+        if start + want <= head_len {
+            continue;
+        }
+        if want > budget {
+            break;
+        }
+        budget -= want;
+        out.push((start, want));
+    }
+    out
 }
 
 impl<'a> Downloader<'a> {
@@ -403,6 +706,8 @@ impl<'a> Downloader<'a> {
             report: DownloadReport::default(),
             used: BTreeSet::new(),
             ueb: None,
+            flows: BTreeMap::new(),
+            head_len: head_len(cap),
         }
     }
 
@@ -493,6 +798,12 @@ impl<'a> Downloader<'a> {
         }
         self.report.servers_used = used;
         self.report.size = g.size;
+        let windows: Vec<(&str, u64)> = self
+            .flows
+            .iter()
+            .map(|(&i, f)| (self.servers[i].nickname.as_str(), f.window()))
+            .collect();
+        debug!(?windows, "read windows at the end (bytes per server)");
         info!(
             si = %super::cap::base32(&self.si),
             size = g.size,
@@ -507,25 +818,51 @@ impl<'a> Downloader<'a> {
         self.active.clear();
     }
 
-    /// Asks every server for the storage index's shares.
+    /// Asks every server for the storage index's shares, and for the head of the first
+    /// share each lists, in the same flight (see [`locate_one`]).
     async fn locate(&mut self) {
         let si = self.si;
-        let answers = join_all(
-            self.servers
-                .iter()
-                .map(|s| async move { call(s.server.get_buckets(si)).await }),
-        )
+        let k = self.cap.needed as usize;
+        let front = ShareLayout::front_len(self.cap.total);
+        // Which servers get a whole head read: all, when heads are small; otherwise the
+        // first k in permuted order (where an upload put the primary shares 0..k), and the
+        // others only the front, so that a large file does not read N windows to use k.
+        let whole_head = |rank: usize| self.head_len <= SPECULATIVE_HEAD_MAX || rank < k;
+        let extra = speculative_reads(self.cap, self.head_len);
+        let answers = join_all(self.servers.iter().enumerate().map(|(i, s)| {
+            let (len, extra) = if whole_head(self.rank[i]) {
+                (self.head_len, &extra[..])
+            } else {
+                (front, &[][..])
+            };
+            locate_one(s, si, len, extra)
+        }))
         .await;
-        for (i, a) in answers.into_iter().enumerate() {
+        for (i, (a, head, ahead, rtt)) in answers.into_iter().enumerate() {
             match a {
                 Ok(buckets) => {
+                    // One read ahead per share, as before windows were measured, to start.
+                    let flow = Flow::new(MAX_CHUNK);
+                    flow.note_rtt(rtt);
+                    self.flows.insert(i, flow);
+                    // The pipelined read went to reference 0 of the answer: the share with
+                    // the lowest number.
+                    let (mut head, mut ahead) = (head, Some(ahead));
                     for (shnum, reader) in buckets {
+                        let head = head.take();
+                        let ahead = ahead.take().unwrap_or_default();
                         if shnum < self.cap.total && self.listed.insert((i, shnum)) {
                             self.candidates.push(Candidate {
                                 server: i,
                                 shnum,
                                 reader,
+                                head,
+                                ahead,
                             });
+                        } else {
+                            for (_, _, task) in ahead {
+                                task.abort();
+                            }
                         }
                     }
                 }
@@ -577,9 +914,19 @@ impl<'a> Downloader<'a> {
 
     /// Takes the best unread candidate: a server not in use, a primary share, an early
     /// server in permuted order.
-    fn next_candidate(&mut self) -> Option<Candidate> {
-        let in_use: BTreeSet<usize> = self.active.iter().map(|a| a.server).collect();
-        let shnums: BTreeSet<u16> = self.active.iter().map(|a| a.shnum).collect();
+    fn next_candidate(&mut self, picked: &[Candidate]) -> Option<Candidate> {
+        let in_use: BTreeSet<usize> = self
+            .active
+            .iter()
+            .map(|a| a.server)
+            .chain(picked.iter().map(|c| c.server))
+            .collect();
+        let shnums: BTreeSet<u16> = self
+            .active
+            .iter()
+            .map(|a| a.shnum)
+            .chain(picked.iter().map(|c| c.shnum))
+            .collect();
         let k = self.cap.needed;
         let best = self
             .candidates
@@ -588,6 +935,7 @@ impl<'a> Downloader<'a> {
             .filter(|(_, c)| !shnums.contains(&c.shnum))
             .min_by_key(|(_, c)| {
                 (
+                    c.head.is_none(),
                     in_use.contains(&c.server),
                     c.shnum >= k,
                     self.rank[c.server],
@@ -598,51 +946,79 @@ impl<'a> Downloader<'a> {
         Some(self.candidates.remove(best))
     }
 
-    /// Brings the shares in use up to `k`, reading and checking fronts.
+    /// Brings the shares in use up to `k`, reading and checking fronts: the fronts (and
+    /// heads, see [`head_len`]) of all the shares missing are read at once.
     async fn fill(&mut self, k: usize) -> Result<(), DownloadError> {
         while self.active.len() < k {
-            let Some(c) = self.next_candidate() else {
+            let mut picked = Vec::new();
+            while self.active.len() + picked.len() < k {
+                match self.next_candidate(&picked) {
+                    Some(c) => picked.push(c),
+                    None => break,
+                }
+            }
+            if picked.is_empty() {
                 return Err(self.not_enough());
-            };
-            let front_len = ShareLayout::front_len(self.cap.total);
-            let bytes = match read_range(&c.reader, 0, front_len).await {
-                Ok(b) => b,
-                Err(e) => {
-                    self.server_failed(c.server, e);
+            }
+            let head_len = self.head_len;
+            let heads = join_all(picked.iter_mut().map(|c| {
+                let known = c.head.take();
+                let reader = c.reader.clone();
+                async move {
+                    match known {
+                        Some(h) => Ok(h),
+                        None => read_range(&reader, 0, head_len).await,
+                    }
+                }
+            }))
+            .await;
+            for (c, head) in picked.into_iter().zip(heads) {
+                if self.dead.contains(&c.server) {
                     continue;
                 }
-            };
-            match ShareFront::decode_for(&bytes, self.cap, c.shnum) {
-                Ok(front) => {
-                    if self.ueb.is_none() {
-                        self.ueb = Some(front.ueb);
+                let bytes = match head {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.server_failed(c.server, e);
+                        continue;
                     }
-                    let levels = front.layout.tree_levels.len() - 1;
-                    self.active.push(Active {
-                        server: c.server,
-                        shnum: c.shnum,
-                        reader: c.reader,
-                        root: front.root,
-                        blocks: Window::default(),
-                        levels: (0..levels).map(|_| Window::default()).collect(),
-                    });
-                    self.progress.set_servers(
-                        self.active
-                            .iter()
-                            .map(|a| a.server)
-                            .collect::<BTreeSet<_>>()
-                            .len(),
-                        self.active.len(),
-                    );
-                }
-                // The UEB hashes to the cap's hash but is unusable: no share can help.
-                Err(e @ (ShareError::CapMismatch(_) | ShareError::Invalid { .. }))
-                    if self.ueb_is_bad(&bytes) =>
-                {
-                    return Err(DownloadError::BadUeb(e));
-                }
-                Err(e) => self.corrupt(c.server, c.shnum, e.to_string()).await,
+                };
+                self.accept(c, bytes).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Checks a candidate's front against the cap and puts the share in use, or records
+    /// why not.
+    async fn accept(&mut self, c: Candidate, bytes: Vec<u8>) -> Result<(), DownloadError> {
+        match ShareFront::decode_for(&bytes, self.cap, c.shnum) {
+            Ok(front) => {
+                if self.ueb.is_none() {
+                    self.ueb = Some(front.ueb);
+                }
+                let flow = self
+                    .flows
+                    .entry(c.server)
+                    .or_insert_with(|| Flow::new(MAX_CHUNK))
+                    .clone();
+                self.active.push(Active::new(c, &front, bytes, flow));
+                self.progress.set_servers(
+                    self.active
+                        .iter()
+                        .map(|a| a.server)
+                        .collect::<BTreeSet<_>>()
+                        .len(),
+                    self.active.len(),
+                );
+            }
+            // The UEB hashes to the cap's hash but is unusable: no share can help.
+            Err(e @ (ShareError::CapMismatch(_) | ShareError::Invalid { .. }))
+                if self.ueb_is_bad(&bytes) =>
+            {
+                return Err(DownloadError::BadUeb(e));
+            }
+            Err(e) => self.corrupt(c.server, c.shnum, e.to_string()).await,
         }
         Ok(())
     }

@@ -27,26 +27,65 @@
 //! streams: per segment, read, encrypt, erasure-code into N blocks, hash the blocks, and
 //! write them, with a bounded pipeline between the encoding thread and the writes. Then
 //! the hash trees and the URI extension block (UEB) are written and every bucket closed.
+//! A *small* file (one segment, shares of at most 512 KiB) is encoded in memory before
+//! server selection instead, and each share is allocated, written and closed in one flight
+//! ([round trips](#round-trips)).
 //!
-//! **Download** ([`download`]) asks every server for the storage index's shares, reads
-//! the front of shares (header, UEB, root, chain) in preference order — distinct servers
-//! first, then the *primary* shares `0..k` (which need no decoding) — and checks each
-//! against the cap. It then goes through the segments a window at a time (up to 512 KiB
-//! of blocks per share, the next window read ahead): it fetches the k shares' blocks,
-//! verifies each against its share's block hash tree, decodes the window's segments (in
-//! one erasure decode when a primary share is missing), decrypts, and writes to the sink. A block that fails verification is reported to its
-//! server with `advise_corrupt_share` and its share replaced by another; a server that
-//! fails loses all its shares. At the end the ciphertext hash is checked.
+//! **Download** ([`download`]) asks every server for the storage index's shares and, in
+//! the same flight, for the *head* of the first share each lists (its front — header, UEB,
+//! root, chain — and, as far as one read carries, the blocks that follow: all of a small
+//! share). It takes shares in preference order — distinct servers first, then the
+//! *primary* shares `0..k` (which need no decoding) — reads the fronts it does not have
+//! yet (all at once), and checks each against the cap. It then goes through the segments a
+//! window at a time (up to 512 KiB of blocks per share, windows read ahead as far as the
+//! server's window allows, and a small block hash tree read whole): it fetches the k
+//! shares' blocks, verifies each against its share's block hash tree, decodes the window's
+//! segments (in one erasure decode when a primary share is missing), decrypts, and writes
+//! to the sink. A block that fails verification is reported to its server with
+//! `advise_corrupt_share` and its share replaced by another; a server that fails loses all
+//! its shares. At the end the ciphertext hash is checked.
 //!
 //! Encoding runs on two threads: one reads, hashes, encrypts and erasure-codes segments,
 //! the other hashes blocks into the block trees and assembles writes; each share has a
-//! writer task with a short queue and two writes in flight.
+//! writer task with a short queue, and as many writes in flight as its server's window
+//! allows.
 //!
 //! Memory does not grow with the file: upload holds a handful of segments' blocks (each
 //! segment's are `segment_size * N / k` bytes) in its bounded queues, a write buffer
-//! (≤ 512 KiB) and two writes in flight per share, and one pending node plus an 8 KiB
-//! buffer per block tree level per share; download holds two read windows (≤ 512 KiB)
-//! per share in use, a decoded window, and 8 KiB per tree level.
+//! (≤ 512 KiB) per share, at most [`WINDOW_BUDGET`] (8 MiB) of writes in flight per server,
+//! and one pending node plus an 8 KiB buffer per block tree level per share; download holds
+//! per share in use a read window (≤ 512 KiB) and its head, at most [`WINDOW_BUDGET`] of
+//! reads ahead per server, the block tree when it is at most 512 KiB (else 8 KiB per tree
+//! level), and a decoded window.
+//!
+//! # Round trips
+//!
+//! On Tor or I2P a round trip costs 0.3–3 s, so the transfers spend them only where an
+//! answer is needed before anything else can be sent:
+//!
+//! - **Small upload: one round trip.** Per share, `allocate_share`, the write and the
+//!   close go out in one flight, the write and the close pipelined on the promised writer
+//!   (promise pipelining, `folio_rpc::promise`): `allocate_share` answers with that share's
+//!   writer or a typed refusal, so a pipelined write can never land in another share, and
+//!   the server runs a writer's calls in arrival order, so the close sees the write. All
+//!   servers are asked at once. Refusals fall back: a share already there counts as placed
+//!   ([`StorageError::AlreadyHave`](crate::storage::StorageError::AlreadyHave)); one
+//!   refused goes to the servers that accepted, in another round. Because the closes leave
+//!   before anyone knows how many servers accept, a small upload that ends below
+//!   happiness leaves the shares it closed (complete and leased); a streamed upload leaves
+//!   nothing.
+//! - **Large upload:** one round trip of allocations (all servers at once), then the
+//!   writes, as many in flight per server as its window allows, and each close right
+//!   behind its share's last write.
+//! - **Download: one round trip** for a small file (the listing and the heads in one
+//!   flight); for a large one the reads follow at once, windowed the same way.
+//! - **Windows** ([`WINDOW_BUDGET`]): each server's bytes in flight are sized from the
+//!   round trip and delivery rate measured on its link, to its bandwidth-delay product,
+//!   starting as TCP's slow start does and bounded by the budget; on a LAN they stay at
+//!   two 512 KiB calls per share, as before.
+//! - A server from before `allocate_share` answers it with an unknown-method refusal; the
+//!   upload then uses `allocate_buckets` for that share (one round trip more). A peer that
+//!   does not speak protocol version 3 runs pipelined calls one round trip later.
 //!
 //! # Parameters
 //!
@@ -121,9 +160,13 @@
 //!
 //! # Server selection
 //!
-//! Servers are taken in permuted order. First each is asked (`allocate_buckets`) for one
-//! share not yet placed; shares a server already has count as placed (`already_have`).
-//! Then the servers that accepted are asked for the rest, spread evenly. *Happiness* is
+//! Servers are taken in permuted order, in rounds, every request of a round sent at once
+//! (`allocate_share`, one per share). In the first round each server is asked for one share
+//! not yet placed, and the shares left over (when there are fewer servers than shares) are
+//! spread evenly over the same servers; shares a server already has count as placed. Each
+//! later round gives the shares still unplaced to servers that hold nothing yet, then
+//! spreads the rest over those that accepted; a server that refuses for lack of room is
+//! asked no more, and no server is asked twice for the same share. *Happiness* is
 //! the size of a maximum matching between servers and the shares they hold or accepted
 //! (Tahoe's "servers of happiness"). Below `shares.happy` the upload is refused and every
 //! bucket writer aborted, so nothing is left behind. A server that fails while the shares
@@ -135,6 +178,7 @@
 mod cap;
 mod codec;
 mod download;
+mod flow;
 mod hash;
 mod layout;
 mod upload;
@@ -147,6 +191,7 @@ use std::time::Duration;
 
 pub use cap::{base32, CapError, ChkCap, ReadCap, CHK_PREFIX, LIT_PREFIX, MAX_CAP_LEN};
 pub use download::{download, CorruptShare, DownloadError, DownloadReport};
+pub use flow::{INITIAL_WINDOW, WINDOW_BUDGET};
 pub use hash::Hash;
 pub use layout::{
     parse_share, verify_block, Geometry, ShareError, ShareFront, ShareHeader, ShareLayout, Ueb,
@@ -470,6 +515,17 @@ async fn call<T, E: std::fmt::Display + std::fmt::Debug>(
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {} s", CALL_TIMEOUT.as_secs())),
     }
+}
+
+/// Runs a storage call bounded by [`CALL_TIMEOUT`], keeping its typed error.
+async fn bounded<T>(
+    fut: impl std::future::Future<
+        Output = Result<T, folio_rpc::CallError<crate::storage::StorageError>>,
+    >,
+) -> Result<T, folio_rpc::CallError<crate::storage::StorageError>> {
+    tokio::time::timeout(CALL_TIMEOUT, fut)
+        .await
+        .unwrap_or(Err(folio_rpc::CallError::DeadlineExceeded(CALL_TIMEOUT)))
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
 //! Upload: server selection, the encoding pipeline, and the writes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::IntoFuture;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use folio_rpc::Bytes;
+use folio_rpc::{Bytes, CallError, Refusal};
 use futures_util::future::join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -14,21 +15,25 @@ use tracing::{debug, info, warn};
 
 use super::cap::storage_index_for;
 use super::codec::{derive_key, encode_source, plaintext_hasher, EncodeSummary, ShareWrite};
+use super::flow::Flow;
 use super::hash::{tagged, Hash, TAG_LEASE_CANCEL, TAG_LEASE_RENEW};
 use super::layout::{Geometry, ShareLayout};
 use super::{
-    call, permuted, ChkCap, EncodingParams, ParamsError, Phase, Progress, ReadCap, UploadSource,
-    MAX_FILE_SIZE,
+    bounded, call, permuted, ChkCap, EncodingParams, ParamsError, Phase, Progress, ReadCap,
+    UploadSource, MAX_FILE_SIZE,
 };
 use crate::broker::ConnectedServer;
-use crate::storage::{BucketWriterRef, CanaryRef, NullCanary, StorageIndex, MAX_CHUNK};
+use crate::storage::{
+    BucketWriterRef, CanaryRef, NullCanary, StorageError, StorageIndex, MAX_CHUNK,
+};
 
 /// Segments encoded ahead of the writes.
 const PIPELINE_DEPTH: usize = 2;
-/// Writes queued per share.
+/// Writes queued per share (waiting for room in the server's window).
 const SHARE_QUEUE: usize = 2;
-/// Writes in flight per share.
-const IN_FLIGHT: usize = 2;
+/// The largest share uploaded in one flight with its allocation (one write): files of one
+/// segment whose shares are at most this big are encoded in memory before placement.
+const SMALL_SHARE_MAX: u64 = MAX_CHUNK;
 /// The read size of the hashing pass.
 const HASH_CHUNK: usize = 1 << 20;
 
@@ -128,7 +133,9 @@ pub struct UploadReport {
 /// Files of at most `params.max_inline` bytes (every empty file) get a LIT cap and touch no
 /// server. Otherwise the key derives from `convergence_secret`, the parameters and the
 /// plaintext; leases derive from `lease_secret`, the storage index and each server's key.
-/// Fails, with every bucket aborted, when fewer than `params.happy` servers can hold shares.
+/// Fails, with every bucket aborted, when fewer than `params.happy` servers can hold shares
+/// (except that a small file's shares are closed in the same flight as their allocation: those
+/// the servers accepted stay; see [round trips](crate::immutable#round-trips)).
 pub async fn upload(
     servers: &[ConnectedServer],
     params: &EncodingParams,
@@ -212,7 +219,18 @@ async fn upload_inner(
     // Server selection.
     progress.set_phase(Phase::Placing);
     let placed_at = Instant::now();
-    let mut placement = place(servers, params, &si, lease_secret, layout.end).await;
+    // A small file is encoded in memory first; then each share is allocated, written and
+    // closed in one flight, so the whole upload takes one round (one round trip when the
+    // servers accept).
+    let small = if g.num_segments == 1 && layout.end <= SMALL_SHARE_MAX {
+        Some(encode_small(source.clone(), g, key, plaintext_hash).await?)
+    } else {
+        None
+    };
+    let (mut placement, rtts) = match &small {
+        Some((shares, _)) => place_small(servers, params, &si, lease_secret, shares).await,
+        None => place(servers, params, &si, lease_secret, layout.end).await,
+    };
     let happiness = placement.happiness();
     progress.set_servers(happiness, placement.shares().len());
     if happiness < params.happy as usize {
@@ -233,16 +251,32 @@ async fn upload_inner(
     // Pass 2: encode and write.
     progress.set_phase(Phase::Pushing);
     let pushed_at = Instant::now();
-    let r = push(
-        &mut placement,
-        source,
-        g,
-        key,
-        plaintext_hash,
-        params,
-        progress,
-    )
-    .await;
+    let r = match small {
+        Some((_, summary)) => {
+            progress.add_done(size);
+            Ok(summary)
+        }
+        None => {
+            let flows = flows_for(&placement, &rtts);
+            let r = push(
+                &mut placement,
+                &flows,
+                source,
+                g,
+                key,
+                plaintext_hash,
+                params,
+                progress,
+            )
+            .await;
+            let windows: Vec<(&str, u64)> = flows
+                .iter()
+                .map(|(&i, f)| (servers[i].nickname.as_str(), f.window()))
+                .collect();
+            debug!(?windows, "write windows at the end (bytes per server)");
+            r
+        }
+    };
     let summary = match r {
         Ok(s) => s,
         Err(e) => {
@@ -318,6 +352,8 @@ struct Held {
 struct Placement {
     order: Vec<usize>,
     writers: BTreeMap<u16, Held>,
+    /// (server, share) pairs written and closed during selection (small files).
+    closed: Vec<(usize, u16)>,
     /// (server, share) pairs the servers already had.
     have: Vec<(usize, u16)>,
     /// Servers whose calls failed.
@@ -327,11 +363,23 @@ struct Placement {
 }
 
 impl Placement {
+    fn new(servers: &[ConnectedServer], si: &StorageIndex) -> Placement {
+        Placement {
+            order: permuted(servers, si),
+            writers: BTreeMap::new(),
+            closed: Vec::new(),
+            have: Vec::new(),
+            failed: Vec::new(),
+            full: BTreeSet::new(),
+        }
+    }
+
     fn edges(&self) -> Vec<(usize, u16)> {
         let dead: BTreeSet<usize> = self.failed.iter().map(|(s, _)| *s).collect();
         self.writers
             .iter()
             .map(|(n, h)| (h.server, *n))
+            .chain(self.closed.iter().copied())
             .chain(self.have.iter().copied())
             .filter(|(s, _)| !dead.contains(s))
             .collect()
@@ -363,12 +411,14 @@ impl Placement {
             .iter()
             .filter(|i| !dead.contains(i))
             .filter_map(|&i| {
-                let uploaded: Vec<u16> = self
+                let mut uploaded: Vec<u16> = self
                     .writers
                     .iter()
                     .filter(|(_, h)| h.server == i)
                     .map(|(n, _)| *n)
+                    .chain(self.closed.iter().filter(|(s, _)| *s == i).map(|(_, n)| *n))
                     .collect();
+                uploaded.sort_unstable();
                 let already_had: Vec<u16> = self
                     .have
                     .iter()
@@ -418,124 +468,380 @@ fn max_matching(edges: &[(usize, u16)]) -> usize {
         .count()
 }
 
-/// Asks `server` for buckets for `shares`; keeps only what was asked for.
-async fn allocate(
+/// What one server said to a request for one share.
+enum Alloc {
+    /// A writer for the share.
+    Writer(BucketWriterRef),
+    /// The server already holds the share (its lease was renewed).
+    Have,
+    /// The server takes no (more) shares: full, read-only, over the client's quota.
+    Full(String),
+    /// The share is being uploaded to that server by someone else.
+    Busy,
+    /// The call failed: the server is not usable.
+    Failed(String),
+}
+
+/// Asks `server` for a bucket for share `shnum` (`allocate_share`; `allocate_buckets` for
+/// one share on a server that predates it). Also gives the call's duration: it carries
+/// almost no data, so it measures the link's round trip.
+async fn allocate_one(
     server: &ConnectedServer,
     si: &StorageIndex,
     lease_secret: &[u8; 32],
-    shares: BTreeSet<u16>,
+    shnum: u16,
     size: u64,
-) -> Result<(BTreeSet<u16>, BTreeMap<u16, BucketWriterRef>), String> {
-    let renew = tagged(TAG_LEASE_RENEW, &[lease_secret, si, &server.key]);
-    let cancel = tagged(TAG_LEASE_CANCEL, &[lease_secret, si, &server.key]);
-    let (have, writers) = call(server.server.allocate_buckets(
+) -> (Alloc, Duration) {
+    let (renew, cancel) = lease_secrets(server, si, lease_secret);
+    let started = Instant::now();
+    let answer = bounded(server.server.allocate_share(
         *si,
         renew,
         cancel,
-        shares.clone(),
+        shnum,
         size,
         CanaryRef::serve(NullCanary),
     ))
-    .await?;
-    let have = have.intersection(&shares).copied().collect();
-    let writers = writers
-        .into_iter()
-        .filter(|(n, _)| shares.contains(n))
-        .collect();
-    Ok((have, writers))
+    .await;
+    let outcome = match answer {
+        Ok(w) => Alloc::Writer(w),
+        Err(CallError::Refused(Refusal::UnknownMethod { .. })) => {
+            allocate_legacy(server, si, renew, cancel, shnum, size).await
+        }
+        Err(e) => refusal(e, shnum),
+    };
+    (outcome, started.elapsed())
 }
 
-/// Server selection: one share per server in permuted order, then the rest spread over
-/// the servers that accepted.
+/// The lease secrets for `server`.
+fn lease_secrets(
+    server: &ConnectedServer,
+    si: &StorageIndex,
+    lease_secret: &[u8; 32],
+) -> ([u8; 32], [u8; 32]) {
+    (
+        tagged(TAG_LEASE_RENEW, &[lease_secret, si, &server.key]),
+        tagged(TAG_LEASE_CANCEL, &[lease_secret, si, &server.key]),
+    )
+}
+
+/// What `allocate_share`'s error means for the placement of `shnum`.
+fn refusal(e: CallError<StorageError>, shnum: u16) -> Alloc {
+    match e {
+        CallError::App(StorageError::AlreadyHave { shnum: n }) if n == shnum => Alloc::Have,
+        CallError::App(StorageError::UploadInProgress { .. }) => Alloc::Busy,
+        CallError::App(
+            e @ (StorageError::NoSpace
+            | StorageError::ReadOnly
+            | StorageError::QuotaExceeded { .. }
+            | StorageError::TooLarge { .. }),
+        ) => Alloc::Full(e.to_string()),
+        other => Alloc::Failed(call_error_text(other)),
+    }
+}
+
+fn call_error_text(e: CallError<StorageError>) -> String {
+    match e {
+        CallError::App(e) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `allocate_buckets` for the one share `shnum`, for servers without `allocate_share`.
+async fn allocate_legacy(
+    server: &ConnectedServer,
+    si: &StorageIndex,
+    renew: [u8; 32],
+    cancel: [u8; 32],
+    shnum: u16,
+    size: u64,
+) -> Alloc {
+    let answer = call(server.server.allocate_buckets(
+        *si,
+        renew,
+        cancel,
+        BTreeSet::from([shnum]),
+        size,
+        CanaryRef::serve(NullCanary),
+    ))
+    .await;
+    match answer {
+        Err(e) => Alloc::Failed(e),
+        Ok((have, mut writers)) => match writers.remove(&shnum) {
+            Some(w) => Alloc::Writer(w),
+            None if have.contains(&shnum) => Alloc::Have,
+            // allocate_buckets does not say why: no room, or uploading elsewhere.
+            None => Alloc::Full("the server allocated nothing".into()),
+        },
+    }
+}
+
+/// The next round of requests: which server to ask for which share.
+///
+/// Servers that hold nothing yet come first (one share each, in permuted order: that is
+/// what makes an upload happy); the shares left over are spread evenly over every server
+/// that holds or is being asked for a share, in permuted order. A (server, share) pair is
+/// never asked twice. Everything is asked at once, so a round costs one round trip
+/// whatever the number of servers (server selection used to ask one server at a time).
+fn plan_round(
+    order: &[usize],
+    unplaced: &BTreeSet<u16>,
+    holding: &BTreeSet<usize>,
+    usable: &dyn Fn(usize) -> bool,
+    asked: &BTreeSet<(usize, u16)>,
+) -> Vec<(usize, u16)> {
+    let mut left: Vec<u16> = unplaced.iter().copied().collect();
+    let mut out = Vec::new();
+    let mut servers: Vec<usize> = Vec::new();
+    for &i in order.iter().filter(|&&i| usable(i)) {
+        if holding.contains(&i) {
+            servers.push(i);
+            continue;
+        }
+        if let Some(pos) = left.iter().position(|&n| !asked.contains(&(i, n))) {
+            out.push((i, left.remove(pos)));
+            servers.push(i);
+        }
+    }
+    let count = servers.len();
+    for (pos, &i) in servers.iter().enumerate() {
+        if left.is_empty() {
+            break;
+        }
+        let per = left.len().div_ceil(count - pos);
+        let mut given = 0;
+        let mut k = 0;
+        while given < per && k < left.len() {
+            if asked.contains(&(i, left[k])) || out.contains(&(i, left[k])) {
+                k += 1;
+                continue;
+            }
+            out.push((i, left.remove(k)));
+            given += 1;
+        }
+    }
+    out
+}
+
+/// Server selection by rounds of [`plan_round`]: asks, in each round, every server for its
+/// shares at once with `ask(server, shnum)`, and records the answers in `p`, until every
+/// share is placed or nothing is left to ask.
+async fn place_rounds<F, Fut>(
+    servers: &[ConnectedServer],
+    total: u16,
+    p: &mut Placement,
+    ask: F,
+) -> Vec<(usize, Duration)>
+where
+    F: Fn(usize, u16) -> Fut,
+    Fut: std::future::Future<Output = (Placed, Duration)>,
+{
+    let mut unplaced: BTreeSet<u16> = (0..total).collect();
+    let mut asked: BTreeSet<(usize, u16)> = BTreeSet::new();
+    let mut rtts = Vec::new();
+    let order = p.order.clone();
+    loop {
+        let holding: BTreeSet<usize> = p.edges().into_iter().map(|(s, _)| s).collect();
+        let dead: BTreeSet<usize> = p.failed.iter().map(|(s, _)| *s).collect();
+        let usable = |i: usize| !dead.contains(&i) && !p.full.contains(&i);
+        let round = plan_round(&order, &unplaced, &holding, &usable, &asked);
+        if round.is_empty() {
+            break;
+        }
+        asked.extend(round.iter().copied());
+        let answers = join_all(round.iter().map(|&(i, n)| ask(i, n))).await;
+        for (&(i, n), (placed, rtt)) in round.iter().zip(answers) {
+            rtts.push((i, rtt));
+            match placed {
+                Placed::Writer(writer) => {
+                    unplaced.remove(&n);
+                    p.writers.insert(n, Held { server: i, writer });
+                }
+                Placed::Closed => {
+                    unplaced.remove(&n);
+                    p.closed.push((i, n));
+                }
+                Placed::Have => {
+                    unplaced.remove(&n);
+                    p.have.push((i, n));
+                }
+                Placed::Full(e) => {
+                    debug!(server = %servers[i].nickname, shnum = n, error = %e, "no room");
+                    p.full.insert(i);
+                }
+                Placed::Busy => {
+                    debug!(server = %servers[i].nickname, shnum = n, "share uploading elsewhere");
+                }
+                Placed::Failed(e) => {
+                    debug!(server = %servers[i].nickname, error = %e, "allocation failed");
+                    p.fail_server(i, e);
+                }
+            }
+        }
+    }
+    // A server that refused a later share (full, over quota) keeps the ones it took, but is
+    // only "full" for the report when it holds nothing.
+    let holding: BTreeSet<usize> = p.edges().into_iter().map(|(s, _)| s).collect();
+    p.full.retain(|i| !holding.contains(i));
+    // Writers on servers that failed later in selection are of no use.
+    let dead: BTreeSet<usize> = p.failed.iter().map(|(s, _)| *s).collect();
+    p.writers.retain(|_, h| !dead.contains(&h.server));
+    rtts
+}
+
+/// How one (server, share) request ended.
+enum Placed {
+    /// Allocated; the writer is ours to fill.
+    Writer(BucketWriterRef),
+    /// Allocated, written and closed in one flight (small files).
+    Closed,
+    /// The server already had it.
+    Have,
+    /// The server takes no more shares.
+    Full(String),
+    /// Someone else is uploading it there.
+    Busy,
+    /// The server failed.
+    Failed(String),
+}
+
+impl From<Alloc> for Placed {
+    fn from(a: Alloc) -> Placed {
+        match a {
+            Alloc::Writer(w) => Placed::Writer(w),
+            Alloc::Have => Placed::Have,
+            Alloc::Full(e) => Placed::Full(e),
+            Alloc::Busy => Placed::Busy,
+            Alloc::Failed(e) => Placed::Failed(e),
+        }
+    }
+}
+
+/// Server selection for a file whose shares are streamed afterwards.
 async fn place(
     servers: &[ConnectedServer],
     params: &EncodingParams,
     si: &StorageIndex,
     lease_secret: &[u8; 32],
     share_size: u64,
-) -> Placement {
-    let mut p = Placement {
-        order: permuted(servers, si),
-        writers: BTreeMap::new(),
-        have: Vec::new(),
-        failed: Vec::new(),
-        full: BTreeSet::new(),
+) -> (Placement, Vec<(usize, Duration)>) {
+    let mut p = Placement::new(servers, si);
+    let rtts = place_rounds(servers, params.total, &mut p, |i, n| async move {
+        let (a, rtt) = allocate_one(&servers[i], si, lease_secret, n, share_size).await;
+        (Placed::from(a), rtt)
+    })
+    .await;
+    (p, rtts)
+}
+
+/// Allocates share `shnum` on `server`, writes `data` to it and closes it, in one flight:
+/// the writes and the close are pipelined on the promised writer of `allocate_share`, so
+/// they leave together with the allocation and the whole costs one round trip. That is safe
+/// because `allocate_share`'s answer is the writer of share `shnum` or an error (then the
+/// pipelined calls are refused, and nothing is written), and because the server runs a
+/// writer's calls in arrival order (see [`BucketWriter`](crate::storage::BucketWriter)).
+async fn put_share(
+    server: &ConnectedServer,
+    si: &StorageIndex,
+    lease_secret: &[u8; 32],
+    shnum: u16,
+    data: &[u8],
+) -> (Placed, Duration) {
+    let (renew, cancel) = lease_secrets(server, si, lease_secret);
+    let size = data.len() as u64;
+    let started = Instant::now();
+    let promise = match bounded(server.server.allocate_share_promise(
+        *si,
+        renew,
+        cancel,
+        shnum,
+        size,
+        CanaryRef::serve(NullCanary),
+    ))
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => return (refusal(e, shnum).into(), started.elapsed()),
     };
-    let mut unplaced: BTreeSet<u16> = (0..params.total).collect();
-    let mut accepting: Vec<usize> = Vec::new();
-    let order = p.order.clone();
-    for &i in &order {
-        let Some(&next) = unplaced.iter().next() else {
-            break;
-        };
-        let ask = BTreeSet::from([next]);
-        match allocate(&servers[i], si, lease_secret, ask, share_size).await {
-            Err(e) => {
-                debug!(server = %servers[i].nickname, error = %e, "allocate_buckets failed");
-                p.fail_server(i, e);
-            }
-            Ok((have, writers)) => {
-                if writers.is_empty() && have.is_empty() {
-                    p.full.insert(i);
-                    continue;
-                }
-                if !writers.is_empty() {
-                    accepting.push(i);
-                }
-                for n in have {
-                    unplaced.remove(&n);
-                    p.have.push((i, n));
-                }
-                for (n, writer) in writers {
-                    unplaced.remove(&n);
-                    p.writers.insert(n, Held { server: i, writer });
-                }
-            }
+    let writer: BucketWriterRef = promise.reference();
+    let mut writes = Vec::new();
+    for (i, chunk) in data.chunks(MAX_CHUNK as usize).enumerate() {
+        let offset = i as u64 * MAX_CHUNK;
+        writes.push(bounded(writer.write_promise(offset, Bytes(chunk.to_vec()))).await);
+    }
+    let close = bounded(writer.close_promise()).await;
+    let allocated = bounded(IntoFuture::into_future(promise)).await;
+    let rtt = started.elapsed();
+    let writer = match allocated {
+        Ok(w) => w,
+        // A server from before `allocate_share` (its pipelined calls were refused too).
+        Err(CallError::Refused(Refusal::UnknownMethod { .. })) => {
+            return match allocate_legacy(server, si, renew, cancel, shnum, size).await {
+                Alloc::Writer(w) => (finished(&w, write_and_close(&w, data).await).await, rtt),
+                other => (other.into(), rtt),
+            };
+        }
+        Err(e) => return (refusal(e, shnum).into(), rtt),
+    };
+    let outcome = async {
+        for w in writes {
+            bounded(IntoFuture::into_future(w?)).await?;
+        }
+        bounded(IntoFuture::into_future(close?)).await
+    }
+    .await;
+    let outcome = match outcome {
+        Ok(()) => Ok(()),
+        // Only if the writes and the close ran out of order (see `write_and_close`).
+        Err(CallError::App(StorageError::Incomplete { .. })) => {
+            bounded(writer.close()).await.map_err(call_error_text)
+        }
+        Err(e) => Err(call_error_text(e)),
+    };
+    (finished(&writer, outcome).await, rtt)
+}
+
+/// A share written and closed, or why not (then its upload is aborted).
+async fn finished(writer: &BucketWriterRef, outcome: Result<(), String>) -> Placed {
+    match outcome {
+        Ok(()) => Placed::Closed,
+        Err(e) => {
+            // Best effort: the server also aborts it when the writer is released.
+            let _ = call(writer.abort()).await;
+            Placed::Failed(e)
         }
     }
-    // The rest, spread evenly over the servers that took a share.
-    while !unplaced.is_empty() && !accepting.is_empty() {
-        let mut still = Vec::new();
-        let round = accepting.clone();
-        for (pos, &i) in round.iter().enumerate() {
-            if unplaced.is_empty() {
-                still.push(i);
-                continue;
-            }
-            let per = unplaced.len().div_ceil(round.len() - pos);
-            let ask: BTreeSet<u16> = unplaced.iter().copied().take(per).collect();
-            match allocate(&servers[i], si, lease_secret, ask, share_size).await {
-                Err(e) => p.fail_server(i, e),
-                Ok((have, writers)) => {
-                    let took = !writers.is_empty();
-                    for n in have {
-                        unplaced.remove(&n);
-                        p.have.push((i, n));
-                    }
-                    for (n, writer) in writers {
-                        unplaced.remove(&n);
-                        p.writers.insert(n, Held { server: i, writer });
-                    }
-                    if took {
-                        still.push(i);
-                    }
-                }
-            }
+}
+
+/// Sends every write of `data` and the close back to back, then waits for the answers.
+async fn write_and_close(writer: &BucketWriterRef, data: &[u8]) -> Result<(), String> {
+    type Call = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), CallError<StorageError>>> + Send>,
+    >;
+    let mut calls: Vec<Call> = Vec::new();
+    for (i, chunk) in data.chunks(MAX_CHUNK as usize).enumerate() {
+        let (w, bytes) = (writer.clone(), Bytes(chunk.to_vec()));
+        let offset = i as u64 * MAX_CHUNK;
+        calls.push(Box::pin(
+            async move { bounded(w.write(offset, bytes)).await },
+        ));
+    }
+    let w = writer.clone();
+    calls.push(Box::pin(async move { bounded(w.close()).await }));
+    // `join_all` polls each call once, in order, before awaiting any: they go out in order.
+    let mut results = join_all(calls).await;
+    let closed = results.pop().expect("the close is there");
+    for r in results {
+        r.map_err(call_error_text)?;
+    }
+    match closed {
+        // A server that runs a writer's calls out of order may see the close first; it
+        // refuses the close then (nothing is published), and now every write is in.
+        Err(CallError::App(StorageError::Incomplete { .. })) => {
+            bounded(writer.close()).await.map_err(call_error_text)
         }
-        accepting = still;
+        other => other.map_err(call_error_text),
     }
-    // Writers on servers that failed later in selection are of no use.
-    let dead: BTreeSet<usize> = p.failed.iter().map(|(s, _)| *s).collect();
-    let lost: Vec<u16> = p
-        .writers
-        .iter()
-        .filter(|(_, h)| dead.contains(&h.server))
-        .map(|(n, _)| *n)
-        .collect();
-    for n in lost {
-        p.writers.remove(&n);
-    }
-    p
 }
 
 enum Cmd {
@@ -543,27 +849,66 @@ enum Cmd {
     Close,
 }
 
-/// Performs one share's writes in order (a few in flight), then closes it.
-async fn share_task(writer: BucketWriterRef, mut rx: mpsc::Receiver<Cmd>) -> Result<(), String> {
-    let mut in_flight = FuturesUnordered::new();
-    while let Some(cmd) = rx.recv().await {
-        match cmd {
-            Cmd::Write(offset, data) => {
-                while in_flight.len() >= IN_FLIGHT {
-                    in_flight.next().await.unwrap_or(Ok(()))?;
+/// What a call of a share's writer task gave.
+enum Answer {
+    Write,
+    Close(Result<(), CallError<StorageError>>),
+}
+
+/// Performs one share's writes, as many in flight as its server's window allows, then
+/// closes it. The close goes right behind the last write, without waiting for the writes'
+/// answers: the server runs them in arrival order.
+async fn share_task(
+    writer: BucketWriterRef,
+    flow: Arc<Flow>,
+    mut rx: mpsc::Receiver<Cmd>,
+) -> Result<(), String> {
+    type Call = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answer, String>> + Send>>;
+    let mut in_flight: FuturesUnordered<Call> = FuturesUnordered::new();
+    let mut closing = false;
+    let mut closed = None;
+    loop {
+        tokio::select! {
+            // The calls first: a call pushed last time round is polled (so sent) before the
+            // next command is taken, which keeps them in order on the wire.
+            biased;
+            Some(r) = in_flight.next(), if !in_flight.is_empty() => match r? {
+                Answer::Write => {}
+                Answer::Close(r) => closed = Some(r),
+            },
+            cmd = async {
+                flow.room(MAX_CHUNK).await;
+                rx.recv().await
+            }, if !closing => match cmd {
+                Some(Cmd::Write(offset, data)) => {
+                    let ticket = flow.take(data.len() as u64);
+                    let w = writer.clone();
+                    in_flight.push(Box::pin(async move {
+                        call(w.write(offset, Bytes(data))).await?;
+                        ticket.delivered();
+                        Ok(Answer::Write)
+                    }));
                 }
-                let w = writer.clone();
-                in_flight.push(async move { call(w.write(offset, Bytes(data))).await });
-            }
-            Cmd::Close => {
-                while let Some(r) = in_flight.next().await {
-                    r?;
+                Some(Cmd::Close) => {
+                    closing = true;
+                    let w = writer.clone();
+                    in_flight.push(Box::pin(async move {
+                        Ok(Answer::Close(bounded(w.close()).await))
+                    }));
                 }
-                return call(writer.close()).await;
-            }
+                None => return Ok(()),
+            },
+            else => break,
         }
     }
-    Ok(())
+    match closed {
+        // Every write has been answered by now: see `write_and_close`.
+        Some(Err(CallError::App(StorageError::Incomplete { .. }))) => {
+            bounded(writer.close()).await.map_err(call_error_text)
+        }
+        Some(r) => r.map_err(call_error_text),
+        None => Err("the share was never closed".into()),
+    }
 }
 
 struct Running {
@@ -578,9 +923,86 @@ struct Batch {
     plaintext: u64,
 }
 
+/// A window per server holding writers, sized at first from the allocation calls' round
+/// trips, at least two chunks per share in flight (as before windows were measured).
+fn flows_for(placement: &Placement, rtts: &[(usize, Duration)]) -> BTreeMap<usize, Arc<Flow>> {
+    let mut shares: BTreeMap<usize, u64> = BTreeMap::new();
+    for h in placement.writers.values() {
+        *shares.entry(h.server).or_default() += 1;
+    }
+    shares
+        .into_iter()
+        .map(|(server, n)| {
+            let flow = Flow::new(2 * MAX_CHUNK * n);
+            for (_, rtt) in rtts.iter().filter(|(s, _)| *s == server) {
+                flow.note_rtt(*rtt);
+            }
+            (server, flow)
+        })
+        .collect()
+}
+
+/// Encodes a small file entirely in memory: every share's bytes (indexed by share number)
+/// and the UEB.
+async fn encode_small(
+    source: Arc<impl UploadSource>,
+    g: Geometry,
+    key: [u8; 32],
+    plaintext_hash: Hash,
+) -> Result<(Vec<Vec<u8>>, EncodeSummary), UploadError> {
+    tokio::task::spawn_blocking(move || {
+        let mut shares: Vec<Vec<u8>> = vec![Vec::new(); g.total as usize];
+        let summary = encode_source(
+            &*source,
+            g,
+            &key,
+            &plaintext_hash,
+            MAX_CHUNK as usize,
+            &mut |writes, _| {
+                for w in writes {
+                    let s = &mut shares[w.shnum as usize];
+                    let end = w.offset as usize + w.data.len();
+                    if s.len() < end {
+                        s.resize(end, 0);
+                    }
+                    s[w.offset as usize..end].copy_from_slice(&w.data);
+                }
+                true
+            },
+        )?;
+        Ok((shares, summary))
+    })
+    .await
+    .map_err(|e| UploadError::Internal(format!("the encoding task failed: {e}")))?
+}
+
+/// Server selection for a small file, whose shares are already encoded: each request
+/// allocates, writes and closes its share in one flight.
+///
+/// Unlike a streamed upload, a small upload that ends below happiness leaves behind the
+/// shares that servers accepted: they were closed in the same flight as their allocation,
+/// before anyone knew how many servers would accept. They are complete, verified,
+/// leased shares of the file (a later upload of it finds them as already there).
+async fn place_small(
+    servers: &[ConnectedServer],
+    params: &EncodingParams,
+    si: &StorageIndex,
+    lease_secret: &[u8; 32],
+    shares: &[Vec<u8>],
+) -> (Placement, Vec<(usize, Duration)>) {
+    let mut p = Placement::new(servers, si);
+    let rtts = place_rounds(servers, params.total, &mut p, |i, n| async move {
+        put_share(&servers[i], si, lease_secret, n, &shares[n as usize]).await
+    })
+    .await;
+    (p, rtts)
+}
+
 /// Pass 2: runs the encoder and the share writers; closes every share.
+#[allow(clippy::too_many_arguments)]
 async fn push(
     placement: &mut Placement,
+    flows: &BTreeMap<usize, Arc<Flow>>,
     source: Arc<impl UploadSource>,
     g: Geometry,
     key: [u8; 32],
@@ -593,7 +1015,11 @@ async fn push(
         .iter()
         .map(|(&n, h)| {
             let (tx, rx) = mpsc::channel(SHARE_QUEUE);
-            let task = tokio::spawn(share_task(h.writer.clone(), rx));
+            let flow = flows
+                .get(&h.server)
+                .cloned()
+                .unwrap_or_else(|| Flow::new(2 * MAX_CHUNK));
+            let task = tokio::spawn(share_task(h.writer.clone(), flow, rx));
             (
                 n,
                 Running {

@@ -123,6 +123,13 @@ pub(super) struct WriterShared {
     /// Held while the upload lives, as Tahoe holds the uploader's canary.
     _canary: CanaryRef,
     state: Mutex<WriterState>,
+    /// Taken first by every call on the writer, before its first other `.await`. The RPC
+    /// layer starts calls in arrival order but then runs them concurrently; tokio's mutex
+    /// is fair (FIFO), and a call's first poll queues it for the lock, so the calls take
+    /// effect in arrival order. That is what lets a client send `write, write, ..., close`
+    /// in one flight: without it the close could run before the last write, and be refused
+    /// as incomplete.
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl WriterShared {
@@ -244,6 +251,8 @@ impl Drop for Writer {
 
 impl BucketWriter for Writer {
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), StorageError> {
+        // First, before any other `.await`: see `WriterShared::turn`.
+        let _turn = self.0.turn.lock().await;
         let len = data.len() as u64;
         if len > MAX_CHUNK {
             return Err(StorageError::WriteTooLarge {
@@ -267,12 +276,14 @@ impl BucketWriter for Writer {
     }
 
     async fn close(&self) -> Result<(), StorageError> {
+        let _turn = self.0.turn.lock().await;
         let _guard = self.0.storage.lock_si(self.0.si).await;
         let shared = self.0.clone();
         super::blocking(move || shared.close_blocking()).await
     }
 
     async fn abort(&self) -> Result<(), StorageError> {
+        let _turn = self.0.turn.lock().await;
         let shared = self.0.clone();
         super::blocking(move || {
             shared.abort("the uploader asked");
@@ -282,10 +293,21 @@ impl BucketWriter for Writer {
     }
 }
 
+/// Why [`allocate`] left a share out (neither allocated nor already there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Skipped {
+    /// Another allocation is uploading it.
+    Uploading,
+    /// It would not fit above the reserve (or the server is read-only).
+    NoRoom,
+}
+
 /// What [`allocate`] gives back.
 pub(super) struct Allocation {
     pub already_have: BTreeSet<u16>,
     pub writers: BTreeMap<u16, Writer>,
+    /// The shares asked for that are in neither of the above, and why.
+    pub skipped: BTreeMap<u16, Skipped>,
 }
 
 /// Tahoe's `allocate_buckets`, on disk. The caller holds the storage index's lock.
@@ -314,6 +336,7 @@ pub(super) fn allocate(
     let mut out = Allocation {
         already_have: BTreeSet::new(),
         writers: BTreeMap::new(),
+        skipped: BTreeMap::new(),
     };
     let need = allocated_size.saturating_add(HEADER_LEN);
     let mut active = lock(&storage.active);
@@ -327,10 +350,12 @@ pub(super) fn allocate(
         }
         let Entry::Vacant(slot) = active.entry((si, shnum)) else {
             debug!(si = %si_b32(&si), shnum, "share is already being uploaded; not allocated");
+            out.skipped.insert(shnum, Skipped::Uploading);
             continue;
         };
         if remaining < need {
             info!(si = %si_b32(&si), shnum, need, remaining, "no room for share; not allocated");
+            out.skipped.insert(shnum, Skipped::NoRoom);
             continue;
         }
         if let Err(e) = lock(&storage.quotas).take(client, need, Charge::Promise) {
@@ -368,6 +393,7 @@ pub(super) fn allocate(
             state: Mutex::new(WriterState::Open {
                 written: Ranges::default(),
             }),
+            turn: tokio::sync::Mutex::new(()),
         });
         out.writers.insert(shnum, Writer(shared));
     }

@@ -41,6 +41,13 @@
 //!   abort. (Tahoe accepts holes and reads them as zeros; a share with holes is corrupt, so
 //!   it is not published here.)
 //! - After `close()` or `abort()`, writes are refused ([`StorageError::AlreadyClosed`]).
+//! - Calls to one bucket writer take effect in **arrival order** (each waits its turn on the
+//!   writer's fair lock before doing anything), so writes and `close()` may be sent in one
+//!   flight without waiting for answers.
+//! - [`StorageServer::allocate_share`] allocates one share and types every refusal
+//!   ([`StorageError::AlreadyHave`], [`StorageError::UploadInProgress`],
+//!   [`StorageError::NoSpace`], ...), so that writes pipelined on its promised writer can
+//!   only reach the share they were meant for.
 //! - An upload that is not closed is aborted — its incoming file removed — when the uploader
 //!   aborts it, when the server-side writer is dropped (the client released its
 //!   reference, or its connection closed), or when the connection of the allocation's
@@ -302,6 +309,20 @@ pub enum StorageError {
         /// The quota.
         maximum: u64,
     },
+    /// `allocate_share`: the server already holds this finished share (the lease was
+    /// added or renewed on it). Nothing was allocated.
+    #[error("share {shnum} is already stored here")]
+    AlreadyHave {
+        /// The share.
+        shnum: u16,
+    },
+    /// `allocate_share`: another allocation is uploading this share now. Nothing was
+    /// allocated.
+    #[error("share {shnum} is being uploaded by another allocation")]
+    UploadInProgress {
+        /// The share.
+        shnum: u16,
+    },
 }
 
 impl StorageError {
@@ -376,9 +397,36 @@ pub trait StorageServer {
         tw_vectors: BTreeMap<u16, TestWriteVectors>,
         read_vector: Vec<(u64, u64)>,
     ) -> Result<(bool, BTreeMap<u16, Vec<Bytes>>), StorageError>;
+
+    /// Asks for a bucket to upload the one share `shnum` of `storage_index`, exactly
+    /// `allocated_size` bytes: [`StorageServer::allocate_buckets`] for one share, with every
+    /// outcome but success typed as an error. Because the answer *is* the writer of that
+    /// share or an error, never another share's writer, a client may send writes and
+    /// `close()` on the promised writer in the same flight (promise pipelining): they reach
+    /// share `shnum` or fail with the allocation. Refusals: [`StorageError::AlreadyHave`] (the
+    /// lease was added to it, as `allocate_buckets` does), [`StorageError::UploadInProgress`],
+    /// [`StorageError::NoSpace`], [`StorageError::ReadOnly`],
+    /// [`StorageError::QuotaExceeded`], [`StorageError::TooLarge`],
+    /// [`StorageError::BadShareNumber`]. Added after `allocate_buckets`: a server without it
+    /// refuses the call as an unknown method, and clients fall back to `allocate_buckets`.
+    async fn allocate_share(
+        &self,
+        storage_index: StorageIndex,
+        renew_secret: LeaseSecret,
+        cancel_secret: LeaseSecret,
+        shnum: u16,
+        allocated_size: u64,
+        canary: CanaryRef,
+    ) -> Result<BucketWriterRef, StorageError>;
 }
 
 /// Uploads one immutable share.
+///
+/// Calls to one writer take effect in the order they arrive: a client may send its writes
+/// and `close()` (or `abort()`) without waiting for any answer, and the close sees every
+/// write sent before it. (A `close()` that finds bytes missing is refused with
+/// [`StorageError::Incomplete`] and the writer stays open, so even a server that ran them
+/// out of order never publishes a share with holes.)
 #[interface(name = "folio.storage.bucket-writer.v1")]
 pub trait BucketWriter {
     /// Writes `data` (at most [`MAX_CHUNK`] bytes) at `offset`.

@@ -263,28 +263,11 @@ fn check_read_vector(readv: &[(u64, u64)]) -> Result<(), StorageError> {
     }
 }
 
-impl StorageServer for Storage {
-    async fn get_version(&self) -> Result<StorageVersion, StorageError> {
-        let inner = self.inner.clone();
-        let available = blocking(move || Ok(inner.available_space())).await?;
-        let config = &self.inner.config;
-        let max_imm = match available {
-            _ if config.readonly => 0,
-            Some(a) => a.min(config.max_immutable_share_size),
-            None => config.max_immutable_share_size,
-        };
-        Ok(StorageVersion {
-            maximum_immutable_share_size: max_imm,
-            maximum_mutable_share_size: self.inner.config.max_mutable_share_size,
-            available_space: available,
-            max_read_per_call: MAX_CHUNK,
-            max_write_per_call: MAX_CHUNK,
-            max_vectors_per_call: MAX_VECTORS as u32,
-            application_version: format!("folio-node/{}", env!("CARGO_PKG_VERSION")),
-        })
-    }
-
-    async fn allocate_buckets(
+impl Storage {
+    /// `allocate_buckets` and `allocate_share`: checks the request, allocates under the
+    /// storage index's lock, and has the writers abort when the canary's connection is
+    /// lost.
+    async fn allocate(
         &self,
         storage_index: StorageIndex,
         renew_secret: LeaseSecret,
@@ -292,7 +275,7 @@ impl StorageServer for Storage {
         sharenums: BTreeSet<u16>,
         allocated_size: u64,
         canary: CanaryRef,
-    ) -> Result<(BTreeSet<u16>, BTreeMap<u16, BucketWriterRef>), StorageError> {
+    ) -> Result<immutable::Allocation, StorageError> {
         for &n in &sharenums {
             check_shnum(n)?;
         }
@@ -340,8 +323,52 @@ impl StorageServer for Storage {
             requested,
             already_have = alloc.already_have.len(),
             allocated = alloc.writers.len(),
-            "allocate_buckets"
+            "allocate"
         );
+        Ok(alloc)
+    }
+}
+
+impl StorageServer for Storage {
+    async fn get_version(&self) -> Result<StorageVersion, StorageError> {
+        let inner = self.inner.clone();
+        let available = blocking(move || Ok(inner.available_space())).await?;
+        let config = &self.inner.config;
+        let max_imm = match available {
+            _ if config.readonly => 0,
+            Some(a) => a.min(config.max_immutable_share_size),
+            None => config.max_immutable_share_size,
+        };
+        Ok(StorageVersion {
+            maximum_immutable_share_size: max_imm,
+            maximum_mutable_share_size: self.inner.config.max_mutable_share_size,
+            available_space: available,
+            max_read_per_call: MAX_CHUNK,
+            max_write_per_call: MAX_CHUNK,
+            max_vectors_per_call: MAX_VECTORS as u32,
+            application_version: format!("folio-node/{}", env!("CARGO_PKG_VERSION")),
+        })
+    }
+
+    async fn allocate_buckets(
+        &self,
+        storage_index: StorageIndex,
+        renew_secret: LeaseSecret,
+        cancel_secret: LeaseSecret,
+        sharenums: BTreeSet<u16>,
+        allocated_size: u64,
+        canary: CanaryRef,
+    ) -> Result<(BTreeSet<u16>, BTreeMap<u16, BucketWriterRef>), StorageError> {
+        let alloc = self
+            .allocate(
+                storage_index,
+                renew_secret,
+                cancel_secret,
+                sharenums,
+                allocated_size,
+                canary,
+            )
+            .await?;
         let writers = alloc
             .writers
             .into_iter()
@@ -489,5 +516,37 @@ impl StorageServer for Storage {
             )
         })
         .await
+    }
+
+    async fn allocate_share(
+        &self,
+        storage_index: StorageIndex,
+        renew_secret: LeaseSecret,
+        cancel_secret: LeaseSecret,
+        shnum: u16,
+        allocated_size: u64,
+        canary: CanaryRef,
+    ) -> Result<BucketWriterRef, StorageError> {
+        let mut alloc = self
+            .allocate(
+                storage_index,
+                renew_secret,
+                cancel_secret,
+                BTreeSet::from([shnum]),
+                allocated_size,
+                canary,
+            )
+            .await?;
+        if let Some(w) = alloc.writers.remove(&shnum) {
+            return Ok(BucketWriterRef::serve(w));
+        }
+        if alloc.already_have.contains(&shnum) {
+            return Err(StorageError::AlreadyHave { shnum });
+        }
+        Err(match alloc.skipped.get(&shnum) {
+            Some(immutable::Skipped::Uploading) => StorageError::UploadInProgress { shnum },
+            _ if self.inner.config.readonly => StorageError::ReadOnly,
+            _ => StorageError::NoSpace,
+        })
     }
 }
