@@ -1279,9 +1279,11 @@ where
 }
 
 /// The number of the call a client sends right behind its hello, before the server's hello
-/// arrives: the FURL's resolution (docs/protocol.md §5). It is sent promise-able, with id
-/// `PROMISE_MARK | 1`, so that a call may be pipelined on it in the same flight: that one,
-/// if any, has id 2. A connection that carried them numbers its own calls after them.
+/// arrives: the FURL's resolution (docs/protocol.md §5). When a call is pipelined on it in
+/// the same flight (id 2), it is sent promise-able, with id `PROMISE_MARK | 1`; otherwise
+/// as an ordinary call with id 1, so that a dial that pipelines nothing pays nothing (no
+/// kept answer, no `Finish`). A connection that carried them numbers its own calls after
+/// them.
 pub(crate) const EARLY_CALL_ID: u64 = 1;
 
 /// The frame of `msg` as early data: `None` if its payload is over
@@ -1290,11 +1292,21 @@ pub(crate) fn early_frame(msg: &Message<'_>) -> Option<Vec<u8>> {
     encode_frame(msg, crate::handshake::MIN_FRAME_LIMIT).ok()
 }
 
-/// The early frame that resolves `swissnum` on the peer's root, promise-able.
-pub(crate) fn early_resolution(swissnum: &str) -> Option<Vec<u8>> {
+/// The id of the early resolution: promise-able if a call is pipelined on it.
+fn early_resolution_id(pipelined: bool) -> u64 {
+    if pipelined {
+        PROMISE_MARK | EARLY_CALL_ID
+    } else {
+        EARLY_CALL_ID
+    }
+}
+
+/// The early frame that resolves `swissnum` on the peer's root (promise-able if a call is
+/// `pipelined` on it).
+pub(crate) fn early_resolution(swissnum: &str, pipelined: bool) -> Option<Vec<u8>> {
     let args = postcard::to_allocvec(&(swissnum,)).ok()?;
     early_frame(&Message::Call {
-        id: PROMISE_MARK | EARLY_CALL_ID,
+        id: early_resolution_id(pipelined),
         target: ROOT_OBJECT,
         interface: crate::tub::ROOT_INTERFACE,
         method: "get_reference",
@@ -1361,8 +1373,8 @@ impl ConnShared {
     /// Runs before anyone else can see the connection, and before its reader starts; this
     /// connection's own calls are numbered after them.
     pub(crate) fn expect_early(self: &Arc<Self>, call: Option<Completion>) -> Arc<PromiseCell> {
-        let marked = self.info.version >= 3;
-        let id = PROMISE_MARK | EARLY_CALL_ID;
+        let marked = call.is_some() && self.info.version >= 3;
+        let id = early_resolution_id(call.is_some());
         let cell = PromiseCell::remote(self.clone(), id, marked, "get_reference", None);
         let mut next = EARLY_CALL_ID + 1;
         let mut pending = lock(&self.pending);

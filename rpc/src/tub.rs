@@ -639,12 +639,21 @@ impl TubInner {
         mut call: Option<EarlyCall>,
     ) -> Result<(Arc<ConnShared>, Option<Early>), ReferenceError> {
         let tubid = furl.tubid();
-        let mut early =
-            crate::connection::early_resolution(furl.swissnum().as_str()).unwrap_or_default();
-        match &call {
-            Some(c) if !early.is_empty() => early.extend_from_slice(&c.frame),
-            _ => call = None,
+        // The resolution is promise-able only with a call pipelined on it (and that call goes
+        // only if the resolution does).
+        let swissnum = furl.swissnum().as_str();
+        let mut early = match &call {
+            Some(c) => crate::connection::early_resolution(swissnum, true).map(|mut e| {
+                e.extend_from_slice(&c.frame);
+                e
+            }),
+            None => None,
+        };
+        if early.is_none() {
+            call = None;
+            early = crate::connection::early_resolution(swissnum, false);
         }
+        let early = early.unwrap_or_default();
         {
             let mut status = lock(&self.status);
             self.prune_status(&mut status);
@@ -1672,9 +1681,10 @@ impl Tub {
 mod tests {
     use super::*;
     use crate::connector::NoConnector;
-    use crate::message::{decode, AnswerBody, Message, PROMISE_MARK};
+    use crate::message::{decode, AnswerBody, Message};
 
-    const EARLY_ID: u64 = PROMISE_MARK | 1;
+    /// The early resolution's id when no call is pipelined on it.
+    const EARLY_ID: u64 = 1;
     use crate::object::RefDesc;
 
     /// A Tub's hello is held back until its first write, so the answer to a resolution that
@@ -1709,7 +1719,7 @@ mod tests {
             .unwrap();
         let client =
             Handshaker::new(Arc::new(Identity::generate().unwrap()), Default::default()).unwrap();
-        let early = crate::connection::early_resolution(furl.swissnum().as_str()).unwrap();
+        let early = crate::connection::early_resolution(furl.swissnum().as_str(), false).unwrap();
         let (a, b) = tokio::io::duplex(64 * 1024);
         let writes = Arc::new(Mutex::new(Vec::new()));
         let b = CountWrites {

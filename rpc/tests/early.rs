@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::TcpConnector;
 use folio_rpc::frame::encode_frame;
-use folio_rpc::message::{decode, AnswerBody, Message, PROMISE_MARK};
+use folio_rpc::message::{decode, promise_target, AnswerBody, Message, PROMISE_MARK};
 use folio_rpc::{Furl, Handshaker, Identity, ReferenceError, Swissnum, Tub, TubConfig};
 use tokio::time::timeout;
 
@@ -26,11 +26,6 @@ async fn next_resolution<R: tokio::io::AsyncRead + Unpin>(
         .expect("a frame")
         .expect("not the end of the stream");
     match decode(frame).expect("a message") {
-        // The client is done with the early resolution's promise (version 3): skip it.
-        Message::Finish { id } => {
-            assert_eq!(id, PROMISE_MARK | 1);
-            Box::pin(next_resolution(reader)).await
-        }
         // On a live connection of protocol version 2 the call carries the caller's timeout.
         Message::Call {
             id,
@@ -99,11 +94,8 @@ async fn resolution_leaves_with_the_hello_and_later_calls_are_numbered_after_it(
         "the resolution arrived with the client's hello"
     );
     let (id, name) = next_resolution(&mut est.reader).await;
-    // Promise-able (protocol.md §8), so that a call may be pipelined on it in the same flight.
-    assert_eq!(
-        (id, name.as_str()),
-        (PROMISE_MARK | 1, "first-name-0123456789")
-    );
+    // An ordinary call: nothing is pipelined on it (protocol.md §5, §8).
+    assert_eq!((id, name.as_str()), (1, "first-name-0123456789"));
 
     // The name is unknown here (RootError::UnknownName is variant 0).
     let answer = Message::Answer {
@@ -189,4 +181,105 @@ async fn fresh_connections_resolve_known_and_unknown_names() {
     let r: EarlyRef = timeout(WAIT, other.get(&furl)).await.unwrap().unwrap();
     assert_eq!(r.twice(5).await.unwrap(), 10);
     assert_eq!(other.connection_count(), 1);
+}
+
+#[folio_rpc::interface(name = "test.early.clock.v1")]
+pub trait Clock {
+    async fn now(&self, zone: String) -> Result<u64, String>;
+}
+
+#[tokio::test]
+async fn a_first_call_rides_behind_the_hello_pipelined_on_the_resolution() {
+    // Tub::get_promised's first call on a new connection (protocol.md §5, §8), as a second
+    // implementation's server sees it: the resolution, promise-able, then the call, sent to
+    // reference 0 of the resolution's answer, both in the client's first flight.
+    let server =
+        Handshaker::new(Arc::new(Identity::generate().unwrap()), Default::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hint: folio_rpc::Hint = format!("tcp:127.0.0.1:{port}").parse().unwrap();
+    let furl = Furl::new(
+        server.tubid(),
+        vec![hint],
+        Swissnum::new("clock-0123456789abcdef").unwrap(),
+    );
+    let client = Tub::new(
+        Identity::generate().unwrap(),
+        Arc::new(TcpConnector),
+        TubConfig::default(),
+    )
+    .unwrap();
+    let clock: ClockRef = client.get_promised(&furl);
+    let calling = tokio::spawn(async move { clock.now("utc".into()).await });
+    let (stream, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    let mut est = timeout(WAIT, server.accept(stream))
+        .await
+        .unwrap()
+        .expect("the handshake");
+    assert!(est.reader.frame_buffered(), "the calls came with the hello");
+    let (id, name) = next_resolution(&mut est.reader).await;
+    assert_eq!(
+        (id, name.as_str()),
+        (PROMISE_MARK | 1, "clock-0123456789abcdef")
+    );
+    let frame = timeout(WAIT, est.reader.next_frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match decode(frame).unwrap() {
+        Message::Call {
+            id: 2,
+            target,
+            interface: "test.early.clock.v1",
+            method: "now",
+            refs,
+            ..
+        } => {
+            assert_eq!(target, promise_target(PROMISE_MARK | 1, 0).unwrap());
+            assert_eq!(target, 0x8000_0000_0001_0000);
+            assert!(refs.is_empty());
+        }
+        other => panic!("expected the pipelined call, got {other:?}"),
+    }
+    // This server speaks version 3: it answers the resolution with its object (export 1,
+    // whose `now` it runs) and then the pipelined call, as its objects would.
+    let resolution = Message::Answer {
+        id: PROMISE_MARK | 1,
+        body: AnswerBody::Ok {
+            value: &[0],
+            refs: vec![folio_rpc::message::RefDesc::Mine {
+                id: 1,
+                interface: "test.early.clock.v1".into(),
+            }],
+        },
+    };
+    let answer = Message::Answer {
+        id: 2,
+        body: AnswerBody::Ok {
+            value: &[42],
+            refs: Vec::new(),
+        },
+    };
+    for m in [resolution, answer] {
+        est.writer
+            .write_encoded(&encode_frame(&m, u32::MAX).unwrap())
+            .await
+            .unwrap();
+    }
+    est.writer.flush().await.unwrap();
+    let got = timeout(WAIT, calling).await.unwrap().unwrap();
+    assert_eq!(got.unwrap(), 42);
+    // The client is done with the promise: its Finish follows.
+    let frame = timeout(WAIT, est.reader.next_frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        decode(frame).unwrap(),
+        Message::Finish {
+            id: PROMISE_MARK | 1
+        }
+    );
 }
