@@ -2,7 +2,7 @@
 //! back over the same connection, so that calls go both ways.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use folio_handlers::Registry;
 use folio_rpc::{interface, Furl, Hint, Identity, Listener, Side, Tub, TubConfig};
@@ -77,4 +77,41 @@ pub async fn calls_both_ways(client: &Tub, server: &Tub, furl: &Furl) -> EchoRef
         Side::Server
     );
     echo
+}
+
+/// Gets the echo at `furl` and calls it (`"again"`), retrying every 2 s (each try bounded
+/// by 45 s) for up to `within`; returns the echo, the time it took and the failures seen on
+/// the way (for the tests' report). Panics with those failures if `furl` is not reached.
+pub async fn reach_again(
+    client: &Tub,
+    furl: &Furl,
+    within: Duration,
+) -> (EchoRef, Duration, Vec<String>) {
+    let t = Instant::now();
+    let mut failures = Vec::new();
+    loop {
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(45), client.get::<EchoRef>(furl)).await;
+        match attempt {
+            Ok(Ok(echo)) => match echo.echo("again".into()).await {
+                Ok(answer) => {
+                    assert_eq!(answer, "server: again");
+                    return (echo, t.elapsed(), failures);
+                }
+                Err(e) => failures.push(format!("[{:5.1}s] call: {e}", t.elapsed().as_secs_f64())),
+            },
+            Ok(Err(e)) => failures.push(format!("[{:5.1}s] {e}", t.elapsed().as_secs_f64())),
+            Err(_) => failures.push(format!(
+                "[{:5.1}s] no answer within 45 s",
+                t.elapsed().as_secs_f64()
+            )),
+        }
+        if t.elapsed() > within {
+            panic!(
+                "{furl} was not reached again within {within:?}:\n{}",
+                failures.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }

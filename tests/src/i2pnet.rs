@@ -268,6 +268,63 @@ impl I2pNet {
         .map_err(|_| "the readiness check panicked".to_string())?
     }
 
+    /// Stops client router `client` and starts it again with its saved keys and RouterInfo
+    /// (the same router id), the same ports and the same seeds: a machine restarting. Every
+    /// session on it ends. Returns the time the stop and start took; the router is back when
+    /// this returns, and a SAM `SESSION CREATE` on it is the sign it is usable. Panics (with
+    /// the router's last log lines) if it does not stop or start within its bounds (10 s and
+    /// 30 s).
+    pub fn restart_client(&mut self, client: usize) -> Duration {
+        let i = self.client_index(client);
+        let t = Instant::now();
+        if let Some(r) = self.routers[i].take() {
+            if let Err(e) = r.stop() {
+                panic!(
+                    "client router {client} did not stop: {e}\n{}",
+                    self.log_tails(15)
+                );
+            }
+        }
+        {
+            use std::io::Write;
+            let _ = writeln!(self.logs[i].clone(), "(folio: restarted)");
+        }
+        let n = self.roles.len();
+        let seeds = (0..n)
+            .filter(|&j| j != i)
+            .map(|j| self.router_info_file(j))
+            .collect();
+        match EmbeddedRouter::start(self.options(i, seeds)) {
+            Ok(r) => self.routers[i] = Some(r),
+            Err(e) => panic!(
+                "client router {client} did not start again: {e}\n{}",
+                self.log_tails(15)
+            ),
+        }
+        t.elapsed()
+    }
+
+    /// Writes, once, and returns a network file describing this network
+    /// ([`folio_transports::i2p_embedded::Network::from_file`]: its id and every router's
+    /// RouterInfo), for an embedded router of another process (a node's `[i2p]
+    /// router.network`) to join it.
+    pub fn network_file(&self) -> PathBuf {
+        let path = self.dir.join("i2p-network.txt");
+        if !path.exists() {
+            let mut text = format!("# Folio's private I2P test network\nnet_id {NET_ID}\n");
+            for i in 0..self.roles.len() {
+                text.push_str(&format!("router {}\n", self.router_info_file(i).display()));
+            }
+            std::fs::write(&path, text).expect("the network file is written");
+        }
+        path
+    }
+
+    /// The router id of client router `client` (stable across [`I2pNet::restart_client`]).
+    pub fn router_id(&self, client: usize) -> String {
+        self.router(client).router_id().to_string()
+    }
+
     /// How many client routers (with SAM bridges) there are.
     pub fn clients(&self) -> usize {
         self.roles.iter().filter(|r| **r == Role::Client).count()

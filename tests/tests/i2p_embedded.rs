@@ -9,10 +9,10 @@
 //! cargo test -p folio-tests --features i2p-embedded --test i2p_embedded
 //! ```
 //!
-//! Off by default because turning it on for folio-tests turns it on for every crate of a
-//! workspace test build (`folio-node` dev-depends on folio-tests), and then every rebuild of
-//! folio-transports recompiles the router, which is generic over its runtime and so is
-//! compiled inside folio-transports (see tests/README.md for the numbers).
+//! Off in folio-tests' own defaults, so that building this crate alone does not compile the
+//! router (it is generic over its runtime, so it is compiled inside folio-transports); a
+//! workspace build compiles it anyway now, as folio-node turns the feature on (see
+//! tests/README.md for the numbers).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use folio_handlers::i2p::{I2pHandler, I2pListener};
 use folio_handlers::Registry;
 use folio_rpc::{Identity, Tub, TubConfig};
-use folio_tests::echo::{calls_both_ways, serve};
+use folio_tests::echo::{calls_both_ways, reach_again, serve};
 use folio_tests::i2pnet::I2pNet;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,5 +147,135 @@ async fn run(net: &I2pNet, t0: Instant) {
     client.shutdown().await;
     server.shutdown().await;
     drop((client, server, echo));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Restart reachability (issue 18): a listener restarted with its saved key is reached again
+/// at the same `.b32.i2p` address by a dialer that had talked to its previous instance —
+/// first with its session re-created on the same running router (the bridge answers
+/// `DUPLICATE_DEST` until the old session is gone), then with its router restarted. The
+/// dialer's old session cannot reach the new instance (recipes/emissary-spike §5); the
+/// handler retires it after `CANT_REACH_PEER` and dials from a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_listener_is_reached_again_over_embedded_i2p() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let t0 = Instant::now();
+    let mut net = tokio::task::spawn_blocking(|| I2pNet::start(2))
+        .await
+        .expect("the network starts");
+    let step = move |what: &str| eprintln!("[{:6.2}s] {what}", t0.elapsed().as_secs_f64());
+    step("private I2P network up");
+    let dir = std::env::temp_dir().join(format!("folio-i2p-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("listener.i2p.key");
+    let listen_cfg = net.sam_config(0);
+    let handler = Arc::new(I2pHandler::new(net.sam_config(1)));
+    let mut registry = Registry::private();
+    registry.set("i2p", handler.clone()).unwrap();
+    let client = Tub::new(
+        Identity::generate().unwrap(),
+        Arc::new(registry),
+        TubConfig {
+            keepalive: Some(Duration::from_secs(1)),
+            disconnect_timeout: Some(Duration::from_secs(6)),
+            ..TubConfig::default()
+        },
+    )
+    .unwrap();
+    let pem = Identity::generate().unwrap().to_pem();
+
+    let outcome = tokio::time::timeout(Duration::from_secs(420), async {
+        // The first instance, reached and talked to.
+        let listener = I2pListener::start(&listen_cfg, &key)
+            .await
+            .expect("listener");
+        let address = listener.address().to_string();
+        let hint = listener.hint();
+        let (server, furl) = serve(&pem, listener, hint);
+        let echo = calls_both_ways(&client, &server, &furl).await;
+        step(&format!("first instance reached at {address}"));
+        assert_eq!(handler.sessions_made(), 1);
+
+        // (a) Its session closed and made again on the same running router.
+        server.shutdown().await;
+        drop((server, echo));
+        let t = Instant::now();
+        let listener = I2pListener::start(&listen_cfg, &key)
+            .await
+            .expect("the listener's session is made again (DUPLICATE_DEST waited out)");
+        let session_again = t.elapsed();
+        assert_eq!(
+            listener.address(),
+            address,
+            "the saved key keeps the address"
+        );
+        let hint = listener.hint();
+        let (server, again) = serve(&pem, listener, hint);
+        assert_eq!(again, furl);
+        let (echo, took, failures) = reach_again(&client, &furl, Duration::from_secs(120)).await;
+        assert!(
+            took < Duration::from_secs(45),
+            "(a) reached again after {took:?}"
+        );
+        assert!(
+            handler.sessions_made() >= 2,
+            "the dialing session was made again"
+        );
+        step(&format!(
+            "(a) session re-created on the same router in {:.2}s; reached again {:.2}s later \
+             ({} dialing sessions made so far); failures on the way: {failures:?}",
+            session_again.as_secs_f64(),
+            took.as_secs_f64(),
+            handler.sessions_made()
+        ));
+
+        // (b) Its router restarted (same router id, keys and ports).
+        server.shutdown().await;
+        drop((server, echo));
+        let id = net.router_id(0);
+        let restart = tokio::task::block_in_place(|| net.restart_client(0));
+        assert_eq!(net.router_id(0), id, "the restarted router keeps its id");
+        let t = Instant::now();
+        let listener = I2pListener::start(&net.sam_config(0), &key)
+            .await
+            .expect("the listener starts on the restarted router");
+        let session_again = t.elapsed();
+        assert_eq!(listener.address(), address);
+        let hint = listener.hint();
+        let (server, _) = serve(&pem, listener, hint);
+        let (echo, took, failures) = reach_again(&client, &furl, Duration::from_secs(120)).await;
+        assert!(
+            took < Duration::from_secs(45),
+            "(b) reached again after {took:?}"
+        );
+        assert!(
+            handler.sessions_made() >= 3,
+            "the dialing session was made again"
+        );
+        step(&format!(
+            "(b) router restarted in {:.2}s, listener session in {:.2}s; reached again {:.2}s \
+             later ({} dialing sessions made so far); failures on the way: {failures:?}",
+            restart.as_secs_f64(),
+            session_again.as_secs_f64(),
+            took.as_secs_f64(),
+            handler.sessions_made()
+        ));
+        server.shutdown().await;
+        drop((server, echo));
+    })
+    .await;
+    if outcome.is_err() {
+        panic!(
+            "the restart test did not finish within 420 s\n{}",
+            net.log_tails(15)
+        );
+    }
+    client.shutdown().await;
+    drop(client);
+    drop(net);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -53,7 +53,14 @@ pub struct SamConfig {
     pub session_timeout: Duration,
     /// Time allowed for other exchanges with the bridge.
     pub timeout: Duration,
+    /// How long [`Session::create`] with a saved key keeps retrying while the bridge answers
+    /// `DUPLICATE_DEST`: the key's previous session is still being torn down (emissary 0.4
+    /// waits up to 60 s for its streams to close). Retried every [`DUPLICATE_DEST_RETRY`].
+    pub duplicate_dest_wait: Duration,
 }
+
+/// How often [`Session::create`] asks again while the bridge answers `DUPLICATE_DEST`.
+pub const DUPLICATE_DEST_RETRY: Duration = Duration::from_secs(1);
 
 impl Default for SamConfig {
     fn default() -> Self {
@@ -66,6 +73,7 @@ impl Default for SamConfig {
             extra_options: vec![("i2cp.leaseSetType".into(), "1".into())],
             session_timeout: Duration::from_secs(90),
             timeout: Duration::from_secs(60),
+            duplicate_dest_wait: Duration::from_secs(90),
         }
     }
 }
@@ -456,12 +464,41 @@ pub struct Session {
 }
 
 impl Session {
-    /// Creates a session (i2pd 2.45 takes 20 s to answer).
+    /// Creates a session (i2pd 2.45 takes 20 s to answer). With a saved key, a
+    /// `DUPLICATE_DEST` answer (the key's previous session, on this bridge, is still being
+    /// torn down) is retried every [`DUPLICATE_DEST_RETRY`] for up to
+    /// [`SamConfig::duplicate_dest_wait`]; after that it is returned as
+    /// [`SamError::Refused`].
     pub async fn create(cfg: &SamConfig, destination: Destination) -> Result<Session, SamError> {
+        let deadline = tokio::time::Instant::now() + cfg.duplicate_dest_wait;
+        let mut tries = 0u32;
+        loop {
+            match Session::create_once(cfg, &destination).await {
+                Err(SamError::Refused { result, .. })
+                    if result == "DUPLICATE_DEST"
+                        && matches!(destination, Destination::Private(_))
+                        && tokio::time::Instant::now() + DUPLICATE_DEST_RETRY < deadline =>
+                {
+                    tries += 1;
+                    if tries == 1 {
+                        debug!(
+                            "the SAM bridge still holds this key's previous session \
+                             (DUPLICATE_DEST): retrying for up to {:?}",
+                            cfg.duplicate_dest_wait
+                        );
+                    }
+                    tokio::time::sleep(DUPLICATE_DEST_RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn create_once(cfg: &SamConfig, destination: &Destination) -> Result<Session, SamError> {
         let mut control = open(cfg).await?;
         let suffix: u64 = rand_suffix();
         let id = format!("folio-{suffix:016x}");
-        let dest = match &destination {
+        let dest = match destination {
             Destination::Transient => "TRANSIENT".to_string(),
             Destination::Private(k) => k.clone(),
         };
@@ -742,12 +779,17 @@ mod tests {
             session_timeout: Duration::from_secs(5),
             ..SamConfig::default()
         };
+        // DUPLICATE_DEST is retried for duplicate_dest_wait, then reported as it is.
         let bridge = scripted_bridge(vec![vec![(
             "SESSION CREATE",
             "SESSION STATUS RESULT=DUPLICATE_DEST".into(),
         )]])
         .await;
-        let e = Session::create(&cfg(bridge), Destination::Private("k".into()))
+        let no_wait = SamConfig {
+            duplicate_dest_wait: Duration::ZERO,
+            ..cfg(bridge)
+        };
+        let e = Session::create(&no_wait, Destination::Private("k".into()))
             .await
             .unwrap_err();
         assert!(
@@ -779,6 +821,46 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, SamError::CantReachPeer { .. }), "{e:?}");
         assert!(e.to_string().contains("cannot be reached"), "{e}");
+    }
+
+    /// A key whose previous session the bridge is still tearing down: `DUPLICATE_DEST` (as
+    /// emissary sends it, no newline, then closed) twice, then the session is made.
+    #[tokio::test]
+    async fn a_saved_key_waits_out_duplicate_dest() {
+        let public = "A".repeat(516);
+        let duplicate = vec![(
+            "SESSION CREATE",
+            "SESSION STATUS RESULT=DUPLICATE_DEST".to_string(),
+        )];
+        let bridge = scripted_bridge(vec![
+            duplicate.clone(),
+            duplicate,
+            vec![
+                ("SESSION CREATE", "SESSION STATUS RESULT=OK\n".into()),
+                (
+                    "NAMING LOOKUP NAME=ME",
+                    format!("NAMING REPLY RESULT=OK NAME=ME VALUE={public}\n"),
+                ),
+            ],
+        ])
+        .await;
+        let cfg = SamConfig {
+            bridge,
+            timeout: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(5),
+            duplicate_dest_wait: Duration::from_secs(10),
+            ..SamConfig::default()
+        };
+        let t = std::time::Instant::now();
+        let session = Session::create(&cfg, Destination::Private("k".into()))
+            .await
+            .expect("made once the old session is gone");
+        assert_eq!(session.public_destination(), public);
+        let waited = t.elapsed();
+        assert!(
+            waited >= 2 * DUPLICATE_DEST_RETRY && waited < 5 * DUPLICATE_DEST_RETRY,
+            "{waited:?}"
+        );
     }
 
     #[test]
