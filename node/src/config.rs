@@ -59,7 +59,9 @@ pub const DEFAULT_TOR_ONION_KEY: &str = "private/tor_onion.privkey";
 pub const DEFAULT_ONION_PORT: u16 = 3457;
 /// The default `[i2p] dest.private_key_file`, relative to the base directory.
 pub const DEFAULT_I2P_DEST_KEY: &str = "private/i2p_dest.privkey";
-/// The default `[i2p] sam.port`: the SAM bridge of a local I2P router.
+/// The usual SAM bridge of a local I2P router (i2pd's and Java I2P's default): what
+/// `sam.port` names when a node uses one. With no `sam.port`, the node runs an embedded
+/// router instead.
 pub const DEFAULT_SAM_PORT: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 7656);
 
@@ -87,6 +89,7 @@ const I2P_KEYS: &[&str] = &[
     "outbound.length",
     "inbound.quantity",
     "outbound.quantity",
+    "router.network",
 ];
 const CLIENT_KEYS: &[&str] = &[
     "introducer.furl",
@@ -245,8 +248,10 @@ pub struct TorSection {
 pub struct I2pSection {
     /// `enabled`: dial `i2p:` hints through the SAM bridge. Default `false`.
     pub enabled: bool,
-    /// `sam.port = tcp:HOST:PORT` (numeric HOST). Default [`DEFAULT_SAM_PORT`].
-    pub sam_port: SocketAddr,
+    /// `sam.port = tcp:HOST:PORT` (numeric HOST): the SAM bridge of a running I2P router
+    /// (i2pd's is usually [`DEFAULT_SAM_PORT`]). Unset (the default): the node runs an
+    /// embedded I2P router (emissary), its state in `private/i2p-router`.
+    pub sam_port: Option<SocketAddr>,
     /// `dest`: listen on an I2P destination. Needs `enabled`. Default `false`.
     pub dest: bool,
     /// `dest.port`: Tahoe's I2P port. Read, and ignored with a warning: SAM 3.1 streams (all
@@ -263,6 +268,13 @@ pub struct I2pSection {
     pub inbound_quantity: Option<u8>,
     /// `outbound.quantity`: outbound tunnels, 1 to 16.
     pub outbound_quantity: Option<u8>,
+    /// `router.network`: for test networks only, a file describing a private I2P network
+    /// (`folio_transports::i2p_embedded::Network::from_file`: its network id and the
+    /// RouterInfo files of its routers) for the embedded router to join, so that no reseed
+    /// is attempted; relative to the base directory unless absolute. Only with the embedded
+    /// router (no `sam.port`). Without it the embedded router would join the public I2P
+    /// network, which needs HTTPS reseeding, not built yet: the node refuses to start.
+    pub router_network: Option<PathBuf>,
 }
 
 /// `[client]`.
@@ -448,7 +460,7 @@ impl Default for NodeConfig {
             },
             i2p: I2pSection {
                 enabled: false,
-                sam_port: DEFAULT_SAM_PORT,
+                sam_port: None,
                 dest: false,
                 dest_port: None,
                 dest_private_key_file: PathBuf::from(DEFAULT_I2P_DEST_KEY),
@@ -456,6 +468,7 @@ impl Default for NodeConfig {
                 outbound_length: None,
                 inbound_quantity: None,
                 outbound_quantity: None,
+                router_network: None,
             },
             client: ClientSection {
                 introducers: Vec::new(),
@@ -1363,7 +1376,8 @@ impl NodeConfig {
                 let t = &mut self.i2p;
                 match key {
                     "enabled" => t.enabled = parse_bool(v)?,
-                    "sam.port" => t.sam_port = parse_endpoint(v)?,
+                    "sam.port" => t.sam_port = Some(parse_endpoint(v)?),
+                    "router.network" => t.router_network = Some(parse_path(v)?),
                     "dest" => t.dest = parse_bool(v)?,
                     "dest.port" => t.dest_port = Some(parse_port(v)?),
                     "dest.private_key_file" => t.dest_private_key_file = parse_path(v)?,
@@ -1550,6 +1564,14 @@ impl NodeConfig {
         }
 
         // I2P.
+        if i2p.router_network.is_some() && i2p.sam_port.is_some() {
+            return fail(
+                l("i2p", "router.network"),
+                "[i2p] router.network is for the embedded I2P router, which a running router's \
+                 SAM bridge (sam.port) replaces; remove one of them"
+                    .into(),
+            );
+        }
         if i2p.dest && !i2p.enabled {
             return fail(
                 l("i2p", "dest"),
@@ -1854,7 +1876,9 @@ impl NodeConfig {
         let i = &self.i2p;
         w.section(
             "i2p",
-            "I2P, through a router's SAM bridge: for i2p: hints and a destination.",
+            "I2P: for i2p: hints and a destination. Through a running router's SAM bridge\n\
+             (sam.port), or, with no sam.port, an embedded I2P router (state in\n\
+             private/i2p-router).",
         );
         w.key(
             "enabled",
@@ -1863,8 +1887,18 @@ impl NodeConfig {
         );
         w.key(
             "sam.port",
-            unless(&i.sam_port, &d.i2p.sam_port, write_endpoint),
+            i.sam_port.as_ref().map(write_endpoint),
             &write_endpoint(&DEFAULT_SAM_PORT),
+        );
+        w.comment(
+            "Test networks only, with the embedded router: a private I2P network to join\n\
+             (lines `net_id N` and `router PATH-TO-routerInfo.dat`). Without it the embedded\n\
+             router needs the public network, whose HTTPS reseeding is not built yet.",
+        );
+        w.key(
+            "router.network",
+            i.router_network.as_deref().map(path_str),
+            "/path/to/i2p-network.txt",
         );
         w.comment(
             "Listen on an I2P destination. The key file is relative to the node's directory.",
@@ -2274,7 +2308,7 @@ mod tests {
         assert_eq!(c.tor.onion_private_key_file, Path::new("private/onion.key"));
         assert_eq!(c.tor.executable, None);
         assert!(c.i2p.enabled && c.i2p.dest);
-        assert_eq!(c.i2p.sam_port, "127.0.0.1:7657".parse().unwrap());
+        assert_eq!(c.i2p.sam_port, Some("127.0.0.1:7657".parse().unwrap()));
         assert_eq!(c.i2p.dest_port, Some(9));
         assert_eq!(c.i2p.dest_private_key_file, Path::new(DEFAULT_I2P_DEST_KEY));
         assert_eq!(
@@ -2335,7 +2369,7 @@ mod tests {
         assert_eq!(d.node.tub_port, TubPort::Default);
         assert_eq!(d.node.tub_location, Location::Auto);
         assert_eq!(d.connections.tcp, TcpPolicy::Direct);
-        assert_eq!(d.i2p.sam_port, "127.0.0.1:7656".parse().unwrap());
+        assert_eq!(d.i2p.sam_port, None);
         assert_eq!(
             d.tor.onion_private_key_file,
             Path::new("private/tor_onion.privkey")
@@ -2723,6 +2757,10 @@ mod tests {
         assert_refused(
             "[tor]\nenabled = true\ncontrol.port = tcp:127.0.0.1:9051\narti.network = net.txt\n",
             &["tahoe.cfg line 4: [tor] arti.network is for the embedded Tor client"],
+        );
+        assert_refused(
+            "[i2p]\nenabled = true\nsam.port = tcp:127.0.0.1:7656\nrouter.network = net.txt\n",
+            &["tahoe.cfg line 4: [i2p] router.network is for the embedded I2P router"],
         );
         assert_refused(
             "[tor]\nonion = true\n",
@@ -3120,6 +3158,11 @@ mod tests {
             ("i2p", "dest.private_key_file", vec!["/abs/key".into()]),
             ("i2p", "inbound.length", vec!["0".into(), "3".into()]),
             ("i2p", "outbound.quantity", vec!["16".into()]),
+            (
+                "i2p",
+                "router.network",
+                vec!["net.txt".into(), "/abs/net.txt".into()],
+            ),
             ("client", "introducer.furl", vec![f1.clone()]),
             ("client", "introducer.b.furl", vec![f2.clone()]),
             ("client", "introducer.a_1.furl", vec![f1]),

@@ -250,6 +250,9 @@ pub fn plan(kind: Kind, args: &CreateArgs) -> Result<Plan, CreateError> {
         .map(|t| parse_endpoint("--i2p-sam-port", t))
         .transpose()?;
     let i2p_enabled = listen.i2p || sam.is_some();
+    if listen.i2p && sam.is_none() && !cfg!(feature = "i2p-embedded") {
+        return refuse("--listen=i2p needs --i2p-sam-port=tcp:127.0.0.1:7656 (a running I2P router's SAM bridge): this tahoe was built without the embedded I2P router");
+    }
     // With no tor named, Tor is the embedded client: for --listen=tor, and for --hide-ip
     // when I2P is not the way out.
     let tor_named = tor_control.is_some() || args.tor_launch;
@@ -348,9 +351,8 @@ pub fn plan(kind: Kind, args: &CreateArgs) -> Result<Plan, CreateError> {
     config.tor.onion_external_port = ONION_PORT;
     if i2p_enabled {
         config.i2p.enabled = true;
-        if let Some(s) = sam {
-            config.i2p.sam_port = s;
-        }
+        // None: the node runs the embedded I2P router.
+        config.i2p.sam_port = sam;
     }
     config.i2p.dest = listen.i2p;
     config.client.introducers = introducers;
@@ -446,10 +448,12 @@ pub async fn create(mut plan: Plan) -> Result<PathBuf, CreateError> {
         }
     }
     if plan.listen.i2p {
-        let sam = crate::node::sam_config(&plan.config);
-        let (public, secret) = folio_transports::i2p::generate_destination(&sam)
-            .await
-            .map_err(|e| io("making the I2P destination (--i2p-sam-port)", &e))?;
+        let (public, secret) = match crate::node::sam_config(&plan.config) {
+            Some(sam) => folio_transports::i2p::generate_destination(&sam)
+                .await
+                .map_err(|e| io("making the I2P destination (--i2p-sam-port)", &e))?,
+            None => embedded_i2p_destination().await?,
+        };
         let addr = folio_transports::i2p::b32_address(&public)
             .map_err(|e| io("the I2P destination", &e))?;
         let key = dir.join(&plan.config.i2p.dest_private_key_file);
@@ -478,6 +482,64 @@ pub async fn create(mut plan: Plan) -> Result<PathBuf, CreateError> {
     )
     .map_err(|e| io(marker, &e))?;
     Ok(plan.basedir)
+}
+
+/// A new I2P destination `(public, private)`, made by an embedded I2P router started for
+/// this alone, off any network (no seeds, loopback only, in a scratch directory removed
+/// afterwards): making a key needs no network. The node's own router, with its state in
+/// `private/i2p-router`, starts with `tahoe run`.
+#[cfg(feature = "i2p-embedded")]
+async fn embedded_i2p_destination() -> Result<(String, String), CreateError> {
+    use folio_transports::i2p_embedded::{EmbeddedRouter, Network, RouterOptions};
+    let scratch = tempfile_dir()?;
+    let opts = RouterOptions::new(
+        scratch.join("router"),
+        Network::Private {
+            // A network id no router uses: this router talks to nobody.
+            net_id: 254,
+            seeds: vec![],
+        },
+    );
+    let router = tokio::task::spawn_blocking(move || EmbeddedRouter::start(opts))
+        .await
+        .map_err(|e| io("the embedded I2P router", &e))?
+        .map_err(|e| {
+            io(
+                "starting an embedded I2P router to make the destination",
+                &e,
+            )
+        })?;
+    let made = folio_transports::i2p::generate_destination(&router.sam_config())
+        .await
+        .map_err(|e| io("making the I2P destination (embedded router)", &e));
+    let _ = tokio::task::spawn_blocking(move || router.stop()).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    made
+}
+
+/// A new private directory under the system's temporary directory.
+#[cfg(feature = "i2p-embedded")]
+fn tempfile_dir() -> Result<std::path::PathBuf, CreateError> {
+    let b: [u8; 8] = crate::private::random_bytes();
+    let dir = std::env::temp_dir().join(format!(
+        "folio-create-i2p-{}-{}",
+        std::process::id(),
+        data_encoding::HEXLOWER.encode(&b)
+    ));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(&dir)
+        .map_err(|e| io(&dir.display().to_string(), &e))?;
+    Ok(dir)
+}
+
+#[cfg(not(feature = "i2p-embedded"))]
+async fn embedded_i2p_destination() -> Result<(String, String), CreateError> {
+    unreachable!(
+        "plan() refuses --listen=i2p without a SAM port when the embedded router is absent"
+    )
 }
 
 /// The onion service's hint, its key made through a running tor's control port or, with

@@ -7,6 +7,12 @@
 //! 4. Seven storage nodes are stopped; the file comes back intact from the other three.
 //! 5. An eighth is stopped; the download now fails, saying how many shares it found.
 //! 6. The client's status table and the timings; then everything is stopped and removed.
+//!
+//! With `--network=i2p` (cargo feature `i2p-embedded`) the same grid runs over a private I2P
+//! network on 127.0.0.1, in this process too: 3 floodfills and a relay
+//! (`folio_transports::i2p_embedded::PrivateNetwork`), and every node made with
+//! `--listen=i2p --hide-ip` and no SAM port, so each runs its own embedded router that joins
+//! that network (`[i2p] router.network`) and is reachable only as a `.b32.i2p` destination.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,15 +25,29 @@ use folio_node::create::{self, CreateArgs, Kind};
 use folio_node::node::Node;
 use folio_node::transfer::human;
 
+/// The network the demo grid runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoNetwork {
+    /// TCP on 127.0.0.1.
+    Tcp,
+    /// A private I2P network of embedded routers on 127.0.0.1; every node hidden behind a
+    /// `.b32.i2p` destination.
+    I2p,
+}
+
 /// Options of `tahoe demo`.
 #[derive(Debug, Args)]
 pub struct DemoGridArgs {
     /// Storage nodes to run (at least 10: the file is stored 3-of-10).
     #[arg(long, default_value_t = 10)]
     pub servers: usize,
-    /// Size of the file to upload, in MiB.
-    #[arg(long, default_value_t = 16)]
-    pub size_mib: u64,
+    /// Size of the file to upload, in MiB (default 16 over TCP, 1 over I2P).
+    #[arg(long)]
+    pub size_mib: Option<u64>,
+    /// The network: tcp, or i2p (a private I2P network of embedded routers, nothing
+    /// installed).
+    #[arg(long, value_enum, default_value_t = DemoNetwork::Tcp)]
+    pub network: DemoNetwork,
     /// Keep the grid's directory instead of removing it.
     #[arg(long)]
     pub keep: bool,
@@ -52,20 +72,65 @@ fn step(t0: Instant, text: &str) {
     println!("\n[{:6.2}s] {text}", t0.elapsed().as_secs_f64());
 }
 
-async fn make(kind: Kind, dir: &Path, nickname: &str, introducer: Option<&str>) -> Result<()> {
+/// Makes a node as `tahoe create-*` would; with `i2p_network` (a network file), as
+/// `--listen=i2p --hide-ip` with no SAM port, its embedded router joining that network.
+async fn make(
+    kind: Kind,
+    dir: &Path,
+    nickname: &str,
+    introducer: Option<&str>,
+    i2p_network: Option<&Path>,
+) -> Result<()> {
+    let i2p = i2p_network.is_some();
     let args = CreateArgs {
         basedir: Some(dir.to_path_buf()),
         nickname: Some(nickname.to_string()),
-        hostname: (kind != Kind::Client).then(|| "127.0.0.1".to_string()),
+        hostname: (kind != Kind::Client && !i2p).then(|| "127.0.0.1".to_string()),
+        listen: i2p.then(|| "i2p".to_string()),
+        hide_ip: i2p,
         introducers: introducer.map(|f| vec![f.to_string()]).unwrap_or_default(),
         shares_needed: 3,
         shares_happy: 7,
         shares_total: 10,
         ..CreateArgs::default()
     };
-    let plan = create::plan(kind, &args)?;
+    let mut plan = create::plan(kind, &args)?;
+    plan.config.i2p.router_network = i2p_network.map(Path::to_path_buf);
     create::create(plan).await?;
     Ok(())
+}
+
+/// The private I2P network of `tahoe demo --network=i2p`.
+#[cfg(feature = "i2p-embedded")]
+type I2pNetwork = folio_transports::i2p_embedded::PrivateNetwork;
+#[cfg(not(feature = "i2p-embedded"))]
+type I2pNetwork = std::convert::Infallible;
+
+#[cfg(feature = "i2p-embedded")]
+async fn start_i2p_network(dir: &Path) -> Result<(I2pNetwork, PathBuf)> {
+    let dir = dir.to_path_buf();
+    let net = tokio::task::spawn_blocking(move || I2pNetwork::start(&dir, 77))
+        .await?
+        .context("starting the private I2P network")?;
+    let file = net.network_file().to_path_buf();
+    Ok((net, file))
+}
+
+#[cfg(not(feature = "i2p-embedded"))]
+async fn start_i2p_network(_dir: &Path) -> Result<(I2pNetwork, PathBuf)> {
+    bail!("--network=i2p needs the embedded I2P router: this tahoe was built without it (cargo feature i2p-embedded)")
+}
+
+#[cfg(feature = "i2p-embedded")]
+async fn stop_i2p_network(net: I2pNetwork) {
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || net.stop()).await {
+        eprintln!("the private I2P network: {e}");
+    }
+}
+
+#[cfg(not(feature = "i2p-embedded"))]
+async fn stop_i2p_network(net: I2pNetwork) {
+    match net {}
 }
 
 /// A deterministic file of `len` bytes that does not compress.
@@ -122,6 +187,14 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
     if args.servers < 10 {
         bail!("--servers must be at least 10: the demo stores 3-of-10 and stops 7, then 8");
     }
+    let i2p = args.network == DemoNetwork::I2p;
+    let size_mib = args.size_mib.unwrap_or(if i2p { 1 } else { 16 });
+    // Over I2P, stream setup and failure detection take seconds, not milliseconds.
+    let (connect_within, notice_within) = if i2p {
+        (Duration::from_secs(240), Duration::from_secs(200))
+    } else {
+        (Duration::from_secs(60), Duration::from_secs(30))
+    };
     let t0 = Instant::now();
     let dir = std::env::temp_dir().join(format!("folio-demo-grid-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -132,9 +205,30 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
     };
     println!("Folio demo grid in {}", dir.display());
 
-    step(t0, "create-introducer, start it");
+    let mut i2p_net = None;
+    let mut network_file = None;
+    if i2p {
+        step(
+            t0,
+            "a private I2P network on 127.0.0.1: 3 floodfills and a relay (embedded routers)",
+        );
+        let (net, file) = start_i2p_network(&dir.join("i2p-network")).await?;
+        println!("  network file: {}", file.display());
+        i2p_net = Some(net);
+        network_file = Some(file);
+    }
+    let network = network_file.as_deref();
+
+    step(
+        t0,
+        if i2p {
+            "create-introducer --listen=i2p --hide-ip (its own embedded I2P router), start it"
+        } else {
+            "create-introducer, start it"
+        },
+    );
     let intro_dir = dir.join("introducer");
-    make(Kind::Introducer, &intro_dir, "introducer", None).await?;
+    make(Kind::Introducer, &intro_dir, "introducer", None, network).await?;
     let introducer = Node::start(&intro_dir).await?;
     let furl = std::fs::read_to_string(intro_dir.join("private/introducer.furl"))?
         .trim()
@@ -151,18 +245,30 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
     let mut servers = Vec::new();
     for i in 1..=args.servers {
         let d = dir.join(format!("storage{i}"));
-        make(Kind::Node, &d, &format!("storage{i}"), Some(&furl)).await?;
+        make(Kind::Node, &d, &format!("storage{i}"), Some(&furl), network).await?;
         servers.push(Node::start(&d).await?);
     }
     let client_dir = dir.join("client");
-    make(Kind::Client, &client_dir, "client", Some(&furl)).await?;
+    make(Kind::Client, &client_dir, "client", Some(&furl), network).await?;
     let client = Node::start(&client_dir).await?;
     let broker = client.broker().expect("a client has a broker").clone();
     let t = Instant::now();
+    let mut last_report = Instant::now();
     wait_for(
         "the client to connect to every server",
-        Duration::from_secs(60),
-        || broker.connected().len() == args.servers,
+        connect_within,
+        || {
+            let n = broker.connected().len();
+            if i2p && last_report.elapsed() >= Duration::from_secs(10) {
+                last_report = Instant::now();
+                println!(
+                    "  [{:6.2}s] connected to {n} of {} storage servers",
+                    t0.elapsed().as_secs_f64(),
+                    args.servers
+                );
+            }
+            n == args.servers
+        },
     )
     .await?;
     println!(
@@ -171,7 +277,7 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
         t.elapsed().as_secs_f64() * 1e3
     );
 
-    let size = args.size_mib * 1024 * 1024;
+    let size = size_mib * 1024 * 1024;
     step(
         t0,
         &format!(
@@ -200,7 +306,7 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
         s.shutdown().await;
     }
     println!("  stopped: {}", stopped.join(", "));
-    wait_for("the client to notice", Duration::from_secs(30), || {
+    wait_for("the client to notice", notice_within, || {
         broker.connected().len() == args.servers - 7
     })
     .await?;
@@ -226,7 +332,7 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
 
     step(t0, "stop an 8th: only 2 of the 3 needed shares remain");
     servers[7].shutdown().await;
-    wait_for("the client to notice", Duration::from_secs(30), || {
+    wait_for("the client to notice", notice_within, || {
         broker.connected().len() == args.servers - 8
     })
     .await?;
@@ -256,6 +362,9 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
     }
     client.shutdown().await;
     introducer.shutdown().await;
+    if let Some(net) = i2p_net {
+        stop_i2p_network(net).await;
+    }
     println!("\ndone in {:.2} s.", t0.elapsed().as_secs_f64());
     Ok(())
 }

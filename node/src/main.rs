@@ -93,7 +93,9 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // emissary (the embedded I2P router) repeats harmless warnings ("unhandled
+                // message ... DeliveryStatus", "not enough routers" at start): errors only.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,emissary=error")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -88,6 +88,8 @@ struct Inner {
     basedir: PathBuf,
     files: Option<Files>,
     launched_tor: std::sync::Mutex<Option<LaunchedTor>>,
+    /// The embedded I2P router (`[i2p] enabled` with no `sam.port`), stopped at shutdown.
+    embedded_i2p: std::sync::Mutex<Option<EmbeddedI2p>>,
 }
 
 /// The Tub settings of a node: keepalives, and a disconnect timeout because over Tor and
@@ -135,7 +137,7 @@ impl Node {
         let identity = private.identity()?;
 
         let tor_password = private.tor_control_password()?;
-        let (registry, tor) = build_registry(&cfg, basedir, hide_ip, tor_password).await?;
+        let (registry, tor, i2p) = build_registry(&cfg, basedir, hide_ip, tor_password).await?;
         let registry = Arc::new(registry);
         let tub = Tub::new(identity, registry.clone(), node_tub_config())
             .map_err(|e| StartError::Other(format!("making the Tub: {e}")))?;
@@ -143,7 +145,16 @@ impl Node {
 
         let mut listeners = Vec::new();
         let mut auto_hints = Vec::new();
-        start_listeners(&cfg, basedir, &tor, &tub, &mut listeners, &mut auto_hints).await?;
+        start_listeners(
+            &cfg,
+            basedir,
+            &tor,
+            i2p.sam.as_ref(),
+            &tub,
+            &mut listeners,
+            &mut auto_hints,
+        )
+        .await?;
         let location = match &cfg.node.tub_location {
             Location::Disabled => Vec::new(),
             Location::Hints(h) => h.clone(),
@@ -278,6 +289,7 @@ impl Node {
                 basedir: basedir.to_path_buf(),
                 files,
                 launched_tor: std::sync::Mutex::new(tor.launched),
+                embedded_i2p: std::sync::Mutex::new(i2p.router),
             }),
         };
         tub.register_as(
@@ -347,6 +359,19 @@ impl Node {
             .take();
         if let Some(mut tor) = tor {
             tor.stop().await;
+        }
+        let router = self
+            .inner
+            .embedded_i2p
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(router) = router {
+            // The goodbyes just sent are in the router's hands, not yet through its tunnels:
+            // a moment for them to leave, so peers learn at once that this node stopped
+            // instead of after their disconnect timeout.
+            tokio::time::sleep(EMBEDDED_I2P_GOODBYE_GRACE).await;
+            stop_embedded_i2p(router).await;
         }
         let _ = std::fs::remove_file(self.inner.basedir.join("private").join("control.furl"));
         info!("stopped");
@@ -474,13 +499,99 @@ struct TorRuntime {
     arti: Option<folio_transports::arti::ArtiTor>,
 }
 
-/// The registry, and the Tor it dials through.
+/// The embedded I2P router's type (a type with no values when built without it).
+#[cfg(feature = "i2p-embedded")]
+type EmbeddedI2p = folio_transports::i2p_embedded::EmbeddedRouter;
+#[cfg(not(feature = "i2p-embedded"))]
+type EmbeddedI2p = std::convert::Infallible;
+
+/// The I2P the node uses, if any: the SAM bridge, and the embedded router behind it when
+/// there is no `sam.port`.
+#[derive(Default)]
+struct I2pRuntime {
+    sam: Option<folio_transports::i2p::SamConfig>,
+    router: Option<EmbeddedI2p>,
+}
+
+/// How long a stopping node keeps its embedded I2P router running after its Tub has said
+/// goodbye to its peers, so that the goodbyes get through the router's tunnels.
+pub const EMBEDDED_I2P_GOODBYE_GRACE: Duration = Duration::from_secs(2);
+
+/// Where the embedded I2P router keeps its keys and RouterInfo: `private/i2p-router`.
+pub fn i2p_router_dir(basedir: &Path) -> PathBuf {
+    basedir.join("private").join("i2p-router")
+}
+
+/// Why the embedded I2P router will not join the public network.
+pub const NO_PUBLIC_I2P: &str = "[i2p] enabled with no sam.port runs the embedded I2P router, \
+     which cannot join the public I2P network yet: it has no RouterInfos to start from, and \
+     HTTPS reseeding is not built (issue 18). Use a running I2P router's SAM bridge \
+     ([i2p] sam.port = tcp:127.0.0.1:7656, or --i2p-sam-port at create), or, for a test \
+     network, [i2p] router.network";
+
+/// Starts the embedded I2P router (`[i2p] enabled` with no `sam.port`) on the network
+/// `[i2p] router.network` describes, and returns it with its SAM bridge's settings.
+#[cfg(feature = "i2p-embedded")]
+async fn embedded_i2p(
+    cfg: &NodeConfig,
+    basedir: &Path,
+) -> Result<(folio_transports::i2p::SamConfig, EmbeddedI2p), StartError> {
+    use folio_transports::i2p_embedded::{EmbeddedRouter, Network, RouterOptions};
+    let Some(file) = &cfg.i2p.router_network else {
+        return Err(StartError::Handler(NO_PUBLIC_I2P.into()));
+    };
+    let path = basedir.join(file);
+    let network = Network::from_file(&path)
+        .map_err(|e| StartError::Handler(format!("[i2p] router.network: {e}")))?;
+    let mut opts = RouterOptions::new(i2p_router_dir(basedir), network);
+    opts.thread_name = "i2p-router".into();
+    let router = tokio::task::spawn_blocking(move || EmbeddedRouter::start(opts))
+        .await
+        .map_err(|e| StartError::Other(format!("the embedded I2P router's start: {e}")))?
+        .map_err(|e| StartError::Handler(format!("i2p (embedded router): {e}")))?;
+    info!(
+        router_id = %router.router_id(),
+        sam = ?router.sam(),
+        ntcp2 = %router.ntcp2(),
+        "started the embedded I2P router (private network)"
+    );
+    Ok((tunnel_options(cfg, router.sam_config()), router))
+}
+
+#[cfg(not(feature = "i2p-embedded"))]
+async fn embedded_i2p(
+    _cfg: &NodeConfig,
+    _basedir: &Path,
+) -> Result<(folio_transports::i2p::SamConfig, EmbeddedI2p), StartError> {
+    Err(StartError::Handler(
+        "[i2p] enabled with no sam.port needs the embedded I2P router, and this tahoe was \
+         built without it (cargo feature i2p-embedded): set [i2p] sam.port to a running I2P \
+         router's SAM bridge"
+            .into(),
+    ))
+}
+
+#[cfg(feature = "i2p-embedded")]
+async fn stop_embedded_i2p(router: EmbeddedI2p) {
+    match tokio::task::spawn_blocking(move || router.stop()).await {
+        Ok(Ok(())) => info!("stopped the embedded I2P router"),
+        Ok(Err(e)) => warn!("the embedded I2P router: {e}"),
+        Err(e) => warn!("stopping the embedded I2P router: {e}"),
+    }
+}
+
+#[cfg(not(feature = "i2p-embedded"))]
+async fn stop_embedded_i2p(router: EmbeddedI2p) {
+    match router {}
+}
+
+/// The registry, the Tor it dials through, and its I2P.
 async fn build_registry(
     cfg: &NodeConfig,
     basedir: &Path,
     hide_ip: bool,
     tor_password: Option<crate::private::Password>,
-) -> Result<(Registry, TorRuntime), StartError> {
+) -> Result<(Registry, TorRuntime, I2pRuntime), StartError> {
     let policy = |e: folio_handlers::PolicyError| StartError::Handler(e.to_string());
     let mut reg = if hide_ip {
         Registry::private()
@@ -523,12 +634,21 @@ async fn build_registry(
         };
         reg.set("tor", handler).map_err(policy)?;
     }
+    let mut i2p = I2pRuntime::default();
     if cfg.i2p.enabled {
-        reg.set(
-            "i2p",
-            Arc::new(folio_handlers::i2p::I2pHandler::new(sam_config(cfg))),
-        )
-        .map_err(policy)?;
+        let handler = match sam_config(cfg) {
+            Some(sam) => {
+                i2p.sam = Some(sam.clone());
+                folio_handlers::i2p::I2pHandler::new(sam)
+            }
+            None => {
+                let (sam, router) = embedded_i2p(cfg, basedir).await?;
+                i2p.sam = Some(sam.clone());
+                i2p.router = Some(router);
+                folio_handlers::i2p::I2pHandler::embedded(sam)
+            }
+        };
+        reg.set("i2p", Arc::new(handler)).map_err(policy)?;
     }
     reg.set_tcp_policy(cfg.connections.tcp).map_err(policy)?;
     // `[server:TUBID] tcp`: a rule for dials to that TubId only, whoever asks for them.
@@ -538,7 +658,7 @@ async fn build_registry(
                 .map_err(|e| StartError::Handler(format!("[server:{}] tcp: {e}", o.tubid)))?;
         }
     }
-    Ok((reg, tor))
+    Ok((reg, tor, i2p))
 }
 
 /// The handler for `[tor] enabled = true` with no tor named: the embedded client, which
@@ -622,12 +742,24 @@ fn embedded_onion(
     ))
 }
 
-/// The SAM settings from `[i2p]`.
-pub fn sam_config(cfg: &NodeConfig) -> folio_transports::i2p::SamConfig {
-    let mut sam = folio_transports::i2p::SamConfig {
-        bridge: cfg.i2p.sam_port,
-        ..Default::default()
-    };
+/// The SAM settings from `[i2p]` for a running router's bridge (`sam.port`); `None` when
+/// the node runs the embedded router (no `sam.port`).
+pub fn sam_config(cfg: &NodeConfig) -> Option<folio_transports::i2p::SamConfig> {
+    let bridge = cfg.i2p.sam_port?;
+    Some(tunnel_options(
+        cfg,
+        folio_transports::i2p::SamConfig {
+            bridge,
+            ..Default::default()
+        },
+    ))
+}
+
+/// `sam` with `[i2p]`'s tunnel lengths and quantities, where set.
+pub fn tunnel_options(
+    cfg: &NodeConfig,
+    mut sam: folio_transports::i2p::SamConfig,
+) -> folio_transports::i2p::SamConfig {
     if let Some(v) = cfg.i2p.inbound_length {
         sam.inbound_length = v;
     }
@@ -647,6 +779,7 @@ async fn start_listeners(
     cfg: &NodeConfig,
     basedir: &Path,
     tor: &TorRuntime,
+    i2p_sam: Option<&folio_transports::i2p::SamConfig>,
     tub: &Tub,
     listeners: &mut Vec<String>,
     auto_hints: &mut Vec<Hint>,
@@ -695,7 +828,10 @@ async fn start_listeners(
             );
         }
         let key = basedir.join(&cfg.i2p.dest_private_key_file);
-        let l = folio_handlers::i2p::I2pListener::start(&sam_config(cfg), &key)
+        let sam = i2p_sam.ok_or_else(|| {
+            StartError::Listen("[i2p] dest = true needs [i2p] enabled = true".into())
+        })?;
+        let l = folio_handlers::i2p::I2pListener::start(sam, &key)
             .await
             .map_err(|e| StartError::Listen(format!("I2P destination: {e}")))?;
         auto_hints.push(l.hint());

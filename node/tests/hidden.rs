@@ -1,11 +1,13 @@
 //! `tahoe create-node --listen=i2p --hide-ip` and `--listen=tor --hide-ip`, for real: an
 //! introducer and two storage nodes as `tahoe run` processes that reach each other only
-//! through a real i2pd router, or only through a real private Tor network, on 127.0.0.1.
+//! through a real i2pd router, through their own embedded I2P routers on a private I2P
+//! network, or only through a real private Tor network, on 127.0.0.1.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use folio_tests::i2pd::I2pd;
+use folio_tests::i2pnet::I2pNet;
 use folio_tests::tornet::{LoneTor, LoneTorAuth, TorNet};
 use serde_json::Value;
 
@@ -69,7 +71,102 @@ fn check_hidden(st: &Value, transport: &str) {
     }
 }
 
+/// TCP sockets (`/proc/PID/net/tcp`, IPv4 and IPv6) held by process `pid`: (local, remote,
+/// state as the kernel's hex code: `0A` listening, `01` established).
+fn tcp_sockets(pid: u32) -> Vec<(std::net::SocketAddr, std::net::SocketAddr, String)> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("socket:[")?
+                        .strip_suffix(']')
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let addr = |hex: &str| -> std::net::SocketAddr {
+        let (ip, port) = hex.split_once(':').unwrap();
+        let port = u16::from_str_radix(port, 16).unwrap();
+        let bytes: Vec<u8> = (0..ip.len() / 2)
+            .map(|i| u8::from_str_radix(&ip[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        // The kernel prints each 32-bit word in host (little-endian) order.
+        let fix: Vec<u8> = bytes
+            .chunks(4)
+            .flat_map(|w| w.iter().rev().copied())
+            .collect();
+        let ip: std::net::IpAddr = if fix.len() == 4 {
+            std::net::Ipv4Addr::new(fix[0], fix[1], fix[2], fix[3]).into()
+        } else {
+            let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(fix).unwrap());
+            v6.to_ipv4_mapped().map(Into::into).unwrap_or(v6.into())
+        };
+        (ip, port).into()
+    };
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && inodes.contains(f[9]) {
+                out.push((addr(f[1]), addr(f[2]), f[3].to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Checks that the processes `pids` hold TCP connections only on 127.0.0.1, and only to
+/// `allowed` or to a listening socket of one of them, or from a peer to one of their
+/// listening sockets: nothing beyond the test network and the nodes themselves.
+fn check_tcp_peers(pids: &[u32], allowed: &[std::net::SocketAddr]) {
+    let sockets: Vec<_> = pids.iter().map(|&p| (p, tcp_sockets(p))).collect();
+    let listening: std::collections::HashSet<std::net::SocketAddr> = sockets
+        .iter()
+        .flat_map(|(_, s)| s.iter().filter(|s| s.2 == "0A").map(|s| s.0))
+        .chain(allowed.iter().copied())
+        .collect();
+    let mut seen = 0;
+    for (pid, socks) in &sockets {
+        for (local, remote, state) in socks {
+            assert!(local.ip().is_loopback(), "pid {pid}: a socket on {local}");
+            if state == "0A" {
+                continue;
+            }
+            seen += 1;
+            assert!(
+                remote.ip().is_loopback(),
+                "pid {pid}: a connection to {remote}"
+            );
+            assert!(
+                listening.contains(remote) || listening.contains(local),
+                "pid {pid}: a connection {local} -> {remote} to neither the test network nor a node"
+            );
+        }
+    }
+    assert!(
+        seen > 0,
+        "no TCP connection found at all: the check would prove nothing"
+    );
+}
+
 fn hidden_grid(base: &Path, transport: &str, extra: &[String], tweak: impl Fn(&Path)) {
+    hidden_grid_and(base, transport, extra, tweak, None)
+}
+
+/// [`hidden_grid`], and with `network` (the test network's addresses) also a file put on
+/// one node and fetched on the other, and a check that every TCP connection of every node
+/// stays within `network` and the nodes.
+fn hidden_grid_and(
+    base: &Path,
+    transport: &str,
+    extra: &[String],
+    tweak: impl Fn(&Path),
+    network: Option<&[std::net::SocketAddr]>,
+) {
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
     let listen = format!("--listen={transport}");
@@ -120,6 +217,49 @@ fn hidden_grid(base: &Path, transport: &str, extra: &[String], tweak: impl Fn(&P
                 "{handlers}"
             );
         }
+        if extra.is_empty() && transport == "i2p" {
+            let handlers = st["handlers"].to_string();
+            assert!(
+                handlers.contains("i2p (embedded router, SAM bridge at 127.0.0.1:"),
+                "{handlers}"
+            );
+        }
+    }
+    if let Some(network) = network {
+        let input = base.join("input.bin");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        std::fs::write(&input, &data).unwrap();
+        let out = common::tahoe()
+            .args(["put", "-d"])
+            .arg(&dirs[0])
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cap = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        step(&format!("stored 200000 bytes from {}", dirs[0].display()));
+        let output = base.join("output.bin");
+        let out = common::tahoe()
+            .args(["get", "-d"])
+            .arg(&dirs[1])
+            .arg(&cap)
+            .arg(&output)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read(&output).unwrap(), data);
+        step(&format!("fetched it on {}", dirs[1].display()));
+        let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
+        check_tcp_peers(&pids, network);
+        step("every TCP connection of every node: on 127.0.0.1, to the test network or a node");
     }
     stop_all(&mut procs, Duration::from_secs(30));
 }
@@ -137,6 +277,43 @@ fn hidden_grid_over_a_real_i2pd() {
             "inbound.length = 0\noutbound.length = 0\ninbound.quantity = 1\noutbound.quantity = 1",
         )
     });
+}
+
+/// The default I2P path: no SAM bridge named, so every node runs an embedded I2P router
+/// (state in `private/i2p-router`), pointed at a private I2P network of embedded routers
+/// through `[i2p] router.network`. No i2pd.
+#[test]
+fn hidden_grid_over_embedded_i2p() {
+    let net = I2pNet::start(1);
+    eprintln!(
+        "private I2P network up in {:.1}s",
+        net.started_in.as_secs_f64()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let file = net.network_file();
+    let tweak = |d: &Path| {
+        let cfg = std::fs::read_to_string(d.join("tahoe.cfg")).unwrap();
+        assert!(!cfg.contains("\nsam.port"), "no SAM bridge named: {cfg}");
+        add_to_section(d, "i2p", &format!("router.network = {}", file.display()));
+        // Two storage servers: each share on both.
+        add_to_section(
+            d,
+            "client",
+            "shares.needed = 1\nshares.happy = 2\nshares.total = 2",
+        );
+    };
+    let network = net.addresses();
+    hidden_grid_and(tmp.path(), "i2p", &[], tweak, Some(&network));
+    for node in ["introducer", "h1", "h2"] {
+        let state = tmp.path().join(node).join("private/i2p-router");
+        for f in ["router.keys", "routerInfo.dat"] {
+            assert!(
+                state.join(f).is_file(),
+                "{node}: no {f} in {}",
+                state.display()
+            );
+        }
+    }
 }
 
 /// The default Tor path: no tor named, so every node runs the embedded arti client, pointed

@@ -148,6 +148,75 @@ pub enum Network {
     },
 }
 
+/// The largest network file ([`Network::from_file`]) read.
+pub const MAX_NETWORK_FILE: u64 = 256 * 1024;
+
+impl Network {
+    /// Reads a private network's description (for tests and demos; what
+    /// `tests/src/i2pnet.rs` writes): its network id, and the RouterInfo files to seed from,
+    /// relative to the file's own directory unless absolute. One item a line; `#` starts a
+    /// comment:
+    ///
+    /// ```text
+    /// net_id 77
+    /// router router-0/routerInfo.dat
+    /// router /var/tmp/net/router-1/routerInfo.dat
+    /// ```
+    ///
+    /// Read with a bound ([`MAX_NETWORK_FILE`], at most [`MAX_SEEDS`] routers); the
+    /// RouterInfo files themselves are read when the router starts.
+    pub fn from_file(path: &Path) -> Result<Network, EmbeddedI2pError> {
+        let bad = |line: usize, reason: String| EmbeddedI2pError::NetworkFile {
+            path: path.to_path_buf(),
+            line,
+            reason,
+        };
+        let bytes = read_bounded(path, MAX_NETWORK_FILE).map_err(|e| bad(0, e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|_| bad(0, "not UTF-8 text".into()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let (mut net_id, mut seeds) = (None, Vec::new());
+        for (n, line) in text.lines().enumerate() {
+            let n = n + 1;
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (key, value) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            let value = value.trim();
+            match key {
+                "net_id" => {
+                    let id: u8 = value
+                        .parse()
+                        .map_err(|_| bad(n, format!("net_id {value:?} is not 0 to 255")))?;
+                    if id == PUBLIC_NET_ID {
+                        return Err(bad(
+                            n,
+                            format!(
+                                "net_id {id} is the public network's; a private one needs another"
+                            ),
+                        ));
+                    }
+                    if net_id.replace(id).is_some() {
+                        return Err(bad(n, "net_id given twice".into()));
+                    }
+                }
+                "router" if !value.is_empty() => {
+                    if seeds.len() == MAX_SEEDS {
+                        return Err(bad(n, format!("more than {MAX_SEEDS} routers")));
+                    }
+                    seeds.push(base.join(value));
+                }
+                _ => return Err(bad(n, "expected `net_id N` or `router PATH`".to_string())),
+            }
+        }
+        let net_id = net_id.ok_or_else(|| bad(0, "no net_id line".into()))?;
+        if seeds.is_empty() {
+            return Err(bad(0, "no router line: nothing to join".into()));
+        }
+        Ok(Network::Private { net_id, seeds })
+    }
+}
+
 /// How to run an embedded router.
 #[derive(Debug, Clone)]
 pub struct RouterOptions {
@@ -216,6 +285,16 @@ pub enum EmbeddedI2pError {
         path: PathBuf,
         /// What went wrong.
         source: std::io::Error,
+    },
+    /// A network file ([`Network::from_file`]) that cannot be read or is malformed.
+    #[error("I2P network file {path}{}: {reason}", if *line > 0 { format!(" line {line}") } else { String::new() })]
+    NetworkFile {
+        /// The file.
+        path: PathBuf,
+        /// The line (1-based; 0 for the whole file).
+        line: usize,
+        /// What is wrong.
+        reason: String,
     },
     /// More seed files than [`MAX_SEEDS`].
     #[error("{0} seed RouterInfo files; at most {MAX_SEEDS} are read")]
@@ -613,6 +692,101 @@ impl Drop for EmbeddedRouter {
     }
 }
 
+/// The core of a small private I2P network on 127.0.0.1, for demos (`tahoe demo
+/// --network=i2p`): 3 floodfills and a relay, with the settings of
+/// `../shared/recipes/emissary-spike/README.md` (the same as `tests/src/i2pnet.rs`, which
+/// adds log capture and client routers for the tests): each router started once to make its
+/// RouterInfo, then again with its own and every other one's (full seeding; the floodfills
+/// cannot answer lookups for about 10 s otherwise), NTCP2 on ports picked free at the first
+/// start and kept. Routers that host destinations (the nodes' own embedded routers) join it
+/// through [`PrivateNetwork::network_file`]. Dropping it stops every router.
+#[derive(Debug)]
+pub struct PrivateNetwork {
+    routers: Vec<EmbeddedRouter>,
+    network_file: PathBuf,
+}
+
+impl PrivateNetwork {
+    /// Floodfills in the network.
+    pub const FLOODFILLS: usize = 3;
+    /// Relays (neither floodfill nor hosting destinations).
+    pub const RELAYS: usize = 1;
+
+    /// Starts the network, its state under `dir` (created), with network id `net_id` (not
+    /// [`PUBLIC_NET_ID`]). Each router start is bounded as [`EmbeddedRouter::start`]; the
+    /// network is usable a few seconds later (a SAM `SESSION CREATE` on a router that
+    /// joins it is the sign).
+    pub fn start(dir: &Path, net_id: u8) -> Result<PrivateNetwork, EmbeddedI2pError> {
+        let n = Self::FLOODFILLS + Self::RELAYS;
+        let options = |i: usize, port: u16, seeds: Vec<PathBuf>| {
+            let mut o = RouterOptions::new(
+                dir.join(format!("router-{i}")),
+                Network::Private { net_id, seeds },
+            );
+            o.ntcp2_port = port;
+            o.sam = false;
+            o.floodfill = i < Self::FLOODFILLS;
+            o.transit = true;
+            o.thread_name = format!("i2p-net-{i}");
+            o
+        };
+        // Phase 1: keys, RouterInfos and ports.
+        let mut ports = Vec::with_capacity(n);
+        let mut files = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = EmbeddedRouter::start(options(i, 0, vec![]))?;
+            ports.push(r.ntcp2().port());
+            files.push(r.router_info_path().to_path_buf());
+            r.stop()?;
+        }
+        // Phase 2: the same routers, every one seeded with every other one.
+        let mut routers = Vec::with_capacity(n);
+        for (i, &port) in ports.iter().enumerate() {
+            let seeds = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| files[j].clone())
+                .collect();
+            routers.push(EmbeddedRouter::start(options(i, port, seeds))?);
+        }
+        let network_file = dir.join("i2p-network.txt");
+        let mut text = format!("# Folio's private I2P network (tahoe demo)\nnet_id {net_id}\n");
+        for f in &files {
+            text.push_str(&format!("router {}\n", f.display()));
+        }
+        std::fs::write(&network_file, text).map_err(|source| EmbeddedI2pError::State {
+            path: network_file.clone(),
+            source,
+        })?;
+        Ok(PrivateNetwork {
+            routers,
+            network_file,
+        })
+    }
+
+    /// The network file ([`Network::from_file`]) for a router joining this network.
+    pub fn network_file(&self) -> &Path {
+        &self.network_file
+    }
+
+    /// The routers' NTCP2 addresses (127.0.0.1).
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.routers.iter().map(EmbeddedRouter::ntcp2).collect()
+    }
+
+    /// Stops every router (each bounded by its stop timeout).
+    pub fn stop(self) -> Result<(), EmbeddedI2pError> {
+        let mut first = Ok(());
+        for r in self.routers {
+            if let Err(e) = r.stop() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
 /// The router thread: start the router, report, run it until asked to stop, then drop the
 /// whole runtime (and with it every task the router spawned).
 fn run_router(
@@ -691,6 +865,44 @@ fn run_router(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_a_network_file() {
+        let dir = scratch("netfile");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("i2p-network.txt");
+        std::fs::write(
+            &file,
+            "# a test network\nnet_id 77\nrouter r0/routerInfo.dat  # first\n\nrouter /abs/ri.dat\n",
+        )
+        .unwrap();
+        assert_eq!(
+            Network::from_file(&file).unwrap(),
+            Network::Private {
+                net_id: 77,
+                seeds: vec![dir.join("r0/routerInfo.dat"), PathBuf::from("/abs/ri.dat")]
+            }
+        );
+        for (text, says) in [
+            ("router a\n", "no net_id"),
+            ("net_id 77\n", "no router"),
+            ("net_id 2\nrouter a\n", "line 1: net_id 2 is the public"),
+            ("net_id 300\nrouter a\n", "line 1: net_id \"300\""),
+            ("net_id 7\nnet_id 8\n", "line 2: net_id given twice"),
+            ("net_id 7\nreseed https://x\n", "line 2: expected"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let e = Network::from_file(&file).unwrap_err().to_string();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
+        std::fs::write(&file, vec![b'#'; MAX_NETWORK_FILE as usize + 1]).unwrap();
+        assert!(Network::from_file(&file).is_err());
+        let e = Network::from_file(&dir.join("none"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("none"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn scratch(name: &str) -> PathBuf {
         let dir =

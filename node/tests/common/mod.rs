@@ -11,7 +11,7 @@ use serde_json::Value;
 
 pub fn tahoe() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tahoe"));
-    c.env("RUST_LOG", "warn");
+    c.env("RUST_LOG", "warn,emissary=error");
     c
 }
 
