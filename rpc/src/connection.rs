@@ -1473,14 +1473,16 @@ struct Issued<'a, R> {
 }
 
 impl RemoteInner {
-    /// Calls `method` and waits for the answer (see [`ConnShared::call_on`]).
-    pub(crate) async fn call<A, T, E>(
-        &self,
-        interface: &str,
-        method: &str,
-        args: &A,
+    /// Calls `method` and waits for the answer (see [`ConnShared::call_on`]). Not an `async
+    /// fn`: the future is `call_on`'s own, without a layer of its own around it, so that
+    /// every call's future stays as small as it was.
+    pub(crate) fn call<'a, A, T, E>(
+        &'a self,
+        interface: &'a str,
+        method: &'a str,
+        args: &'a A,
         timeout: CallTimeout,
-    ) -> Result<T, CallError<E>>
+    ) -> impl Future<Output = Result<T, CallError<E>>> + 'a
     where
         A: Serialize,
         T: DeserializeOwned + Send + 'static,
@@ -1488,20 +1490,18 @@ impl RemoteInner {
     {
         self.conn
             .call_on(self.id, interface, method, args, timeout, None)
-            .await
     }
 
     /// Sends a one-way call (see [`ConnShared::oneway_on`]).
-    pub(crate) async fn call_oneway<A: Serialize>(
-        &self,
-        interface: &str,
-        method: &str,
-        args: &A,
+    pub(crate) fn call_oneway<'a, A: Serialize>(
+        &'a self,
+        interface: &'a str,
+        method: &'a str,
+        args: &'a A,
         timeout: CallTimeout,
-    ) -> Result<(), CallError<()>> {
+    ) -> impl Future<Output = Result<(), CallError<()>>> + 'a {
         self.conn
             .oneway_on(self.id, interface, method, args, timeout, None)
-            .await
     }
 }
 

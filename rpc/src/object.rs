@@ -659,7 +659,9 @@ impl ObjectRef {
                 }
             },
             RefKind::Remote(r) => r.call(interface, method, args, self.1).await,
-            RefKind::Promise(p) => p.call(interface, method, args, self.1).await,
+            // Boxed: the pipelined path's future is large, and a program that never
+            // pipelines must not carry it in every call's future.
+            RefKind::Promise(p) => Box::pin(p.call(interface, method, args, self.1)).await,
             RefKind::Furl(lazy) => {
                 // Boxed: reaching a FURL makes a call, and a call may reach a FURL.
                 let early = Box::pin(lazy.call_behind_hello(interface, method, args, self.1));
@@ -716,7 +718,7 @@ impl ObjectRef {
                     .start_promise(r.id, interface, method, args, self.1, None)
                     .await
             }
-            RefKind::Promise(p) => p.call_promise(interface, method, args, self.1).await,
+            RefKind::Promise(p) => Box::pin(p.call_promise(interface, method, args, self.1)).await,
             RefKind::Furl(lazy) => {
                 let target = Box::pin(lazy.target()).await?;
                 Box::pin(ObjectRef(target.0, self.1).promise_cell(interface, method, args)).await
@@ -761,7 +763,7 @@ impl ObjectRef {
                 Ok(())
             }
             RefKind::Remote(r) => r.call_oneway(interface, method, args, self.1).await,
-            RefKind::Promise(p) => p.call_oneway(interface, method, args, self.1).await,
+            RefKind::Promise(p) => Box::pin(p.call_oneway(interface, method, args, self.1)).await,
             RefKind::Furl(lazy) => {
                 let target = Box::pin(lazy.target()).await?;
                 Box::pin(ObjectRef(target.0, self.1).call_oneway(interface, method, args)).await
