@@ -711,7 +711,10 @@ impl ObjectRef {
                         .await
                         .map_err(|_| CallError::DeadlineExceeded(t))??,
                 };
-                Ok(crate::promise::settled_cell(method, outcome, refs))
+                Ok(PromiseCell::ready(
+                    method,
+                    crate::promise::Settled::Answered(outcome, refs),
+                ))
             }
             RefKind::Remote(r) => {
                 r.conn

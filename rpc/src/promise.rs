@@ -174,7 +174,8 @@ impl PromiseCell {
         })
     }
 
-    /// A cell settled already (a call to an object in this process).
+    /// A cell settled already (a call to an object in this process, which has no round trip
+    /// to save).
     pub(crate) fn ready(method: &str, settled: Settled) -> Arc<PromiseCell> {
         Arc::new(PromiseCell {
             conn: None,
@@ -562,14 +563,4 @@ where
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move { self.cell.answer::<T, E>().await })
     }
-}
-
-/// Encodes a promise's answer as a settled cell (for calls to objects in this process, which
-/// have no round trip to save).
-pub(crate) fn settled_cell(
-    method: &str,
-    outcome: OwnedOutcome,
-    refs: Vec<ObjectRef>,
-) -> Arc<PromiseCell> {
-    PromiseCell::ready(method, Settled::Answered(outcome, refs))
 }

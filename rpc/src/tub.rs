@@ -1094,13 +1094,11 @@ impl LazyRef {
             Ok(real) => real,
             Err(e) => return Some(Err(e)),
         };
-        Some(Box::pin(ObjectRef(real.0, timeout_of(timeout)).call(interface, method, args)).await)
+        Some(
+            Box::pin(ObjectRef(real.0, CallTimeout::Set(timeout)).call(interface, method, args))
+                .await,
+        )
     }
-}
-
-/// A handle's timeout, given what it came to.
-fn timeout_of(timeout: Option<Duration>) -> CallTimeout {
-    CallTimeout::Set(timeout)
 }
 
 /// A random index below `n` (n > 0).
