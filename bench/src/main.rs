@@ -145,6 +145,15 @@ pub enum BenchError {
     Never,
 }
 
+// An application error is `Display`, so that `CallError<BenchError>` is an error `?` passes on.
+impl std::fmt::Display for BenchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the bench's echo failed")
+    }
+}
+
+impl std::error::Error for BenchError {}
+
 #[interface(name = "bench.echo.v1")]
 pub trait Echo {
     async fn ping(&self, x: u64) -> Result<u64, BenchError>;

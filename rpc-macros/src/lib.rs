@@ -228,7 +228,7 @@ fn expand(attr: Tokens, mut item: ItemTrait) -> syn::Result<Tokens> {
                 #(#attrs)*
                 ///
                 /// One-way: returns once the call is queued; no answer comes back.
-                pub async fn #name(&self, #(#params),*) -> ::core::result::Result<(), #rpc::CallError<()>> {
+                pub async fn #name(&self, #(#params),*) -> ::core::result::Result<(), #rpc::CallError<::core::convert::Infallible>> {
                     self.0.call_oneway(#wire, #method_wire, &(#(#names,)*)).await
                 }
             }

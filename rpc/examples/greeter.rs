@@ -16,10 +16,13 @@ use folio_handlers::{Registry, TcpListener};
 use folio_rpc::{interface, CallError, Furl, Host, Identity, Tub, TubConfig};
 use serde::{Deserialize, Serialize};
 
-/// What can go wrong in the greeter, as the caller sees it.
-#[derive(Debug, Serialize, Deserialize)]
+/// What can go wrong in the greeter, as the caller sees it. Like any error type, it is
+/// `Display` (here through `thiserror`), and so `CallError<GreetError>` is a
+/// `std::error::Error` that `?` can pass on.
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
 pub enum GreetError {
     /// Names cannot be empty.
+    #[error("a name cannot be empty")]
     EmptyName,
 }
 

@@ -26,6 +26,7 @@
 //! released, and the Tub forgets the connection.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::AssertUnwindSafe;
@@ -52,15 +53,16 @@ use crate::message::{
     PROMISE_MARK, ROOT_OBJECT,
 };
 use crate::object::{
-    decode_answer, encode_args, resolve_refs, CallContext, CallError, CallTimeout, Dispatch,
-    LazyRef, ObjectRef, Outcome, RefCodec, RefDesc, RefKind, Refusal, Reply,
+    decode_answer, encode_args, resolve_refs, CallContext, CallError, CallTimeout, Disconnect,
+    Dispatch, LazyRef, ObjectRef, Outcome, ProtocolError, RefCodec, RefDesc, RefKind, Refusal,
+    Reply,
 };
 use crate::outbox::{Budget, Outbox, PushError};
 use crate::promise::{PromiseCell, SendGuard};
 use crate::tls::TlsStream;
 use crate::tub::{TubConfig, TubInner};
 
-type Observer = Box<dyn FnOnce(&str) + Send>;
+type Observer = Box<dyn FnOnce(&Disconnect) + Send>;
 
 /// An inbound call, decoded and ready to run (it sends its own answer).
 type CallTask = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -142,7 +144,7 @@ impl Drop for Slot {
 /// An answer's destination: decodes it for the caller and wakes the caller. Runs on the
 /// reader task, in message order, with the answer still in the received frame.
 pub(crate) trait Complete: Send + Sync {
-    fn complete(&self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), String>);
+    fn complete(&self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), Disconnect>);
     /// The call's deadline passed first: it fails with `DeadlineExceeded(timeout)`.
     fn expire(&self, timeout: Duration);
     /// The call's deadline, if it has one.
@@ -170,7 +172,7 @@ where
     T: DeserializeOwned + Send,
     E: DeserializeOwned + Send,
 {
-    fn complete(&self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), String>) {
+    fn complete(&self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), Disconnect>) {
         let result = match reply {
             Ok((reply, refs)) => decode_answer(reply, &refs),
             Err(reason) => Err(CallError::Disconnected(reason)),
@@ -228,7 +230,7 @@ impl<T, E> Future for Answer<T, E> {
 pub(crate) struct Completion(pub(crate) Option<Arc<dyn Complete>>);
 
 impl Completion {
-    fn complete(mut self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), String>) {
+    fn complete(mut self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), Disconnect>) {
         if let Some(c) = self.0.take() {
             c.complete(reply);
         }
@@ -244,7 +246,8 @@ impl Completion {
         if let Some(c) = self.0.take() {
             match c.deadline() {
                 Some(d) => c.expire(d.timeout),
-                None => c.complete(Err("the call's deadline passed".into())),
+                // Not reached: only calls with a deadline are swept.
+                None => c.expire(Duration::ZERO),
             }
         }
     }
@@ -270,7 +273,7 @@ impl Deadline {
 impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(c) = self.0.take() {
-            c.complete(Err("the connection was dropped".into()));
+            c.complete(Err(Disconnect::TaskStopped));
         }
     }
 }
@@ -317,7 +320,7 @@ struct ImportEntry {
 }
 
 struct LifeState {
-    closed: Option<String>,
+    closed: Option<Disconnect>,
     observers: Vec<Observer>,
     tasks: Vec<AbortHandle>,
 }
@@ -417,7 +420,7 @@ pub(crate) struct ConnShared {
     /// Set once by close(): the reader checks it between frames, so a closed connection stops
     /// consuming input even while input keeps arriving.
     is_closed: std::sync::atomic::AtomicBool,
-    closed_tx: watch::Sender<Option<String>>,
+    closed_tx: watch::Sender<Option<Disconnect>>,
     started: Instant,
     last_received_ms: AtomicU64,
     pub(crate) established_at: SystemTime,
@@ -555,7 +558,7 @@ impl ConnShared {
     }
 
     /// Why the connection closed, if it has.
-    pub(crate) fn closed_reason(&self) -> Option<String> {
+    pub(crate) fn closed_reason(&self) -> Option<Disconnect> {
         // Every call asks, twice: the flag answers without the lock while the connection is
         // open. It is set under the lock together with the reason.
         if !self.is_closed.load(Ordering::SeqCst) {
@@ -596,10 +599,10 @@ impl ConnShared {
             Err(PushError::Full) => {
                 // Nothing more can reach a peer that does not read: drop the stream at once.
                 self.close_with(
-                    &format!(
-                        "the peer is not reading: over {} bytes are waiting to be sent to it",
+                    Disconnect::NotReading(format!(
+                        "over {} bytes are waiting to be sent to it",
                         self.config.max_write_queue
-                    ),
+                    )),
                     None,
                     Duration::ZERO,
                 );
@@ -616,15 +619,15 @@ impl ConnShared {
     /// connection is closed.
     fn send_in_full_tub(&self, msg: &Message<'_>) -> bool {
         let why = |what: &str| {
-            format!(
-                "the peer is not reading: this Tub's {} bytes of buffers are full, and {what}",
+            Disconnect::NotReading(format!(
+                "this Tub's {} bytes of buffers are full, and {what}",
                 self.config.max_buffered_bytes
-            )
+            ))
         };
         let heaviest = self.tub.upgrade().and_then(|t| t.heaviest_writer());
         if let Some(other) = heaviest.filter(|c| !std::ptr::eq(Arc::as_ptr(c), self)) {
             other.close_with(
-                &why("the most of them waited for this peer"),
+                why("the most of them waited for this peer"),
                 None,
                 Duration::ZERO,
             );
@@ -634,7 +637,7 @@ impl ConnShared {
             }
         }
         self.close_with(
-            &why("the most of them waited for this peer"),
+            why("the most of them waited for this peer"),
             None,
             Duration::ZERO,
         );
@@ -685,7 +688,7 @@ impl ConnShared {
     /// the connection, as it would in the writer task.
     fn write_now(&self) {
         if let Err(e) = self.outbox.write_now() {
-            self.close(&format!("write failed: {e}"), None);
+            self.close(Disconnect::WriteFailed(e.to_string()), None);
         }
     }
 
@@ -709,7 +712,7 @@ impl ConnShared {
     }
 
     /// Runs `observer` once when the connection closes (at once if it has).
-    pub(crate) fn on_disconnect(&self, observer: impl FnOnce(&str) + Send + 'static) {
+    pub(crate) fn on_disconnect(&self, observer: impl FnOnce(&Disconnect) + Send + 'static) {
         let mut life = lock(&self.life);
         match life.closed.clone() {
             Some(reason) => {
@@ -721,40 +724,40 @@ impl ConnShared {
     }
 
     /// Waits for the connection to close and returns the reason.
-    pub(crate) async fn closed(&self) -> String {
+    pub(crate) async fn closed(&self) -> Disconnect {
         let mut rx = self.closed_tx.subscribe();
         let reason = rx.wait_for(|r| r.is_some()).await.map(|r| r.clone());
         match reason {
-            Ok(r) => r.unwrap_or_default(),
-            Err(_) => "the connection was dropped".into(),
+            Ok(Some(r)) => r,
+            _ => Disconnect::TaskStopped,
         }
     }
 
     /// Closes the connection, once. Pending calls fail with `reason`; observers run. The
     /// writer gets [`CLOSE_LINGER`] to deliver the goodbye.
-    pub(crate) fn close(&self, reason: &str, goodbye: Option<GoodbyeReason>) {
+    pub(crate) fn close(&self, reason: Disconnect, goodbye: Option<GoodbyeReason>) {
         self.close_with(reason, goodbye, CLOSE_LINGER);
     }
 
     /// Like [`ConnShared::close`]; with `linger` zero the writer is stopped at once instead
     /// of being given [`CLOSE_LINGER`] to deliver what was queued and the goodbye.
-    fn close_with(&self, reason: &str, goodbye: Option<GoodbyeReason>, linger: Duration) {
+    fn close_with(&self, reason: Disconnect, goodbye: Option<GoodbyeReason>, linger: Duration) {
         let (observers, tasks) = {
             let mut life = lock(&self.life);
             if life.closed.is_some() {
                 return;
             }
-            life.closed = Some(reason.to_string());
+            life.closed = Some(reason.clone());
             self.is_closed.store(true, Ordering::SeqCst);
             (
                 std::mem::take(&mut life.observers),
                 std::mem::take(&mut life.tasks),
             )
         };
-        debug!(peer = %self.info.peer, reason, "connection closed");
+        debug!(peer = %self.info.peer, %reason, "connection closed");
         let pending = std::mem::take(&mut *lock(&self.pending));
         for (_, complete) in pending {
-            complete.complete(Err(reason.to_string()));
+            complete.complete(Err(reason.clone()));
         }
         let farewell = goodbye
             .and_then(|g| encode_frame(&Message::Goodbye { reason: g }, self.max_frame_out).ok());
@@ -773,12 +776,12 @@ impl ConnShared {
         }
         // `send` would drop the value when nobody is subscribed yet, and a later `closed()`
         // would then wait for ever: the value is stored whoever listens.
-        self.closed_tx.send_replace(Some(reason.to_string()));
+        self.closed_tx.send_replace(Some(reason.clone()));
         if let Some(tub) = self.tub.upgrade() {
             tub.forget_connection(self);
         }
         for o in observers {
-            if std::panic::catch_unwind(AssertUnwindSafe(|| o(reason))).is_err() {
+            if std::panic::catch_unwind(AssertUnwindSafe(|| o(&reason))).is_err() {
                 warn!("a disconnect observer panicked");
             }
         }
@@ -1499,7 +1502,7 @@ impl RemoteInner {
         method: &'a str,
         args: &'a A,
         timeout: CallTimeout,
-    ) -> impl Future<Output = Result<(), CallError<()>>> + 'a {
+    ) -> impl Future<Output = Result<(), CallError<Infallible>>> + 'a {
         self.conn
             .oneway_on(self.id, interface, method, args, timeout, None)
     }
@@ -1554,13 +1557,14 @@ impl ConnShared {
                 if let Some(refs) = refs {
                     self.rollback(refs);
                 }
-                Err(CallError::Protocol(format!(
-                    "the call is too large for the peer: {e}"
-                )))
+                Err(CallError::Protocol(match e {
+                    FrameError::TooLarge { len, max } => ProtocolError::TooLarge { len, max },
+                    other => ProtocolError::Arguments(other.to_string()),
+                }))
             }
-            Err(PushError::Full | PushError::TubFull | PushError::Closed) => {
-                Err(CallError::Disconnected("the connection is closing".into()))
-            }
+            Err(PushError::Full | PushError::TubFull | PushError::Closed) => Err(
+                CallError::Disconnected(self.closed_reason().unwrap_or(Disconnect::ClosedLocally)),
+            ),
         }
     }
 
@@ -1748,7 +1752,7 @@ impl ConnShared {
         args: &A,
         timeout: CallTimeout,
         via: Option<SendGuard>,
-    ) -> Result<(), CallError<()>> {
+    ) -> Result<(), CallError<Infallible>> {
         if let Some(reason) = self.closed_reason() {
             return Err(CallError::Disconnected(reason));
         }
@@ -1816,7 +1820,7 @@ async fn writer_loop(shared: Arc<ConnShared>) {
     tokio::select! {
         written = shared.outbox.run_writer() => {
             if let Err(e) = written {
-                shared.close(&format!("write failed: {e}"), None);
+                shared.close(Disconnect::WriteFailed(e.to_string()), None);
             }
         }
         () = linger => debug!("the writer did not finish within {CLOSE_LINGER:?} of the close"),
@@ -1829,7 +1833,7 @@ struct CloseOnDrop(Arc<ConnShared>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        self.0.close("the connection's reader stopped", None);
+        self.0.close(Disconnect::TaskStopped, None);
     }
 }
 
@@ -1840,7 +1844,7 @@ where
     let _guard = CloseOnDrop(shared.clone());
     let (reason, goodbye) = loop {
         if shared.is_closed.load(Ordering::Relaxed) {
-            break ("closed".into(), None);
+            break (Disconnect::ClosedLocally, None);
         }
         // The clock is read once per read from the stream, not once per frame: the frames
         // of one read arrived together.
@@ -1851,14 +1855,17 @@ where
         }
         let frame = match r.next_frame().await {
             Ok(Some(f)) => f,
-            Ok(None) => break ("the peer closed the connection".to_string(), None),
+            Ok(None) => break (Disconnect::PeerClosed, None),
             // The peer sent more than the limit it was told: say so before closing, so
             // that it can show why (protocol.md §6.4).
             Err(e @ FrameError::TooLarge { .. }) => {
-                let why = format!("read failed: {e}");
-                break (why, Some(GoodbyeReason::ProtocolViolation(e.to_string())));
+                let why = e.to_string();
+                break (
+                    Disconnect::ProtocolViolation(why.clone()),
+                    Some(GoodbyeReason::ProtocolViolation(why)),
+                );
             }
-            Err(e) => break (format!("read failed: {e}"), None),
+            Err(e) => break (Disconnect::ReadFailed(e.to_string()), None),
         };
         if reads {
             shared.touch();
@@ -1868,7 +1875,10 @@ where
             Ok(m) => m,
             Err(e) => {
                 let why = format!("undecodable message: {e}");
-                break (why.clone(), Some(GoodbyeReason::ProtocolViolation(why)));
+                break (
+                    Disconnect::ProtocolViolation(why.clone()),
+                    Some(GoodbyeReason::ProtocolViolation(why)),
+                );
             }
         };
         if shared.info.version < msg.min_version() {
@@ -1877,7 +1887,10 @@ where
                 msg.min_version(),
                 shared.info.version
             );
-            break (why.clone(), Some(GoodbyeReason::ProtocolViolation(why)));
+            break (
+                Disconnect::ProtocolViolation(why.clone()),
+                Some(GoodbyeReason::ProtocolViolation(why)),
+            );
         }
         let msg = match Inbound::split(msg) {
             Ok((call, args, refs)) => {
@@ -1915,12 +1928,10 @@ where
                 shared.send_message(&Message::Pong { nonce });
             }
             Message::Pong { .. } => {}
-            Message::Goodbye { reason } => {
-                break (format!("the peer said goodbye: {reason}"), None)
-            }
+            Message::Goodbye { reason } => break (Disconnect::PeerGoodbye(reason), None),
         }
     };
-    shared.close(&reason, goodbye);
+    shared.close(reason, goodbye);
 }
 
 /// What names an inbound call, besides its payload.
@@ -2607,10 +2618,7 @@ impl ConnShared {
         let idle = self.idle_for();
         if let Some(t) = self.config.disconnect_timeout {
             if idle >= t {
-                self.close(
-                    &format!("nothing received from the peer for {idle:.1?}"),
-                    Some(GoodbyeReason::Timeout),
-                );
+                self.close(Disconnect::Silent(idle), Some(GoodbyeReason::Timeout));
                 return false;
             }
         }

@@ -120,8 +120,8 @@ pub use handshake::{
 };
 pub use identity::{Identity, IdentityError};
 pub use object::{
-    serve_per_call, CallContext, CallError, Dispatch, ObjectRef, Refusal, Reply, ReplyFuture,
-    TypedRef,
+    serve_per_call, CallContext, CallError, Disconnect, Dispatch, ObjectRef, ProtocolError,
+    Refusal, Reply, ReplyFuture, TypedRef,
 };
 pub use promise::Promise;
 pub use reconnector::{ReconnectPolicy, Reconnector, ReconnectorState, ReconnectorStatus};

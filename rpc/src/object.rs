@@ -15,6 +15,7 @@
 //! refused or nobody waits for it any more. Encoding a reference outside a call is an error.
 
 use std::cell::RefCell;
+use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::connection::RemoteInner;
 use crate::furl::Furl;
 use crate::promise::{OwnedOutcome, Promise, PromiseCell, PromisedRef};
-use crate::tub::TubInner;
+use crate::tub::{ReferenceError, TubInner};
 use crate::tubid::TubId;
 
 /// Why a call was refused. Travels on the wire; the connection stays up.
@@ -80,23 +81,32 @@ pub enum Refusal {
 }
 
 /// Why a call failed, from the caller's side. `E` is the method's own error type.
+///
+/// Every variant but [`CallError::App`] carries a typed cause a caller can match on
+/// ([`Refusal`], [`Disconnect`], [`ReferenceError`], [`ProtocolError`]); each message
+/// includes its cause's, so no cause is also returned by `source()` (a report would show it
+/// twice). More variants may come in a minor release: match with a wildcard arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError<E> {
     /// The method ran and returned its own error.
-    #[error("the remote method failed: {0:?}")]
+    #[error("the remote method returned an error: {0}")]
     App(E),
-    /// The receiver refused the call (unknown method, bad arguments, ...).
+    /// The receiver refused the call (unknown method, bad arguments, ...). The method did
+    /// not run.
     #[error("call refused: {0}")]
     Refused(Refusal),
-    /// The connection was lost before the answer arrived; the method may or may not have run.
+    /// The connection was lost before the answer arrived; the method may or may not have
+    /// run. The [`Disconnect`] says why the connection ended.
     #[error("connection lost: {0}")]
-    Disconnected(String),
-    /// The Tub holding the object could not be reached.
-    #[error("cannot reach the Tub: {0}")]
-    Unreachable(String),
-    /// The answer did not decode, or the arguments could not be encoded.
+    Disconnected(Disconnect),
+    /// The Tub holding the object could not be reached, or did not give the object (the
+    /// [`ReferenceError`] says which). The call was not sent.
+    #[error("cannot reach the object: {0}")]
+    Unreachable(ReferenceError),
+    /// The arguments could not be encoded or sent, or the answer did not decode.
     #[error("protocol error: {0}")]
-    Protocol(String),
+    Protocol(ProtocolError),
     /// No answer came within the call's timeout (the duration given): the caller stopped
     /// waiting, and a peer that speaks protocol version 2 stops the method too. The method
     /// may or may not have run, in part or in full; the connection is unharmed. See
@@ -111,12 +121,99 @@ impl<E> CallError<E> {
         match self {
             CallError::App(e) => CallError::App(f(e)),
             CallError::Refused(r) => CallError::Refused(r),
-            CallError::Disconnected(s) => CallError::Disconnected(s),
-            CallError::Unreachable(s) => CallError::Unreachable(s),
-            CallError::Protocol(s) => CallError::Protocol(s),
+            CallError::Disconnected(d) => CallError::Disconnected(d),
+            CallError::Unreachable(u) => CallError::Unreachable(u),
+            CallError::Protocol(p) => CallError::Protocol(p),
             CallError::DeadlineExceeded(d) => CallError::DeadlineExceeded(d),
         }
     }
+
+    /// Whether the method may have run: true when the call was sent and its answer never
+    /// came ([`CallError::Disconnected`], [`CallError::DeadlineExceeded`]), or when it ran
+    /// ([`CallError::App`]). A call that failed otherwise never ran and may be retried as
+    /// is.
+    pub fn may_have_run(&self) -> bool {
+        matches!(
+            self,
+            CallError::App(_) | CallError::Disconnected(_) | CallError::DeadlineExceeded(_)
+        )
+    }
+}
+
+/// Why a connection ended: what the calls that were waiting on it report
+/// ([`CallError::Disconnected`]) and what a peer's status shows as its last error. More
+/// variants may come in a minor release: match with a wildcard arm.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Disconnect {
+    /// The peer closed the stream without a goodbye.
+    #[error("the peer closed the connection")]
+    PeerClosed,
+    /// The peer said goodbye (protocol.md §6.4), for this reason.
+    #[error("the peer said goodbye: {0}")]
+    PeerGoodbye(crate::message::GoodbyeReason),
+    /// Reading from the stream failed (the transport's error, a TLS error, the stream
+    /// ending inside a frame).
+    #[error("read failed: {0}")]
+    ReadFailed(String),
+    /// Writing to the stream failed.
+    #[error("write failed: {0}")]
+    WriteFailed(String),
+    /// The peer broke the protocol (an undecodable or oversized frame, a message its
+    /// version does not have, ...); this Tub said goodbye with the same reason.
+    #[error("the peer broke the protocol: {0}")]
+    ProtocolViolation(String),
+    /// Nothing arrived from the peer for this long (`TubConfig::disconnect_timeout`).
+    #[error("nothing received from the peer for {0:.1?}")]
+    Silent(Duration),
+    /// The peer left more unread than this Tub buffers for it (`TubConfig::max_write_queue`,
+    /// or the Tub-wide `max_buffered_bytes`); the text says which.
+    #[error("the peer is not reading: {0}")]
+    NotReading(String),
+    /// Another connection to the same Tub replaced this one (the duplicate rule of
+    /// handshake.md); the text says which won and why.
+    #[error("replaced by another connection to the same Tub: {0}")]
+    Replaced(String),
+    /// This Tub closed the connection to make room for another: it holds this many
+    /// connections, its `TubConfig::max_connections`.
+    #[error("closed to make room: this Tub holds {0} connections (its limit)")]
+    MadeRoom(usize),
+    /// This Tub shut down.
+    #[error("the Tub shut down")]
+    Shutdown,
+    /// This Tub closed the connection on request (`Tub::close_connection`).
+    #[error("closed locally")]
+    ClosedLocally,
+    /// The task that ran the connection stopped (its runtime shut down).
+    #[error("the connection's task stopped")]
+    TaskStopped,
+}
+
+/// Why a call could not be encoded or sent, or its answer not decoded
+/// ([`CallError::Protocol`]). The connection stays up. More variants may come in a minor
+/// release: match with a wildcard arm.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The arguments could not be encoded: serde refused a value, or a reference in them
+    /// cannot travel on this connection (a promised one not yet resolved, one the peer
+    /// cannot be given). The call was not sent.
+    #[error("the arguments could not be encoded: {0}")]
+    Arguments(String),
+    /// The encoded call exceeds the largest frame the peer accepts. The call was not sent.
+    #[error("the call is {len} bytes encoded, over the peer's {max}-byte frame limit")]
+    TooLarge {
+        /// The call's encoded size.
+        len: u64,
+        /// The peer's frame limit.
+        max: u32,
+    },
+    /// The answer does not decode as the method's declared result or error type.
+    #[error("the answer does not decode as the declared type: {0}")]
+    Answer(String),
+    /// A reference carried by the call or its answer could not be accepted.
+    #[error("bad reference: {0}")]
+    Reference(String),
 }
 
 /// What a dispatched method produced, already encoded.
@@ -733,7 +830,7 @@ impl ObjectRef {
     /// waits for the answer and gives the reference it carries, or why there is none; for a
     /// FURL's (a gift, or [`crate::Tub::get_promised`]), reaches its Tub. Any other reference
     /// is given back as it is.
-    pub async fn resolved(&self) -> Result<ObjectRef, CallError<()>> {
+    pub async fn resolved(&self) -> Result<ObjectRef, CallError<Infallible>> {
         let mut r = self.clone();
         loop {
             r = match &r.0 {
@@ -751,13 +848,14 @@ impl ObjectRef {
         interface: &str,
         method: &str,
         args: &A,
-    ) -> Result<(), CallError<()>> {
+    ) -> Result<(), CallError<Infallible>> {
         match &self.0 {
             RefKind::Local(d) => {
                 let codec: Arc<dyn RefCodec> = Arc::new(LocalCodec::default());
                 let (bytes, table) = encode_args(&codec, args)?;
                 check_local_interface(d.as_ref(), interface)?;
-                let refs = resolve_refs(codec.as_ref(), table).map_err(CallError::Protocol)?;
+                let refs = resolve_refs(codec.as_ref(), table)
+                    .map_err(|e| CallError::Protocol(ProtocolError::Reference(e)))?;
                 let fut = d
                     .clone()
                     .call(method, &bytes, CallContext::new(codec, None, refs))
@@ -776,7 +874,7 @@ impl ObjectRef {
 
     /// Runs `observer` once when the connection under this reference is lost (at once if it
     /// already is). Local references never disconnect, so the observer is kept and dropped.
-    pub fn on_disconnect(&self, observer: impl FnOnce(&str) + Send + 'static) {
+    pub fn on_disconnect(&self, observer: impl FnOnce(&Disconnect) + Send + 'static) {
         match &self.0 {
             RefKind::Remote(r) => r.conn.on_disconnect(observer),
             RefKind::Promise(p) => {
@@ -790,7 +888,7 @@ impl ObjectRef {
 
     /// Waits until the connection under this reference is lost, and says why. Never returns
     /// for a local reference.
-    pub async fn disconnected(&self) -> String {
+    pub async fn disconnected(&self) -> Disconnect {
         match &self.0 {
             RefKind::Remote(r) => r.conn.closed().await,
             RefKind::Promise(p) => match p.conn() {
@@ -807,9 +905,8 @@ pub(crate) fn encode_args<A: Serialize, E>(
     args: &A,
 ) -> Result<(Vec<u8>, Vec<RefDesc>), CallError<E>> {
     encode_value(codec, args).map_err(|e| {
-        CallError::Protocol(format!(
-            "arguments could not be encoded: {}",
-            take_ref_error().unwrap_or_else(|| e.to_string())
+        CallError::Protocol(ProtocolError::Arguments(
+            take_ref_error().unwrap_or_else(|| e.to_string()),
         ))
     })
 }
@@ -820,9 +917,8 @@ pub(crate) fn decode_answer<T: DeserializeOwned, E: DeserializeOwned>(
     refs: &[ObjectRef],
 ) -> Result<T, CallError<E>> {
     let bad = |e: postcard::Error| {
-        CallError::Protocol(format!(
-            "the answer does not decode as the declared type: {}",
-            take_ref_error().unwrap_or_else(|| e.to_string())
+        CallError::Protocol(ProtocolError::Answer(
+            take_ref_error().unwrap_or_else(|| e.to_string()),
         ))
     };
     match reply {
@@ -865,13 +961,15 @@ where
     let codec: Arc<dyn RefCodec> = Arc::new(LocalCodec::default());
     let (bytes, table) = encode_args(&codec, args)?;
     check_local_interface(d.as_ref(), interface)?;
-    let refs = resolve_refs(codec.as_ref(), table).map_err(CallError::Protocol)?;
+    let refs = resolve_refs(codec.as_ref(), table)
+        .map_err(|e| CallError::Protocol(ProtocolError::Reference(e)))?;
     let ctx = CallContext::new(codec.clone(), None, refs);
     let fut = d
         .call(method, &bytes, ctx.clone())
         .map_err(CallError::Refused)?;
     let reply = fut.await;
-    let out = resolve_refs(codec.as_ref(), ctx.take_out_refs()).map_err(CallError::Protocol)?;
+    let out = resolve_refs(codec.as_ref(), ctx.take_out_refs())
+        .map_err(|e| CallError::Protocol(ProtocolError::Reference(e)))?;
     let outcome = match reply {
         Reply::Ok(bytes) => OwnedOutcome::Ok(bytes),
         Reply::AppError(bytes) => OwnedOutcome::AppError(bytes),
@@ -987,7 +1085,7 @@ pub trait TypedRef: Sized + Clone + Send + Sync + 'static {
     /// The handle itself once its reference exists (see [`ObjectRef::resolved`]): for a
     /// promised handle, waits for the answer that carries it; fails if the promised call
     /// failed or gave no such reference.
-    fn resolved(&self) -> impl Future<Output = Result<Self, CallError<()>>> + Send {
+    fn resolved(&self) -> impl Future<Output = Result<Self, CallError<Infallible>>> + Send {
         let r = self.object_ref().clone();
         async move {
             let real = r.resolved().await?;

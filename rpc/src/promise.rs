@@ -60,6 +60,7 @@
 //! With a peer that does not speak version 3, a call on a promised handle waits for the
 //! answer and is then sent to the real reference: slower, never wrong.
 
+use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -72,7 +73,8 @@ use serde::Serialize;
 use crate::connection::{Complete, ConnShared, Deadline};
 use crate::message::promise_target;
 use crate::object::{
-    decode_answer, CallError, CallTimeout, ObjectRef, Outcome, RefKind, Refusal, TypedRef,
+    decode_answer, CallError, CallTimeout, Disconnect, ObjectRef, Outcome, RefKind, Refusal,
+    TypedRef,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -101,7 +103,7 @@ pub(crate) enum Settled {
     /// Its answer, and the references the answer's table carried, resolved.
     Answered(OwnedOutcome, Vec<ObjectRef>),
     /// The connection was lost first.
-    Lost(String),
+    Lost(Disconnect),
     /// Its timeout passed first.
     Expired(Duration),
 }
@@ -314,7 +316,7 @@ impl PromiseCell {
 }
 
 impl Complete for PromiseCell {
-    fn complete(&self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), String>) {
+    fn complete(&self, reply: Result<(Outcome<'_>, Vec<ObjectRef>), Disconnect>) {
         let settled = match reply {
             Ok((outcome, refs)) => {
                 let owned = match outcome {
@@ -403,7 +405,7 @@ impl PromisedRef {
         let settled = self.cell.outcome()?;
         Some(
             self.cell
-                .reference::<()>(&settled, self.index, &self.interface)
+                .reference::<Infallible>(&settled, self.index, &self.interface)
                 .map_err(|e| e.to_string()),
         )
     }
@@ -449,8 +451,8 @@ impl PromisedRef {
         method: &str,
         args: &A,
         timeout: CallTimeout,
-    ) -> Result<(), CallError<()>> {
-        let real = match self.now::<()>() {
+    ) -> Result<(), CallError<Infallible>> {
+        let real = match self.now::<Infallible>() {
             Now::Settled(r) => r?,
             Now::Pipeline(conn, target, guard) => {
                 return conn

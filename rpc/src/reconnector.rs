@@ -198,7 +198,7 @@ async fn run(
                 on_connect(r.clone());
                 let reason = r.disconnected().await;
                 debug!(%reason, "connection lost");
-                lock(&shared.status).last_error = Some(reason);
+                lock(&shared.status).last_error = Some(reason.to_string());
             }
             Err(e) => {
                 debug!("attempt failed: {e}");

@@ -33,8 +33,8 @@ use crate::identity::Identity;
 use crate::message::GoodbyeReason;
 use crate::message::ROOT_OBJECT;
 use crate::object::{
-    CallContext, CallError, CallTimeout, Dispatch, LazyRef, ObjectRef, RefKind, Refusal,
-    ReplyFuture, TypedRef,
+    CallContext, CallError, CallTimeout, Disconnect, Dispatch, LazyRef, ObjectRef, RefKind,
+    Refusal, ReplyFuture, TypedRef,
 };
 use crate::promise::{Promise, PromiseCell, PromisedRef};
 use crate::reconnector::{ReconnectPolicy, Reconnector};
@@ -270,8 +270,9 @@ pub struct HintStatus {
 pub(crate) struct Root(pub(crate) Weak<TubInner>);
 
 /// The root object's error.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 pub(crate) enum RootError {
+    #[error("no object is registered under this name")]
     UnknownName,
 }
 
@@ -401,7 +402,7 @@ impl TubInner {
                     status.remove(&peer);
                 } else {
                     s.connected = false;
-                    s.last_error = conn.closed_reason();
+                    s.last_error = conn.closed_reason().map(|d| d.to_string());
                 }
             }
         }
@@ -437,7 +438,7 @@ impl TubInner {
             }
         });
         if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
-            conn.close("the Tub shut down", Some(GoodbyeReason::Shutdown));
+            conn.close(Disconnect::Shutdown, Some(GoodbyeReason::Shutdown));
             start();
             return (conn, None);
         }
@@ -485,7 +486,10 @@ impl TubInner {
         }
         if let Some(loser) = loser {
             debug!(%peer, why, "duplicate connection");
-            loser.close(why, Some(GoodbyeReason::Duplicate));
+            loser.close(
+                Disconnect::Replaced(why.to_string()),
+                Some(GoodbyeReason::Duplicate),
+            );
         }
         start();
         self.start_keepalive();
@@ -869,7 +873,7 @@ impl TubInner {
         self.closed_for_room
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         victim.close(
-            &format!("closed to make room: this Tub holds {max} connections (its limit)"),
+            Disconnect::MadeRoom(max),
             Some(crate::connection::room_goodbye(&victim.info)),
         );
         Ok(())
@@ -1003,7 +1007,7 @@ impl LazyRef {
         let tub = self
             .tub
             .upgrade()
-            .ok_or_else(|| CallError::Unreachable("the Tub has shut down".to_string()))?;
+            .ok_or(CallError::Unreachable(ReferenceError::Shutdown))?;
         let tubid = self.furl.tubid();
         let conn = (tubid != tub.handshaker.tubid())
             .then(|| tub.live_connection(&tubid))
@@ -1031,9 +1035,9 @@ impl LazyRef {
         }
         let r = Box::pin(TubInner::get_reference(&tub, &self.furl))
             .await
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+            .map_err(CallError::Unreachable)?;
         r.check_interface(&self.interface)
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+            .map_err(|e| CallError::Unreachable(ReferenceError::WrongInterface(e)))?;
         self.remember(&r);
         Ok(r)
     }
@@ -1069,7 +1073,7 @@ impl LazyRef {
         let call = EarlyCall { frame, completion };
         let (conn, early) = match Box::pin(tub.connection_to(&self.furl, Some(call))).await {
             Ok(c) => c,
-            Err(e) => return Some(Err(CallError::Unreachable(e.to_string()))),
+            Err(e) => return Some(Err(CallError::Unreachable(e))),
         };
         let early = early.filter(|e| e.call_sent)?;
         let promised = PromisedRef {
@@ -1651,7 +1655,7 @@ impl Tub {
     /// Closes the live connection to `peer`, as if the network had dropped it.
     pub fn disconnect(&self, peer: &TubId) {
         if let Some(c) = self.inner.live_connection(peer) {
-            c.close("closed locally", Some(GoodbyeReason::Shutdown));
+            c.close(Disconnect::ClosedLocally, Some(GoodbyeReason::Shutdown));
         }
     }
 
@@ -1670,7 +1674,7 @@ impl Tub {
         }
         let conns: Vec<_> = lock(&self.inner.connections).values().cloned().collect();
         for c in conns {
-            c.close("the Tub shut down", Some(GoodbyeReason::Shutdown));
+            c.close(Disconnect::Shutdown, Some(GoodbyeReason::Shutdown));
         }
     }
 }

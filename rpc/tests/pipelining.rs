@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{eventually, Grid, Net};
-use folio_rpc::{interface, CallError, Identity, Refusal, Tub, TubConfig, TypedRef};
+use folio_rpc::{
+    interface, CallError, Identity, ProtocolError, ReferenceError, Refusal, Tub, TubConfig,
+    TypedRef,
+};
 
 const HUNG: Duration = Duration::from_secs(20);
 
@@ -459,6 +462,31 @@ async fn get_promised_calls_behind_the_hello_and_reports_bad_furls() {
 }
 
 #[tokio::test]
+async fn a_call_on_an_unreachable_furl_says_why_in_a_type() {
+    let p = pair().await;
+    let hint = p.furl.hints()[0].to_string();
+    let gone: folio_rpc::Furl = p
+        .furl
+        .to_string()
+        .replace(&hint, "mem:nobody-listens-here")
+        .parse()
+        .unwrap();
+    let fresh = p.grid.tub().await;
+    let dir: DirRef = fresh.get_promised(&gone);
+    match dir.open("x".into(), false).await {
+        Err(CallError::Unreachable(ReferenceError::Unreachable { tubid, attempts })) => {
+            assert_eq!(tubid, p.furl.tubid());
+            assert_eq!(attempts.len(), 1, "{attempts:?}");
+            assert!(attempts[0].1.contains("nothing listens"), "{attempts:?}");
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    // The call was never sent, so it never ran.
+    let e = dir.open("x".into(), false).await.unwrap_err();
+    assert!(!e.may_have_run(), "{e}");
+}
+
+#[tokio::test]
 async fn local_objects_keep_promises_too() {
     let state = Arc::new(State::default());
     let dir = DirRef::serve(DirSvc(state.clone(), String::new()));
@@ -485,7 +513,9 @@ async fn an_unresolved_promise_cannot_be_passed_in_arguments() {
     let holder: HolderRef = p.client.get(&holder_furl).await.unwrap();
     let promise = p.dir.open_promise("i".into(), true).await.unwrap();
     match holder.hold(promise.reference()).await {
-        Err(CallError::Protocol(why)) => assert!(why.contains("resolved"), "{why}"),
+        Err(CallError::Protocol(ProtocolError::Arguments(why))) => {
+            assert!(why.contains("resolved"), "{why}")
+        }
         other => panic!("expected a protocol error, got {other:?}"),
     }
     p.state.gate.notify_one();
