@@ -31,6 +31,26 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p folio-transports -p folio-handlers -p folio-tests --features folio-tests/i2p-embedded \
   --all-targets --locked -- -D warnings
 
+# The crates other programs depend on (folio-rpc, -rpc-macros, -transports, -handlers), checked
+# as an embedder meets them: their docs as docs.rs builds them (every feature; a warning or a
+# broken link is an error), each built alone with its own features (a workspace build unifies
+# features and can hide a missing one), the oldest Rust they declare (rust-version, fetched by
+# rustup when absent), and `cargo publish --dry-run`, which packages each and builds the package.
+published="-p folio-rpc -p folio-rpc-macros -p folio-transports -p folio-handlers"
+step "published crates: cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings -D rustdoc::broken_intra_doc_links" \
+  cargo doc --no-deps --all-features --locked $published
+step "published crates: folio-rpc alone, folio-handlers alone without default features"
+cargo build --locked -p folio-rpc
+cargo build --locked -p folio-handlers --no-default-features
+msrv=$(sed -n 's/^rust-version = "\([0-9.]*\)"$/\1/p' Cargo.toml)
+case "$msrv" in *.*.*) ;; *) msrv="$msrv.0" ;; esac
+step "published crates: cargo check with Rust $msrv (their declared rust-version)"
+rustup toolchain list | grep -q "^$msrv-" || rustup toolchain install "$msrv" --profile minimal
+cargo "+$msrv" check --locked $published
+step "published crates: cargo publish --dry-run"
+cargo publish --dry-run --locked $published
+
 if [ "$FOLIO_FUZZ_SECONDS" != 0 ]; then
   step "fuzz smoke: every target for ${FOLIO_FUZZ_SECONDS}s"
   fuzz/run.sh "$FOLIO_FUZZ_SECONDS"

@@ -1,7 +1,7 @@
 //! # folio-handlers
 //!
 //! Connection handlers: the bridge from a FURL's hints to the transports. A [`Registry`]
-//! maps each hint type (`tcp`, later `tor` and `i2p`) to a [`Handler`] and implements
+//! maps each hint type (`tcp`, `tor`, `i2p`) to a [`Handler`] and implements
 //! `folio_rpc::Connector`, so a Tub can ask it for a byte stream to any hint. Hint types with
 //! no handler are reported as unsupported and skipped by the dialer, never fatal. Removing
 //! the `tcp` handler is how `tcp = disabled` is expressed.
@@ -22,7 +22,39 @@
 //! assert!(err.to_string().contains("no connection handler"));
 //! # }
 //! ```
+//!
+//! ## Tor and I2P
+//!
+//! With the default features, `tor:` hints go through a system tor ([`tor::TorHandler`],
+//! SOCKS5 found through its control port) and `i2p:` hints through a SAM v3.1 bridge
+//! ([`i2p::I2pHandler`]: an i2pd, or with feature `i2p-embedded` an embedded emissary
+//! router); feature `tor-arti` adds an embedded arti client (`arti::ArtiHandler`). A
+//! registry in privacy mode ([`Registry::private`]) refuses every handler that would reveal
+//! the host's IP address, so a program that must hide it cannot dial `tcp:` hints directly
+//! by mistake:
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "tor-system", feature = "i2p"))]
+//! # async fn hidden() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use folio_handlers::{i2p::I2pHandler, tor::TorHandler, Registry, TcpHandler};
+//! use folio_transports::i2p::SamConfig;
+//!
+//! let mut registry = Registry::private();
+//! // A system tor's control port (127.0.0.1:9051): its SOCKS port is asked for there.
+//! let tor = TorHandler::from_control("127.0.0.1:9051".parse::<std::net::SocketAddr>()?).await?;
+//! registry.set("tor", Arc::new(tor))?;
+//! // An i2pd (or other SAM v3.1 bridge) on 127.0.0.1:7656.
+//! let sam = SamConfig { bridge: "127.0.0.1:7656".parse()?, ..SamConfig::default() };
+//! registry.set("i2p", Arc::new(I2pHandler::new(sam)))?;
+//! // Direct TCP would reveal the IP address: refused.
+//! assert!(registry.set("tcp", Arc::new(TcpHandler::default())).is_err());
+//! // `registry` is a `folio_rpc::Connector`: `Tub::new` takes it (in an `Arc`) to dial with.
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
+// On docs.rs (`--cfg docsrs`, nightly rustdoc), every feature-gated item says which feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "tor-arti")]
 pub mod arti;

@@ -891,7 +891,7 @@ fn format_size(n: u64) -> String {
     for (base, suffix) in [(1000u64, ""), (1024, "iB")] {
         for (power, letter) in ["K", "M", "G", "T", "P", "E"].iter().enumerate() {
             let unit = base.pow(power as u32 + 1);
-            if n != 0 && n % unit == 0 {
+            if n != 0 && n.is_multiple_of(unit) {
                 let text = format!("{}{letter}{suffix}", n / unit);
                 if text.len() < best.len() {
                     best = text;

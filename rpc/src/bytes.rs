@@ -5,7 +5,7 @@
 //! signatures instead: the same postcard wire form (a varint length, then the bytes), but
 //! encoded and decoded with one copy.
 //!
-//! [`borrowed`] does the same for the `&[u8]` payload fields of the protocol's own messages.
+//! `borrowed` (a private module) does the same for the `&[u8]` payload fields of the protocol's own messages.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};

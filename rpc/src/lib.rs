@@ -93,6 +93,8 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+// On docs.rs (`--cfg docsrs`, nightly rustdoc), every feature-gated item says which feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bytes;
 mod connection;

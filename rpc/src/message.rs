@@ -5,7 +5,7 @@
 //! are only ever appended. `docs/protocol.md` specifies each one.
 //!
 //! The payload fields (`args`, `value`) are encoded with `serialize_bytes`
-//! ([`crate::bytes::borrowed`]), not as serde's per-byte sequence: the same wire bytes, one
+//! (`bytes::borrowed`), not as serde's per-byte sequence: the same wire bytes, one
 //! copy. Decoding borrows them from the frame.
 
 use serde::{Deserialize, Serialize};

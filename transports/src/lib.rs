@@ -26,7 +26,31 @@
 //! assert!(dialed.is_ok() && accepted.is_ok());
 //! # }
 //! ```
+//!
+//! Tor and I2P are byte streams like TCP, through a local daemon (or an embedded one):
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "tor-system", feature = "i2p"))]
+//! # async fn hidden(onion: &str, peer: &str) -> Result<(), Box<dyn std::error::Error>> {
+//! use folio_transports::i2p::{Destination, SamConfig, Session};
+//! use folio_transports::tor;
+//! use std::time::Duration;
+//!
+//! // Through a system tor's SOCKS port to `onion` (a `.onion` name); tor resolves it.
+//! let socks = "127.0.0.1:9050".parse()?;
+//! let _stream = tor::dial(socks, onion, 80, Duration::from_secs(60)).await?;
+//!
+//! // Through a SAM v3.1 bridge (an i2pd, or the embedded router of feature `i2p-embedded`):
+//! // a session is a local destination (a transient one is thrown away with it); `peer` is
+//! // a `.b32.i2p` address.
+//! let sam = SamConfig { bridge: "127.0.0.1:7656".parse()?, ..SamConfig::default() };
+//! let session = Session::create(&sam, Destination::Transient).await?;
+//! let _stream = session.connect(peer).await?;
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
+// On docs.rs (`--cfg docsrs`, nightly rustdoc), every feature-gated item says which feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "tor-arti")]
 pub mod arti;

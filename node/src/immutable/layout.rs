@@ -172,7 +172,7 @@ impl Geometry {
         }
         let k = needed as u64;
         if !(1..=MAX_SEGMENT_SIZE).contains(&segment_size)
-            || segment_size % k != 0
+            || !segment_size.is_multiple_of(k)
             || segment_size > size.div_ceil(k) * k
         {
             return Err(invalid(
