@@ -281,10 +281,7 @@ fn micros(d: Duration) -> f64 {
 
 async fn tub() -> Result<(Tub, Arc<Registry>)> {
     let registry = Arc::new(Registry::with_tcp());
-    let cfg = TubConfig {
-        max_inbound_calls: 1024,
-        ..TubConfig::default()
-    };
+    let cfg = TubConfig::default().max_inbound_calls(1024);
     Ok((
         Tub::new(Identity::generate()?, registry.clone(), cfg)?,
         registry,

@@ -223,32 +223,27 @@ impl Counter for CounterImpl {
 
 /// The fuzzing client's handshake: the smallest frame limit, so large answers hit it.
 fn client_handshake() -> HandshakeConfig {
-    HandshakeConfig {
-        max_frame_len: folio_rpc::handshake::MIN_FRAME_LIMIT,
-        ..short_handshake()
-    }
+    short_handshake().max_frame_len(folio_rpc::handshake::MIN_FRAME_LIMIT)
 }
 
 fn server_tub() -> Tub {
-    let config = TubConfig {
-        handshake: short_handshake(),
-        max_inbound_calls: 4,
-        max_queued_calls: 8,
-        max_queued_call_bytes: 16 * 1024,
-        max_outbound_calls: 4,
-        max_exports: MAX_EXPORTS,
-        max_imports: 16,
-        accept_gifts: true,
-        keepalive: Some(Duration::from_secs(30)),
-        disconnect_timeout: None,
-        dial_timeout: Duration::from_secs(1),
-        max_write_queue: 64 * 1024,
-        call_timeout: Some(CALLBACK_TIMEOUT),
-        max_call_duration: Some(MAX_CALL_DURATION),
-        max_kept_answers: MAX_KEPT_ANSWERS,
-        max_held_calls: MAX_HELD_CALLS,
-        ..TubConfig::default()
-    };
+    let config = TubConfig::default()
+        .handshake(short_handshake())
+        .max_inbound_calls(4)
+        .max_queued_calls(8)
+        .max_queued_call_bytes(16 * 1024)
+        .max_outbound_calls(4)
+        .max_exports(MAX_EXPORTS)
+        .max_imports(16)
+        .accept_gifts(true)
+        .keepalive(Some(Duration::from_secs(30)))
+        .disconnect_timeout(None)
+        .dial_timeout(Duration::from_secs(1))
+        .max_write_queue(64 * 1024)
+        .call_timeout(Some(CALLBACK_TIMEOUT))
+        .max_call_duration(Some(MAX_CALL_DURATION))
+        .max_kept_answers(MAX_KEPT_ANSWERS)
+        .max_held_calls(MAX_HELD_CALLS);
     let tub = Tub::new(identity(SERVER_PEM), Arc::new(NoConnector), config).unwrap();
     tub.set_location(vec!["mem:server".parse().unwrap()]);
     tub

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use folio_rpc::connector::ConnectFuture;
 use folio_rpc::{
-    BoxStream, Connector, Established, HandshakeConfig, Handshaker, Hint, Identity, Tub, TubConfig,
+    BoxStream, Connector, Established, HandshakeConfig, Handshaker, Hint, Identity, Tub,
 };
 use tokio::io::DuplexStream;
 use tokio::task::JoinHandle;
@@ -72,21 +72,16 @@ pub fn identity(pem: &str) -> Identity {
 
 /// The handshake of both ends: the defaults, with one-second phases (virtual time).
 pub fn short_handshake() -> HandshakeConfig {
-    HandshakeConfig {
-        prelude_timeout: Duration::from_secs(1),
-        tls_timeout: Duration::from_secs(1),
-        hello_timeout: Duration::from_secs(1),
-        ..HandshakeConfig::default()
-    }
+    HandshakeConfig::default()
+        .prelude_timeout(Duration::from_secs(1))
+        .tls_timeout(Duration::from_secs(1))
+        .hello_timeout(Duration::from_secs(1))
 }
 
 /// A Tub configured as a node's (`folio_node::node::node_tub_config`), with short handshake
 /// phases.
 pub fn node_like_tub(pem: &str, connector: Arc<dyn Connector>) -> Tub {
-    let config = TubConfig {
-        handshake: short_handshake(),
-        ..folio_node::node::node_tub_config()
-    };
+    let config = folio_node::node::node_tub_config().handshake(short_handshake());
     let tub = Tub::new(identity(pem), connector, config).expect("a Tub");
     tub.set_location(vec!["mem:server".parse().expect("a hint")]);
     tub

@@ -97,25 +97,20 @@ struct Inner {
 /// introducer serves many clients: it holds up to 16,384 connections (docs/performance.md
 /// measures 10,000 idle ones on two cores).
 pub fn node_tub_config() -> TubConfig {
-    TubConfig {
-        keepalive: Some(Duration::from_secs(60)),
-        disconnect_timeout: Some(Duration::from_secs(180)),
-        max_connections: 16_384,
+    TubConfig::default()
+        .keepalive(Some(Duration::from_secs(60)))
+        .disconnect_timeout(Some(Duration::from_secs(180)))
+        .max_connections(16_384)
         // The control object's `download` and `finish` run as long as a whole transfer
         // over Tor or I2P takes, beyond any fixed cap; every other call a node serves ends
         // by itself or at its caller's deadline (protocol version 2), and what a node's
         // methods wait for (calls to peers) has its own `call_timeout`.
-        max_call_duration: None,
-        ..TubConfig::default()
-    }
+        .max_call_duration(None)
 }
 
 /// How a node reconnects to its introducers and storage servers.
 pub fn node_reconnect_policy() -> ReconnectPolicy {
-    ReconnectPolicy {
-        max: Duration::from_secs(300),
-        ..ReconnectPolicy::default()
-    }
+    ReconnectPolicy::default().max(Duration::from_secs(300))
 }
 
 impl Node {

@@ -204,10 +204,7 @@ async fn clients_publish_subscribe_and_fall_back_to_their_cache() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("introducer_cache.json");
     let key = SigningKey::generate();
-    let policy = ReconnectPolicy {
-        initial: Duration::from_millis(100),
-        ..ReconnectPolicy::default()
-    };
+    let policy = ReconnectPolicy::default().initial(Duration::from_millis(100));
 
     let heard: Arc<Mutex<Vec<Verified>>> = Arc::default();
     let h = heard.clone();

@@ -26,6 +26,7 @@ pub type ConnectFuture<'a> =
 
 /// Why no stream could be opened for a hint.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// No handler for this hint type: the hint is skipped, never fatal to a FURL.
     #[error("no connection handler for {kind:?} hints")]

@@ -149,6 +149,7 @@ impl Host {
 
 /// One place to look for a Tub.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Hint {
     /// `tcp:HOST:PORT`.
     Tcp {

@@ -77,6 +77,15 @@ pub struct HandshakeConfig {
     pub versions: (u16, u16),
 }
 
+config_setters!(HandshakeConfig {
+    prelude_timeout: Duration,
+    tls_timeout: Duration,
+    hello_timeout: Duration,
+    max_tls_handshake_bytes: usize,
+    max_frame_len: u32,
+    versions: (u16, u16),
+});
+
 impl Default for HandshakeConfig {
     fn default() -> Self {
         // Generous enough for Tor and I2P round trips of a few seconds each.
@@ -199,6 +208,7 @@ impl HelloRefusal {
 
 /// Why a handshake failed. Each variant says what happened, not only that it did.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandshakeError {
     /// A phase took longer than its timeout.
     #[error("timed out after {after:?} in the {phase} phase{}", timeout_hint(*phase))]

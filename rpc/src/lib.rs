@@ -96,6 +96,27 @@
 // On docs.rs (`--cfg docsrs`, nightly rustdoc), every feature-gated item says which feature it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// Chainable setters for a config struct, one per public field: the structs are
+/// `#[non_exhaustive]` (a field added in a minor release breaks nobody), so they are made
+/// with `default()` and these, e.g. `TubConfig::default().max_connections(64)`.
+macro_rules! config_setters {
+    ($ty:ident { $($field:ident: $t:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!(
+                    "Sets [`", stringify!($field), "`](", stringify!($ty), "::",
+                    stringify!($field), "), for chaining."
+                )]
+                #[must_use]
+                pub fn $field(mut self, $field: $t) -> Self {
+                    self.$field = $field;
+                    self
+                }
+            )*
+        }
+    };
+}
+
 pub mod bytes;
 mod connection;
 pub mod connector;

@@ -33,6 +33,7 @@ use crate::tubid::TubId;
 
 /// Why a call was refused. Travels on the wire; the connection stays up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
 pub enum Refusal {
     /// The target object is not exported on this connection (never was, or was released).
     #[error("no object {target} is exported on this connection")]

@@ -26,6 +26,13 @@ pub struct ReconnectPolicy {
     pub jitter: f64,
 }
 
+config_setters!(ReconnectPolicy {
+    initial: Duration,
+    factor: f64,
+    max: Duration,
+    jitter: f64,
+});
+
 impl Default for ReconnectPolicy {
     fn default() -> Self {
         ReconnectPolicy {

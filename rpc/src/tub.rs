@@ -123,6 +123,28 @@ pub struct TubConfig {
     pub max_held_calls: usize,
 }
 
+config_setters!(TubConfig {
+    handshake: HandshakeConfig,
+    max_inbound_calls: usize,
+    max_queued_calls: usize,
+    max_queued_call_bytes: usize,
+    max_outbound_calls: usize,
+    max_exports: usize,
+    max_imports: usize,
+    accept_gifts: bool,
+    keepalive: Option<Duration>,
+    disconnect_timeout: Option<Duration>,
+    dial_timeout: Duration,
+    max_write_queue: usize,
+    call_timeout: Option<Duration>,
+    max_call_duration: Option<Duration>,
+    max_pending_handshakes: usize,
+    max_connections: usize,
+    max_buffered_bytes: usize,
+    max_kept_answers: usize,
+    max_held_calls: usize,
+});
+
 impl Default for TubConfig {
     fn default() -> Self {
         TubConfig {
@@ -152,6 +174,7 @@ impl Default for TubConfig {
 
 /// Why a FURL could not be turned into a reference.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReferenceError {
     /// No hint of the FURL has a handler.
     #[error("no usable hint for Tub {tubid} ({detail})")]
@@ -190,6 +213,7 @@ pub enum ReferenceError {
 
 /// Why an object could not be registered.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegisterError {
     /// Only objects in this process can be registered.
     #[error("only a local object can be registered under a FURL")]

@@ -120,12 +120,10 @@ fn config(
     max_call_duration: Option<Duration>,
     slots: usize,
 ) -> TubConfig {
-    TubConfig {
-        call_timeout,
-        max_call_duration,
-        max_inbound_calls: slots,
-        ..Grid::config()
-    }
+    Grid::config()
+        .call_timeout(call_timeout)
+        .max_call_duration(max_call_duration)
+        .max_inbound_calls(slots)
 }
 
 fn speaking_only_version_1(mut c: TubConfig) -> TubConfig {
@@ -361,10 +359,7 @@ async fn a_short_deadline_behind_a_long_one_fires_on_time() {
 /// a slot gives up at its deadline too.
 #[tokio::test]
 async fn a_call_waiting_for_an_outbound_slot_gives_up_at_its_deadline() {
-    let client = TubConfig {
-        max_outbound_calls: 1,
-        ..config(None, None, 256)
-    };
+    let client = (config(None, None, 256)).max_outbound_calls(1);
     let p = pair(config(None, None, 256), client).await;
     let h = p.handle.clone();
     let holder = tokio::spawn(async move { h.hang(70).await });
@@ -418,10 +413,7 @@ mod wire {
     async fn connect(server: &Tub, versions: (u16, u16)) -> Established<DuplexStream> {
         let client = Handshaker::new(
             Arc::new(Identity::generate().unwrap()),
-            HandshakeConfig {
-                versions,
-                ..HandshakeConfig::default()
-            },
+            HandshakeConfig::default().versions(versions),
         )
         .unwrap();
         let (a, b) = tokio::io::duplex(256 * 1024);
@@ -571,10 +563,7 @@ mod wire {
 /// that frees the slot).
 #[tokio::test]
 async fn a_cancelled_queued_call_gives_its_place_in_the_queue_back() {
-    let server = TubConfig {
-        max_queued_calls: 1,
-        ..config(None, None, 1)
-    };
+    let server = (config(None, None, 1)).max_queued_calls(1);
     let p = pair(server, config(None, None, 256)).await;
     let h = p.handle.clone();
     let first = tokio::spawn(async move { h.gate(90).await });

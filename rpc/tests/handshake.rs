@@ -21,12 +21,10 @@ fn handshaker_with(cfg: HandshakeConfig) -> Handshaker {
 }
 
 fn short_timeouts() -> HandshakeConfig {
-    HandshakeConfig {
-        prelude_timeout: Duration::from_secs(2),
-        tls_timeout: Duration::from_secs(2),
-        hello_timeout: Duration::from_secs(2),
-        ..HandshakeConfig::default()
-    }
+    HandshakeConfig::default()
+        .prelude_timeout(Duration::from_secs(2))
+        .tls_timeout(Duration::from_secs(2))
+        .hello_timeout(Duration::from_secs(2))
 }
 
 #[tokio::test]
@@ -369,10 +367,7 @@ async fn oversized_frame_after_handshake_is_refused() {
 
 #[tokio::test]
 async fn no_common_version_is_named_on_both_sides() {
-    let alice = handshaker_with(HandshakeConfig {
-        versions: (4, 5),
-        ..HandshakeConfig::default()
-    });
+    let alice = handshaker_with(HandshakeConfig::default().versions((4, 5)));
     let bob = handshaker();
     let (a, b) = tokio::io::duplex(64 * 1024);
     let (c, s) = tokio::join!(alice.connect(a, bob.tubid()), bob.accept(b));
@@ -394,14 +389,8 @@ async fn no_common_version_is_named_on_both_sides() {
 
 #[tokio::test]
 async fn overlapping_versions_pick_the_highest_common() {
-    let alice = handshaker_with(HandshakeConfig {
-        versions: (1, 5),
-        ..HandshakeConfig::default()
-    });
-    let bob = handshaker_with(HandshakeConfig {
-        versions: (1, 3),
-        ..HandshakeConfig::default()
-    });
+    let alice = handshaker_with(HandshakeConfig::default().versions((1, 5)));
+    let bob = handshaker_with(HandshakeConfig::default().versions((1, 3)));
     let (a, b) = tokio::io::duplex(64 * 1024);
     let (c, s) = tokio::join!(alice.connect(a, bob.tubid()), bob.accept(b));
     assert_eq!((c.unwrap().info.version, s.unwrap().info.version), (3, 3));
@@ -410,10 +399,7 @@ async fn overlapping_versions_pick_the_highest_common() {
 #[tokio::test]
 async fn tls_handshake_byte_bound() {
     let alice = handshaker();
-    let bob = handshaker_with(HandshakeConfig {
-        max_tls_handshake_bytes: 64,
-        ..HandshakeConfig::default()
-    });
+    let bob = handshaker_with(HandshakeConfig::default().max_tls_handshake_bytes(64));
     let (a, b) = tokio::io::duplex(64 * 1024);
     let (_c, s) = tokio::join!(alice.connect(a, bob.tubid()), bob.accept(b));
     assert!(matches!(s, Err(HandshakeError::TlsTooLarge(64))));

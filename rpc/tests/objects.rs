@@ -389,10 +389,7 @@ async fn gifts_can_be_refused(net: Net) {
     let strict = grid
         .tub_with(
             Identity::generate().unwrap(),
-            TubConfig {
-                accept_gifts: false,
-                ..Grid::config()
-            },
+            Grid::config().accept_gifts(false),
         )
         .await;
     let client = grid.tub().await;
@@ -576,11 +573,9 @@ async fn reconnector_reconnects_and_reset_shortens_the_wait(net: Net) {
     };
     let connects = Arc::new(AtomicUsize::new(0));
     let c = connects.clone();
-    let policy = ReconnectPolicy {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(200),
-        ..ReconnectPolicy::default()
-    };
+    let policy = ReconnectPolicy::default()
+        .initial(Duration::from_millis(50))
+        .max(Duration::from_millis(200));
     let rec = client.connect_to(furl.clone(), policy, move |r| {
         let calc = folio_rpc::TypedRef::from_object_ref(r).map(|c: CalcRef| c);
         assert!(calc.is_ok());
@@ -619,11 +614,9 @@ async fn reconnector_reconnects_and_reset_shortens_the_wait(net: Net) {
     rec.stop();
 
     // With a long backoff, reset() retries at once.
-    let slow = ReconnectPolicy {
-        initial: Duration::from_secs(300),
-        max: Duration::from_secs(300),
-        ..ReconnectPolicy::default()
-    };
+    let slow = ReconnectPolicy::default()
+        .initial(Duration::from_secs(300))
+        .max(Duration::from_secs(300));
     let n = Arc::new(AtomicUsize::new(0));
     let n2 = n.clone();
     let rec = client.connect_to(furl.clone(), slow, move |_| {
@@ -648,10 +641,7 @@ async fn call_flood_is_bounded(net: Net) {
     let server = grid
         .tub_with(
             Identity::generate().unwrap(),
-            TubConfig {
-                max_inbound_calls: 4,
-                ..Grid::config()
-            },
+            Grid::config().max_inbound_calls(4),
         )
         .await;
     let client = grid.tub().await;
@@ -781,10 +771,7 @@ async fn silent_hint_first_is_cancelled_when_a_good_hint_wins() {
     let client = grid
         .tub_with(
             Identity::generate().unwrap(),
-            TubConfig {
-                dial_timeout,
-                ..Grid::config()
-            },
+            Grid::config().dial_timeout(dial_timeout),
         )
         .await;
     let good = server
@@ -927,11 +914,9 @@ async fn persisted_furl_survives_a_restart(net: Net) {
 
 async fn keepalive_and_disconnect_timeout(net: Net) {
     let grid = Grid::new(net);
-    let lively = TubConfig {
-        keepalive: Some(Duration::from_millis(50)),
-        disconnect_timeout: Some(Duration::from_millis(300)),
-        ..Grid::config()
-    };
+    let lively = Grid::config()
+        .keepalive(Some(Duration::from_millis(50)))
+        .disconnect_timeout(Some(Duration::from_millis(300)));
     // Two Tubs that ping each other stay connected through long silences.
     let server = grid
         .tub_with(Identity::generate().unwrap(), lively.clone())
@@ -1048,10 +1033,7 @@ async fn peer_that_never_reads_is_cut_off() {
     let server = Tub::new(
         Identity::generate().unwrap(),
         Arc::new(folio_rpc::NoConnector),
-        TubConfig {
-            max_write_queue: 4096,
-            ..TubConfig::default()
-        },
+        TubConfig::default().max_write_queue(4096),
     )
     .unwrap();
     let rude =
@@ -1123,11 +1105,7 @@ async fn parallel_hints_to_one_tub_end_with_one_connection(net: Net) {
 
 async fn callbacks_beyond_the_inbound_bound_do_not_deadlock(net: Net) {
     let grid = Grid::new(net);
-    let tight = TubConfig {
-        max_inbound_calls: 2,
-        max_queued_calls: 64,
-        ..Grid::config()
-    };
+    let tight = Grid::config().max_inbound_calls(2).max_queued_calls(64);
     let server = grid
         .tub_with(Identity::generate().unwrap(), tight.clone())
         .await;

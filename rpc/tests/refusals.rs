@@ -327,11 +327,8 @@ async fn the_reference_client_reports_a_refused_hello() {
     let server = server_tub();
     let client = Handshaker::new(
         Arc::new(Identity::generate().unwrap()),
-        HandshakeConfig {
-            // Announces a version 0 that no hello may carry.
-            versions: (0, 1),
-            ..HandshakeConfig::default()
-        },
+        // Announces a version 0 that no hello may carry.
+        HandshakeConfig::default().versions((0, 1)),
     )
     .unwrap();
     let (a, b) = tokio::io::duplex(64 * 1024);

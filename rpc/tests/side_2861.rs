@@ -27,12 +27,10 @@ async fn relay() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
 }
 
 fn handshaker() -> Handshaker {
-    let cfg = HandshakeConfig {
-        prelude_timeout: Duration::from_secs(5),
-        tls_timeout: Duration::from_secs(5),
-        hello_timeout: Duration::from_secs(5),
-        ..HandshakeConfig::default()
-    };
+    let cfg = HandshakeConfig::default()
+        .prelude_timeout(Duration::from_secs(5))
+        .tls_timeout(Duration::from_secs(5))
+        .hello_timeout(Duration::from_secs(5));
     Handshaker::new(Arc::new(Identity::generate().unwrap()), cfg).unwrap()
 }
 

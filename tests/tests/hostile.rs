@@ -172,16 +172,14 @@ struct Server {
 }
 
 fn config() -> TubConfig {
-    TubConfig {
-        handshake: HandshakeConfig {
-            prelude_timeout: PHASE_TIMEOUT,
-            tls_timeout: PHASE_TIMEOUT,
-            hello_timeout: PHASE_TIMEOUT,
-            ..HandshakeConfig::default()
-        },
-        dial_timeout: STEP,
-        ..TubConfig::default()
-    }
+    TubConfig::default()
+        .handshake(
+            HandshakeConfig::default()
+                .prelude_timeout(PHASE_TIMEOUT)
+                .tls_timeout(PHASE_TIMEOUT)
+                .hello_timeout(PHASE_TIMEOUT),
+        )
+        .dial_timeout(STEP)
 }
 
 async fn server(cfg: TubConfig) -> Server {
@@ -203,10 +201,7 @@ fn client_tub() -> Tub {
     Tub::new(
         Identity::generate().unwrap(),
         Arc::new(Registry::with_tcp()),
-        TubConfig {
-            dial_timeout: STEP,
-            ..TubConfig::default()
-        },
+        TubConfig::default().dial_timeout(STEP),
     )
     .unwrap()
 }
@@ -522,11 +517,7 @@ async fn good_client_loop(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_flood_stops_at_max_exports() {
     const MAX: usize = 64;
-    let s = server(TubConfig {
-        max_exports: MAX,
-        ..config()
-    })
-    .await;
+    let s = server(config().max_exports(MAX)).await;
     let good = GoodClient::start(s.furl.clone()).await;
 
     let hostile = client_tub();
@@ -637,11 +628,7 @@ async fn export_flood_stops_at_max_exports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_flood_stops_at_max_imports() {
     const MAX: usize = 64;
-    let s = server(TubConfig {
-        max_imports: MAX,
-        ..config()
-    })
-    .await;
+    let s = server(config().max_imports(MAX)).await;
     let server_id = s.tub.tubid();
     let good = GoodClient::start(s.furl.clone()).await;
 
@@ -731,11 +718,7 @@ async fn import_flood_stops_at_max_imports() {
     let small = Tub::new(
         Identity::generate().unwrap(),
         Arc::new(Registry::with_tcp()),
-        TubConfig {
-            max_imports: 8,
-            dial_timeout: STEP,
-            ..TubConfig::default()
-        },
+        TubConfig::default().max_imports(8).dial_timeout(STEP),
     )
     .unwrap();
     let sf: FactoryRef = within("get", small.get(&s.furl)).await.unwrap();
@@ -778,11 +761,7 @@ async fn import_flood_stops_at_max_imports() {
 async fn raw_reference_table_over_max_imports() {
     const MAX: usize = 64;
     const SENT: u64 = 100;
-    let s = server(TubConfig {
-        max_imports: MAX,
-        ..config()
-    })
-    .await;
+    let s = server(config().max_imports(MAX)).await;
     let limit_msg =
         format!("the peer sent more than {MAX} references on this connection (the limit)");
     let mine = |ids: std::ops::Range<u64>| -> Vec<RefDesc> {
@@ -1161,12 +1140,7 @@ async fn disconnect_inside_a_frame() {
 /// clean-up from then on; it prints whether the close was seen earlier.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_in_the_middle_of_a_call() {
-    let s = server(TubConfig {
-        max_inbound_calls: 1,
-        max_queued_calls: 1,
-        ..config()
-    })
-    .await;
+    let s = server(config().max_inbound_calls(1).max_queued_calls(1)).await;
     let st = &s.state;
     let tag = |n: u64| {
         let mut a = Vec::new();
@@ -1291,12 +1265,12 @@ async fn disconnect_in_the_middle_of_a_call() {
 /// orphaned method's answer is discarded when it ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_peer_behind_backpressure_is_found_by_keepalive() {
-    let s = server(TubConfig {
-        max_inbound_calls: 1,
-        max_queued_calls: 1,
-        keepalive: Some(Duration::from_millis(100)),
-        ..config()
-    })
+    let s = server(
+        config()
+            .max_inbound_calls(1)
+            .max_queued_calls(1)
+            .keepalive(Some(Duration::from_millis(100))),
+    )
     .await;
     let st = &s.state;
     let mark = log_mark();

@@ -66,11 +66,9 @@ async fn run() {
     );
     // Over I2P a peer that goes away may leave the stream open on our side: the keepalive
     // and disconnect timeout notice (the node sets these for tor and i2p too).
-    let lively = TubConfig {
-        keepalive: Some(Duration::from_secs(1)),
-        disconnect_timeout: Some(Duration::from_secs(6)),
-        ..TubConfig::default()
-    };
+    let lively = TubConfig::default()
+        .keepalive(Some(Duration::from_secs(1)))
+        .disconnect_timeout(Some(Duration::from_secs(6)));
     let client = Tub::new(
         Identity::generate().unwrap(),
         Arc::new(registry),
@@ -228,11 +226,9 @@ async fn a_listener_restarted_on_the_same_i2pd() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("listener.i2p.key");
-    let lively = TubConfig {
-        keepalive: Some(Duration::from_secs(1)),
-        disconnect_timeout: Some(Duration::from_secs(6)),
-        ..TubConfig::default()
-    };
+    let lively = TubConfig::default()
+        .keepalive(Some(Duration::from_secs(1)))
+        .disconnect_timeout(Some(Duration::from_secs(6)));
     let dialer = |lively: TubConfig| {
         let (registry, handler) = i2p_registry(&cfg);
         let tub = Tub::new(Identity::generate().unwrap(), Arc::new(registry), lively).unwrap();

@@ -35,10 +35,7 @@ fn furl_to(port: u16) -> Furl {
 }
 
 async fn dial_with(registry: Registry, port: u16) -> String {
-    let cfg = TubConfig {
-        dial_timeout: Duration::from_secs(5),
-        ..TubConfig::default()
-    };
+    let cfg = TubConfig::default().dial_timeout(Duration::from_secs(5));
     let tub = Tub::new(Identity::generate().unwrap(), Arc::new(registry), cfg).unwrap();
     let e = tub
         .get_reference(&furl_to(port))
@@ -117,10 +114,7 @@ async fn a_peer_of_its_own_tcp_disabled_is_never_dialed() {
     registry
         .set_peer_tcp_policy(blocked.tubid(), TcpPolicy::Disabled)
         .unwrap();
-    let cfg = TubConfig {
-        dial_timeout: Duration::from_secs(5),
-        ..TubConfig::default()
-    };
+    let cfg = TubConfig::default().dial_timeout(Duration::from_secs(5));
     let tub = Tub::new(Identity::generate().unwrap(), Arc::new(registry), cfg).unwrap();
     let e = tub.get_reference(&blocked).await.unwrap_err().to_string();
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -60,18 +60,16 @@ async fn idle_and_slow_handshakes_do_not_starve_a_good_client() {
         "this test needs {need} open files (ulimit -n); scripts/test.sh raises the limit"
     );
     let timeout = Duration::from_secs(3);
-    let cfg = TubConfig {
-        handshake: HandshakeConfig {
-            prelude_timeout: timeout,
-            tls_timeout: timeout,
-            hello_timeout: timeout,
-            ..HandshakeConfig::default()
-        },
+    let cfg = TubConfig::default()
+        .handshake(
+            HandshakeConfig::default()
+                .prelude_timeout(timeout)
+                .tls_timeout(timeout)
+                .hello_timeout(timeout),
+        )
         // Room for the whole crowd: this test is about what time does to idle handshakes.
         // (rpc/tests/limits.rs tests the cap on them.)
-        max_pending_handshakes: SILENT + SLOW + 10,
-        ..TubConfig::default()
-    };
+        .max_pending_handshakes(SILENT + SLOW + 10);
     let (server, addr) = folio_tests::tubs::listening_tub(cfg).await;
     let furl = server.register(EchoRef::serve(EchoImpl)).unwrap();
     let before = rss_bytes();

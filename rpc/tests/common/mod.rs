@@ -104,10 +104,7 @@ impl Grid {
     }
 
     pub fn config() -> TubConfig {
-        TubConfig {
-            dial_timeout: Duration::from_secs(10),
-            ..TubConfig::default()
-        }
+        TubConfig::default().dial_timeout(Duration::from_secs(10))
     }
 
     /// A listening Tub with a fresh identity.
