@@ -150,8 +150,9 @@ pub use promise::Promise;
 pub use reconnector::{ReconnectPolicy, Reconnector, ReconnectorState, ReconnectorStatus};
 pub use tls::{Side, TlsStream};
 pub use tub::{
-    HintStatus, PeerStatus, ReferenceError, RegisterError, Tub, TubConfig, TubLoad,
-    EVICT_PENDING_AFTER, SHED_TIME,
+    HintStatus, ListenerHandle, ListenerStatus, PeerStatus, ReferenceError, RegisterError, Tub,
+    TubConfig, TubError, TubLoad, EVICT_PENDING_AFTER, LISTENER_RETRY_MAX, LISTENER_RETRY_MIN,
+    SHED_TIME,
 };
 pub use tubid::TubId;
 

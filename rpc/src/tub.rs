@@ -1373,6 +1373,120 @@ enum DialFailure {
     Timeout(Duration),
 }
 
+/// The first wait of a listener before it calls `accept` again after a failure.
+pub const LISTENER_RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait of a listener between failed `accept`s (the wait doubles from
+/// [`LISTENER_RETRY_MIN`]).
+pub const LISTENER_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How a listener fares ([`ListenerHandle::status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenerStatus {
+    /// Whether it still accepts (false once stopped, or once its Tub shut down).
+    pub running: bool,
+    /// Streams accepted so far.
+    pub accepted: u64,
+    /// Failed `accept`s so far.
+    pub failures: u64,
+    /// Failed `accept`s since the last stream accepted (0 while it works).
+    pub consecutive_failures: u64,
+    /// The last failure's error, if any failed.
+    pub last_error: Option<String>,
+}
+
+/// A listener [`Tub::listen`] started: stop it, wait for it to end, see how it fares.
+/// Clones refer to the same listener; dropping every handle leaves it running.
+#[derive(Debug, Clone)]
+pub struct ListenerHandle {
+    shared: Arc<ListenerShared>,
+}
+
+#[derive(Debug)]
+struct ListenerShared {
+    describe: String,
+    state: Mutex<ListenerStatus>,
+    done: tokio::sync::Notify,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl ListenerShared {
+    fn accepted(&self) {
+        let mut st = lock(&self.state);
+        st.accepted += 1;
+        st.consecutive_failures = 0;
+    }
+
+    /// Counts a failure; true when it deserves a warning (the first of a run, or a new
+    /// error).
+    fn failed(&self, why: &str) -> bool {
+        let mut st = lock(&self.state);
+        st.failures += 1;
+        st.consecutive_failures += 1;
+        let new = st.consecutive_failures == 1 || st.last_error.as_deref() != Some(why);
+        st.last_error = Some(why.to_string());
+        new
+    }
+}
+
+/// Marks the listener stopped when its task ends, however it ends (stopped, aborted by a
+/// shutdown, or its runtime gone).
+struct RunningGuard(Arc<ListenerShared>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        lock(&self.0.state).running = false;
+        self.0.done.notify_waiters();
+    }
+}
+
+impl ListenerHandle {
+    /// What the listener listens on (its [`Listener::describe`]).
+    pub fn describe(&self) -> &str {
+        &self.shared.describe
+    }
+
+    /// How it fares now.
+    pub fn status(&self) -> ListenerStatus {
+        lock(&self.shared.state).clone()
+    }
+
+    /// Whether it still accepts.
+    pub fn is_running(&self) -> bool {
+        lock(&self.shared.state).running
+    }
+
+    /// Stops accepting: the listener is dropped (which closes its socket or session).
+    /// Connections it accepted stay up. Idempotent.
+    pub fn stop(&self) {
+        if let Some(task) = lock(&self.shared.task).as_ref() {
+            task.abort();
+        }
+    }
+
+    /// Waits until the listener has stopped ([`ListenerHandle::stop`], [`Tub::shutdown`]).
+    pub async fn stopped(&self) {
+        loop {
+            let notified = self.shared.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_running() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Why a Tub could not be made ([`Tub::new`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TubError {
+    /// The identity's key or certificate could not be made into a TLS configuration.
+    #[error("the identity cannot be used for TLS: {0}")]
+    Tls(rustls::Error),
+}
+
 /// A Tub: identity, exported objects, listeners, connector, connections.
 ///
 /// Cloning a `Tub` gives another handle to the same Tub.
@@ -1395,8 +1509,13 @@ impl Tub {
         identity: Identity,
         connector: Arc<dyn Connector>,
         config: TubConfig,
-    ) -> Result<Tub, HandshakeError> {
-        let handshaker = Handshaker::new(Arc::new(identity), config.handshake.clone())?;
+    ) -> Result<Tub, TubError> {
+        let handshaker =
+            Handshaker::new(Arc::new(identity), config.handshake.clone()).map_err(|e| match e {
+                HandshakeError::Config(e) => TubError::Tls(e),
+                // Handshaker::new fails only on the TLS configuration.
+                other => TubError::Tls(rustls::Error::General(other.to_string())),
+            })?;
         let budget = Arc::new(crate::outbox::Budget::new(config.max_buffered_bytes));
         let inner = Arc::new_cyclic(|me| TubInner {
             me: me.clone(),
@@ -1559,19 +1678,42 @@ impl Tub {
         Ok(info)
     }
 
-    /// Accepts every stream `listener` yields, each as `Side::Server`.
+    /// Accepts every stream `listener` yields, each as `Side::Server`, until
+    /// [`ListenerHandle::stop`] or [`Tub::shutdown`]; the handle also tells how it fares.
+    /// Dropping the handle leaves the listener running.
     ///
     /// Each stream is handshaken on a task of its own, at most `max_pending_handshakes` at
     /// once. Beyond that a stream is answered `Busy` (on a task that lives at most
-    /// [`SHED_TIME`]), and beyond as many again it is closed at once.
-    pub fn listen(&self, mut listener: impl Listener) {
+    /// [`SHED_TIME`]), and beyond as many again it is closed at once. When `accept` fails
+    /// (a file-descriptor limit, a vanished SAM bridge), the listener waits before it
+    /// tries again: 100 ms, doubling to at most [`LISTENER_RETRY_MAX`], back to 100 ms after
+    /// a stream is accepted; it logs a warning when a run of failures starts or its error
+    /// changes, not at every retry.
+    pub fn listen(&self, mut listener: impl Listener) -> ListenerHandle {
         let tub = self.clone();
         let desc = listener.describe();
+        let shared = Arc::new(ListenerShared {
+            describe: desc.clone(),
+            state: Mutex::new(ListenerStatus {
+                running: true,
+                ..ListenerStatus::default()
+            }),
+            done: tokio::sync::Notify::new(),
+            task: Mutex::new(None),
+        });
+        let watch = shared.clone();
+        // Owned by the task's future from the start: a task aborted before it ever ran
+        // still marks the listener stopped.
+        let running = RunningGuard(shared.clone());
         let task = tokio::spawn(
             async move {
+                let _running = running;
+                let mut backoff = LISTENER_RETRY_MIN;
                 loop {
                     match listener.accept().await {
                         Ok(stream) => {
+                            backoff = LISTENER_RETRY_MIN;
+                            watch.accepted();
                             if let Some(unit) = tub.inner.pending_unit() {
                                 let tub = tub.clone();
                                 tokio::spawn(async move {
@@ -1589,15 +1731,23 @@ impl Tub {
                             }
                         }
                         Err(e) => {
-                            warn!("listener failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let why = e.to_string();
+                            if watch.failed(&why) {
+                                warn!("listener failed: {why} (retrying, at most every {LISTENER_RETRY_MAX:?})");
+                            } else {
+                                debug!("listener failed again: {why}");
+                            }
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(LISTENER_RETRY_MAX);
                         }
                     }
                 }
             }
             .instrument(info_span!("listener", on = %desc)),
         );
+        *lock(&shared.task) = Some(task.abort_handle());
         lock(&self.inner.listeners).push(task);
+        ListenerHandle { shared }
     }
 
     /// Keeps a connection to `furl` up: calls `on_connect` with a fresh reference after each
@@ -1712,6 +1862,87 @@ mod tests {
     /// The early resolution's id when no call is pipelined on it.
     const EARLY_ID: u64 = 1;
     use crate::object::RefDesc;
+
+    /// A listener whose `accept` fails `failures` times, then yields in-memory streams
+    /// (whose far ends it drops: the handshakes fail, which is not what is tested here).
+    struct Flaky {
+        failures: u32,
+        accepts: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl Listener for Flaky {
+        fn accept(&mut self) -> crate::connector::AcceptFuture<'_> {
+            Box::pin(async move {
+                self.accepts
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if self.failures > 0 {
+                    self.failures -= 1;
+                    return Err(std::io::Error::other("too many open files"));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let (a, _b) = tokio::io::duplex(1024);
+                Ok(Box::new(a) as crate::connector::BoxStream)
+            })
+        }
+
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+    }
+
+    /// A listener's handle sees it fail, back off, recover, and stop.
+    #[tokio::test(start_paused = true)]
+    async fn a_listener_backs_off_and_its_handle_sees_and_stops_it() {
+        let tub = Tub::new(
+            Identity::generate().unwrap(),
+            Arc::new(NoConnector),
+            TubConfig::default(),
+        )
+        .unwrap();
+        let accepts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let handle = tub.listen(Flaky {
+            failures: 8,
+            accepts: accepts.clone(),
+        });
+        assert_eq!(handle.describe(), "flaky");
+        // 100 ms, 200, 400, ... 5 s, 5 s: eight failures take 100+200+400+800+1600+3200
+        // +5000+5000 ms = 16.3 s of (paused) time, where a fixed 100 ms would take 0.8 s.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let early = handle.status();
+        assert_eq!(early.failures, 4, "{early:?}");
+        assert_eq!(early.consecutive_failures, 4);
+        assert_eq!(early.last_error.as_deref(), Some("too many open files"));
+        assert!(early.running);
+        tokio::time::sleep(Duration::from_secs(16)).await;
+        let later = handle.status();
+        assert_eq!(later.failures, 8, "{later:?}");
+        assert!(later.accepted > 0, "{later:?}");
+        assert_eq!(
+            later.consecutive_failures, 0,
+            "an accepted stream ends the run"
+        );
+        handle.stop();
+        tokio::time::timeout(Duration::from_secs(1), handle.stopped())
+            .await
+            .expect("a stopped listener says so");
+        assert!(!handle.is_running());
+        let n = accepts.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            accepts.load(std::sync::atomic::Ordering::SeqCst),
+            n,
+            "no accept after stop"
+        );
+        // A second listener ends with its Tub.
+        let other = tub.listen(Flaky {
+            failures: 0,
+            accepts: Arc::new(Default::default()),
+        });
+        tub.shutdown().await;
+        tokio::time::timeout(Duration::from_secs(1), other.stopped())
+            .await
+            .expect("a Tub's shutdown stops its listeners");
+    }
 
     /// A Tub's hello is held back until its first write, so the answer to a resolution that
     /// came behind the client's hello leaves with it: one write, one TLS record.
