@@ -101,18 +101,9 @@ pub(super) fn read_at_most(file: &File, offset: u64, len: usize) -> io::Result<V
 
 /// Bytes available to unprivileged users on the filesystem holding `path`
 /// (`f_bavail * f_frsize`), or `None` if `statvfs` fails.
-#[allow(clippy::unnecessary_cast)] // the field types differ between platforms
 pub(super) fn disk_available(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: `c` is a valid NUL-terminated string and `st` a properly sized, writable
-    // statvfs structure; statvfs only writes into it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return None;
-    }
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Compares two secrets in time independent of where they differ.
