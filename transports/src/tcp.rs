@@ -305,39 +305,14 @@ pub fn advertisable_ipv6(a: &Ipv6Addr) -> bool {
 /// order the system lists them; empty if it cannot tell.
 pub fn interface_addresses() -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = Vec::new();
-    // SAFETY: getifaddrs fills a linked list that we only read, then free once. Each
-    // ifa_addr is read as the sockaddr type its family says it is.
-    unsafe {
-        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut list) != 0 {
-            return out;
+    for ip in if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .iter()
+        .map(|i| i.ip())
+    {
+        if !out.contains(&ip) {
+            out.push(ip);
         }
-        let mut cur = list;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            let ip: Option<IpAddr> = if ifa.ifa_addr.is_null() {
-                None
-            } else {
-                match i32::from((*ifa.ifa_addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into())
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                        Some(Ipv6Addr::from(sin6.sin6_addr.s6_addr).into())
-                    }
-                    _ => None,
-                }
-            };
-            if let Some(ip) = ip {
-                if !out.contains(&ip) {
-                    out.push(ip);
-                }
-            }
-            cur = ifa.ifa_next;
-        }
-        libc::freeifaddrs(list);
     }
     out
 }
