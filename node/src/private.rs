@@ -103,18 +103,15 @@ impl SigningKey {
     }
 }
 
-/// Lowercase unpadded base32, as TubIds are written.
+/// Lowercase unpadded base32, as TubIds are written (`folio_rpc::base32`).
 pub fn base32(bytes: &[u8]) -> String {
-    data_encoding::BASE32_NOPAD
-        .encode(bytes)
-        .to_ascii_lowercase()
+    folio_rpc::base32::encode(bytes)
 }
 
-/// The inverse of [`base32`]; `None` when the text is not canonical base32.
+/// The inverse of [`base32`]; `None` unless the text is its one canonical spelling
+/// (lowercase, no padding, zero trailing bits).
 pub fn unbase32(text: &str) -> Option<Vec<u8>> {
-    data_encoding::BASE32_NOPAD
-        .decode(text.to_ascii_uppercase().as_bytes())
-        .ok()
+    folio_rpc::base32::decode(text)
 }
 
 /// `N` random bytes from the operating system.

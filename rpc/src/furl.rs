@@ -32,7 +32,8 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use crate::tubid::{TubId, TubIdError, BASE32};
+use crate::base32::{self, ENCODING as BASE32};
+use crate::tubid::{TubId, TubIdError};
 
 /// The FURL scheme, with its separator.
 pub const SCHEME: &str = "folio://";
@@ -259,15 +260,10 @@ fn parse_host(s: &str) -> Result<Host, HintError> {
         .ok_or_else(|| HintError::Host(s.to_string()))
 }
 
-fn is_base32(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
-}
-
 fn parse_onion(s: &str) -> Result<String, HintError> {
     let lower = s.to_ascii_lowercase();
     match lower.strip_suffix(".onion") {
-        Some(label) if label.len() == 56 && is_base32(label) => Ok(lower),
+        Some(label) if label.len() == 56 && base32::is_alphabet(label) => Ok(lower),
         _ => Err(HintError::Onion(s.to_string())),
     }
 }
@@ -276,7 +272,7 @@ fn parse_i2p(s: &str) -> Result<String, HintError> {
     let lower = s.to_ascii_lowercase();
     let ok = if let Some(b32) = lower.strip_suffix(".b32.i2p") {
         // 52 characters for a plain destination hash; longer for encrypted lease sets.
-        b32.len() >= 52 && is_base32(b32)
+        b32.len() >= 52 && base32::is_alphabet(b32)
     } else {
         lower.ends_with(".i2p") && parse_dns_name(&lower).is_some()
     };

@@ -117,6 +117,7 @@ macro_rules! config_setters {
     };
 }
 
+pub mod base32;
 pub mod bytes;
 mod connection;
 pub mod connector;

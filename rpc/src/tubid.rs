@@ -16,9 +16,8 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::LazyLock;
 
-use data_encoding::{Encoding, Specification};
+use crate::base32::ENCODING as BASE32;
 use ring::digest;
 use rustls::pki_types::CertificateDer;
 
@@ -29,14 +28,6 @@ pub const TUBID_LEN: usize = 32;
 pub const TUBID_TEXT_LEN: usize = 52;
 
 const DOMAIN: &[u8] = b"folio-tubid-v1\0";
-
-/// Lowercase, unpadded RFC 4648 base32 that refuses non-canonical trailing bits.
-pub(crate) static BASE32: LazyLock<Encoding> = LazyLock::new(|| {
-    let mut spec = Specification::new();
-    spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
-    spec.check_trailing_bits = true;
-    spec.encoding().expect("a valid base32 specification")
-});
 
 /// The identity of a Tub: a hash of its public key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

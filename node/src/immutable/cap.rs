@@ -2,9 +2,6 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::LazyLock;
-
-use data_encoding::{Encoding, Specification};
 
 use super::hash::{tagged, Hash, TAG_STORAGE_INDEX};
 use super::{LIT_MAX, MAX_FILE_SIZE, MAX_SHARES};
@@ -18,18 +15,10 @@ pub const LIT_PREFIX: &str = "folio:LIT:";
 /// + 15 = 139 characters; a LIT cap at most 10 + 88).
 pub const MAX_CAP_LEN: usize = 256;
 
-/// RFC 4648 base32, lowercase, unpadded, with the unused trailing bits required to be zero:
-/// each byte string has exactly one spelling.
-static BASE32: LazyLock<Encoding> = LazyLock::new(|| {
-    let mut spec = Specification::new();
-    spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
-    spec.check_trailing_bits = true;
-    spec.encoding().expect("a valid base32 specification")
-});
-
-/// Lowercase unpadded base32, as caps spell keys and hashes.
+/// Lowercase unpadded base32, as caps spell keys and hashes: `folio_rpc::base32`, whose
+/// unused trailing bits must be zero, so each byte string has exactly one spelling.
 pub fn base32(bytes: &[u8]) -> String {
-    BASE32.encode(bytes)
+    folio_rpc::base32::encode(bytes)
 }
 
 /// Why a cap string was refused.
@@ -219,9 +208,7 @@ impl FromStr for ReadCap {
 
 fn unbase32(text: &str, field: &'static str) -> Result<Vec<u8>, CapError> {
     // The encoding's alphabet is lowercase only, so uppercase is refused here too.
-    BASE32
-        .decode(text.as_bytes())
-        .map_err(|_| CapError::Base32 { field })
+    folio_rpc::base32::decode(text).ok_or(CapError::Base32 { field })
 }
 
 fn fixed32(text: &str, field: &'static str) -> Result<[u8; 32], CapError> {

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::cap::storage_index_for;
+use super::cap::{base32, storage_index_for};
 use super::codec::{derive_key, encode_source, plaintext_hasher, EncodeSummary, ShareWrite};
 use super::flow::Flow;
 use super::hash::{tagged, Hash, TAG_LEASE_CANCEL, TAG_LEASE_RENEW};
@@ -319,10 +319,6 @@ async fn upload_inner(
         "uploaded"
     );
     Ok(report)
-}
-
-fn base32(b: &[u8]) -> String {
-    super::cap::base32(b)
 }
 
 fn hash_source(source: &dyn UploadSource, progress: &Progress) -> Result<Hash, UploadError> {

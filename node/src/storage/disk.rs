@@ -11,7 +11,7 @@ use super::StorageIndex;
 /// The storage index as a path component: RFC 4648 base32, lowercase, no padding (26
 /// characters from `a-z2-7`). The only way client input becomes part of a path.
 pub fn si_b32(si: &StorageIndex) -> String {
-    data_encoding::BASE32_NOPAD.encode(si).to_ascii_lowercase()
+    folio_rpc::base32::encode(si)
 }
 
 /// `<root>/<first two characters>/<base32 storage index>`.
