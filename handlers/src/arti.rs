@@ -165,11 +165,11 @@ mod tests {
         );
         let onion = folio_transports::arti::onion_address(&opts, "peer").unwrap();
         let hint: Hint = format!("tor:{onion}:3457").parse().unwrap();
-        let e = h.connect(&hint).await.err().unwrap().to_string();
+        let e = folio_rpc::ErrorChain(&h.connect(&hint).await.err().unwrap()).to_string();
         assert!(e.contains("is bootstrapping"), "{e}");
         // A loopback tcp: hint is refused before arti is asked.
         let local: Hint = "tcp:127.0.0.1:80".parse().unwrap();
-        let e = h.connect(&local).await.err().unwrap().to_string();
+        let e = folio_rpc::ErrorChain(&h.connect(&local).await.err().unwrap()).to_string();
         assert!(e.contains("cannot be reached through Tor"), "{e}");
         drop(h);
         let _ = std::fs::remove_dir_all(&dir);

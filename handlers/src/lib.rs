@@ -537,7 +537,8 @@ mod tests {
         assert_eq!(registry.handler_name(&tcp).as_deref(), Some("tcp (direct)"));
 
         let e = registry.connect_for(routed, &tcp).await.err().unwrap();
-        assert!(e.to_string().contains("reached fake tor"), "{e}");
+        let why = folio_rpc::ErrorChain(&e).to_string();
+        assert!(why.contains("reached fake tor"), "{why}");
         let e = registry.connect_for(disabled, &tcp).await.err().unwrap();
         assert!(
             matches!(&e, ConnectError::Refused { reason, .. } if reason.contains("tcp = disabled for this peer")),
@@ -582,9 +583,23 @@ mod tests {
         drop(l);
         let hint: Hint = format!("tcp:127.0.0.1:{port}").parse().unwrap();
         let e = Registry::with_tcp().connect(&hint).await.err().unwrap();
-        assert!(
-            e.to_string().starts_with(&format!("tcp:127.0.0.1:{port}:")),
-            "{e}"
+        // What failed at this level, and why one level down (the source, not repeated).
+        assert_eq!(
+            e.to_string(),
+            format!("cannot connect to tcp:127.0.0.1:{port}")
+        );
+        let why = std::error::Error::source(&e).expect("the TCP error is the source");
+        assert_eq!(
+            why.to_string(),
+            format!("cannot connect to 127.0.0.1:{port}")
+        );
+        let io = why
+            .source()
+            .expect("the I/O error is the TCP error's source");
+        // The whole chain, each level once.
+        assert_eq!(
+            folio_rpc::ErrorChain(&e).to_string(),
+            format!("cannot connect to tcp:127.0.0.1:{port}: {why}: {io}")
         );
     }
 }

@@ -98,10 +98,10 @@ impl Handler for TorHandler {
 #[derive(Debug, thiserror::Error)]
 pub enum OnionListenError {
     /// tor refused or failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Tor(#[from] TorError),
     /// The key file could not be read or written.
-    #[error("onion service key {path}: {source}")]
+    #[error("cannot read or write the onion service key {path}")]
     Key {
         /// The key file.
         path: String,

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use folio_handlers::TcpPolicy;
 use folio_rpc::furl::MAX_HINTS;
-use folio_rpc::{Furl, Hint, TubId};
+use folio_rpc::{ErrorChain, Furl, Hint, TubId};
 use folio_transports::tcp::ListenSpec;
 
 /// The largest `tahoe.cfg` accepted, in bytes.
@@ -497,7 +497,7 @@ impl Default for NodeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -1094,7 +1094,7 @@ fn parse_tub_port(v: &str) -> Result<TubPort, String> {
 
 fn parse_furl(v: &str) -> Result<Furl, String> {
     v.parse::<Furl>()
-        .map_err(|e| format!("not a valid FURL: {e}"))
+        .map_err(|e| format!("not a valid FURL: {}", ErrorChain(&e)))
 }
 
 fn valid_introducer_name(name: &str) -> bool {

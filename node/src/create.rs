@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use folio_handlers::TcpPolicy;
-use folio_rpc::{Furl, Hint};
+use folio_rpc::{ErrorChain, Furl, Hint};
 use folio_transports::tcp::ListenSpec;
 
 use crate::config::{Location, NodeConfig, TubPort};
@@ -193,12 +193,12 @@ pub fn plan(kind: Kind, args: &CreateArgs) -> Result<Plan, CreateError> {
             }
             let spec: ListenSpec = p
                 .parse()
-                .map_err(|e| CreateError(format!("--port={p}: {e}")))?;
+                .map_err(|e| CreateError(format!("--port={p}: {}", ErrorChain(&e))))?;
             let mut hints = Vec::new();
             for h in l.split(',').map(str::trim) {
                 let hint: Hint = h
                     .parse()
-                    .map_err(|e| CreateError(format!("--location: {h}: {e}")))?;
+                    .map_err(|e| CreateError(format!("--location: {h}: {}", ErrorChain(&e))))?;
                 hints.push(hint);
             }
             listen = Listen::default();
@@ -305,7 +305,7 @@ pub fn plan(kind: Kind, args: &CreateArgs) -> Result<Plan, CreateError> {
     for (i, f) in args.introducers.iter().enumerate() {
         let furl: Furl = f
             .parse()
-            .map_err(|e| CreateError(format!("--introducer={f}: {e}")))?;
+            .map_err(|e| CreateError(format!("--introducer={f}: {}", ErrorChain(&e))))?;
         let name = if i == 0 {
             "default".to_string()
         } else {
@@ -391,8 +391,8 @@ fn check_empty(basedir: &Path) -> Result<(), CreateError> {
     }
 }
 
-fn io(what: &str, e: &dyn std::fmt::Display) -> CreateError {
-    CreateError(format!("{what}: {e}"))
+fn io(what: &str, e: &(dyn std::error::Error + 'static)) -> CreateError {
+    CreateError(format!("{what}: {}", ErrorChain(e)))
 }
 
 /// Carries out a plan: writes the base directory. Returns the directory.

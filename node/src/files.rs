@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use folio_rpc::Bytes;
+use folio_rpc::{Bytes, ErrorChain};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{info, warn};
 
@@ -220,9 +220,9 @@ impl Files {
                 if n == 0 {
                     return Ok::<(), ControlError>(());
                 }
-                sink.write(Bytes(buf[..n].to_vec()))
-                    .await
-                    .map_err(|e| ControlError::Io(format!("sending to the command: {e}")))?;
+                sink.write(Bytes(buf[..n].to_vec())).await.map_err(|e| {
+                    ControlError::Io(format!("sending to the command: {}", ErrorChain(&e)))
+                })?;
             }
         };
         let download = async move {
@@ -244,7 +244,9 @@ impl Files {
 
     /// A new upload spool in `tmp/`.
     pub async fn spool(&self) -> Result<Spool, ControlError> {
-        let io = |e: std::io::Error| ControlError::Io(format!("spooling the upload: {e}"));
+        let io = |e: std::io::Error| {
+            ControlError::Io(format!("spooling the upload: {}", ErrorChain(&e)))
+        };
         std::fs::create_dir_all(&self.tmp).map_err(io)?;
         let path = self.tmp.join(format!(
             "upload-{}",
@@ -287,7 +289,7 @@ impl Upload for Spool {
         let f = st.as_mut().ok_or(ControlError::Finished)?;
         f.write_all(&data)
             .await
-            .map_err(|e| ControlError::Io(format!("spooling the upload: {e}")))
+            .map_err(|e| ControlError::Io(format!("spooling the upload: {}", ErrorChain(&e))))
     }
 
     async fn finish(&self, progress: ProgressRef) -> Result<TransferReport, ControlError> {
@@ -295,7 +297,7 @@ impl Upload for Spool {
         let mut f = st.take().ok_or(ControlError::Finished)?;
         f.flush()
             .await
-            .map_err(|e| ControlError::Io(format!("spooling the upload: {e}")))?;
+            .map_err(|e| ControlError::Io(format!("spooling the upload: {}", ErrorChain(&e))))?;
         drop(f);
         let r = self
             .files

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use folio_handlers::{Registry, TcpListener};
-use folio_rpc::{Furl, Hint, Host, ReconnectPolicy, ReconnectorState, Swissnum, Tub, TubConfig};
+use folio_rpc::{
+    ErrorChain, Furl, Hint, Host, ReconnectPolicy, ReconnectorState, Swissnum, Tub, TubConfig,
+};
 use folio_transports::tcp::ListenSpec;
 use tracing::{info, warn};
 
@@ -135,7 +137,7 @@ impl Node {
         let (registry, tor, i2p) = build_registry(&cfg, basedir, hide_ip, tor_password).await?;
         let registry = Arc::new(registry);
         let tub = Tub::new(identity, registry.clone(), node_tub_config())
-            .map_err(|e| StartError::Other(format!("making the Tub: {e}")))?;
+            .map_err(|e| StartError::Other(format!("making the Tub: {}", ErrorChain(&e))))?;
         info!(tubid = %tub.tubid(), kind, "starting");
 
         let mut listeners = Vec::new();
@@ -235,7 +237,7 @@ impl Node {
                 cfg.client.shares_happy,
                 cfg.client.shares_total,
             )
-            .map_err(|e| StartError::Other(format!("[client] shares.*: {e}")))?;
+            .map_err(|e| StartError::Other(format!("[client] shares.*: {}", ErrorChain(&e))))?;
             let tmp = basedir.join("tmp");
             // Spools left by a crash.
             if let Ok(entries) = std::fs::read_dir(&tmp) {
@@ -259,10 +261,10 @@ impl Node {
         let _ = std::fs::remove_file(private.file("control.furl"));
         let spec: ListenSpec = "tcp:0:interface=127.0.0.1"
             .parse()
-            .map_err(|e| StartError::Listen(format!("control port: {e}")))?;
+            .map_err(|e| StartError::Listen(format!("control port: {}", ErrorChain(&e))))?;
         let ctl = TcpListener::bind(&spec)
             .await
-            .map_err(|e| StartError::Listen(format!("control port: {e}")))?;
+            .map_err(|e| StartError::Listen(format!("control port: {}", ErrorChain(&e))))?;
         let ctl_hint = ctl.hint_for(Host::Ipv4([127, 0, 0, 1].into()));
         tub.listen(ctl);
         let swiss = Swissnum::random();
@@ -603,7 +605,9 @@ async fn build_registry(
     if cfg.tor.enabled && cfg.tor.launch {
         let launched = LaunchedTor::start(&tor_launch_options(cfg, basedir))
             .await
-            .map_err(|e| StartError::Handler(format!("tor: [tor] launch = true: {e}")))?;
+            .map_err(|e| {
+                StartError::Handler(format!("tor: [tor] launch = true: {}", ErrorChain(&e)))
+            })?;
         info!(control = %launched.control(), pid = ?launched.pid(), "launched tor");
         tor.control = Some(ControlPort::new(launched.control()));
         tor.launched = Some(launched);
@@ -619,7 +623,10 @@ async fn build_registry(
                         } else {
                             "([tor] control.port)"
                         };
-                        StartError::Handler(format!("tor: the control port {control} {which}: {e}"))
+                        StartError::Handler(format!(
+                            "tor: the control port {control} {which}: {}",
+                            ErrorChain(&e)
+                        ))
                     })?,
             )
         } else if let Some(socks) = cfg.tor.socks_port {
@@ -678,7 +685,7 @@ fn embedded_tor(
         opts.network = Some(net);
     }
     let arti = folio_transports::arti::ArtiTor::start(&opts)
-        .map_err(|e| StartError::Handler(format!("tor (embedded): {e}")))?;
+        .map_err(|e| StartError::Handler(format!("tor (embedded): {}", ErrorChain(&e))))?;
     info!(
         private_network = opts.network.is_some(),
         "started the embedded Tor client"
@@ -721,7 +728,12 @@ fn embedded_onion(
         ARTI_ONION_NICKNAME,
         cfg.tor.onion_external_port,
     )
-    .map_err(|e| StartError::Listen(format!("onion service (embedded Tor client): {e}")))?;
+    .map_err(|e| {
+        StartError::Listen(format!(
+            "onion service (embedded Tor client): {}",
+            ErrorChain(&e)
+        ))
+    })?;
     Ok((l.hint(), l.onion().to_string(), Box::new(l)))
 }
 
@@ -785,9 +797,9 @@ async fn start_listeners(
         TubPort::Default => vec!["tcp:0".parse().expect("a valid listen spec")],
     };
     for spec in specs {
-        let l = TcpListener::bind(&spec)
-            .await
-            .map_err(|e| StartError::Listen(format!("[node] tub.port {spec}: {e}")))?;
+        let l = TcpListener::bind(&spec).await.map_err(|e| {
+            StartError::Listen(format!("[node] tub.port {spec}: {}", ErrorChain(&e)))
+        })?;
         let bound = l.local_spec();
         for ip in auto_addresses(&bound) {
             auto_hints.push(l.hint_for(ip));
@@ -804,7 +816,9 @@ async fn start_listeners(
                 let local = cfg.tor.onion_local_port.unwrap_or(0);
                 let l = folio_handlers::tor::OnionListener::start_on(control, &key, port, local)
                     .await
-                    .map_err(|e| StartError::Listen(format!("onion service: {e}")))?;
+                    .map_err(|e| {
+                        StartError::Listen(format!("onion service: {}", ErrorChain(&e)))
+                    })?;
                 (l.hint(), l.onion().to_string(), Box::new(l))
             } else {
                 embedded_onion(cfg, tor)?
@@ -828,7 +842,7 @@ async fn start_listeners(
         })?;
         let l = folio_handlers::i2p::I2pListener::start(sam, &key)
             .await
-            .map_err(|e| StartError::Listen(format!("I2P destination: {e}")))?;
+            .map_err(|e| StartError::Listen(format!("I2P destination: {}", ErrorChain(&e))))?;
         auto_hints.push(l.hint());
         listeners.push(l.hint().to_string());
         info!(address = %l.address(), "listening on I2P");

@@ -26,7 +26,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 #[derive(Debug, thiserror::Error)]
 pub enum PrivateError {
     /// Reading or writing failed.
-    #[error("{path}: {source}")]
+    #[error("cannot read or write {path}")]
     Io {
         /// The file.
         path: String,

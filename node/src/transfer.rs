@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use folio_rpc::Bytes;
+use folio_rpc::{Bytes, ErrorChain};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::control::{
@@ -141,7 +141,7 @@ pub async fn put(
         loop {
             let n = read_full(&mut input, &mut buf)
                 .await
-                .map_err(|e| TransferError::Io(format!("reading the input: {e}")))?;
+                .map_err(|e| TransferError::Io(format!("reading the input: {}", ErrorChain(&e))))?;
             if n == 0 {
                 break;
             }
@@ -191,7 +191,7 @@ impl<W: AsyncWrite + Unpin + Send + Sync + 'static> Sink for Arc<WriterSink<W>> 
             .await
             .write_all(&data)
             .await
-            .map_err(|e| ControlError::Io(format!("writing the output: {e}")))
+            .map_err(|e| ControlError::Io(format!("writing the output: {}", ErrorChain(&e))))
     }
 }
 
@@ -225,6 +225,6 @@ where
         .await
         .flush()
         .await
-        .map_err(|e| TransferError::Io(format!("writing the output: {e}")))?;
+        .map_err(|e| TransferError::Io(format!("writing the output: {}", ErrorChain(&e))))?;
     Ok(report)
 }

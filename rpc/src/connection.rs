@@ -43,6 +43,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::error_chain::ErrorChain;
 use crate::frame::{encode_frame, FrameError, FrameReader};
 use crate::furl::Furl;
 use crate::handshake::{ConnectionInfo, Established};
@@ -688,7 +689,7 @@ impl ConnShared {
     /// the connection, as it would in the writer task.
     fn write_now(&self) {
         if let Err(e) = self.outbox.write_now() {
-            self.close(Disconnect::WriteFailed(e.to_string()), None);
+            self.close(Disconnect::WriteFailed(ErrorChain(&e).to_string()), None);
         }
     }
 
@@ -1232,7 +1233,7 @@ impl RefCodec for ConnShared {
                 }
                 let furl: Furl = furl
                     .parse()
-                    .map_err(|e| format!("the gift's FURL does not parse: {e}"))?;
+                    .map_err(|e| format!("the gift's FURL does not parse: {}", ErrorChain(&e)))?;
                 Ok(ObjectRef::new(RefKind::Furl(Arc::new(LazyRef {
                     furl,
                     interface,
@@ -1820,7 +1821,7 @@ async fn writer_loop(shared: Arc<ConnShared>) {
     tokio::select! {
         written = shared.outbox.run_writer() => {
             if let Err(e) = written {
-                shared.close(Disconnect::WriteFailed(e.to_string()), None);
+                shared.close(Disconnect::WriteFailed(ErrorChain(&e).to_string()), None);
             }
         }
         () = linger => debug!("the writer did not finish within {CLOSE_LINGER:?} of the close"),
@@ -1865,7 +1866,7 @@ where
                     Some(GoodbyeReason::ProtocolViolation(why)),
                 );
             }
-            Err(e) => break (Disconnect::ReadFailed(e.to_string()), None),
+            Err(e) => break (Disconnect::ReadFailed(ErrorChain(&e).to_string()), None),
         };
         if reads {
             shared.touch();

@@ -43,7 +43,7 @@ pub enum ConnectError {
         reason: String,
     },
     /// The handler tried and failed.
-    #[error("{hint}: {source}")]
+    #[error("cannot connect to {hint}")]
     Failed {
         /// The hint.
         hint: String,

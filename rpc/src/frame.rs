@@ -44,10 +44,10 @@ pub enum FrameError {
         need: usize,
     },
     /// The payload is not the expected message.
-    #[error("undecodable message: {0}")]
+    #[error("undecodable message")]
     Decode(#[from] postcard::Error),
     /// The underlying stream failed.
-    #[error("I/O error: {0}")]
+    #[error("I/O error")]
     Io(#[from] io::Error),
 }
 

@@ -65,7 +65,7 @@ pub enum FurlError {
     #[error("FURL has no '/' before the swissnum")]
     MissingSlash,
     /// The TubId is malformed.
-    #[error("FURL TubId: {0}")]
+    #[error("malformed TubId in the FURL")]
     TubId(#[from] TubIdError),
     /// The swissnum is empty, too long or holds a character outside `A-Za-z0-9._~-`.
     #[error(

@@ -61,6 +61,11 @@ impl fmt::Display for Phase {
 }
 
 /// Limits on one handshake. Every phase is bounded in time and in bytes.
+///
+/// Start from [`HandshakeConfig::default()`] and change what you need with the chainable setters
+/// (one per field) or by assigning the public fields; `#[non_exhaustive]`, so that a new
+/// field is not a breaking change.
+#[non_exhaustive]
 #[derive(Debug, Clone)]
 pub struct HandshakeConfig {
     /// Time for the prelude: the server waiting for the request, the client for the answer.
@@ -246,8 +251,8 @@ pub enum HandshakeError {
     #[error("certificate mismatch: {0}")]
     CertificateMismatch(TubIdMismatch),
     /// TLS failed for another reason (an alert, a bad signature, no common parameters).
-    #[error("TLS failed: {0}")]
-    Tls(rustls::Error),
+    #[error("TLS failed")]
+    Tls(#[source] rustls::Error),
     /// The peer sent too many bytes during the TLS handshake.
     #[error("the peer sent more than {0} bytes of TLS handshake")]
     TlsTooLarge(usize),
@@ -296,7 +301,7 @@ pub enum HandshakeError {
     #[error("the peer closed the connection during the {0} phase")]
     Closed(Phase),
     /// The stream failed.
-    #[error("I/O error in the {phase} phase: {source}")]
+    #[error("I/O error in the {phase} phase")]
     Io {
         /// The phase.
         phase: Phase,
@@ -304,8 +309,8 @@ pub enum HandshakeError {
         source: io::Error,
     },
     /// The local identity could not be turned into a TLS configuration.
-    #[error("local TLS configuration: {0}")]
-    Config(rustls::Error),
+    #[error("local TLS configuration is unusable")]
+    Config(#[source] rustls::Error),
 }
 
 fn timeout_hint(phase: Phase) -> &'static str {

@@ -51,7 +51,7 @@ pub enum IdentityError {
         path: String,
     },
     /// Reading or writing the file failed.
-    #[error("{path}: {source}")]
+    #[error("cannot read or write the identity file {path}")]
     Io {
         /// The file.
         path: String,

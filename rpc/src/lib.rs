@@ -121,6 +121,7 @@ pub mod base32;
 pub mod bytes;
 mod connection;
 pub mod connector;
+mod error_chain;
 pub mod frame;
 pub mod furl;
 pub mod handshake;
@@ -138,6 +139,7 @@ pub mod tubid;
 
 pub use bytes::Bytes;
 pub use connector::{BoxStream, ByteStream, ConnectError, Connector, Listener, NoConnector};
+pub use error_chain::ErrorChain;
 pub use furl::{Furl, Hint, Host, Swissnum};
 pub use handshake::{
     ConnectionInfo, Established, HandshakeConfig, HandshakeError, Handshaker, Hello, Phase,

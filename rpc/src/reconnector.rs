@@ -8,11 +8,17 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tracing::{debug, info_span, Instrument};
 
+use crate::error_chain::ErrorChain;
 use crate::furl::Furl;
 use crate::object::ObjectRef;
 use crate::tub::TubInner;
 
 /// How long to wait between attempts.
+///
+/// Start from [`ReconnectPolicy::default()`] and change what you need with the chainable setters
+/// (one per field) or by assigning the public fields; `#[non_exhaustive]`, so that a new
+/// field is not a breaking change.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReconnectPolicy {
     /// The first wait, after the first failure or a lost connection.
@@ -208,8 +214,9 @@ async fn run(
                 lock(&shared.status).last_error = Some(reason.to_string());
             }
             Err(e) => {
-                debug!("attempt failed: {e}");
-                lock(&shared.status).last_error = Some(e.to_string());
+                let why = ErrorChain(&e).to_string();
+                debug!("attempt failed: {why}");
+                lock(&shared.status).last_error = Some(why);
                 failures = failures.saturating_add(1);
             }
         }

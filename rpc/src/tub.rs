@@ -27,6 +27,7 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use crate::connection::{ConnShared, EarlyCall};
 use crate::connector::{ConnectError, Connector, Listener};
+use crate::error_chain::ErrorChain;
 use crate::furl::{Furl, FurlError, Hint, Swissnum};
 use crate::handshake::{ConnectionInfo, Established, HandshakeConfig, HandshakeError, Handshaker};
 use crate::identity::Identity;
@@ -42,6 +43,11 @@ use crate::tls::Side;
 use crate::tubid::TubId;
 
 /// A Tub's limits and policies.
+///
+/// Start from [`TubConfig::default()`] and change what you need with the chainable setters
+/// (one per field) or by assigning the public fields; `#[non_exhaustive]`, so that a new
+/// field is not a breaking change.
+#[non_exhaustive]
 #[derive(Debug, Clone)]
 pub struct TubConfig {
     /// Handshake timeouts and sizes.
@@ -219,7 +225,7 @@ pub enum RegisterError {
     #[error("only a local object can be registered under a FURL")]
     NotLocal,
     /// The name is not a valid swissnum.
-    #[error("{0}")]
+    #[error(transparent)]
     BadName(#[from] FurlError),
 }
 
@@ -982,7 +988,7 @@ impl TubInner {
                 Err(CallError::Disconnected(_)) if tries < 3 => continue,
                 Err(e) => Err(ReferenceError::Failed {
                     tubid: furl.tubid(),
-                    reason: e.to_string(),
+                    reason: ErrorChain(&e).to_string(),
                 }),
             };
         }
@@ -1340,13 +1346,15 @@ async fn shed<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, _unit: Counted) 
     .await;
 }
 
-/// A dial error's text without the hint it starts with (the status shows the hint already).
+/// A dial error's text with its causes, without "cannot connect to HINT" when that is the
+/// hint tried (the status shows the hint already).
 fn without_hint(hint: &str, e: &DialFailure) -> String {
-    let text = e.to_string();
-    text.strip_prefix(hint)
-        .and_then(|t| t.strip_prefix(": "))
-        .map(str::to_string)
-        .unwrap_or(text)
+    match e {
+        DialFailure::Connect(ConnectError::Failed { hint: h, source }) if h == hint => {
+            ErrorChain(&**source).to_string()
+        }
+        e => ErrorChain(e).to_string(),
+    }
 }
 
 fn empty_status(tubid: TubId) -> PeerStatus {
@@ -1365,9 +1373,9 @@ fn empty_status(tubid: TubId) -> PeerStatus {
 
 #[derive(Debug, thiserror::Error)]
 enum DialFailure {
-    #[error("{0}")]
+    #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("{0}")]
+    #[error(transparent)]
     Handshake(#[from] HandshakeError),
     #[error("no connection within {0:?}")]
     Timeout(Duration),
@@ -1718,7 +1726,7 @@ impl Tub {
                                 let tub = tub.clone();
                                 tokio::spawn(async move {
                                     if let Err(e) = tub.accept_counted(stream, unit).await {
-                                        debug!("inbound handshake failed: {e}");
+                                        debug!("inbound handshake failed: {}", ErrorChain(&e));
                                     }
                                 });
                             } else if let Some(unit) = tub.inner.shedding_unit() {
@@ -1731,7 +1739,7 @@ impl Tub {
                             }
                         }
                         Err(e) => {
-                            let why = e.to_string();
+                            let why = ErrorChain(&e).to_string();
                             if watch.failed(&why) {
                                 warn!("listener failed: {why} (retrying, at most every {LISTENER_RETRY_MAX:?})");
                             } else {

@@ -97,11 +97,9 @@ async fn run(net: &I2pNet, t0: Instant) {
     let client = Tub::new(
         Identity::generate().unwrap(),
         Arc::new(registry),
-        TubConfig {
-            keepalive: Some(Duration::from_secs(1)),
-            disconnect_timeout: Some(Duration::from_secs(6)),
-            ..TubConfig::default()
-        },
+        TubConfig::default()
+            .keepalive(Some(Duration::from_secs(1)))
+            .disconnect_timeout(Some(Duration::from_secs(6))),
     )
     .unwrap();
 
@@ -179,11 +177,9 @@ async fn a_restarted_listener_is_reached_again_over_embedded_i2p() {
     let client = Tub::new(
         Identity::generate().unwrap(),
         Arc::new(registry),
-        TubConfig {
-            keepalive: Some(Duration::from_secs(1)),
-            disconnect_timeout: Some(Duration::from_secs(6)),
-            ..TubConfig::default()
-        },
+        TubConfig::default()
+            .keepalive(Some(Duration::from_secs(1)))
+            .disconnect_timeout(Some(Duration::from_secs(6))),
     )
     .unwrap();
     let pem = Identity::generate().unwrap().to_pem();

@@ -112,7 +112,9 @@ impl SamConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum SamError {
     /// Nothing answers at the bridge address.
-    #[error("SAM bridge at {addr} refused the connection: is i2pd (or I2P with SAM enabled) running? ({source})")]
+    #[error(
+        "SAM bridge at {addr} refused the connection (is i2pd, or I2P with SAM enabled, running?)"
+    )]
     BridgeUnreachable {
         /// The bridge address.
         addr: SocketAddr,
@@ -164,7 +166,7 @@ pub enum SamError {
     #[error("malformed SAM reply: {0}")]
     Protocol(String),
     /// The connection to the bridge failed.
-    #[error("SAM bridge connection: {0}")]
+    #[error("SAM bridge connection failed")]
     Io(#[from] std::io::Error),
 }
 
@@ -890,7 +892,7 @@ mod tests {
             .unwrap_err();
         assert!(
             e.to_string().contains(&format!(
-                "SAM bridge at {addr} refused the connection: is i2pd"
+                "SAM bridge at {addr} refused the connection (is i2pd"
             )),
             "{e}"
         );

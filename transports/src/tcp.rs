@@ -23,7 +23,7 @@ use tracing::debug;
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
     /// The name did not resolve.
-    #[error("cannot resolve {host}: {source}")]
+    #[error("cannot resolve {host}")]
     Resolve {
         /// The name.
         host: String,
@@ -34,7 +34,7 @@ pub enum TcpError {
     #[error("{0} resolves to no address")]
     NoAddress(String),
     /// Every address refused or failed; the last error is kept.
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         /// The last address tried.
         addr: SocketAddr,
@@ -60,7 +60,7 @@ pub enum TcpError {
         reason: String,
     },
     /// Binding the listening socket failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,

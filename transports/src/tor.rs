@@ -25,7 +25,7 @@ pub const MAX_CONTROL_LINES: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum TorError {
     /// Nothing answers at the SOCKS port.
-    #[error("tor's SOCKS port at {addr} refused the connection: is tor running with SocksPort {port}? ({source})", port = addr.port())]
+    #[error("tor's SOCKS port at {addr} refused the connection (is tor running with SocksPort {port}?)", port = addr.port())]
     SocksUnreachable {
         /// The SOCKS address.
         addr: SocketAddr,
@@ -41,7 +41,7 @@ pub enum TorError {
         reason: String,
     },
     /// Nothing answers at the control port.
-    #[error("tor's control port at {addr} refused the connection: is tor running with ControlPort {port}? ({source})", port = addr.port())]
+    #[error("tor's control port at {addr} refused the connection (is tor running with ControlPort {port}?)", port = addr.port())]
     ControlUnreachable {
         /// The control address.
         addr: SocketAddr,
@@ -73,7 +73,7 @@ pub enum TorError {
         after: Duration,
     },
     /// The connection failed.
-    #[error("tor connection: {0}")]
+    #[error("tor connection failed")]
     Io(#[from] std::io::Error),
 }
 

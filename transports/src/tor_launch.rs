@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     /// The program could not be run.
-    #[error("cannot run {program}: {source} (install tor, or set [tor] tor.executable)")]
+    #[error("cannot run {program} (install tor, or set [tor] tor.executable)")]
     Spawn {
         /// The program.
         program: String,
@@ -34,7 +34,7 @@ pub enum LaunchError {
         source: io::Error,
     },
     /// The state directory could not be prepared.
-    #[error("tor state directory {dir}: {source}")]
+    #[error("cannot prepare tor's state directory {dir}")]
     StateDir {
         /// The directory.
         dir: String,

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use folio_rpc::{Bytes, CallError, Refusal};
+use folio_rpc::{Bytes, CallError, ErrorChain, Refusal};
 use futures_util::future::join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -202,7 +202,9 @@ async fn upload_inner(
         let (source, progress) = (source.clone(), progress.clone());
         tokio::task::spawn_blocking(move || hash_source(&*source, &progress))
             .await
-            .map_err(|e| UploadError::Internal(format!("the hashing task failed: {e}")))??
+            .map_err(|e| {
+                UploadError::Internal(format!("the hashing task failed: {}", ErrorChain(&e)))
+            })??
     };
     let hash_time = started.elapsed();
     let g = Geometry::new(
@@ -969,7 +971,7 @@ async fn encode_small(
         Ok((shares, summary))
     })
     .await
-    .map_err(|e| UploadError::Internal(format!("the encoding task failed: {e}")))?
+    .map_err(|e| UploadError::Internal(format!("the encoding task failed: {}", ErrorChain(&e))))?
 }
 
 /// Server selection for a small file, whose shares are already encoded: each request
@@ -1052,9 +1054,9 @@ async fn push(
             }
             progress.add_done(batch.plaintext);
         }
-        let summary = encoder
-            .await
-            .map_err(|e| UploadError::Internal(format!("the encoding task failed: {e}")))??;
+        let summary = encoder.await.map_err(|e| {
+            UploadError::Internal(format!("the encoding task failed: {}", ErrorChain(&e)))
+        })??;
         progress.set_phase(Phase::Closing);
         for r in running.values() {
             // A task that already ended reports why when joined below.
