@@ -58,6 +58,7 @@ fi
 
 step "cargo test: Tubs over a private network of embedded I2P routers (feature i2p-embedded)"
 cargo test -p folio-tests --features i2p-embedded --test i2p_embedded --locked
+cargo test -p folio-tests --features i2p-embedded --test i2p_reseed --locked
 
 # Last, so that the run ends with the test runner's own summary.
 step "cargo test"

@@ -90,6 +90,7 @@ const I2P_KEYS: &[&str] = &[
     "inbound.quantity",
     "outbound.quantity",
     "router.network",
+    "router.reseed",
 ];
 const CLIENT_KEYS: &[&str] = &[
     "introducer.furl",
@@ -272,9 +273,48 @@ pub struct I2pSection {
     /// (`folio_transports::i2p_embedded::Network::from_file`: its network id and the
     /// RouterInfo files of its routers) for the embedded router to join, so that no reseed
     /// is attempted; relative to the base directory unless absolute. Only with the embedded
-    /// router (no `sam.port`). Without it the embedded router would join the public I2P
-    /// network, which needs HTTPS reseeding, not built yet: the node refuses to start.
+    /// router (no `sam.port`). Without it the embedded router joins the public I2P network,
+    /// starting from the netDb it keeps in `private/i2p-router/netdb/` and reseeding over
+    /// HTTPS when that holds too few routers.
     pub router_network: Option<PathBuf>,
+    /// `router.reseed`: the embedded router's reseed servers (`https://` URLs, comma
+    /// separated, at most [`MAX_I2P_RESEED_SERVERS`]), instead of the I2P reseed servers
+    /// built in; empty: those. Not with `router.network` (a test network never reseeds);
+    /// unused with `sam.port` (that router reseeds by itself).
+    pub router_reseed: Vec<String>,
+}
+
+/// The most `[i2p] router.reseed` servers.
+pub const MAX_I2P_RESEED_SERVERS: usize = 32;
+
+/// `[i2p] router.reseed`: comma-separated `https://` URLs, each of printable ASCII with no
+/// space or comma, at most 256 bytes, and (with the embedded router built in) one the
+/// reseeder itself accepts (`folio_transports::i2p_embedded::reseed::target`: a host that
+/// is a DNS name or an IP address, a port of 1 to 65535, no query, no user info).
+fn parse_reseed_servers(v: &str) -> Result<Vec<String>, String> {
+    let servers: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if servers.is_empty() {
+        return Err("expected https:// URLs, comma separated".into());
+    }
+    if servers.len() > MAX_I2P_RESEED_SERVERS {
+        return Err(format!("at most {MAX_I2P_RESEED_SERVERS} reseed servers"));
+    }
+    for s in &servers {
+        let host = s.strip_prefix("https://").unwrap_or("");
+        if host.is_empty() || s.len() > 256 || !s.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+        {
+            return Err(format!("{s:?} is not an https:// URL"));
+        }
+        #[cfg(feature = "i2p-embedded")]
+        folio_transports::i2p_embedded::reseed::target(s)
+            .map_err(|_| format!("{s:?} is not an https://host[:port]/[path/] URL"))?;
+    }
+    Ok(servers)
 }
 
 /// `[client]`.
@@ -469,6 +509,7 @@ impl Default for NodeConfig {
                 inbound_quantity: None,
                 outbound_quantity: None,
                 router_network: None,
+                router_reseed: Vec::new(),
             },
             client: ClientSection {
                 introducers: Vec::new(),
@@ -1378,6 +1419,7 @@ impl NodeConfig {
                     "enabled" => t.enabled = parse_bool(v)?,
                     "sam.port" => t.sam_port = Some(parse_endpoint(v)?),
                     "router.network" => t.router_network = Some(parse_path(v)?),
+                    "router.reseed" => t.router_reseed = parse_reseed_servers(v)?,
                     "dest" => t.dest = parse_bool(v)?,
                     "dest.port" => t.dest_port = Some(parse_port(v)?),
                     "dest.private_key_file" => t.dest_private_key_file = parse_path(v)?,
@@ -1564,6 +1606,14 @@ impl NodeConfig {
         }
 
         // I2P.
+        if !i2p.router_reseed.is_empty() && i2p.router_network.is_some() {
+            return fail(
+                l("i2p", "router.reseed"),
+                "[i2p] router.reseed is for the embedded I2P router on the public network: a \
+                 test network (router.network) never reseeds; remove one of them"
+                    .into(),
+            );
+        }
         if i2p.router_network.is_some() && i2p.sam_port.is_some() {
             return fail(
                 l("i2p", "router.network"),
@@ -1892,13 +1942,27 @@ impl NodeConfig {
         );
         w.comment(
             "Test networks only, with the embedded router: a private I2P network to join\n\
-             (lines `net_id N` and `router PATH-TO-routerInfo.dat`). Without it the embedded\n\
-             router needs the public network, whose HTTPS reseeding is not built yet.",
+             (lines `net_id N` and `router PATH-TO-routerInfo.dat`); it never reseeds. Without\n\
+             it the embedded router joins the public network, from its netDb in\n\
+             private/i2p-router/netdb/, reseeding over HTTPS when that knows too few routers.",
         );
         w.key(
             "router.network",
             i.router_network.as_deref().map(path_str),
             "/path/to/i2p-network.txt",
+        );
+        w.comment(
+            "The embedded router's reseed servers (https:// URLs, comma separated), instead\n\
+             of the I2P reseed servers built in. On the public network the embedded router\n\
+             connects to the reseed servers (HTTPS, names looked up with the system's DNS)\n\
+             and to I2P peers directly from this host's IP address, as every I2P router\n\
+             does: they learn that this IP runs I2P. --hide-ip still holds: the node's FURL\n\
+             names only its I2P destination, which nothing links to this IP address.",
+        );
+        w.key(
+            "router.reseed",
+            (!i.router_reseed.is_empty()).then(|| i.router_reseed.join(",")),
+            "https://reseed.example/,https://reseed2.example:8443/",
         );
         w.comment(
             "Listen on an I2P destination. The key file is relative to the node's directory.",
@@ -2763,6 +2827,23 @@ mod tests {
             &["tahoe.cfg line 4: [i2p] router.network is for the embedded I2P router"],
         );
         assert_refused(
+            "[i2p]\nenabled = true\nrouter.network = net.txt\nrouter.reseed = https://r.example/\n",
+            &["tahoe.cfg line 4: [i2p] router.reseed is for the embedded I2P router on the public"],
+        );
+        #[cfg(feature = "i2p-embedded")]
+        for bad in [
+            "https://r.example:99999/",
+            "https://r.example:0/",
+            "https://u@r.example/",
+        ] {
+            let e = NodeConfig::parse(&format!("[i2p]\nrouter.reseed = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("line 2"), "{bad}: {e}");
+        }
+        for bad in ["http://r.example/", "https://", "https://a b/", ","] {
+            let e = NodeConfig::parse(&format!("[i2p]\nrouter.reseed = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("line 2"), "{bad}: {e}");
+        }
+        assert_refused(
             "[tor]\nonion = true\n",
             &["tahoe.cfg line 2: [tor] onion = true needs [tor] enabled = true"],
         );
@@ -3162,6 +3243,14 @@ mod tests {
                 "i2p",
                 "router.network",
                 vec!["net.txt".into(), "/abs/net.txt".into()],
+            ),
+            (
+                "i2p",
+                "router.reseed",
+                vec![
+                    "https://a.example/".into(),
+                    "https://a.example/,https://127.0.0.1:8443/x/".into(),
+                ],
             ),
             ("client", "introducer.furl", vec![f1.clone()]),
             ("client", "introducer.b.furl", vec![f2.clone()]),

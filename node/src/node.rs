@@ -514,43 +514,53 @@ struct I2pRuntime {
 /// goodbye to its peers, so that the goodbyes get through the router's tunnels.
 pub const EMBEDDED_I2P_GOODBYE_GRACE: Duration = Duration::from_secs(2);
 
-/// Where the embedded I2P router keeps its keys and RouterInfo: `private/i2p-router`.
+/// Where the embedded I2P router keeps its keys, RouterInfo and netDb: `private/i2p-router`.
 pub fn i2p_router_dir(basedir: &Path) -> PathBuf {
     basedir.join("private").join("i2p-router")
 }
 
-/// Why the embedded I2P router will not join the public network.
-pub const NO_PUBLIC_I2P: &str = "[i2p] enabled with no sam.port runs the embedded I2P router, \
-     which cannot join the public I2P network yet: it has no RouterInfos to start from, and \
-     HTTPS reseeding is not built (issue 18). Use a running I2P router's SAM bridge \
-     ([i2p] sam.port = tcp:127.0.0.1:7656, or --i2p-sam-port at create), or, for a test \
-     network, [i2p] router.network";
-
-/// Starts the embedded I2P router (`[i2p] enabled` with no `sam.port`) on the network
-/// `[i2p] router.network` describes, and returns it with its SAM bridge's settings.
+/// Starts the embedded I2P router (`[i2p] enabled` with no `sam.port`) and returns it with
+/// its SAM bridge's settings: on the private network `[i2p] router.network` describes (no
+/// reseed), or else on the public I2P network, from the netDb kept in
+/// `private/i2p-router/netdb/`, reseeding over HTTPS (from `[i2p] router.reseed`, or the
+/// I2P reseed servers built in) when that knows too few routers.
 #[cfg(feature = "i2p-embedded")]
 async fn embedded_i2p(
     cfg: &NodeConfig,
     basedir: &Path,
 ) -> Result<(folio_transports::i2p::SamConfig, EmbeddedI2p), StartError> {
     use folio_transports::i2p_embedded::{EmbeddedRouter, Network, RouterOptions};
-    let Some(file) = &cfg.i2p.router_network else {
-        return Err(StartError::Handler(NO_PUBLIC_I2P.into()));
+    let network = match &cfg.i2p.router_network {
+        Some(file) => Network::from_file(&basedir.join(file)).map_err(|e| {
+            StartError::Handler(format!("[i2p] router.network: {}", ErrorChain(&e)))
+        })?,
+        None => Network::Public { seeds: vec![] },
     };
-    let path = basedir.join(file);
-    let network = Network::from_file(&path)
-        .map_err(|e| StartError::Handler(format!("[i2p] router.network: {e}")))?;
+    let public = matches!(network, Network::Public { .. });
     let mut opts = RouterOptions::new(i2p_router_dir(basedir), network);
     opts.thread_name = "i2p-router".into();
+    if let Some(reseed) = opts.reseed.as_mut() {
+        if !cfg.i2p.router_reseed.is_empty() {
+            reseed.servers = cfg.i2p.router_reseed.clone();
+        }
+    }
     let router = tokio::task::spawn_blocking(move || EmbeddedRouter::start(opts))
         .await
-        .map_err(|e| StartError::Other(format!("the embedded I2P router's start: {e}")))?
-        .map_err(|e| StartError::Handler(format!("i2p (embedded router): {e}")))?;
+        .map_err(|e| {
+            StartError::Other(format!(
+                "the embedded I2P router's start: {}",
+                ErrorChain(&e)
+            ))
+        })?
+        .map_err(|e| StartError::Handler(format!("i2p (embedded router): {}", ErrorChain(&e))))?;
     info!(
         router_id = %router.router_id(),
         sam = ?router.sam(),
         ntcp2 = %router.ntcp2(),
-        "started the embedded I2P router (private network)"
+        known_routers = router.known_at_start(),
+        reseeded = ?router.reseeded(),
+        "started the embedded I2P router ({})",
+        if public { "public network" } else { "private network" }
     );
     Ok((tunnel_options(cfg, router.sam_config()), router))
 }
@@ -572,7 +582,7 @@ async fn embedded_i2p(
 async fn stop_embedded_i2p(router: EmbeddedI2p) {
     match tokio::task::spawn_blocking(move || router.stop()).await {
         Ok(Ok(())) => info!("stopped the embedded I2P router"),
-        Ok(Err(e)) => warn!("the embedded I2P router: {e}"),
+        Ok(Err(e)) => warn!("the embedded I2P router: {}", ErrorChain(&e)),
         Err(e) => warn!("stopping the embedded I2P router: {e}"),
     }
 }

@@ -56,18 +56,52 @@
 //! | this crate with `i2p-embedded`: emissary-core + our adapter, from nothing | emissary-core's graph is 108 crates; 35 are new to Folio's workspace (arti, rustls and tokio bring the rest) | debug 1 min 13 s wall, 82 s CPU; release 5 min 11 s wall, 189 s CPU |
 //! | of which folio-transports itself, where the router is compiled (it is generic over the runtime) | | debug 19 s (9 s without the feature); release 2 min 01 s wall, 74 s CPU (14 s CPU without) |
 //! | emissary-core + emissary-util, tokio "full", tracing-subscriber (the spike, release, from nothing) | 271 built (emissary-util alone adds 146 to emissary-core's graph; about 50 new to Folio's: reqwest, hyper, h2, native-tls and openssl-sys, libz-sys, igd-next, natpmp, netdev, x509-parser, zip, ...) | 4 min 01 s wall, 337 s CPU; needs `libssl-dev` and `pkg-config` installed |
+//! | the reseeder added (HTTPS, su3), debug, from nothing, measured the same way: `cargo build -p folio-transports --features i2p-embedded` at the commit before it and after | 143 → 170 crates built (+27: hyper, hyper-util, http, http-body(-util), httparse, want, try-lock, atomic-waker, tokio-rustls, rustls, rustls-pki-types, rustls-webpki, webpki-roots, rsa, num-bigint-dig, pkcs1, pkcs8, ...; all but 8 were already in the workspace through folio-rpc or arti) | 80 s → 86 s user CPU, 11 s → 14 s system; wall 115 s → 307 s, not comparable (load 4 → 6–8) |
 //!
 //! So the router costs about 60 s of CPU in every release build of folio-transports, and
 //! about 10 s in a clean debug one (incremental debug rebuilds after an edit elsewhere in the
 //! crate reuse it). Moving the router into a crate of its own would confine that cost to
 //! edits of the router itself.
 //!
-//! **Reseeding the public network** is the one thing emissary-util would give that this module
-//! does not have: an HTTPS fetch of a signed `.su3` bundle of RouterInfos from the reseed
-//! servers. [`Network::Public`] takes RouterInfo files instead (for instance a netDb kept from
-//! an earlier run, or i2pd's). Adding HTTPS reseeding is left for later; the choice is between
-//! emissary-util's `Reseeder` behind its own feature (and its OpenSSL build dependency) and a
-//! small reseeder on the rustls and ring Folio already builds.
+//! # Reseeding, and the netDb
+//!
+//! On the public network ([`Network::Public`], or any router given
+//! [`RouterOptions::reseed`]) the router starts from the RouterInfos kept in its netDb
+//! (`<dir>/netdb/`, [`netdb`]); when those are fewer than [`Reseed::reseed_below`] (50: the
+//! first start), it first reseeds as I2P routers do ([`reseed`]): `GET
+//! <server>/i2pseeds.su3` over HTTPS from the I2P reseed servers, in random order, until 100
+//! distinct RouterInfos are in hand or 5 servers were tried; each file is a signed su3
+//! archive ([`su3`]) whose RSA-4096/SHA-512 signature must verify against a reseed signer's
+//! certificate bundled with this crate. What a reseed brings is saved before the router
+//! starts, and what the router learns later is saved by emissary's storage hook (every 15
+//! minutes), so a restarted router starts from its netDb and does not reseed; RouterInfos
+//! not saved again for 72 hours are dropped as stale, so a router that was off for days
+//! reseeds. If a reseed gives nothing and the router knows no router at all, it does not
+//! start ([`EmbeddedI2pError::Reseed`]).
+//!
+//! A private network's routers ([`Network::Private`]) do not reseed by default
+//! ([`RouterOptions::new`] gives them no [`RouterOptions::reseed`]; their seeds are their
+//! network file's). A test network may give one a reseed pointing at its own reseed server,
+//! but only on loopback: a private network's router refuses to start with a reseed server
+//! whose host is not a loopback IP address ([`EmbeddedI2pError::PrivateReseed`]), as it
+//! dials only loopback addresses.
+//!
+//! On the public network the router is an ordinary I2P router, and so not hidden itself:
+//! reseeding connects to the reseed servers (HTTPS, names looked up through the system's
+//! resolver) from the host's IP address, and the router then connects to I2P peers directly
+//! from it, as i2pd or Java I2P do; peers learn that this IP address runs an I2P router
+//! (emissary publishes no address for it, since it listens on loopback only, but every peer
+//! it dials sees the address it dials from). What stays hidden is which destinations it
+//! hosts: a node's FURL names its `.b32.i2p` destination, reached through tunnels, never
+//! the host's IP address.
+//!
+//! This is what emissary-util's `Reseeder` does, written here on what Folio already builds
+//! instead of its reqwest and OpenSSL: hyper's HTTP/1 client (hyper, hyper-util,
+//! http-body-util: 8 crates new to the workspace with webpki-roots) over tokio-rustls with
+//! *ring*, the web PKI roots of `webpki-roots`, `rsa` for the signature (already in the graph
+//! through arti; *ring* cannot check the unprefixed PKCS#1 signature su3 uses),
+//! `rustls-webpki` for the certificates, and a bounded zip reader of our own (see [`su3`] for
+//! why not the `zip` crate).
 //!
 //! # State, kept across restarts
 //!
@@ -78,7 +112,9 @@
 //! - `routerInfo.dat`: the router's own RouterInfo, written on every start. emissary pads a
 //!   new identity with random bytes, so the keys alone do not give the same router id: the
 //!   saved RouterInfo does. It is checked before use (it must parse, and carry this router's
-//!   keys); one that does not is ignored with a warning, and the router starts with a new id.
+//!   keys); one that does not is ignored with a warning, and the router starts with a new id;
+//! - `netdb/routerInfo-<hash>.dat` (with [`RouterOptions::reseed`] only): the other routers'
+//!   RouterInfos, from reseeds and from the network ([`netdb`] gives the bounds).
 //!
 //! Every file is read with a bound ([`MAX_KEYS_FILE`], [`MAX_ROUTER_INFO_FILE`]); RouterInfo
 //! bytes (our own and the seeds, which are local files a peer may have influenced) are parsed
@@ -93,7 +129,10 @@
 //! thread's runtime, which drops every task and closes every socket; the same ports can be
 //! bound again at once. Every wait (start, stop) is bounded.
 
+pub mod netdb;
+pub mod reseed;
 mod runtime;
+pub mod su3;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -107,6 +146,8 @@ use emissary_core::primitives::RouterInfo;
 use emissary_core::router::Router;
 use emissary_core::{Config, Ntcp2Config, SamConfig as EmissarySam, TransitConfig};
 
+use netdb::{NetDb, NetDbStorage};
+use reseed::{Reseed, ReseedError};
 use runtime::TokioRuntime;
 pub use runtime::MAX_GZIP_OUTPUT;
 
@@ -130,20 +171,25 @@ pub enum Network {
     /// A private network, all on 127.0.0.1 (tests, demos): its own network id, local peer
     /// addresses allowed, tunnels through routers that share an address allowed, NTCP2
     /// published on 127.0.0.1, and dialing held to loopback. Seeded from the other routers'
-    /// RouterInfo files; nothing is fetched.
+    /// RouterInfo files; nothing is fetched unless [`RouterOptions::reseed`] names a reseed
+    /// server, which must then be on a loopback IP address.
     Private {
         /// The network id (the public network is 2; NTCP2 refuses peers of another id).
         net_id: u8,
         /// The other routers' RouterInfo files (`routerInfo-*.dat`).
         seeds: Vec<PathBuf>,
     },
-    /// The public I2P network (id 2). Seeded from RouterInfo files only: HTTPS reseeding is
-    /// not built in (see the module documentation). The router's NTCP2 port is not
-    /// published (it listens on loopback only), so it reaches peers by dialing out. Not
-    /// tested: the machine this was written on has no internet, and whether the public
-    /// network serves a router that takes no inbound connections well is still to be seen.
+    /// The public I2P network (id 2). Starts from its saved netDb, and reseeds over HTTPS
+    /// when that holds too few RouterInfos ([`RouterOptions::reseed`], on by default for
+    /// this network; see the module documentation). The router's NTCP2 port is not
+    /// published (it listens on loopback only), so it reaches peers by dialing out, from the
+    /// host's IP address. Not tested against the real network: the machine this was written
+    /// on has no internet (reseeding is tested against a local HTTPS server, and the su3
+    /// decoder against files signed with a test key, not against a file from a real reseed
+    /// server), and whether the public network serves a router that takes no inbound
+    /// connections well is still to be seen.
     Public {
-        /// RouterInfo files to start from.
+        /// More RouterInfo files to start from (none needed).
         seeds: Vec<PathBuf>,
     },
 }
@@ -236,7 +282,9 @@ pub struct RouterOptions {
     /// Carry other routers' tunnels. Off for a router that hosts Folio's destinations: no
     /// other router's tunnels then run through it, so restarting it breaks nobody's tunnels.
     pub transit: bool,
-    /// Time allowed for the router to start (keys, ports, RouterInfo).
+    /// Time allowed for the router to start (keys, ports, RouterInfo, and saving what a
+    /// reseed brought to the netDb); a reseed before it has its own bound,
+    /// [`Reseed::max_duration`].
     pub start_timeout: Duration,
     /// Time allowed for the router's thread to end once asked to stop.
     pub stop_timeout: Duration,
@@ -245,6 +293,15 @@ pub struct RouterOptions {
     /// Where the router's `tracing` events go: set as the default subscriber of its thread
     /// (every task of the router runs there). `None`: the process's global subscriber.
     pub log: Option<tracing::Dispatch>,
+    /// Reseeding, and with it the netDb kept in `<dir>/netdb/`: when set, the router loads
+    /// the RouterInfos saved there, reseeds over HTTPS when they are fewer than
+    /// [`Reseed::reseed_below`], and saves what it learns. [`RouterOptions::new`] sets
+    /// [`Reseed::public`] for [`Network::Public`] and `None` for a private network (whose
+    /// seeds are its network file's: nothing is fetched or kept). A test network may set
+    /// one that points at its own reseed server on a loopback IP address; a private
+    /// network's router with any other reseed server does not start
+    /// ([`EmbeddedI2pError::PrivateReseed`]).
+    pub reseed: Option<Reseed>,
 }
 
 impl RouterOptions {
@@ -253,7 +310,6 @@ impl RouterOptions {
     pub fn new(dir: impl Into<PathBuf>, network: Network) -> Self {
         RouterOptions {
             dir: dir.into(),
-            network,
             ntcp2_port: 0,
             sam_port: 0,
             sam: true,
@@ -263,6 +319,11 @@ impl RouterOptions {
             stop_timeout: Duration::from_secs(10),
             thread_name: "i2p-router".into(),
             log: None,
+            reseed: match network {
+                Network::Public { .. } => Some(Reseed::public()),
+                Network::Private { .. } => None,
+            },
+            network,
         }
     }
 }
@@ -271,7 +332,7 @@ impl RouterOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedI2pError {
     /// The state directory or a file in it could not be read or written.
-    #[error("embedded I2P router state {path}: {source}")]
+    #[error("cannot read or write the embedded I2P router's state file {path}")]
     State {
         /// The file or directory.
         path: PathBuf,
@@ -279,7 +340,7 @@ pub enum EmbeddedI2pError {
         source: std::io::Error,
     },
     /// A seed RouterInfo file could not be read (missing, or over [`MAX_ROUTER_INFO_FILE`]).
-    #[error("I2P seed RouterInfo {path}: {source}")]
+    #[error("cannot read the I2P seed RouterInfo {path}")]
     Seed {
         /// The file.
         path: PathBuf,
@@ -315,6 +376,13 @@ pub enum EmbeddedI2pError {
     /// The router's thread could not be made.
     #[error("the embedded I2P router's thread: {0}")]
     Thread(std::io::Error),
+    /// The router knew no RouterInfo (no seed, an empty netDb) and reseeding gave none.
+    #[error("the embedded I2P router has no router to start from")]
+    Reseed(#[from] ReseedError),
+    /// A private network's router was given a reseed server that is not on a loopback IP
+    /// address (a private network's router reaches nothing else).
+    #[error("reseed server {0:?} is not on a loopback IP address, and a private I2P network's router reseeds only from one")]
+    PrivateReseed(String),
     /// The router's thread did not end in time after it was asked to stop (it is left to
     /// end on its own).
     #[error("the embedded I2P router did not stop within {0:?}")]
@@ -419,6 +487,16 @@ impl Keys {
     }
 }
 
+/// The file name a RouterInfo is kept under, `routerInfo-<I2P base64 of its hash>.dat` (the
+/// name reseed archives and netDbs use); `None` if the bytes are no RouterInfo (parsed by
+/// emissary's bounded parser).
+pub fn router_info_file_name(router_info: &[u8]) -> Option<String> {
+    let ri = RouterInfo::parse::<TokioRuntime>(router_info).ok()?;
+    netdb::file_name(&emissary_core::crypto::base64_encode(
+        ri.identity.id().to_vec(),
+    ))
+}
+
 /// Reads at most `max` bytes of `path`, refusing a larger file (`FileTooLarge`).
 fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
@@ -456,6 +534,15 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
+/// Whether a reseed server URL names a loopback IP address (`https://127.0.0.1:PORT/`,
+/// `https://[::1]:PORT/`); a name, even `localhost`, is not one.
+fn is_loopback_server(server: &str) -> bool {
+    reseed::target(server)
+        .ok()
+        .and_then(|(host, _, _)| host.parse::<std::net::IpAddr>().ok())
+        .is_some_and(|ip| ip.is_loopback())
+}
+
 fn read_seeds(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, EmbeddedI2pError> {
     if paths.len() > MAX_SEEDS {
         return Err(EmbeddedI2pError::TooManySeeds(paths.len()));
@@ -484,9 +571,32 @@ pub struct EmbeddedRouter {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     stop_timeout: Duration,
+    known_at_start: usize,
+    reseeded: Option<usize>,
 }
 
-type Started = Result<(Vec<u8>, String, Option<SocketAddr>, Option<u16>), String>;
+/// What the router thread reports once the router is built: its RouterInfo, id, SAM
+/// address, NTCP2 port, and how many RouterInfos a reseed brought (`None`: no reseed).
+struct Built {
+    router_info: Vec<u8>,
+    router_id: String,
+    sam: Option<SocketAddr>,
+    ntcp2_port: Option<u16>,
+    reseeded: Option<usize>,
+}
+
+enum StartFailure {
+    Router(String),
+    Reseed(ReseedError),
+}
+
+type Started = Result<Built, StartFailure>;
+
+/// A reseed to make before the router starts, and where to keep what it brings.
+struct ReseedPlan {
+    reseed: Reseed,
+    netdb: NetDb,
+}
 
 impl EmbeddedRouter {
     /// Starts a router on a new thread and returns once it is listening (its ports bound,
@@ -494,6 +604,12 @@ impl EmbeddedRouter {
     /// network goes on in the background: a SAM `SESSION CREATE` that succeeds is the sign
     /// it is usable.
     pub fn start(opts: RouterOptions) -> Result<EmbeddedRouter, EmbeddedI2pError> {
+        // A private network's router reaches only loopback; so does its reseed.
+        if let (Network::Private { .. }, Some(reseed)) = (&opts.network, &opts.reseed) {
+            if let Some(server) = reseed.servers.iter().find(|s| !is_loopback_server(s)) {
+                return Err(EmbeddedI2pError::PrivateReseed(server.clone()));
+            }
+        }
         let state = |path: &Path, source| EmbeddedI2pError::State {
             path: path.to_path_buf(),
             source,
@@ -515,10 +631,29 @@ impl EmbeddedRouter {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(state(&router_info_path, e)),
         };
-        let (net_id, seeds, private) = match &opts.network {
+        let (net_id, mut seeds, private) = match &opts.network {
             Network::Private { net_id, seeds } => (*net_id, read_seeds(seeds)?, true),
             Network::Public { seeds } => (PUBLIC_NET_ID, read_seeds(seeds)?, false),
         };
+        // The netDb kept from earlier runs (fresh RouterInfos only: stale ones are deleted),
+        // and a reseed if it and the seeds hold too few routers.
+        let mut storage: Option<Arc<dyn emissary_core::runtime::Storage>> = None;
+        let mut plan = None;
+        if let Some(reseed) = &opts.reseed {
+            let dir = opts.dir.join("netdb");
+            let netdb = NetDb::open(&dir).map_err(|e| state(&dir, e))?;
+            let saved = netdb.load().map_err(|e| state(&dir, e))?;
+            tracing::info!(routers = saved.len(), dir = %dir.display(), "I2P netDb loaded");
+            seeds.extend(saved);
+            storage = Some(Arc::new(NetDbStorage(netdb.clone())));
+            if seeds.len() < reseed.reseed_below {
+                plan = Some(ReseedPlan {
+                    reseed: reseed.clone(),
+                    netdb,
+                });
+            }
+        }
+        let known_at_start = seeds.len();
         let config = Config {
             net_id: Some(net_id),
             floodfill: opts.floodfill,
@@ -562,6 +697,14 @@ impl EmbeddedRouter {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread_status = status.clone();
         let start_timeout = opts.start_timeout;
+        // A reseed comes first, bounded by its own timeouts; saving it to the netDb and
+        // building the router share the start timeout.
+        let wait = start_timeout
+            .saturating_add(
+                plan.as_ref()
+                    .map_or(Duration::ZERO, |p| p.reseed.max_duration()),
+            )
+            .saturating_add(Duration::from_secs(1));
         let log = opts.log.clone();
         let thread = std::thread::Builder::new()
             .name(opts.thread_name.clone())
@@ -570,7 +713,14 @@ impl EmbeddedRouter {
                 if private {
                     runtime::dial_loopback_only();
                 }
-                run_router(config, start_timeout, ready_tx, stop_rx, thread_status);
+                run_router(
+                    config,
+                    (storage, plan),
+                    start_timeout,
+                    ready_tx,
+                    stop_rx,
+                    thread_status,
+                );
             })
             .map_err(EmbeddedI2pError::Thread)?;
         let mut router = EmbeddedRouter {
@@ -584,23 +734,28 @@ impl EmbeddedRouter {
             stop: Some(stop_tx),
             thread: Some(thread),
             stop_timeout: opts.stop_timeout,
+            known_at_start,
+            reseeded: None,
         };
-        // The thread bounds Router::new by start_timeout; a little more here for the thread.
+        // The thread bounds the reseed and Router::new; a little more here for the thread.
         let started = ready_rx
-            .recv_timeout(start_timeout + Duration::from_secs(1))
-            .map_err(|_| EmbeddedI2pError::StartTimeout(start_timeout))?;
-        let (router_info, router_id, sam, ntcp2_port) =
-            started.map_err(|reason| EmbeddedI2pError::Start {
+            .recv_timeout(wait)
+            .map_err(|_| EmbeddedI2pError::StartTimeout(wait))?;
+        let built = started.map_err(|failure| match failure {
+            StartFailure::Router(reason) => EmbeddedI2pError::Start {
                 reason,
                 ntcp2_port: opts.ntcp2_port,
                 sam_port: opts.sam_port,
-            })?;
-        write_file(&router.router_info_path, &router_info)
+            },
+            StartFailure::Reseed(e) => EmbeddedI2pError::Reseed(e),
+        })?;
+        write_file(&router.router_info_path, &built.router_info)
             .map_err(|e| state(&router.router_info_path, e))?;
-        router.router_info = router_info;
-        router.router_id = router_id;
-        router.sam = sam;
-        if let Some(port) = ntcp2_port {
+        router.router_info = built.router_info;
+        router.router_id = built.router_id;
+        router.sam = built.sam;
+        router.reseeded = built.reseeded;
+        if let Some(port) = built.ntcp2_port {
             router.ntcp2.set_port(port);
         }
         Ok(router)
@@ -630,6 +785,17 @@ impl EmbeddedRouter {
     /// Where the router's RouterInfo is saved.
     pub fn router_info_path(&self) -> &Path {
         &self.router_info_path
+    }
+
+    /// How many RouterInfos the router knew before any reseed (its seeds and saved netDb).
+    pub fn known_at_start(&self) -> usize {
+        self.known_at_start
+    }
+
+    /// How many RouterInfos a reseed at this start brought (`None`: it did not reseed,
+    /// having enough, or having no [`RouterOptions::reseed`]).
+    pub fn reseeded(&self) -> Option<usize> {
+        self.reseeded
     }
 
     /// What the router last reported.
@@ -790,7 +956,11 @@ impl PrivateNetwork {
 /// The router thread: start the router, report, run it until asked to stop, then drop the
 /// whole runtime (and with it every task the router spawned).
 fn run_router(
-    config: Config,
+    mut config: Config,
+    (storage, plan): (
+        Option<Arc<dyn emissary_core::runtime::Storage>>,
+        Option<ReseedPlan>,
+    ),
     start_timeout: Duration,
     ready: std::sync::mpsc::Sender<Started>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
@@ -802,34 +972,78 @@ fn run_router(
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = ready.send(Err(format!("no tokio runtime: {e}")));
+            let _ = ready.send(Err(StartFailure::Router(format!("no tokio runtime: {e}"))));
             return;
         }
     };
     rt.block_on(async move {
-        let built = tokio::time::timeout(
-            start_timeout,
-            Router::<TokioRuntime>::new(config, None, None),
-        )
-        .await;
+        let mut reseeded = None;
+        let mut to_save = None;
+        if let Some(plan) = plan {
+            match reseed::reseed(&plan.reseed).await {
+                Ok(files) => {
+                    tracing::info!(routers = files.len(), "I2P reseed done");
+                    reseeded = Some(files.len());
+                    config.routers.extend(files.iter().map(|f| f.bytes.clone()));
+                    to_save = Some((plan.netdb, files));
+                }
+                Err(e) if config.routers.is_empty() => {
+                    let _ = ready.send(Err(StartFailure::Reseed(e)));
+                    return;
+                }
+                Err(e) => tracing::warn!(
+                    known = config.routers.len(),
+                    "I2P reseed failed; starting from the routers already known: {}",
+                    crate::error_chain(&e)
+                ),
+            }
+        }
+        // From here on, the start timeout: saving the reseed (off this thread, so that a slow
+        // disk holds up nothing else) and building the router share it.
+        let deadline = tokio::time::Instant::now() + start_timeout;
+        if let Some((netdb, files)) = to_save {
+            let dir = netdb.dir().to_path_buf();
+            let save = tokio::task::spawn_blocking(move || {
+                netdb.save(files.iter().map(|f| (f.name.as_str(), f.bytes.as_slice())))
+            });
+            match tokio::time::timeout_at(deadline, save).await {
+                Ok(Ok(Ok(saved))) => tracing::debug!(saved, "I2P reseed saved to the netDb"),
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(dir = %dir.display(), "I2P reseed not saved to the netDb: {e}")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(dir = %dir.display(), "I2P reseed not saved to the netDb: {e}")
+                }
+                Err(_) => tracing::warn!(
+                    dir = %dir.display(),
+                    "saving the I2P reseed to the netDb took the whole start timeout"
+                ),
+            }
+        }
+        let built =
+            tokio::time::timeout_at(deadline, Router::<TokioRuntime>::new(config, None, storage))
+                .await;
         let (router, mut events, router_info) = match built {
             Ok(Ok(started)) => started,
             Ok(Err(e)) => {
-                let _ = ready.send(Err(e.to_string()));
+                let _ = ready.send(Err(StartFailure::Router(e.to_string())));
                 return;
             }
             Err(_) => {
-                let _ = ready.send(Err(format!("Router::new took over {start_timeout:?}")));
+                let _ = ready.send(Err(StartFailure::Router(format!(
+                    "not built within {start_timeout:?}"
+                ))));
                 return;
             }
         };
         let info = router.protocol_address_info();
-        let started = (
+        let started = Built {
             router_info,
-            router.router_id().to_string(),
-            info.sam_tcp,
-            info.ntcp2_port,
-        );
+            router_id: router.router_id().to_string(),
+            sam: info.sam_tcp,
+            ntcp2_port: info.ntcp2_port,
+            reseeded,
+        };
         if ready.send(Ok(started)).is_err() {
             return; // the caller gave up waiting
         }
@@ -967,11 +1181,132 @@ mod tests {
         // A key file that is not one is refused, not replaced.
         std::fs::write(dir.join("router.keys"), b"not keys").unwrap();
         let e = EmbeddedRouter::start(RouterOptions::new(&dir, network)).unwrap_err();
+        let chain = crate::error_chain(&e);
+        assert!(chain.contains("not a Folio I2P router key file"), "{chain}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A router with no seeds reseeds from an HTTPS server, keeps what it got in its netDb,
+    /// and after a restart starts from that netDb without reseeding; with nothing known and
+    /// no reseed server answering, it does not start, saying why.
+    #[test]
+    fn reseeds_once_then_starts_from_its_netdb() {
+        let dir = scratch("reseed");
+        // Two routers' RouterInfos, packed into a reseed file signed with the test key.
+        let mut files = Vec::new();
+        for i in 0..2 {
+            let r = EmbeddedRouter::start(RouterOptions::new(
+                dir.join(format!("peer-{i}")),
+                Network::Private {
+                    net_id: 77,
+                    seeds: vec![],
+                },
+            ))
+            .unwrap();
+            let name = router_info_file_name(r.router_info()).unwrap();
+            assert!(name.len() > 50 && name.contains(r.router_id()), "{name}");
+            files.push((name, r.router_info().to_vec()));
+            r.stop().unwrap();
+        }
+        let key = include_bytes!("../testdata/reseed-test-key.pem");
+        let cert = include_bytes!("../testdata/test-reseed_at_folio.invalid.crt");
+        let su3 = su3::write_reseed(&files, "test-reseed@folio.invalid", key, "1").unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let server = rt
+            .block_on(reseed::ReseedServer::start(
+                200,
+                su3,
+                include_bytes!("../testdata/reseed-server.crt"),
+                include_bytes!("../testdata/reseed-server-key.pem"),
+            ))
+            .unwrap();
+        let mut signers = su3::TrustedSigners::none();
+        signers.add_pem("test-reseed@folio.invalid", cert).unwrap();
+        let reseed = Reseed {
+            servers: vec![server.url().to_string()],
+            signers,
+            web_pki_roots: false,
+            extra_roots: reseed::certificates_from_pem(include_bytes!(
+                "../testdata/reseed-test-ca.crt"
+            ))
+            .unwrap(),
+            min_routers: 2,
+            reseed_below: 2,
+            max_servers: 1,
+            connect_timeout: Duration::from_secs(5),
+            server_timeout: Duration::from_secs(20),
+        };
+        let opts = |reseed: &Reseed| {
+            let mut o = RouterOptions::new(
+                dir.join("me"),
+                Network::Private {
+                    net_id: 77,
+                    seeds: vec![],
+                },
+            );
+            o.reseed = Some(reseed.clone());
+            o
+        };
+        let first = EmbeddedRouter::start(opts(&reseed)).unwrap();
+        assert_eq!((first.known_at_start(), first.reseeded()), (0, Some(2)));
+        assert_eq!(server.requests(), 1);
+        let netdb = NetDb::open(&dir.join("me/netdb")).unwrap();
+        let mut saved = netdb.load().unwrap();
+        saved.sort();
+        let mut want: Vec<_> = files.iter().map(|(_, b)| b.clone()).collect();
+        want.sort();
+        assert_eq!(saved, want, "the reseed is kept in the netDb");
+        first.stop().unwrap();
+
+        let again = EmbeddedRouter::start(opts(&reseed)).unwrap();
+        assert_eq!((again.known_at_start(), again.reseeded()), (2, None));
+        assert_eq!(server.requests(), 1, "no second reseed");
+        again.stop().unwrap();
+
+        // Nothing known, and the reseed server gone: a clear refusal.
+        drop(server);
+        std::fs::remove_dir_all(dir.join("me/netdb")).unwrap();
+        let e = EmbeddedRouter::start(opts(&reseed)).unwrap_err();
+        assert!(matches!(e, EmbeddedI2pError::Reseed(_)), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A private network's router refuses, before anything else, a reseed server that is not
+    /// on a loopback IP address.
+    #[test]
+    fn a_private_network_reseeds_only_from_loopback() {
+        assert!(is_loopback_server("https://127.0.0.1:8443/"));
+        assert!(is_loopback_server("https://127.0.0.2/seed/"));
+        assert!(is_loopback_server("https://[::1]:8443/"));
+        for not in [
+            "https://localhost:8443/",
+            "https://10.0.0.1/",
+            "https://reseed.example/",
+            "http://127.0.0.1/",
+            "not a URL",
+        ] {
+            assert!(!is_loopback_server(not), "{not}");
+        }
+        let dir = scratch("private-reseed");
+        let mut reseed = Reseed::public();
+        reseed.servers = vec![
+            "https://127.0.0.1:1/".into(),
+            "https://reseed.example/".into(),
+        ];
+        let mut o = RouterOptions::new(
+            &dir,
+            Network::Private {
+                net_id: 77,
+                seeds: vec![],
+            },
+        );
+        o.reseed = Some(reseed);
+        let e = EmbeddedRouter::start(o).unwrap_err();
         assert!(
-            e.to_string().contains("not a Folio I2P router key file"),
+            matches!(&e, EmbeddedI2pError::PrivateReseed(s) if s == "https://reseed.example/"),
             "{e}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!dir.exists(), "refused before anything was written");
     }
 
     #[test]

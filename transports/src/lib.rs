@@ -64,3 +64,20 @@ pub mod tor;
 #[cfg(feature = "tor-system")]
 pub mod tor_launch;
 pub mod tor_network;
+
+/// `e` and its sources as `outer: inner: innermost`, for errors kept as text (reseed
+/// failures) and logs: the errors here follow the rule that a message does not repeat its
+/// source. (folio-rpc's `ErrorChain` does the same; this crate does not depend on folio-rpc.)
+#[cfg(feature = "i2p-embedded")]
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    // A bound, in case a chain loops.
+    for _ in 0..16 {
+        let Some(e) = next else { break };
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        next = e.source();
+    }
+    text
+}
