@@ -4,6 +4,7 @@
 //! network, or only through a real private Tor network, on 127.0.0.1.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use folio_tests::i2pd::I2pd;
@@ -553,4 +554,350 @@ fn a_password_protected_tor_serves_a_hidden_node() {
             .contains(&format!("control at {}", tor.control())),
         "{st}"
     );
+}
+
+/// A TCP relay on 127.0.0.1 in front of a SOCKS port that can hold back everything coming
+/// from the far side (every answer) while it forwards everything going there (every call),
+/// counting per connection the bytes it holds and the bytes it forwarded since then.
+struct HoldingRelay {
+    addr: std::net::SocketAddr,
+    state: Arc<HoldState>,
+}
+
+#[derive(Default)]
+struct HoldState {
+    hold: std::sync::atomic::AtomicBool,
+    /// Per connection: the writer towards the node, the bytes held and their count.
+    conns: Mutex<Vec<Arc<Mutex<HeldConn>>>>,
+}
+
+struct HeldConn {
+    to_client: std::net::TcpStream,
+    held: Vec<u8>,
+    held_total: usize,
+    /// Bytes forwarded towards the far side (calls) since [`HoldingRelay::hold`].
+    sent_total: usize,
+}
+
+impl HoldingRelay {
+    fn start(target: std::net::SocketAddr) -> HoldingRelay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(HoldState::default());
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let conn = Arc::new(Mutex::new(HeldConn {
+                    to_client: client.try_clone().unwrap(),
+                    held: Vec::new(),
+                    held_total: 0,
+                    sent_total: 0,
+                }));
+                st.conns.lock().unwrap().push(conn.clone());
+                // Calls: always forwarded, and counted.
+                let (mut from_client, mut to_server) = (client, server.try_clone().unwrap());
+                let sent = conn.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from_client.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent.lock().unwrap().sent_total += n;
+                    }
+                    let _ = to_server.shutdown(std::net::Shutdown::Write);
+                });
+                // Answers: held while `hold` is set, in order.
+                let (mut from_server, st) = (server, st.clone());
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from_server.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let mut c = conn.lock().unwrap();
+                        if st.hold.load(std::sync::atomic::Ordering::SeqCst) {
+                            c.held.extend_from_slice(&buf[..n]);
+                            c.held_total += n;
+                        } else if c.to_client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let c = conn.lock().unwrap();
+                    let _ = c.to_client.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        HoldingRelay { addr, state }
+    }
+
+    /// From now on, answers are held.
+    fn hold(&self) {
+        for c in self.state.conns.lock().unwrap().iter() {
+            let mut c = c.lock().unwrap();
+            c.held_total = 0;
+            c.sent_total = 0;
+        }
+        self.state
+            .hold
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Bytes held on each connection since [`HoldingRelay::hold`].
+    fn held(&self) -> Vec<usize> {
+        self.state
+            .conns
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.lock().unwrap().held_total)
+            .collect()
+    }
+
+    /// Bytes forwarded towards the far side on each connection since [`HoldingRelay::hold`].
+    fn sent(&self) -> Vec<usize> {
+        self.state
+            .conns
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.lock().unwrap().sent_total)
+            .collect()
+    }
+
+    /// Delivers what was held, in order, and forwards everything again.
+    fn release(&self) {
+        use std::io::Write;
+        let conns = self.state.conns.lock().unwrap();
+        let mut locked: Vec<_> = conns.iter().map(|c| c.lock().unwrap()).collect();
+        self.state
+            .hold
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in locked.iter_mut() {
+            let held = std::mem::take(&mut c.held);
+            let _ = c.to_client.write_all(&held);
+        }
+    }
+}
+
+/// Issue 17: on a warm `--listen=tor --hide-ip` grid (three storage nodes, shares 2-of-3,
+/// and a client node, all `tahoe run` processes on the private Tor network), uploading and
+/// downloading a small file (one segment, one byte above the LIT size) take one flight per
+/// server. The client reaches Tor through a relay in this test (`[tor] socks.port`) that,
+/// during each counted transfer, holds back every byte coming from the servers while it
+/// forwards every byte going to them. With no answer delivered, every server must still be
+/// sent more than a whole share by `tahoe put` (allocation, write and close went together),
+/// and at least k servers must send back more than a whole share to `tahoe get` (the
+/// listing alone is far smaller, so the read went with it). Then the held answers are
+/// delivered and the transfer must complete, correct. Counted in bytes on the wire, never
+/// timed.
+#[test]
+fn small_transfers_are_one_flight_per_server_over_tor() {
+    use folio_node::immutable::{EncodingParams, Geometry, ShareLayout, LIT_MAX};
+    let net = TorNet::start();
+    let relay = HoldingRelay::start(net.socks());
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let control = format!("--tor-control-port=tcp:{}", net.control());
+    let (needed, total) = (2u16, 3u16);
+    let enc = [
+        format!("--shares-needed={needed}"),
+        format!("--shares-happy={total}"),
+        format!("--shares-total={total}"),
+    ];
+
+    let intro = base.join("introducer");
+    create(&[
+        "create-introducer",
+        "--listen=tor",
+        "--hide-ip",
+        &control,
+        intro.to_str().unwrap(),
+    ]);
+    let mut procs = vec![run(&intro)];
+    let furl = wait_for_file(
+        &intro.join("private/introducer.furl"),
+        Duration::from_secs(180),
+    );
+    let introducer = format!("--introducer={furl}");
+    for n in 1..=total {
+        let d = base.join(format!("s{n}"));
+        let nick = format!("--nickname=s{n}");
+        let mut args = vec![
+            "create-node",
+            "--listen=tor",
+            "--hide-ip",
+            &control,
+            &nick,
+            &introducer,
+        ];
+        args.extend(enc.iter().map(String::as_str));
+        args.push(d.to_str().unwrap());
+        create(&args);
+        procs.push(run(&d));
+    }
+    // The client: no storage, no onion service, Tor through the relay.
+    let client = base.join("client");
+    let mut args = vec![
+        "create-client",
+        "--hide-ip",
+        &control,
+        "--nickname=client",
+        &introducer,
+    ];
+    args.extend(enc.iter().map(String::as_str));
+    args.push(client.to_str().unwrap());
+    create(&args);
+    let cfg_path = client.join("tahoe.cfg");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let control_line = format!("control.port = tcp:{}", net.control());
+    assert!(cfg.contains(&control_line), "{cfg}");
+    std::fs::write(
+        &cfg_path,
+        cfg.replace(&control_line, &format!("socks.port = tcp:{}", relay.addr)),
+    )
+    .unwrap();
+    procs.push(run(&client));
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let st = status(&client);
+        let up = st.as_ref().map_or(0, |s| {
+            s["storage_servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| x["connected"] == true)
+                .count()
+        });
+        if up == total as usize {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client saw {up} of {total} storage servers within 300 s: {st:#?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    let size = LIT_MAX + 1;
+    let data: Vec<u8> = (0..size as u32).map(|i| (i * 31 % 251) as u8).collect();
+    let input = base.join("small.bin");
+    std::fs::write(&input, &data).unwrap();
+    // `tahoe put`, bounded: its cap, once it exits.
+    let put = |what: &str, input: &Path| {
+        let mut c = common::tahoe();
+        c.args(["put", "-d"]).arg(&client).arg(input);
+        folio_tests::ChildGuard::spawn(&format!("tahoe put ({what})"), c).unwrap()
+    };
+    let finish_put = |mut p: folio_tests::ChildGuard| {
+        let lines = p.lines();
+        let cap = lines.next_within(Duration::from_secs(120));
+        let st = p.wait_timeout(Duration::from_secs(30));
+        assert!(st.success(), "tahoe put: {st:?}");
+        cap.trim().to_string()
+    };
+    let get = |cap: &str, name: &str| {
+        let mut c = common::tahoe();
+        c.args(["get", "-d"])
+            .arg(&client)
+            .arg(cap)
+            .arg(base.join(name));
+        folio_tests::ChildGuard::spawn(&format!("tahoe get {name}"), c).unwrap()
+    };
+    // A first upload and download: every connection and circuit is up before the ones
+    // counted.
+    let cap = finish_put(put("first", &input));
+    assert!(get(&cap, "first.bin")
+        .wait_timeout(Duration::from_secs(120))
+        .success());
+    assert_eq!(std::fs::read(base.join("first.bin")).unwrap(), data);
+
+    let params = EncodingParams {
+        needed,
+        happy: total,
+        total,
+        ..Default::default()
+    };
+    let share_len = ShareLayout::new(
+        Geometry::new(
+            needed,
+            total,
+            size as u64,
+            params.segment_size_for(size as u64),
+        )
+        .unwrap(),
+    )
+    .end as usize;
+    // Waits, with every answer held, until `enough` holds of the per-connection byte
+    // counts `count` gives, then delivers what was held.
+    let one_flight = |what: &str,
+                      enough: &dyn Fn(&[usize]) -> bool,
+                      count: &dyn Fn() -> Vec<usize>| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let n = count();
+            if enough(&n) {
+                eprintln!("one flight ({what}): bytes per relay connection with no answer delivered: {n:?} (a share is {share_len} bytes)");
+                break;
+            }
+            if Instant::now() > deadline {
+                relay.release();
+                panic!(
+                    "{what}: with every answer held back, not enough servers got (or sent) \
+                     more than a share ({share_len} bytes) within 120 s: the transfer waits \
+                     for an answer mid-flight. Bytes per connection: {n:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        relay.release();
+    };
+    // Anything still on its way from the first transfers (an answer not needed) arrives
+    // before counting starts.
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Upload: with no answer delivered, every one of the `total` servers must still be sent
+    // more than a whole share: allocation, the write and the close went together.
+    // Another file of the same size: the first one's shares are on the servers already, so
+    // uploading it again would write nothing.
+    let data: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
+    let input = base.join("small2.bin");
+    std::fs::write(&input, &data).unwrap();
+    relay.hold();
+    let counted = put("counted", &input);
+    one_flight(
+        "upload",
+        &|n| n.iter().filter(|&&b| b > share_len).count() >= total as usize,
+        &|| relay.sent(),
+    );
+    let cap = finish_put(counted);
+
+    // Download: with no answer delivered, at least k servers must still send back more than
+    // a whole share: the listing (far smaller) and the read went together.
+    std::thread::sleep(Duration::from_secs(2));
+    relay.hold();
+    let mut fetch = get(&cap, "counted.bin");
+    one_flight(
+        "download",
+        &|n| n.iter().filter(|&&b| b > share_len).count() >= needed as usize,
+        &|| relay.held(),
+    );
+    let st = fetch.wait_timeout(Duration::from_secs(120));
+    assert!(st.success(), "tahoe get: {st:?}");
+    assert_eq!(std::fs::read(base.join("counted.bin")).unwrap(), data);
+    stop_all(&mut procs, Duration::from_secs(30));
 }
