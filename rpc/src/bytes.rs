@@ -5,16 +5,20 @@
 //! signatures instead: the same postcard wire form (a varint length, then the bytes), but
 //! encoded and decoded with one copy.
 //!
-//! `borrowed` (a private module) does the same for the `&[u8]` payload fields of the protocol's own messages.
+//! Both directions go through `serde_bytes` (`serialize_bytes` / `deserialize_byte_buf`),
+//! which the protocol's own messages also use for their borrowed `&[u8]` payload fields:
+//! postcard hands out a slice of the input, so nothing is allocated and nothing is read
+//! beyond the frame.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// A byte string for interface signatures; derefs to `Vec<u8>`.
-#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Bytes(pub Vec<u8>);
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Bytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 impl fmt::Debug for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -53,52 +57,6 @@ impl From<&[u8]> for Bytes {
     }
 }
 
-impl Serialize for Bytes {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Bytes {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Bytes;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes(v.to_vec()))
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-                Ok(Bytes(v))
-            }
-        }
-        d.deserialize_byte_buf(V)
-    }
-}
-
-/// `#[serde(with = "crate::bytes::borrowed")]` for a `&[u8]` field of a wire message.
-///
-/// serde's `[u8]` impl encodes a sequence: one `serialize_u8` call per byte (postcard then
-/// pushes each byte on its own). This encodes through `serialize_bytes` instead, one copy,
-/// with the same postcard wire form (a varint length, then the bytes). Decoding is serde's
-/// own `&[u8]` impl, which already takes the bytes path: postcard hands out a slice of the
-/// input, so nothing is allocated and nothing is read beyond the frame.
-pub(crate) mod borrowed {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Encodes `v` as one byte string.
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    /// Borrows a byte string from the input.
-    pub fn deserialize<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<&'a [u8], D::Error> {
-        <&'a [u8]>::deserialize(d)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +73,7 @@ mod tests {
 
     #[derive(serde::Serialize, serde::Deserialize)]
     struct Borrowed<'a> {
-        #[serde(borrow, with = "super::borrowed")]
+        #[serde(borrow, with = "serde_bytes")]
         b: &'a [u8],
     }
 

@@ -5,7 +5,7 @@
 //! are only ever appended. `docs/protocol.md` specifies each one.
 //!
 //! The payload fields (`args`, `value`) are encoded with `serialize_bytes`
-//! (`bytes::borrowed`), not as serde's per-byte sequence: the same wire bytes, one
+//! (`serde_bytes`), not as serde's per-byte sequence: the same wire bytes, one
 //! copy. Decoding borrows them from the frame.
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,7 @@ pub enum Message<'a> {
         #[serde(borrow)]
         method: &'a str,
         /// The arguments: a postcard-encoded tuple.
-        #[serde(borrow, with = "crate::bytes::borrowed")]
+        #[serde(borrow, with = "serde_bytes")]
         args: &'a [u8],
         /// The references inside the arguments, indexed from the payload.
         refs: Vec<RefDesc>,
@@ -49,7 +49,7 @@ pub enum Message<'a> {
         #[serde(borrow)]
         method: &'a str,
         /// The arguments.
-        #[serde(borrow, with = "crate::bytes::borrowed")]
+        #[serde(borrow, with = "serde_bytes")]
         args: &'a [u8],
         /// The references inside the arguments.
         refs: Vec<RefDesc>,
@@ -103,7 +103,7 @@ pub enum Message<'a> {
         #[serde(borrow)]
         method: &'a str,
         /// As in `Call`.
-        #[serde(borrow, with = "crate::bytes::borrowed")]
+        #[serde(borrow, with = "serde_bytes")]
         args: &'a [u8],
         /// As in `Call`.
         refs: Vec<RefDesc>,
@@ -180,7 +180,7 @@ pub enum AnswerBody<'a> {
     /// The method returned `Ok`.
     Ok {
         /// The postcard-encoded value.
-        #[serde(borrow, with = "crate::bytes::borrowed")]
+        #[serde(borrow, with = "serde_bytes")]
         value: &'a [u8],
         /// The references inside it.
         refs: Vec<RefDesc>,
@@ -188,7 +188,7 @@ pub enum AnswerBody<'a> {
     /// The method returned its own error.
     AppError {
         /// The postcard-encoded error value.
-        #[serde(borrow, with = "crate::bytes::borrowed")]
+        #[serde(borrow, with = "serde_bytes")]
         value: &'a [u8],
         /// The references inside it.
         refs: Vec<RefDesc>,
