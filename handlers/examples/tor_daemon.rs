@@ -383,10 +383,6 @@ async fn shut_down(tub: &Tub) {
     {
         warn!("shutdown took over 10 s");
     }
-    // `Tub::shutdown` returns once every connection is told to close; the goodbyes are
-    // written by the connections' own tasks, which die with the runtime when `main`
-    // returns. Give them a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 /// The swissnum the feed is registered under: 160 random bits, made once and kept (like

@@ -453,15 +453,66 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The writer tasks of one Tub's connections that have not ended, counted so that
+/// `Tub::shutdown` can wait for them: a closing connection's writer ends once it has written
+/// what was queued and the goodbye and shut the stream (TLS close_notify, then the stream's
+/// own shutdown), or has given up. One counter for the Tub, however many connections close.
+#[derive(Default)]
+pub(crate) struct Writers {
+    live: std::sync::atomic::AtomicUsize,
+    /// Notified when the count comes down to zero.
+    ended: tokio::sync::Notify,
+}
+
+impl Writers {
+    /// Counts one more writer, until the returned guard is dropped (with the writer task's
+    /// future, however it ends: finished, aborted, or its runtime gone).
+    fn enter(self: &Arc<Self>) -> WriterAlive {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        WriterAlive(self.clone())
+    }
+
+    /// Writers that have not ended.
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no writer is left.
+    pub(crate) async fn all_ended(&self) {
+        loop {
+            // Registered before looking, so that the last writer ending in between is seen.
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.live() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// One writer task counted in [`Writers`].
+struct WriterAlive(Arc<Writers>);
+
+impl Drop for WriterAlive {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.ended.notify_waiters();
+        }
+    }
+}
+
 impl ConnShared {
     /// Builds a freshly established connection. Its tasks start when the returned starter
     /// is called, after the Tub has recorded the connection, so that nothing it does can run
-    /// ahead of that.
+    /// ahead of that; its writer task is counted in `writers` until it ends.
     pub(crate) fn create<S>(
         est: Established<S>,
         tub: Weak<TubInner>,
         config: Arc<TubConfig>,
         budget: Arc<Budget>,
+        writers: Arc<Writers>,
         winning_hint: Option<String>,
     ) -> (Arc<ConnShared>, Box<dyn FnOnce() + Send>)
     where
@@ -536,7 +587,8 @@ impl ConnShared {
             // once it has handled the frames that came with the client's hello: their
             // answers leave with it, whichever task runs first.
             let r = tokio::spawn(reader_loop(conn.clone(), reader).instrument(span.clone()));
-            let w = tokio::spawn(writer_loop(conn.clone()).instrument(span));
+            let alive = writers.enter();
+            let w = tokio::spawn(writer_loop(conn.clone(), alive).instrument(span));
             let tasks = vec![w.abort_handle(), r.abort_handle()];
             let mut life = lock(&conn.life);
             if life.closed.is_some() {
@@ -1812,7 +1864,10 @@ async fn sweep_deadlines(conn: Arc<ConnShared>) {
 /// goodbye (unless the close said not to wait: a peer that does not read).
 const CLOSE_LINGER: Duration = Duration::from_secs(10);
 
-async fn writer_loop(shared: Arc<ConnShared>) {
+/// The connection's writer task. `alive` counts it among the Tub's writers (which
+/// `Tub::shutdown` waits for) until the task ends: once it has said goodbye and shut the
+/// stream, or given up, or been aborted.
+async fn writer_loop(shared: Arc<ConnShared>, alive: WriterAlive) {
     let linger = async {
         let mut closed = shared.closed_tx.subscribe();
         let _ = closed.wait_for(|r| r.is_some()).await;
@@ -1826,6 +1881,7 @@ async fn writer_loop(shared: Arc<ConnShared>) {
         }
         () = linger => debug!("the writer did not finish within {CLOSE_LINGER:?} of the close"),
     }
+    drop(alive);
 }
 
 /// Closes the connection if the reader stops for any reason it did not report (a panic in

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::connection::{ConnShared, EarlyCall};
+use crate::connection::{ConnShared, EarlyCall, Writers};
 use crate::connector::{ConnectError, Connector, Listener};
 use crate::error_chain::ErrorChain;
 use crate::furl::{Furl, FurlError, Hint, Swissnum};
@@ -127,6 +127,15 @@ pub struct TubConfig {
     /// rather than read no further: the answer it waits for may need frames behind it.
     /// They wait as long as the promised call takes, which `max_call_duration` bounds.
     pub max_held_calls: usize,
+    /// How long [`Tub::shutdown`] waits for its connections to finish closing: each writes
+    /// what was queued, its `Goodbye(Shutdown)` and the TLS close_notify, and shuts its
+    /// stream, all connections at once. Past it `shutdown` returns anyway, so a peer that
+    /// does not read cannot hold it; a connection still closing then is cut when its task
+    /// ends (when the runtime goes, at the latest), and its peer sees the stream end without
+    /// a goodbye. Default 5 s: a goodbye needs no round trip, only room in the stream's send
+    /// buffer, so a peer that reads lets its connection finish in milliseconds even over Tor
+    /// or I2P; 5 s is also what the writer gives the TLS shutdown itself.
+    pub shutdown_grace: Duration,
 }
 
 config_setters!(TubConfig {
@@ -149,6 +158,7 @@ config_setters!(TubConfig {
     max_buffered_bytes: usize,
     max_kept_answers: usize,
     max_held_calls: usize,
+    shutdown_grace: Duration,
 });
 
 impl Default for TubConfig {
@@ -174,6 +184,7 @@ impl Default for TubConfig {
             max_buffered_bytes: 256 * 1024 * 1024,
             max_kept_answers: 4096,
             max_held_calls: 1024,
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -357,6 +368,8 @@ pub(crate) struct TubInner {
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The bytes every connection's write queue and inbound call queue hold, together.
     budget: Arc<crate::outbox::Budget>,
+    /// The connections' writer tasks that have not ended (what [`Tub::shutdown`] waits for).
+    writers: Arc<Writers>,
     /// Inbound streams in the handshake now (at most `max_pending_handshakes`), oldest first.
     pending_handshakes: Mutex<PendingHandshakes>,
     /// Streams being answered `Busy` now (at most `max_pending_handshakes` as well; beyond
@@ -457,6 +470,7 @@ impl TubInner {
             self.me.clone(),
             self.config.clone(),
             self.budget.clone(),
+            self.writers.clone(),
             hint.clone(),
         );
         // Registered before the connection is visible: its own calls are numbered after it.
@@ -482,6 +496,15 @@ impl TubInner {
             }
         }
         let mut conns = lock(&self.connections);
+        if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
+            // Shut down since the look above, and `shutdown` may have collected the
+            // connections to close already: looked at again under the lock it collects them
+            // under, so that no connection is left open behind it.
+            drop(conns);
+            conn.close(Disconnect::Shutdown, Some(GoodbyeReason::Shutdown));
+            start();
+            return (conn, None);
+        }
         let (winner, loser, why) = match conns.get(&peer).filter(|c| c.closed_reason().is_none()) {
             None => (conn.clone(), None, ""),
             Some(old) if new_connection_wins(&conn.info, &old.info) => {
@@ -1538,6 +1561,7 @@ impl Tub {
             listeners: Mutex::new(Vec::new()),
             pending_handshakes: Mutex::default(),
             budget: budget.clone(),
+            writers: Arc::default(),
             shedding: Arc::default(),
             busy_answers: Default::default(),
             dropped_unanswered: Default::default(),
@@ -1841,8 +1865,19 @@ impl Tub {
         }
     }
 
-    /// Stops listening (the listening sockets are closed when this returns) and closes every
-    /// connection with a goodbye.
+    /// Stops listening (the listening sockets are closed when this returns), closes every
+    /// connection with `Goodbye(Shutdown)`, and waits until each has written it: what was
+    /// queued, the goodbye and the TLS close_notify written, and the stream shut (connections
+    /// closed earlier and still saying goodbye are waited for too). The connections finish
+    /// at once, each on its own task; the wait ends when the last has, or after
+    /// [`TubConfig::shutdown_grace`] (5 s by default), whichever comes first, so a peer that
+    /// does not read cannot hold it longer.
+    ///
+    /// A process may therefore exit as soon as this returns: its peers see
+    /// `Disconnect::PeerGoodbye(GoodbyeReason::Shutdown)`, not a stream cut short (only the
+    /// connections still closing when the grace ran out are cut, when the runtime goes).
+    /// Calls pending on the connections fail at once, not when this returns. Later calls of
+    /// `shutdown` wait the same way.
     pub async fn shutdown(&self) {
         self.inner
             .shut_down
@@ -1857,6 +1892,17 @@ impl Tub {
         let conns: Vec<_> = lock(&self.inner.connections).values().cloned().collect();
         for c in conns {
             c.close(Disconnect::Shutdown, Some(GoodbyeReason::Shutdown));
+        }
+        let grace = self.inner.config.shutdown_grace;
+        let writers = &self.inner.writers;
+        if tokio::time::timeout(grace, writers.all_ended())
+            .await
+            .is_err()
+        {
+            debug!(
+                left = writers.live(),
+                "shutdown: connections still closing after {grace:?} (peers not reading?)"
+            );
         }
     }
 }
