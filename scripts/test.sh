@@ -50,6 +50,18 @@ rustup toolchain list | grep -q "^$msrv-" || rustup toolchain install "$msrv" --
 cargo "+$msrv" check --locked $published
 step "published crates: cargo publish --dry-run"
 cargo publish --dry-run --locked $published
+# Their API against the baseline commit (scripts/api-baseline): a breaking change must come
+# with a version that says so. Every feature, so that Tor and I2P items are checked too.
+baseline=$(grep -v '^#' scripts/api-baseline | head -n1)
+step "published crates: cargo semver-checks against ${baseline:0:12}"
+if ! git cat-file -e "$baseline^{commit}" 2>/dev/null; then
+  echo "the API baseline $baseline is not in this clone's history (a shallow clone?): git fetch --unshallow" >&2
+  exit 1
+fi
+if ! cargo semver-checks --version >/dev/null 2>&1; then
+  cargo install cargo-semver-checks --locked
+fi
+cargo semver-checks --all-features --baseline-rev "$baseline" $published
 
 if [ "$FOLIO_FUZZ_SECONDS" != 0 ]; then
   step "fuzz smoke: every target for ${FOLIO_FUZZ_SECONDS}s"
