@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,9 +46,16 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 static STARTED: AtomicU32 = AtomicU32::new(0);
 
-/// The last lines one router logged.
+/// What emissary 0.4's streaming code logs (at `debug`, target
+/// `emissary::streaming::active`) each time a stream's retransmission timer fires with
+/// packets still unacknowledged: it then resends them and starts over with its initial
+/// 9-s timeout. Counted by [`I2pNet::stream_resends`].
+pub const STREAM_RESEND_LINE: &str = "routing path recreated";
+
+/// The last lines one router logged, and how many lines ever said
+/// [`STREAM_RESEND_LINE`].
 #[derive(Clone, Default)]
-struct LogTail(Arc<Mutex<VecDeque<String>>>);
+struct LogTail(Arc<Mutex<VecDeque<String>>>, Arc<AtomicU64>);
 
 impl LogTail {
     fn lines(&self, n: usize) -> Vec<String> {
@@ -64,6 +71,9 @@ impl std::io::Write for LogTail {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for line in String::from_utf8_lossy(buf).lines() {
+            if line.contains(STREAM_RESEND_LINE) {
+                self.1.fetch_add(1, Ordering::Relaxed);
+            }
             if all.len() == LOG_LINES {
                 all.pop_front();
             }
@@ -362,6 +372,14 @@ impl I2pNet {
             .flatten()
             .flat_map(|r| std::iter::once(r.ntcp2()).chain(r.sam()))
             .collect()
+    }
+
+    /// How many times, so far, a stream in any of the routers resent packets after its
+    /// retransmission timeout ([`STREAM_RESEND_LINE`]). Counted only when the routers log
+    /// `emissary::streaming::active` at `debug` (`FOLIO_I2PNET_LOG`, for example
+    /// `info,emissary::streaming::active=debug`, set before [`I2pNet::start`]); 0 otherwise.
+    pub fn stream_resends(&self) -> u64 {
+        self.logs.iter().map(|t| t.1.load(Ordering::Relaxed)).sum()
     }
 
     /// The last `lines` log lines of every router, for a failure report.
