@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use folio_rpc::connector::{AcceptFuture, ConnectError, ConnectFuture, Listener};
-use folio_rpc::{BoxStream, Hint};
+use folio_rpc::{BoxStream, ErrorChain, Hint};
 use folio_transports::i2p::{generate_destination, Destination, SamConfig, SamError, Session};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -222,7 +222,8 @@ impl Handler for I2pHandler {
                     if retires_session(&e, reached_before) {
                         tracing::debug!(
                             peer = %addr,
-                            "retiring the I2P dialing session after: {e}"
+                            "retiring the I2P dialing session after: {}",
+                            ErrorChain(&e)
                         );
                         self.retire(&dialer).await;
                     }
@@ -243,7 +244,7 @@ pub struct I2pListener {
 #[derive(Debug, thiserror::Error)]
 pub enum I2pListenError {
     /// The SAM bridge refused or failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Sam(#[from] SamError),
     /// The key file could not be read or written.
     #[error("I2P destination key {path}: {source}")]
@@ -299,7 +300,7 @@ impl Listener for I2pListener {
                 .session
                 .accept()
                 .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+                .map_err(|e| std::io::Error::other(ErrorChain(&e).to_string()))?;
             Ok(Box::new(stream) as BoxStream)
         })
     }
