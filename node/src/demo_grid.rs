@@ -42,8 +42,11 @@ pub struct DemoGridArgs {
     #[arg(long, default_value_t = 10)]
     pub servers: usize,
     /// Size of the file to upload, in MiB (default 16 over TCP, 1 over I2P).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "size_kib")]
     pub size_mib: Option<u64>,
+    /// Size of the file to upload, in KiB (instead of `--size-mib`; for quick runs).
+    #[arg(long)]
+    pub size_kib: Option<u64>,
     /// The network: tcp, or i2p (a private I2P network of embedded routers, nothing
     /// installed).
     #[arg(long, value_enum, default_value_t = DemoNetwork::Tcp)]
@@ -188,7 +191,14 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
         bail!("--servers must be at least 10: the demo stores 3-of-10 and stops 7, then 8");
     }
     let i2p = args.network == DemoNetwork::I2p;
-    let size_mib = args.size_mib.unwrap_or(if i2p { 1 } else { 16 });
+    let size = match (args.size_kib, args.size_mib) {
+        (Some(kib), _) => kib * 1024,
+        (None, Some(mib)) => mib * 1024 * 1024,
+        (None, None) => (if i2p { 1 } else { 16 }) * 1024 * 1024,
+    };
+    if size == 0 {
+        bail!("the file must not be empty");
+    }
     // Over I2P, stream setup and failure detection take seconds, not milliseconds.
     let (connect_within, notice_within) = if i2p {
         (Duration::from_secs(240), Duration::from_secs(200))
@@ -277,7 +287,6 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
         t.elapsed().as_secs_f64() * 1e3
     );
 
-    let size = size_mib * 1024 * 1024;
     step(
         t0,
         &format!(
