@@ -247,7 +247,7 @@ pub enum I2pListenError {
     #[error(transparent)]
     Sam(#[from] SamError),
     /// The key file could not be read or written.
-    #[error("I2P destination key {path}: {source}")]
+    #[error("cannot read or write the I2P destination key {path}")]
     Key {
         /// The key file.
         path: String,
