@@ -2,8 +2,10 @@
 //!
 //! 1. The input as an su3 file to `parse_su3`: never panics; an accepted file is split into
 //!    parts that tile it exactly (signed part then signature), within `MAX_SU3_FILE`.
-//! 2. The input to `decode_reseed` against a trusted signer the fuzzer holds no key of: it
-//!    is always refused (a signature is never accepted by chance), and never panics.
+//! 2. The input to `decode_reseed` against the test signer: it never panics, and it is
+//!    refused unless it is, byte for byte, one of the seed files that signer signed (the
+//!    signature covers every byte but itself, so no mutation of a signed file is accepted by
+//!    chance).
 //! 3. The input as a zip archive to `read_zip` (what `decode_reseed` reads once the signature
 //!    is good): at most `MAX_ENTRIES` entries, each named `routerInfo-*.dat`, each at most
 //!    `MAX_ENTRY_SIZE` bytes and all together at most `MAX_TOTAL_INFLATED`; the entries
@@ -17,6 +19,11 @@ use folio_transports::i2p_embedded::su3::{
 use libfuzzer_sys::fuzz_target;
 
 const CERT: &[u8] = include_bytes!("../../transports/testdata/test-reseed_at_folio.invalid.crt");
+/// The seed files signed with the test signer's key.
+const SIGNED: [&[u8]; 2] = [
+    include_bytes!("../seeds/su3/reseed-3-routers.su3"),
+    include_bytes!("../seeds/su3/reseed-empty.su3"),
+];
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(su3) = parse_su3(data) {
@@ -28,7 +35,9 @@ fuzz_target!(|data: &[u8]| {
     trusted
         .add_pem("test-reseed@folio.invalid", CERT)
         .expect("the test certificate loads");
-    assert!(decode_reseed(data, &trusted).is_err());
+    if decode_reseed(data, &trusted).is_ok() {
+        assert!(SIGNED.contains(&data), "an unsigned input was accepted");
+    }
 
     if let Ok(entries) = read_zip(data) {
         assert!(entries.len() <= MAX_ENTRIES);
