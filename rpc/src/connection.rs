@@ -58,7 +58,7 @@ use crate::object::{
     Dispatch, LazyRef, ObjectRef, Outcome, ProtocolError, RefCodec, RefDesc, RefKind, Refusal,
     Reply,
 };
-use crate::outbox::{Budget, Outbox, PushError};
+use crate::outbox::{Budget, Lent, Outbox, Payload, PushError};
 use crate::promise::{PromiseCell, SendGuard};
 use crate::tls::TlsStream;
 use crate::tub::{TubConfig, TubInner};
@@ -640,7 +640,13 @@ impl ConnShared {
     /// Queues a frame the peer provoked. Returns false if the connection is closed, the frame
     /// cannot be encoded, or the peer has left too much unread (which closes the connection).
     fn send_message(&self, msg: &Message<'_>) -> bool {
-        match self.outbox.push(msg) {
+        self.send_message_lending(msg, None)
+    }
+
+    /// Queues a frame the peer provoked, as [`ConnShared::send_message`], with `lent` (a
+    /// payload of `msg`, see [`Payload`]) lent to the outbox rather than copied.
+    fn send_message_lending(&self, msg: &Message<'_>, lent: Option<&Lent>) -> bool {
+        match self.outbox.push_lending(msg, lent) {
             Ok(first) => {
                 self.queued(first, false);
                 true
@@ -661,7 +667,7 @@ impl ConnShared {
                 );
                 false
             }
-            Err(PushError::TubFull) => self.send_in_full_tub(msg),
+            Err(PushError::TubFull) => self.send_in_full_tub(msg, lent),
             Err(PushError::Closed) => false,
         }
     }
@@ -670,7 +676,7 @@ impl ConnShared {
     /// the connection whose peer has left the most unread is closed, and the frame is tried
     /// once more. If that connection is this one, or the frame still does not fit, this
     /// connection is closed.
-    fn send_in_full_tub(&self, msg: &Message<'_>) -> bool {
+    fn send_in_full_tub(&self, msg: &Message<'_>, lent: Option<&Lent>) -> bool {
         let why = |what: &str| {
             Disconnect::NotReading(format!(
                 "this Tub's {} bytes of buffers are full, and {what}",
@@ -684,7 +690,7 @@ impl ConnShared {
                 None,
                 Duration::ZERO,
             );
-            if let Ok(first) = self.outbox.push(msg) {
+            if let Ok(first) = self.outbox.push_lending(msg, lent) {
                 self.queued(first, false);
                 return true;
             }
@@ -1574,6 +1580,7 @@ impl ConnShared {
     async fn send<E>(
         &self,
         msg: &Message<'_>,
+        lent: Option<&Lent>,
         alone: bool,
         deadline: impl FnOnce() -> Option<Deadline>,
     ) -> Result<(), CallError<E>> {
@@ -1583,11 +1590,11 @@ impl ConnShared {
             | Message::Oneway { refs, .. } => Some(refs.as_slice()).filter(|r| !r.is_empty()),
             _ => None,
         };
-        let pushed = match self.outbox.push(msg) {
+        let pushed = match self.outbox.push_lending(msg, lent) {
             Err(PushError::Full | PushError::TubFull) => {
                 // The slow path: wait for room, within the deadline.
                 let mut unsent = Unsent { conn: self, refs };
-                let wait = self.outbox.push_waiting(msg);
+                let wait = self.outbox.push_waiting(msg, lent);
                 let pushed = match deadline() {
                     None => wait.await,
                     Some(d) => match tokio::time::timeout_at(d.at, wait).await {
@@ -1681,6 +1688,7 @@ impl ConnShared {
             number
         };
         let (args, refs) = encode_args(&self.codec(), args)?;
+        let args = Payload::new(args);
         let v2 = self.info.version >= 2;
         let msg = match deadline {
             // Version 1 has no way to say it: the deadline is only ours.
@@ -1693,7 +1701,7 @@ impl ConnShared {
                 target,
                 interface,
                 method,
-                args: &args,
+                args: args.bytes(),
                 refs,
             },
             _ => Message::Call {
@@ -1701,7 +1709,7 @@ impl ConnShared {
                 target,
                 interface,
                 method,
-                args: &args,
+                args: args.bytes(),
                 refs,
             },
         };
@@ -1724,11 +1732,12 @@ impl ConnShared {
         }
         // Alone: no other caller holds an outbound unit, answered or not, so no other call is
         // about to join this one in the queue.
-        self.send(&msg, unit.alone, || deadline).await?;
+        self.send(&msg, args.lent(), unit.alone, || deadline)
+            .await?;
         drop(via);
         guard.cancel = v2;
         drop(msg);
-        crate::object::recycle(args);
+        args.recycle();
         Ok(Issued {
             unit,
             guard,
@@ -1810,20 +1819,23 @@ impl ConnShared {
             return Err(CallError::Disconnected(reason));
         }
         let (args, refs) = encode_args(&self.codec(), args)?;
+        let args = Payload::new(args);
         let msg = Message::Oneway {
             target,
             interface,
             method,
-            args: &args,
+            args: args.bytes(),
             refs,
         };
         let timeout = timeout.or(self.config.call_timeout);
         let sent = self
-            .send(&msg, false, || {
+            .send(&msg, args.lent(), false, || {
                 timeout.and_then(|t| Deadline::after(tokio::time::Instant::now(), t))
             })
             .await;
         drop(via);
+        drop(msg);
+        args.recycle();
         sent
     }
 
@@ -2431,8 +2443,13 @@ fn no_object(number: u64, index: u32, len: usize) -> String {
 /// Queues the answer to call `id` (none for a one-way call), `None` if the method panicked,
 /// then lets go of what the call kept alive for it.
 fn send_answer(shared: &Arc<ConnShared>, id: Option<u64>, ctx: CallContext, reply: Option<Reply>) {
-    let reply =
+    let mut reply =
         reply.unwrap_or_else(|| Reply::Refused(Refusal::Failed("the method panicked".into())));
+    // A large value is lent to the outbox rather than copied into it.
+    let value = match &mut reply {
+        Reply::Ok(b) | Reply::AppError(b) => Payload::new(std::mem::take(b)),
+        Reply::Refused(_) => Payload::Copied(Vec::new()),
+    };
     if let Some(id) = id {
         let refs = ctx.take_out_refs();
         if id & PROMISE_MARK != 0 {
@@ -2451,12 +2468,18 @@ fn send_answer(shared: &Arc<ConnShared>, id: Option<u64>, ctx: CallContext, repl
             shared.settle(id, outcome);
         }
         let body = match &reply {
-            Reply::Ok(b) => AnswerBody::Ok { value: b, refs },
-            Reply::AppError(b) => AnswerBody::AppError { value: b, refs },
+            Reply::Ok(_) => AnswerBody::Ok {
+                value: value.bytes(),
+                refs,
+            },
+            Reply::AppError(_) => AnswerBody::AppError {
+                value: value.bytes(),
+                refs,
+            },
             Reply::Refused(r) => AnswerBody::Refused(r.clone()),
         };
         let msg = Message::Answer { id, body };
-        if !shared.send_message(&msg) {
+        if !shared.send_message_lending(&msg, value.lent()) {
             if let Message::Answer {
                 body: AnswerBody::Ok { refs, .. } | AnswerBody::AppError { refs, .. },
                 ..
@@ -2472,9 +2495,7 @@ fn send_answer(shared: &Arc<ConnShared>, id: Option<u64>, ctx: CallContext, repl
         }
     }
     ctx.release_kept();
-    if let Reply::Ok(b) | Reply::AppError(b) = reply {
-        crate::object::recycle(b);
-    }
+    value.recycle();
 }
 
 /// The task of an inbound call that did not complete at once: it runs the method (`fut`)

@@ -378,22 +378,46 @@ pub fn append_frame<T: Serialize>(
     msg: &T,
     max_len: u32,
 ) -> Result<(), FrameError> {
+    append_frame_lending(out, msg, max_len, &[]).map(|_| ())
+}
+
+/// Encodes `msg` as [`append_frame`] does, except for the bytes of `lent`, a byte-string field
+/// of `msg` (encoded with `serialize_bytes`, as the messages' payload fields are): they are
+/// left out of `out`, though the frame's length counts them. Returns where in `out` they
+/// belong (the frame goes on there with them, then with the rest of `out`), or `None` if
+/// `msg` did not encode them, in which case nothing was left out. This is how a large
+/// payload reaches the stream without being copied into the queue of frames first.
+///
+/// The field is recognised by its address and length, not its content: an empty `lent` is
+/// never left out.
+pub(crate) fn append_frame_lending<T: Serialize>(
+    out: &mut Vec<u8>,
+    msg: &T,
+    max_len: u32,
+    lent: &[u8],
+) -> Result<Option<usize>, FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    let encoded = postcard::serialize_with_flavor(msg, AppendTo(out));
-    let len = out.len() - start - HEADER_LEN;
+    let flavor = AppendTo {
+        out,
+        lend: (!lent.is_empty()).then_some(lent),
+        lent_at: None,
+    };
+    let encoded = postcard::serialize_with_flavor(msg, flavor);
+    let lent_at = encoded.as_ref().ok().copied().flatten();
+    let len = out.len() - start - HEADER_LEN + lent_at.map_or(0, |_| lent.len());
     let checked = match encoded {
         Err(e) => Err(FrameError::from(e)),
-        Ok(()) if len > max_len as usize => Err(FrameError::TooLarge {
+        Ok(_) if len > max_len as usize => Err(FrameError::TooLarge {
             len: len as u64,
             max: max_len,
         }),
-        Ok(()) => Ok(()),
+        Ok(_) => Ok(()),
     };
     match checked {
         Ok(()) => {
             out[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-            Ok(())
+            Ok(lent_at)
         }
         Err(e) => {
             out.truncate(start);
@@ -403,24 +427,36 @@ pub fn append_frame<T: Serialize>(
 }
 
 /// A postcard output that appends to a borrowed `Vec` (postcard's own `to_extend` takes the
-/// vector by value and loses it on an error).
-struct AppendTo<'a>(&'a mut Vec<u8>);
+/// vector by value and loses it on an error), leaving out the first write of exactly the
+/// bytes of `lend` (the same address and length) and noting where it would have gone.
+struct AppendTo<'a, 'l> {
+    out: &'a mut Vec<u8>,
+    lend: Option<&'l [u8]>,
+    lent_at: Option<usize>,
+}
 
-impl postcard::ser_flavors::Flavor for AppendTo<'_> {
-    type Output = ();
+impl postcard::ser_flavors::Flavor for AppendTo<'_, '_> {
+    type Output = Option<usize>;
 
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        self.0.push(byte);
+        self.out.push(byte);
         Ok(())
     }
 
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(bytes);
+        if let Some(lend) = self.lend {
+            if std::ptr::eq(bytes, lend) {
+                self.lent_at = Some(self.out.len());
+                self.lend = None;
+                return Ok(());
+            }
+        }
+        self.out.extend_from_slice(bytes);
         Ok(())
     }
 
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
+    fn finalize(self) -> postcard::Result<Option<usize>> {
+        Ok(self.lent_at)
     }
 }
 
@@ -541,6 +577,39 @@ mod tests {
             Err(FrameError::TooLarge { len: 11, max: 10 })
         ));
         assert_eq!(out.len(), 13);
+    }
+
+    /// A lent field is left out where it belongs, and the frame with it put back is the
+    /// frame `append_frame` makes; a slice with the same content elsewhere is not lent.
+    #[test]
+    fn a_lent_field_is_left_out_where_it_belongs() {
+        let payload = vec![9u8; 300];
+        let msg = (7u8, serde_bytes::Bytes::new(&payload), "tail");
+        let mut whole = vec![1, 2];
+        append_frame(&mut whole, &msg, 1000).unwrap();
+        let mut out = vec![1, 2];
+        let at = append_frame_lending(&mut out, &msg, 1000, &payload)
+            .unwrap()
+            .expect("the payload was lent");
+        let mut joined = out[..at].to_vec();
+        joined.extend_from_slice(&payload);
+        joined.extend_from_slice(&out[at..]);
+        assert_eq!(joined, whole);
+        // Equal bytes at another address are copied as usual.
+        let twin = payload.clone();
+        let mut copied = vec![1, 2];
+        assert_eq!(
+            append_frame_lending(&mut copied, &msg, 1000, &twin).unwrap(),
+            None
+        );
+        assert_eq!(copied, whole);
+        // The limit counts the lent bytes.
+        let mut refused = vec![1, 2];
+        assert!(matches!(
+            append_frame_lending(&mut refused, &msg, 300, &payload),
+            Err(FrameError::TooLarge { max: 300, .. })
+        ));
+        assert_eq!(refused, [1, 2]);
     }
 
     #[tokio::test]

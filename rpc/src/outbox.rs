@@ -22,18 +22,25 @@
 //! to the writer task. A write that cannot finish at once is left where it stopped, with the
 //! writer task's waker registered on the stream, and the writer task finishes it. Only the
 //! writer task says goodbye and shuts the stream.
+//!
+//! **Large payloads are lent, not copied.** A call's arguments or an answer's value of
+//! [`LEND_FROM`] bytes or more ([`Payload`]) stay in the buffer they were encoded into: the
+//! queue keeps the frame's other bytes and, beside them, a shared handle on the payload and
+//! where it belongs, and the writer hands the pieces to the stream in order with one vectored
+//! write. Over TLS, rustls seals records straight from those pieces, so a payload is copied
+//! once on its way out (into the record it is sealed in) rather than twice.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, TryLockError};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 
-use crate::frame::{append_frame, FrameError};
+use crate::frame::{append_frame, append_frame_lending, FrameError};
 use crate::message::Message;
 
 /// Why a frame was not queued.
@@ -110,10 +117,168 @@ impl Budget {
     }
 }
 
+/// Payloads of at least this many bytes are lent to the outbox rather than copied into its
+/// queue. Below it a copy costs less than the handle and the extra piece in the write; it is
+/// also the largest encoding buffer kept for reuse (`crate::object::recycle`).
+pub(crate) const LEND_FROM: usize = 4096;
+
+/// A payload lent to the outbox: shared until the writer has handed it to the stream.
+pub(crate) type Lent = Arc<Vec<u8>>;
+
+/// An encoded payload (a call's arguments, an answer's value) on its way into a frame: a
+/// large one is shared with the outbox ([`Outbox::push_lending`]), a small one is copied
+/// into the queue like the frame's other fields.
+pub(crate) enum Payload {
+    /// Copied into the queue; the buffer is reused for the next encoding.
+    Copied(Vec<u8>),
+    /// Lent to the outbox, which writes it from here.
+    Lent(Lent),
+}
+
+impl Payload {
+    /// Wraps an encoded payload, to be lent if it is large.
+    pub(crate) fn new(bytes: Vec<u8>) -> Payload {
+        if bytes.len() >= LEND_FROM {
+            Payload::Lent(Arc::new(bytes))
+        } else {
+            Payload::Copied(bytes)
+        }
+    }
+
+    /// The payload's bytes, for the message that carries them.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Copied(b) => b,
+            Payload::Lent(b) => b,
+        }
+    }
+
+    /// What to lend the outbox along with the message, if anything.
+    pub(crate) fn lent(&self) -> Option<&Lent> {
+        match self {
+            Payload::Copied(_) => None,
+            Payload::Lent(b) => Some(b),
+        }
+    }
+
+    /// Done with: a small buffer goes back for reuse.
+    pub(crate) fn recycle(self) {
+        if let Payload::Copied(b) = self {
+            crate::object::recycle(b);
+        }
+    }
+}
+
+/// Frames back to back, as they are to be written: their encoded bytes, with the payloads
+/// lent to the outbox left out of them and kept beside, each with the offset in `bytes`
+/// where it belongs (offsets in order).
+#[derive(Default)]
+struct Frames {
+    bytes: Vec<u8>,
+    lent: Vec<(usize, Lent)>,
+    /// The lent payloads' bytes, in all.
+    lent_len: usize,
+}
+
+impl Frames {
+    /// The bytes to be written, lent payloads included.
+    fn len(&self) -> usize {
+        self.bytes.len() + self.lent_len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.lent.is_empty()
+    }
+
+    /// Where a frame about to be appended starts, to take it out again ([`Frames::truncate`]).
+    fn mark(&self) -> (usize, usize) {
+        (self.bytes.len(), self.lent.len())
+    }
+
+    /// Appends `msg` as a frame, leaving `lent` out if it is one of its fields.
+    fn append(
+        &mut self,
+        msg: &Message<'_>,
+        max_frame: u32,
+        lent: Option<&Lent>,
+    ) -> Result<(), FrameError> {
+        let Some(lent) = lent else {
+            return append_frame(&mut self.bytes, msg, max_frame);
+        };
+        if let Some(at) = append_frame_lending(&mut self.bytes, msg, max_frame, lent)? {
+            self.lent.push((at, lent.clone()));
+            self.lent_len += lent.len();
+        }
+        Ok(())
+    }
+
+    /// Takes out what was appended since `mark`.
+    fn truncate(&mut self, (bytes, lent): (usize, usize)) {
+        self.bytes.truncate(bytes);
+        for (_, l) in self.lent.drain(lent..) {
+            self.lent_len -= l.len();
+        }
+    }
+
+    /// Puts `held` (whole frames) in front of these.
+    fn prepend(&mut self, held: Vec<u8>) {
+        let shift = held.len();
+        let mut bytes = held;
+        bytes.append(&mut self.bytes);
+        self.bytes = bytes;
+        for (at, _) in &mut self.lent {
+            *at += shift;
+        }
+    }
+
+    /// Empties a written batch, giving back an unusually large allocation.
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.lent.clear();
+        self.lent_len = 0;
+        if self.bytes.capacity() > KEEP_CAPACITY {
+            self.bytes = Vec::new();
+        }
+    }
+
+    /// Fills `iov` with the pieces that follow the first `done` bytes, in order, as many as
+    /// fit; returns how many it filled.
+    fn pieces<'a>(&'a self, done: usize, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut skip = done;
+        let mut n = 0;
+        let mut from = 0;
+        let lent = self.lent.iter().map(|(at, l)| (*at, Some(l.as_slice())));
+        for (to, payload) in lent.chain(std::iter::once((self.bytes.len(), None))) {
+            for piece in [Some(&self.bytes[from..to]), payload].into_iter().flatten() {
+                if skip >= piece.len() {
+                    skip -= piece.len();
+                    continue;
+                }
+                if n == iov.len() {
+                    return n;
+                }
+                iov[n] = IoSlice::new(&piece[skip..]);
+                skip = 0;
+                n += 1;
+            }
+            from = to;
+        }
+        n
+    }
+
+    /// The bytes as they are written (for tests).
+    #[cfg(test)]
+    fn joined(&self) -> Vec<u8> {
+        let mut iov = [IoSlice::new(&[]); 64];
+        let n = self.pieces(0, &mut iov);
+        iov[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Encoded frames, back to back.
-    queued: Vec<u8>,
+    queued: Frames,
     /// Bytes the writer took and has not finished writing.
     writing: usize,
     /// Set once by [`Outbox::close`]; the goodbye is taken by the writer.
@@ -125,6 +290,11 @@ struct State {
 /// The write half of a connection's stream, as the outbox's writers drive it.
 pub(crate) trait WriteSide: Send {
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>>;
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
@@ -132,6 +302,14 @@ pub(crate) trait WriteSide: Send {
 impl<W: AsyncWrite + Unpin + Send> WriteSide for W {
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(self).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write_vectored(cx, bufs)
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -147,7 +325,7 @@ impl<W: AsyncWrite + Unpin + Send> WriteSide for W {
 struct Pipe {
     io: Box<dyn WriteSide>,
     /// Frames taken from the queue, written up to `done`.
-    batch: Vec<u8>,
+    batch: Frames,
     done: usize,
     /// `batch` is written whole but not yet flushed.
     unflushed: bool,
@@ -176,7 +354,7 @@ impl State {
     /// Swaps the queued frames into `batch` (which must be empty); or, once every frame has
     /// been taken from a closing outbox, reports that (with the goodbye, taken only if
     /// `take_goodbye`). `None` if nothing is queued and the outbox is open.
-    fn take(&mut self, batch: &mut Vec<u8>, take_goodbye: bool) -> Option<Taken> {
+    fn take(&mut self, batch: &mut Frames, take_goodbye: bool) -> Option<Taken> {
         if !self.queued.is_empty() {
             std::mem::swap(&mut self.queued, batch);
             self.writing = batch.len();
@@ -210,7 +388,8 @@ pub(crate) struct Outbox {
     tub: std::sync::Arc<Budget>,
 }
 
-/// The writer's buffer grows to the largest batch it wrote; past this it is given back.
+/// The writer's buffer grows to the largest batch it wrote; past this it is given back. (A
+/// lent payload is not in it.)
 const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// The bytes of a message's payload: no frame carrying it is shorter.
@@ -261,14 +440,11 @@ impl Outbox {
         if !held.is_empty() {
             self.tub.take(held.len());
             self.held.store(true, Ordering::SeqCst);
-            let mut state = self.lock();
-            let mut queued = held;
-            queued.append(&mut state.queued);
-            state.queued = queued;
+            self.lock().queued.prepend(held);
         }
         lock_writing(&self.writing).pipe = Some(Pipe {
             io: Box::new(io),
-            batch: Vec::new(),
+            batch: Frames::default(),
             done: 0,
             unflushed: false,
         });
@@ -278,12 +454,27 @@ impl Outbox {
     /// was empty before: then nobody has been told to write it yet (see [`Outbox::write_now`]
     /// and [`Outbox::wake_writer`]).
     pub(crate) fn push(&self, msg: &Message<'_>) -> Result<bool, PushError> {
-        self.push_or_want_room(msg, false)
+        self.push_or_want_room(msg, None, false)
+    }
+
+    /// Queues `msg` as [`Outbox::push`] does, with `lent` (a payload field of `msg`, see
+    /// [`Payload`]) kept where it is rather than copied: the outbox holds on to it until the
+    /// frame is written.
+    pub(crate) fn push_lending(
+        &self,
+        msg: &Message<'_>,
+        lent: Option<&Lent>,
+    ) -> Result<bool, PushError> {
+        self.push_or_want_room(msg, lent, false)
     }
 
     /// Queues `msg` as a frame, waiting for room in the budgets; returns as [`Outbox::push`].
-    pub(crate) async fn push_waiting(&self, msg: &Message<'_>) -> Result<bool, PushError> {
-        match self.push(msg) {
+    pub(crate) async fn push_waiting(
+        &self,
+        msg: &Message<'_>,
+        lent: Option<&Lent>,
+    ) -> Result<bool, PushError> {
+        match self.push_lending(msg, lent) {
             Err(PushError::Full | PushError::TubFull) => {}
             done => return done,
         }
@@ -294,14 +485,19 @@ impl Outbox {
             room.as_mut().enable();
             // Room in the Tub's budget is waited for the same way: this outbox's own writes
             // wake it, and an empty outbox takes a frame whatever the Tub's budget says.
-            match self.push_or_want_room(msg, true) {
+            match self.push_or_want_room(msg, lent, true) {
                 Err(PushError::Full | PushError::TubFull) => room.await,
                 done => return done,
             }
         }
     }
 
-    fn push_or_want_room(&self, msg: &Message<'_>, want_room: bool) -> Result<bool, PushError> {
+    fn push_or_want_room(
+        &self,
+        msg: &Message<'_>,
+        lent: Option<&Lent>,
+        want_room: bool,
+    ) -> Result<bool, PushError> {
         let mut state = self.lock();
         if state.closing.is_some() {
             return Err(PushError::Closed);
@@ -319,7 +515,11 @@ impl Outbox {
             state.room_wanted |= want_room;
             return Err(PushError::TubFull);
         }
-        append_frame(&mut state.queued, msg, self.max_frame).map_err(PushError::Encode)?;
+        let mark = state.queued.mark();
+        state
+            .queued
+            .append(msg, self.max_frame, lent)
+            .map_err(PushError::Encode)?;
         let len = state.queued.len() - before;
         // A frame into an empty outbox is always taken (it may be larger than either budget,
         // and it is what lets every connection make progress); otherwise it must fit both.
@@ -334,11 +534,12 @@ impl Outbox {
             None
         };
         if let Some(refused) = refused {
-            state.queued.truncate(before);
+            state.queued.truncate(mark);
             // Do not keep the room a refused frame made the buffer grow to.
-            if state.queued.capacity() > self.budget.max(KEEP_CAPACITY) {
-                let keep = before.max(KEEP_CAPACITY);
-                state.queued.shrink_to(keep);
+            let bytes = &mut state.queued.bytes;
+            if bytes.capacity() > self.budget.max(KEEP_CAPACITY) {
+                let keep = bytes.len().max(KEEP_CAPACITY);
+                bytes.shrink_to(keep);
             }
             state.room_wanted |= want_room;
             return Err(refused);
@@ -409,7 +610,18 @@ impl Outbox {
     ) -> Poll<io::Result<Drove>> {
         loop {
             if pipe.done < pipe.batch.len() {
-                match pipe.io.poll_write(cx, &pipe.batch[pipe.done..]) {
+                let Pipe {
+                    io, batch, done, ..
+                } = &mut *pipe;
+                let wrote = if batch.lent.is_empty() {
+                    io.poll_write(cx, &batch.bytes[*done..])
+                } else {
+                    // The frames' bytes and the lent payloads between them, in one write.
+                    let mut iov = [IoSlice::new(&[]); 64];
+                    let n = batch.pieces(*done, &mut iov);
+                    io.poll_write_vectored(cx, &iov[..n])
+                };
+                match wrote {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => pipe.done += n,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -499,16 +711,16 @@ impl Outbox {
 
     /// Takes what is queued, as [`State::take`].
     #[cfg(test)]
-    fn take_now(&self, batch: &mut Vec<u8>, take_goodbye: bool) -> Option<Taken> {
+    fn take_now(&self, batch: &mut Frames, take_goodbye: bool) -> Option<Taken> {
         self.take_after(batch, false, take_goodbye)
     }
 
     /// [`State::take`] under the queue's lock. With `written`, `batch` holds a batch just
     /// written and flushed: it is emptied and its bytes leave the budget first, under the
     /// same lock.
-    fn take_after(&self, batch: &mut Vec<u8>, written: bool, take_goodbye: bool) -> Option<Taken> {
+    fn take_after(&self, batch: &mut Frames, written: bool, take_goodbye: bool) -> Option<Taken> {
         if written {
-            clear_batch(batch);
+            batch.clear();
         }
         debug_assert!(batch.is_empty());
         let mut state = self.lock();
@@ -535,8 +747,8 @@ impl Outbox {
     /// The writer has written `batch`: its bytes leave the budget, and it is emptied for the
     /// next take.
     #[cfg(test)]
-    fn written(&self, batch: &mut Vec<u8>) {
-        clear_batch(batch);
+    fn written(&self, batch: &mut Frames) {
+        batch.clear();
         let mut state = self.lock();
         self.tub.give(state.writing);
         state.writing = 0;
@@ -554,14 +766,6 @@ impl Drop for Outbox {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         self.tub.give(state.writing + state.queued.len());
-    }
-}
-
-/// Empties a written batch, giving back an unusually large allocation.
-fn clear_batch(batch: &mut Vec<u8>) {
-    batch.clear();
-    if batch.capacity() > KEEP_CAPACITY {
-        *batch = Vec::new();
     }
 }
 
@@ -599,7 +803,7 @@ mod tests {
         assert!(matches!(a.push(&call_with(&big)), Err(PushError::TubFull)));
         assert!(matches!(b.push(&call_with(&big)), Err(PushError::TubFull)));
         // A's frames are written: their bytes come back, and B has room again.
-        let mut batch = Vec::new();
+        let mut batch = Frames::default();
         assert!(matches!(a.take_now(&mut batch, false), Some(Taken::Frames)));
         assert_eq!(
             tub.used(),
@@ -635,7 +839,7 @@ mod tests {
         let out = Outbox::new(1024, 1024, unbounded());
         out.push(&ping(1)).unwrap();
         out.push(&ping(2)).unwrap();
-        let mut batch = Vec::new();
+        let mut batch = Frames::default();
         assert!(matches!(
             out.take_now(&mut batch, true).unwrap(),
             Taken::Frames
@@ -643,7 +847,7 @@ mod tests {
         let mut expected = Vec::new();
         append_frame(&mut expected, &ping(1), 1024).unwrap();
         append_frame(&mut expected, &ping(2), 1024).unwrap();
-        assert_eq!(batch, expected);
+        assert_eq!(batch.joined(), expected);
         out.written(&mut batch);
         assert!(batch.is_empty());
         // Closing: what is queued first, then the goodbye, and nothing after.
@@ -667,13 +871,13 @@ mod tests {
         out.push(&ping(1)).unwrap();
         out.push(&ping(2)).unwrap();
         assert!(matches!(out.push(&ping(3)), Err(PushError::Full)));
-        let mut batch = Vec::new();
+        let mut batch = Frames::default();
         out.take_now(&mut batch, true).unwrap();
         // Taken but not written: still counted.
         assert!(matches!(out.push(&ping(3)), Err(PushError::Full)));
         let waiter = {
             let out = out.clone();
-            tokio::spawn(async move { out.push_waiting(&ping(3)).await })
+            tokio::spawn(async move { out.push_waiting(&ping(3), None).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished());
@@ -709,9 +913,9 @@ mod tests {
         let state = out.lock();
         assert_eq!(state.queued.len(), len);
         assert!(
-            state.queued.capacity() < 2 * len,
+            state.queued.bytes.capacity() < 2 * len,
             "{}",
-            state.queued.capacity()
+            state.queued.bytes.capacity()
         );
     }
 
@@ -810,6 +1014,106 @@ mod tests {
         assert_eq!(got, frame(&call));
         settle().await;
         assert_eq!(out.lock().writing, 0);
+        out.close(None);
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Lent payloads leave between the frames' other bytes, in queue order, and count
+    /// against the budgets like copied ones; a refused frame leaves no lent payload behind.
+    #[tokio::test]
+    async fn lent_payloads_are_written_in_place_and_counted() {
+        let tub = unbounded();
+        let out = Outbox::new(u32::MAX, 1 << 20, tub.clone());
+        let a = Payload::new(vec![1u8; 5000]);
+        let b = Payload::new(vec![2u8; LEND_FROM]);
+        let small = Payload::new(vec![3u8; 100]);
+        assert!(a.lent().is_some() && b.lent().is_some() && small.lent().is_none());
+        out.push(&ping(1)).unwrap();
+        out.push_lending(&call_with(a.bytes()), a.lent()).unwrap();
+        out.push_lending(&call_with(small.bytes()), small.lent())
+            .unwrap();
+        out.push_lending(&call_with(b.bytes()), b.lent()).unwrap();
+        out.push(&ping(2)).unwrap();
+        let expected = [
+            frame(&ping(1)),
+            frame(&call_with(a.bytes())),
+            frame(&call_with(small.bytes())),
+            frame(&call_with(b.bytes())),
+            frame(&ping(2)),
+        ]
+        .concat();
+        {
+            let state = out.lock();
+            assert_eq!(state.queued.lent.len(), 2, "both large payloads are lent");
+            assert!(state.queued.bytes.len() < 1000, "and not copied");
+        }
+        assert_eq!(out.counted(), expected.len());
+        assert_eq!(tub.used(), expected.len());
+        // Refused for its size: the queue is as it was, lent payloads included.
+        let huge = Payload::new(vec![4u8; 2 << 20]);
+        assert!(matches!(
+            out.push_lending(&call_with(huge.bytes()), huge.lent()),
+            Err(PushError::Full)
+        ));
+        let tight = Outbox::new(100, 1 << 20, unbounded());
+        assert!(matches!(
+            tight.push_lending(&call_with(a.bytes()), a.lent()),
+            Err(PushError::Encode(FrameError::TooLarge { .. }))
+        ));
+        assert_eq!(tight.counted(), 0);
+        assert!(tight.lock().queued.lent.is_empty());
+        let mut batch = Frames::default();
+        assert!(matches!(
+            out.take_now(&mut batch, false),
+            Some(Taken::Frames)
+        ));
+        assert_eq!(batch.joined(), expected);
+        // The pieces after any number of bytes written are the rest, whatever piece it
+        // ends in.
+        for done in [0, 1, 17, 5000, expected.len() - 1, expected.len()] {
+            let mut iov = [IoSlice::new(&[]); 64];
+            let n = batch.pieces(done, &mut iov);
+            let rest: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
+            assert_eq!(rest, expected[done..], "after {done} bytes");
+        }
+        out.written(&mut batch);
+        assert_eq!(tub.used(), 0);
+        assert!(batch.is_empty());
+        assert_eq!(Arc::strong_count(a.lent().unwrap()), 1, "the outbox let go");
+    }
+
+    /// A stream that takes a few bytes at a time gets lent payloads whole and in order,
+    /// through the writer task.
+    #[tokio::test]
+    async fn lent_payloads_survive_short_writes() {
+        let (ours, mut peer) = tokio::io::duplex(100);
+        let out = Arc::new(Outbox::new(u32::MAX, 1 << 20, unbounded()));
+        out.attach(ours, frame(&ping(0)));
+        let writer = tokio::spawn({
+            let out = out.clone();
+            async move { out.run_writer().await }
+        });
+        let payloads: Vec<Payload> = (0..5u8)
+            .map(|i| Payload::new(vec![i; LEND_FROM + 333 * usize::from(i)]))
+            .collect();
+        let mut expected = frame(&ping(0));
+        for (i, p) in payloads.iter().enumerate() {
+            out.push_lending(&call_with(p.bytes()), p.lent()).unwrap();
+            out.push(&ping(i as u64)).unwrap();
+            expected.extend(frame(&call_with(p.bytes())));
+            expected.extend(frame(&ping(i as u64)));
+        }
+        out.write_now().unwrap();
+        let mut got = vec![0; expected.len()];
+        tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got))
+            .await
+            .expect("everything is written")
+            .unwrap();
+        assert_eq!(got, expected);
         out.close(None);
         tokio::time::timeout(Duration::from_secs(5), writer)
             .await

@@ -613,18 +613,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    /// Seals records straight from the pieces (rustls copies each byte once, into the
+    /// record it is sealed in), so the connection's frames and the large payloads kept
+    /// beside them need not be gathered into one buffer first. (`poll_write` is this with
+    /// one piece.)
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let empty = bufs.iter().all(|b| b.is_empty());
         loop {
             // rustls accepts plaintext up to its buffer limit and encrypts it at once.
-            let n = this.conn.writer().write(buf)?;
+            let n = this.conn.writer().write_vectored(bufs)?;
             let blocked = this.poll_write_pending(cx);
             match (n, blocked) {
                 (_, Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
                 (0, Poll::Pending) => return Poll::Pending,
-                (0, Poll::Ready(Ok(()))) if !buf.is_empty() => continue,
+                (0, Poll::Ready(Ok(()))) if !empty => continue,
                 (n, _) => return Poll::Ready(Ok(n)),
             }
         }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
