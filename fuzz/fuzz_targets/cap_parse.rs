@@ -1,15 +1,20 @@
-//! Immutable file caps: any text is read or refused (never a panic); a cap that is read
-//! prints as text that reads back to the same cap and prints identically, so each cap has
-//! one spelling.
+//! File caps, immutable (`folio:CHK:`, `folio:LIT:`) and mutable (`folio:MUT…`,
+//! `folio:DIR…`): any text is read or refused (never a panic); a cap that is read prints as
+//! text that reads back to the same cap and prints identically, so each cap has one
+//! spelling. A mutable cap's weaker caps derive from it and print and read back too.
 #![no_main]
 
 use folio_node::immutable::{ReadCap, MAX_CAP_LEN};
+use folio_node::mutable::MutCap;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    if let Ok(cap) = text.parse::<MutCap>() {
+        mutable(text, &cap);
+    }
     let Ok(cap) = text.parse::<ReadCap>() else {
         return;
     };
@@ -26,3 +31,28 @@ fuzz_target!(|data: &[u8]| {
         assert!(c.size >= 1);
     }
 });
+
+fn mutable(text: &str, cap: &MutCap) {
+    let shown = cap.to_string();
+    assert_eq!(shown, text, "an accepted mutable cap is not spelled canonically");
+    assert!(shown.len() <= MAX_CAP_LEN);
+    let again: MutCap = shown
+        .parse()
+        .unwrap_or_else(|e| panic!("{text:?} parsed, but its Display {shown:?} does not: {e}"));
+    assert_eq!(&again, cap, "{text:?} -> {shown:?} changed value");
+    assert!(
+        text.parse::<ReadCap>().is_err(),
+        "{text:?} reads as both kinds"
+    );
+    // The weaker caps: same slot, same kind, and they read back as themselves.
+    let weaker = [
+        cap.read_cap().map(MutCap::Read),
+        Some(MutCap::Verify(cap.verify_cap())),
+    ];
+    for w in weaker.into_iter().flatten() {
+        assert_eq!(w.storage_index(), cap.storage_index());
+        assert_eq!(w.kind(), cap.kind());
+        let t = w.to_string();
+        assert_eq!(t.parse::<MutCap>().as_ref(), Ok(&w), "{t:?}");
+    }
+}

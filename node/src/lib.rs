@@ -16,6 +16,7 @@ pub mod create;
 pub mod files;
 pub mod immutable;
 pub mod introducer;
+pub mod mutable;
 pub mod node;
 pub mod private;
 pub mod storage;

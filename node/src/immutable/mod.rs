@@ -179,7 +179,7 @@ mod cap;
 mod codec;
 mod download;
 mod flow;
-mod hash;
+pub(crate) mod hash;
 mod layout;
 mod upload;
 
