@@ -1,14 +1,22 @@
-//! Immutable shares as a storage server might return them: the header, UEB and whole-share
-//! decoders never panic on any bytes; whatever they accept re-encodes to the same bytes,
-//! and a share accepted whole is consistent with its front and its layout.
+//! Shares as a storage server might return them: the immutable header, UEB and whole-share
+//! decoders, and the mutable share header's, never panic on any bytes; whatever they accept
+//! re-encodes to the same bytes, and a share accepted whole is consistent with its front and
+//! its layout. A mutable header is also checked against a fixed verify cap (the known-answer
+//! one of node/src/mutable), which must refuse or accept without panicking.
 #![no_main]
 
 use folio_node::immutable::{
     parse_share, ChkCap, ShareFront, ShareHeader, ShareLayout, Ueb, HEADER_LEN, UEB_LEN,
 };
+use folio_node::mutable::{MutCap, MutShareHeader, SignedPrefix};
 use libfuzzer_sys::fuzz_target;
 
+/// The verify cap of the known-answer write secret (bytes 0..32).
+const VERIFY_CAP: &str = "folio:MUT-V:45inu73c2symh4rjwafv34fdmm:\
+                          ooa6hfq5yod3dhx7imbzmodo6vpq3fmsy7rojxazvexsgvpwjqua";
+
 fuzz_target!(|data: &[u8]| {
+    mutable_header(data);
     if let Ok(h) = ShareHeader::decode(data) {
         assert_eq!(&h.encode()[..], &data[..HEADER_LEN as usize]);
     }
@@ -38,3 +46,18 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(f.layout.end, data.len() as u64);
     }
 });
+
+fn mutable_header(data: &[u8]) {
+    let prefix = SignedPrefix::decode(data);
+    let Ok(h) = MutShareHeader::decode(data) else {
+        return;
+    };
+    assert_eq!(&h.encode()[..], &data[..h.encode().len()]);
+    assert_eq!(prefix.as_ref(), Ok(&h.prefix), "the prefix reads alike alone");
+    assert_eq!(&h.prefix.encode()[..], &data[..h.prefix.encode().len()]);
+    let Ok(MutCap::Verify(cap)) = VERIFY_CAP.parse::<MutCap>() else {
+        panic!("the fixed verify cap does not parse");
+    };
+    // Any outcome but a panic; a verified header has the slot's signature.
+    let _ = h.verify(&cap);
+}

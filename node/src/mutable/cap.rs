@@ -153,6 +153,11 @@ impl MutWriteCap {
     pub fn write_enabler(&self, server: &TubId) -> [u8; 32] {
         keys::write_enabler(&self.secret, server.as_bytes())
     }
+
+    /// The key pair that signs its versions.
+    pub(crate) fn signing_key(&self) -> ring::signature::Ed25519KeyPair {
+        keys::signing_key(&self.secret)
+    }
 }
 
 impl MutReadCap {
