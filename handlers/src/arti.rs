@@ -148,14 +148,14 @@ mod tests {
             .unwrap();
         let mut opts = ArtiOptions::new(&dir);
         // A private network whose only cache does not exist: bootstrapping cannot finish.
-        opts.network = Some(folio_transports::arti::PrivateNetwork {
-            authorities: vec!["0".repeat(40)],
-            fallbacks: vec![folio_transports::arti::Fallback {
-                rsa: "1".repeat(40),
-                ed25519: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
-                orport: "127.0.0.1:9".parse().unwrap(),
-            }],
-        });
+        let mut net = folio_transports::arti::PrivateNetwork::default();
+        net.authorities.push("0".repeat(40));
+        net.fallbacks.push(folio_transports::arti::Fallback::new(
+            "1".repeat(40),
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "127.0.0.1:9".parse().unwrap(),
+        ));
+        opts.network = Some(net);
         let tor = ArtiTor::start(&opts).expect("arti starts");
         let h = ArtiHandler::new(tor);
         assert!(

@@ -242,6 +242,7 @@ pub struct I2pListener {
 
 /// Why an I2P listener could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum I2pListenError {
     /// The SAM bridge refused or failed.
     #[error(transparent)]
@@ -324,10 +325,7 @@ mod tests {
         std::fs::write(&path, vec![b'A'; 1024 * 1024]).unwrap();
         // Nothing listens on port 9 of 127.0.0.1 (discard): had the key been taken, the
         // error would be the bridge's.
-        let cfg = SamConfig {
-            bridge: "127.0.0.1:9".parse().unwrap(),
-            ..SamConfig::default()
-        };
+        let cfg = SamConfig::new("127.0.0.1:9".parse().unwrap());
         let err = I2pListener::start(&cfg, &path).await.err().unwrap();
         assert!(
             matches!(&err, I2pListenError::Key { source, .. }

@@ -45,7 +45,7 @@
 //! let tor = TorHandler::from_control("127.0.0.1:9051".parse::<std::net::SocketAddr>()?).await?;
 //! registry.set("tor", Arc::new(tor))?;
 //! // An i2pd (or other SAM v3.1 bridge) on 127.0.0.1:7656.
-//! let sam = SamConfig { bridge: "127.0.0.1:7656".parse()?, ..SamConfig::default() };
+//! let sam = SamConfig::new("127.0.0.1:7656".parse()?);
 //! registry.set("i2p", Arc::new(I2pHandler::new(sam)))?;
 //! // Direct TCP would reveal the IP address: refused.
 //! assert!(registry.set("tcp", Arc::new(TcpHandler::default())).is_err());

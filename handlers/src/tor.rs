@@ -96,6 +96,7 @@ impl Handler for TorHandler {
 
 /// Why an onion listener could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OnionListenError {
     /// tor refused or failed.
     #[error(transparent)]

@@ -765,10 +765,7 @@ pub fn sam_config(cfg: &NodeConfig) -> Option<folio_transports::i2p::SamConfig> 
     let bridge = cfg.i2p.sam_port?;
     Some(tunnel_options(
         cfg,
-        folio_transports::i2p::SamConfig {
-            bridge,
-            ..Default::default()
-        },
+        folio_transports::i2p::SamConfig::new(bridge),
     ))
 }
 

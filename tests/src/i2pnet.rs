@@ -260,10 +260,8 @@ impl I2pNet {
                                 cfg.bridge
                             ));
                         }
-                        let cfg = SamConfig {
-                            session_timeout: left.min(cfg.session_timeout),
-                            ..cfg.clone()
-                        };
+                        let mut cfg = cfg.clone();
+                        cfg.session_timeout = left.min(cfg.session_timeout);
                         match Session::create(&cfg, Destination::Transient).await {
                             Ok(_) => break,
                             Err(e) => last = e.to_string(),

@@ -69,17 +69,13 @@ async fn an_embedded_router_reseeds_over_https_then_restarts_from_its_netdb() {
         .expect("the reseed server");
     let mut signers = TrustedSigners::none();
     signers.add_pem(SIGNER, CERT).expect("the test signer");
-    let reseed = Reseed {
-        servers: vec![server.url().to_string()],
-        signers,
-        web_pki_roots: false,
-        extra_roots: certificates_from_pem(CA).expect("the test CA"),
-        min_routers: files.len(),
-        reseed_below: 3,
-        max_servers: 1,
-        connect_timeout: Duration::from_secs(5),
-        server_timeout: Duration::from_secs(30),
-    };
+    let mut reseed = Reseed::new(vec![server.url().to_string()], signers);
+    reseed.extra_roots = certificates_from_pem(CA).expect("the test CA");
+    reseed.min_routers = files.len();
+    reseed.reseed_below = 3;
+    reseed.max_servers = 1;
+    reseed.connect_timeout = Duration::from_secs(5);
+    reseed.server_timeout = Duration::from_secs(30);
     let dir = std::env::temp_dir().join(format!("folio-i2p-reseed-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let options = move || {

@@ -37,6 +37,7 @@ type Runtime = tor_rtcompat::PreferredRuntime;
 
 /// Where arti keeps its files, and which Tor network it joins.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ArtiOptions {
     /// Persistent state: guards, and the keystore holding onion-service identity keys. Keep
     /// it private (mode `0700`); arti refuses a directory others can write to.
@@ -61,6 +62,7 @@ impl ArtiOptions {
 
 /// What went wrong with the embedded Tor client.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ArtiError {
     /// The configuration was refused.
     #[error("arti configuration: {0}")]

@@ -35,6 +35,7 @@ pub const MAX_LINE: usize = 4096;
 
 /// Where the bridge is and how sessions are made.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SamConfig {
     /// The bridge's TCP address (i2pd's default is 127.0.0.1:7656).
     pub bridge: SocketAddr,
@@ -79,6 +80,15 @@ impl Default for SamConfig {
 }
 
 impl SamConfig {
+    /// The defaults ([`SamConfig::default`]: 3-hop tunnels, two of each) with the bridge at
+    /// `bridge`.
+    pub fn new(bridge: SocketAddr) -> Self {
+        SamConfig {
+            bridge,
+            ..SamConfig::default()
+        }
+    }
+
     /// Zero-hop tunnels, one of each: what a test router with no peers can build (i2pd).
     /// emissary's bridge refuses 0-hop tunnels by closing the connection without a reply
     /// ([`SamError::Closed`]); give it at least one hop.
@@ -110,6 +120,7 @@ impl SamConfig {
 
 /// What went wrong with the bridge or the I2P network.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SamError {
     /// Nothing answers at the bridge address.
     #[error(
@@ -172,6 +183,7 @@ pub enum SamError {
 
 /// A parsed reply line: `TOPIC KIND KEY=VALUE ...` (values may be quoted).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Reply {
     /// For example `HELLO`, `SESSION`, `STREAM`.
     pub topic: String,

@@ -167,6 +167,7 @@ const KEYS_LEN: usize = 32 + 32 + 32 + 16;
 
 /// Which I2P network the router joins, and the RouterInfos it starts from.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Network {
     /// A private network, all on 127.0.0.1 (tests, demos): its own network id, local peer
     /// addresses allowed, tunnels through routers that share an address allowed, NTCP2
@@ -265,6 +266,7 @@ impl Network {
 
 /// How to run an embedded router.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RouterOptions {
     /// Where its keys and RouterInfo are kept (created, mode `0700`).
     pub dir: PathBuf,
@@ -330,6 +332,7 @@ impl RouterOptions {
 
 /// What went wrong with an embedded router.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EmbeddedI2pError {
     /// The state directory or a file in it could not be read or written.
     #[error("cannot read or write the embedded I2P router's state file {path}")]
@@ -391,6 +394,7 @@ pub enum EmbeddedI2pError {
 
 /// What the router last reported (sampled every half second).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RouterStatus {
     /// Routers it has a transport connection with.
     pub connected_routers: usize,

@@ -43,7 +43,7 @@
 //! // Through a SAM v3.1 bridge (an i2pd, or the embedded router of feature `i2p-embedded`):
 //! // a session is a local destination (a transient one is thrown away with it); `peer` is
 //! // a `.b32.i2p` address.
-//! let sam = SamConfig { bridge: "127.0.0.1:7656".parse()?, ..SamConfig::default() };
+//! let sam = SamConfig::new("127.0.0.1:7656".parse()?);
 //! let session = Session::create(&sam, Destination::Transient).await?;
 //! let _stream = session.connect(peer).await?;
 //! # Ok(()) }

@@ -21,6 +21,7 @@ use tracing::debug;
 
 /// Why a TCP dial or listen failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TcpError {
     /// The name did not resolve.
     #[error("cannot resolve {host}")]

@@ -23,6 +23,7 @@ pub const MAX_CONTROL_LINES: usize = 64;
 
 /// What went wrong talking to tor.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TorError {
     /// Nothing answers at the SOCKS port.
     #[error("tor's SOCKS port at {addr} refused the connection (is tor running with SocksPort {port}?)", port = addr.port())]
@@ -117,6 +118,7 @@ pub async fn dial(
 
 /// One control reply: its status code and its lines (without the `250-` prefixes).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ControlReply {
     /// The status code (250 is success).
     pub code: u16,
@@ -234,6 +236,7 @@ impl std::fmt::Display for ControlPort {
 
 /// How a [`Control`] connection proved itself to tor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AuthMethod {
     /// tor asked for nothing (`NULL`).
     Null,
@@ -245,6 +248,7 @@ pub enum AuthMethod {
 
 /// What `PROTOCOLINFO` says about authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AuthInfo {
     /// The methods tor accepts (`NULL`, `HASHEDPASSWORD`, `COOKIE`, `SAFECOOKIE`, ...).
     pub methods: Vec<String>,

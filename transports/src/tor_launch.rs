@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 /// Why tor could not be launched.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LaunchError {
     /// The program could not be run.
     #[error("cannot run {program} (install tor, or set [tor] tor.executable)")]
@@ -56,6 +57,7 @@ pub enum LaunchError {
 
 /// What to launch.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LaunchOptions {
     /// The `tor` program (found on `PATH` when relative).
     pub executable: PathBuf,

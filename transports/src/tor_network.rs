@@ -27,6 +27,7 @@ pub const MAX_NETWORK_RELAYS: usize = 256;
 /// Every relay of such a network usually shares one host, so a client joining one also lifts
 /// the rule that relays in the same /16 are one family (which would leave no usable path).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PrivateNetwork {
     /// The authorities' v3 identities (40 hex digits, tor's `v3ident`).
     pub authorities: Vec<String>,
@@ -37,6 +38,7 @@ pub struct PrivateNetwork {
 
 /// A directory cache a client may bootstrap from.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Fallback {
     /// The relay's RSA identity fingerprint (40 hex digits).
     pub rsa: String,
@@ -47,8 +49,21 @@ pub struct Fallback {
     pub orport: SocketAddr,
 }
 
+impl Fallback {
+    /// A cache by its identities (not checked here; [`PrivateNetwork::parse`]'s input is)
+    /// and its OR port.
+    pub fn new(rsa: impl Into<String>, ed25519: impl Into<String>, orport: SocketAddr) -> Self {
+        Fallback {
+            rsa: rsa.into(),
+            ed25519: ed25519.into(),
+            orport,
+        }
+    }
+}
+
 /// Why a network description was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NetworkError {
     /// The file is larger than [`MAX_NETWORK_FILE`].
     #[error("the network file is {0} bytes; the limit is {MAX_NETWORK_FILE}")]

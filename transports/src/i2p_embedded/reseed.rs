@@ -59,6 +59,7 @@ pub const DEFAULT_RESEED_SERVERS: &[&str] = &[
 
 /// How to reseed, and when.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Reseed {
     /// Reseed servers (`https://host[:port]/[path/]`; `i2pseeds.su3` is appended).
     pub servers: Vec<String>,
@@ -85,13 +86,25 @@ impl Reseed {
     /// the web PKI roots; 100 RouterInfos wanted, a reseed when fewer than 50 are known, at
     /// most 5 servers, 15 s to connect and 60 s per server.
     pub fn public() -> Reseed {
-        Reseed {
-            servers: DEFAULT_RESEED_SERVERS
+        let mut reseed = Reseed::new(
+            DEFAULT_RESEED_SERVERS
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
-            signers: TrustedSigners::bundled(),
-            web_pki_roots: true,
+            TrustedSigners::bundled(),
+        );
+        reseed.web_pki_roots = true;
+        reseed
+    }
+
+    /// Reseeding from `servers`, accepting su3 files signed by `signers`, with no TLS roots
+    /// yet (set [`Reseed::web_pki_roots`] or [`Reseed::extra_roots`]) and
+    /// [`Reseed::public`]'s bounds.
+    pub fn new(servers: Vec<String>, signers: TrustedSigners) -> Reseed {
+        Reseed {
+            servers,
+            signers,
+            web_pki_roots: false,
             extra_roots: Vec::new(),
             min_routers: 100,
             reseed_below: 50,
@@ -110,6 +123,7 @@ impl Reseed {
 
 /// Why one reseed server gave nothing.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FetchError {
     /// The server's URL is not `https://host[:port]/[path]`.
     #[error("not an https:// URL ({0})")]
@@ -142,6 +156,7 @@ pub enum FetchError {
 
 /// Why a reseed gave no RouterInfo at all.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReseedError {
     /// No server to try.
     #[error("no reseed server configured")]

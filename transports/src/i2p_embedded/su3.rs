@@ -59,6 +59,7 @@ const RSA_4096_BYTES: usize = 512;
 
 /// What is wrong with a reseed file or a signer certificate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Su3Error {
     /// Over [`MAX_SU3_FILE`].
     #[error("su3 file of {0} bytes; at most {MAX_SU3_FILE} are read")]
@@ -105,6 +106,7 @@ pub enum Su3Error {
 
 /// What is wrong with the zip archive of a reseed file.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ZipError {
     /// No end-of-central-directory record.
     #[error("no end of central directory")]
