@@ -185,8 +185,8 @@ impl FromStr for ReadCap {
         let [key, ueb, k, n, size] = fields[..] else {
             return Err(CapError::FieldCount(fields.len()));
         };
-        let key = fixed32(key, "key")?;
-        let ueb_hash = fixed32(ueb, "UEB hash")?;
+        let key: [u8; 32] = CapError::base32_field(key, "key")?;
+        let ueb_hash: Hash = CapError::base32_field(ueb, "UEB hash")?;
         let needed = decimal(k, "k")?;
         let total = decimal(n, "N")?;
         let size = decimal(size, "size")?;
@@ -211,13 +211,24 @@ fn unbase32(text: &str, field: &'static str) -> Result<Vec<u8>, CapError> {
     folio_rpc::base32::decode(text).ok_or(CapError::Base32 { field })
 }
 
-fn fixed32(text: &str, field: &'static str) -> Result<[u8; 32], CapError> {
-    let v = unbase32(text, field)?;
-    v.as_slice().try_into().map_err(|_| CapError::Length {
-        field,
-        expected: 32,
-        found: v.len(),
-    })
+impl CapError {
+    /// The cap field `field`, exactly `N` bytes in canonical lowercase unpadded base32 (no
+    /// padding, zero trailing bits): refused as [`CapError::Base32`] or [`CapError::Length`],
+    /// and in no other way. The one strict field decoder of every cap parser: the mutable
+    /// caps' (`crate::mutable`) maps these two refusals onto its own error's. (An associated
+    /// function because this module is private: `CapError` is the way in from there.)
+    pub(crate) fn base32_field<const N: usize>(
+        text: &str,
+        field: &'static str,
+    ) -> Result<[u8; N], CapError> {
+        let bytes = unbase32(text, field)?;
+        let found = bytes.len();
+        bytes.try_into().map_err(|_| CapError::Length {
+            field,
+            expected: N,
+            found,
+        })
+    }
 }
 
 fn decimal(text: &str, field: &'static str) -> Result<u64, CapError> {

@@ -18,7 +18,7 @@ use std::str::FromStr;
 use folio_rpc::TubId;
 
 use super::keys;
-use crate::immutable::{base32, MAX_CAP_LEN};
+use crate::immutable::{base32, CapError, MAX_CAP_LEN};
 use crate::storage::StorageIndex;
 
 /// What a mutable cap's content is.
@@ -62,13 +62,15 @@ pub enum MutCapError {
         /// How many it had.
         found: usize,
     },
-    /// A field is not canonical lowercase unpadded base32.
+    /// A field is not canonical lowercase unpadded base32 (the same refusal as
+    /// [`CapError::Base32`]).
     #[error("the {field} is not canonical base32 (lowercase a-z2-7, no padding)")]
     Base32 {
         /// Which field.
         field: &'static str,
     },
-    /// A field decodes to the wrong number of bytes.
+    /// A field decodes to the wrong number of bytes (the same refusal as
+    /// [`CapError::Length`]).
     #[error("the {field} is {found} bytes long, not {expected}")]
     Length {
         /// Which field.
@@ -170,7 +172,7 @@ impl MutReadCap {
     pub fn verify_cap(&self) -> MutVerifyCap {
         MutVerifyCap {
             kind: self.kind,
-            storage_index: keys::storage_index(&self.read_key),
+            storage_index: self.storage_index(),
             verifying_key: self.verifying_key,
         }
     }
@@ -256,32 +258,40 @@ macro_rules! debug_without_secrets {
 }
 debug_without_secrets!(MutWriteCap, MutReadCap, MutVerifyCap, MutCap);
 
+/// Writes a cap's text: `folio:`, the kind's word and `role` (`""`, `"-RO"` or `"-V"`), then
+/// each field in base32 after a colon.
+fn write_cap(
+    f: &mut fmt::Formatter<'_>,
+    kind: MutKind,
+    role: &str,
+    fields: &[&[u8]],
+) -> fmt::Result {
+    write!(f, "folio:{}{role}", kind.word())?;
+    for field in fields {
+        write!(f, ":{}", base32(field))?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for MutWriteCap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "folio:{}:{}", self.kind.word(), base32(&self.secret))
+        write_cap(f, self.kind, "", &[&self.secret])
     }
 }
 
 impl fmt::Display for MutReadCap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "folio:{}-RO:{}:{}",
-            self.kind.word(),
-            base32(&self.read_key),
-            base32(&self.verifying_key)
-        )
+        write_cap(f, self.kind, "-RO", &[&self.read_key, &self.verifying_key])
     }
 }
 
 impl fmt::Display for MutVerifyCap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
+        write_cap(
             f,
-            "folio:{}-V:{}:{}",
-            self.kind.word(),
-            base32(&self.storage_index),
-            base32(&self.verifying_key)
+            self.kind,
+            "-V",
+            &[&self.storage_index, &self.verifying_key],
         )
     }
 }
@@ -352,15 +362,21 @@ fn fields<'a, const N: usize>(
     })
 }
 
-/// A base32 field of exactly `N` bytes.
+/// A base32 field of exactly `N` bytes, read as the immutable caps read theirs
+/// ([`CapError::base32_field`]), its refusal mapped onto ours.
 fn fixed<const N: usize>(text: &str, field: &'static str) -> Result<[u8; N], MutCapError> {
-    // The alphabet is lowercase only, so uppercase is refused here too.
-    let bytes = folio_rpc::base32::decode(text).ok_or(MutCapError::Base32 { field })?;
-    let found = bytes.len();
-    bytes.try_into().map_err(|_| MutCapError::Length {
-        field,
-        expected: N,
-        found,
+    CapError::base32_field(text, field).map_err(|e| match e {
+        CapError::Length {
+            field,
+            expected,
+            found,
+        } => MutCapError::Length {
+            field,
+            expected,
+            found,
+        },
+        // The only other way a field is refused: not canonical base32.
+        _ => MutCapError::Base32 { field },
     })
 }
 
