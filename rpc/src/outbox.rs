@@ -947,6 +947,24 @@ mod tests {
         }
     }
 
+    /// Waits for the writer task to end, at most 5 s, and checks that it ended well.
+    async fn join_writer(writer: tokio::task::JoinHandle<std::io::Result<()>>) {
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Closes `out` without a goodbye, then waits for its writer task ([`join_writer`]).
+    async fn close_and_join_writer(
+        out: &Outbox,
+        writer: tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        out.close(None);
+        join_writer(writer).await;
+    }
+
     #[tokio::test]
     async fn a_frame_written_now_leaves_on_the_calling_task_behind_the_held_ones() {
         let (ours, mut peer) = tokio::io::duplex(4096);
@@ -981,11 +999,7 @@ mod tests {
         // Writing now while closing sends the frames but leaves the goodbye to the writer.
         out.write_now().unwrap();
         assert_eq!(ready_now(&mut peer).await, frame(&ping(4)));
-        tokio::time::timeout(Duration::from_secs(5), writer)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        join_writer(writer).await;
         let mut rest = Vec::new();
         peer.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, [1, 2, 3]);
@@ -1014,12 +1028,7 @@ mod tests {
         assert_eq!(got, frame(&call));
         settle().await;
         assert_eq!(out.lock().writing, 0);
-        out.close(None);
-        tokio::time::timeout(Duration::from_secs(5), writer)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        close_and_join_writer(&out, writer).await;
     }
 
     /// Lent payloads leave between the frames' other bytes, in queue order, and count
@@ -1114,12 +1123,7 @@ mod tests {
             .expect("everything is written")
             .unwrap();
         assert_eq!(got, expected);
-        out.close(None);
-        tokio::time::timeout(Duration::from_secs(5), writer)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        close_and_join_writer(&out, writer).await;
     }
 
     fn encode_len(msg: &Message<'_>) -> usize {
