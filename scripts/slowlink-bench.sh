@@ -24,6 +24,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# shellcheck source=lib/base-build.sh
+source "$root/scripts/lib/base-build.sh"
 
 base=6647c7e
 runs=1
@@ -71,40 +73,12 @@ log() { echo "slowlink-bench: $*" >&2; }
 
 # --- "before": the base commit with this tree's bench -------------------------------------
 if [[ " $sides " == *" before "* ]]; then
-  # The bench sources that go into the base build; the binary is cached on their hash.
-  sources_hash=$(find bench tests/src/slowlink.rs -type f -not -path '*/target/*' -print0 \
-    | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
-  cached="$base_target/slowlink-bench/${base_commit:0:12}-$sources_hash/folio-bench"
-  if [ "$rebuild" = 1 ] || [ ! -x "$cached" ]; then
-    wt="$work/base"
-    log "worktree of ${base_commit:0:12} in $wt"
-    git -C "$root" worktree add --detach --quiet "$wt" "$base_commit"
-    # A new worktree's files are new to cargo, which would rebuild every crate of the base.
-    # When the target directory was last built from this same commit, give them the
-    # commit's time instead: only the bench, copied in below (so new files), is rebuilt.
-    # The stamp is removed while a build runs: an interrupted one never counts as built.
-    stamp="$base_target/slowlink-bench/last-base-commit"
-    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$base_commit" ]; then
-      commit_time=$(git show -s --format=%ct "$base_commit")
-      (cd "$wt" && git ls-files -z | xargs -0 touch -h -d "@$commit_time")
-    fi
-    rm -rf "$wt/bench"
-    cp -r "$root/bench" "$wt/bench"
-    mkdir -p "$wt/tests/src"
-    cp "$root/tests/src/slowlink.rs" "$wt/tests/src/slowlink.rs"
-    mkdir -p "$base_target/slowlink-bench"
-    rm -f "$stamp"
-    log "building the base's folio-bench (--no-default-features) in $base_target"
-    (cd "$wt" && CARGO_TARGET_DIR="$base_target" \
-      cargo build --release -p folio-bench --bin folio-bench --no-default-features)
-    echo "$base_commit" >"$stamp"
-    mkdir -p "$(dirname "$cached")"
-    cp "$base_target/release/folio-bench" "$cached"
-    git -C "$root" worktree remove --force "$wt"
-    wt=
-  else
-    log "using the base's folio-bench built earlier: $cached"
-  fi
+  # Built in a worktree of the base, cached per base commit and bench sources
+  # (scripts/lib/base-build.sh).
+  base_build slowlink-bench "folio-bench (--no-default-features)" folio-bench -- \
+    cargo build --release -p folio-bench --bin folio-bench --no-default-features
+  cached="$base_bin_dir/folio-bench"
+  [ "$base_reused" = 0 ] || log "using the base's folio-bench built earlier: $cached"
   cp "$cached" "$work/folio-bench-before"
 fi
 

@@ -38,6 +38,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# shellcheck source=lib/base-build.sh
+source "$root/scripts/lib/base-build.sh"
 
 base=6647c7e
 runs=3
@@ -162,35 +164,12 @@ build_args=(build --release -p folio-node --bin tahoe -p folio-bench --bin folio
 
 # --- "before": the base commit with this tree's bench -------------------------------------
 if [[ " $sides " == *" before "* ]]; then
-  sources_hash=$(find bench tests/src/slowlink.rs -type f -not -path '*/target/*' -print0 \
-    | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
-  cached="$base_target/tor-grid/${base_commit:0:12}-$sources_hash"
-  if [ "$rebuild" = 1 ] || [ ! -x "$cached/tahoe" ] || [ ! -x "$cached/folio-tor-grid" ]; then
-    wt="$work/base"
-    log "worktree of ${base_commit:0:12} in $wt"
-    git -C "$root" worktree add --detach --quiet "$wt" "$base_commit"
-    # As in slowlink-bench.sh: files of the same commit as the target dir's last base
-    # build keep the commit's time, so only what changed is rebuilt.
-    stamp="$base_target/slowlink-bench/last-base-commit"
-    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$base_commit" ]; then
-      commit_time=$(git show -s --format=%ct "$base_commit")
-      (cd "$wt" && git ls-files -z | xargs -0 touch -h -d "@$commit_time")
-    fi
-    rm -rf "$wt/bench"
-    cp -r "$root/bench" "$wt/bench"
-    mkdir -p "$wt/tests/src" "$base_target/slowlink-bench"
-    cp "$root/tests/src/slowlink.rs" "$wt/tests/src/slowlink.rs"
-    rm -f "$stamp"
-    log "building the base's tahoe and folio-tor-grid in $base_target"
-    (cd "$wt" && CARGO_TARGET_DIR="$base_target" nice -n 10 cargo "${build_args[@]}")
-    echo "$base_commit" >"$stamp"
-    mkdir -p "$cached"
-    cp "$base_target/release/tahoe" "$base_target/release/folio-tor-grid" "$cached/"
-    git -C "$root" worktree remove --force "$wt"
-    wt=
-  else
-    log "using the base's binaries built earlier: $cached"
-  fi
+  # Built in a worktree of the base, cached per base commit and bench sources
+  # (scripts/lib/base-build.sh).
+  base_build tor-grid "tahoe and folio-tor-grid" tahoe folio-tor-grid -- \
+    nice -n 10 cargo "${build_args[@]}"
+  cached=$base_bin_dir
+  [ "$base_reused" = 0 ] || log "using the base's binaries built earlier: $cached"
   mkdir -p "$work/bin-before"
   cp "$cached/tahoe" "$cached/folio-tor-grid" "$work/bin-before/"
 fi
