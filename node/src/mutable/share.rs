@@ -341,7 +341,7 @@ mod tests {
         let prefix = SignedPrefix {
             size: 12_345,
             ueb_hash: [9; 32],
-            seqnum: MAX_SEQNUM,
+            seqnum: MAX_SEQNUM - 1,
             ..empty_version()
         };
         let header = MutShareHeader::signed(prefix, &cap, 9, 4_321);
@@ -356,17 +356,17 @@ mod tests {
             back.verify(&other.verify_cap()),
             Err(ShareHeaderError::BadSignature)
         );
-        // Any change to a signed byte breaks the signature.
-        for at in [8 + 2, 16 + 7, 24, 40 + 7, 79] {
+        // Any change to a signed byte that still decodes breaks the signature: k (3 -> 2),
+        // the seqnum, the salt, the size, the UEB hash.
+        for at in [8 + 3, 16 + 7, 24, 40 + 7, 79] {
             let mut b = bytes.clone();
             b[at] ^= 1;
-            if let Ok(h) = MutShareHeader::decode(&b) {
-                assert_eq!(
-                    h.verify(&cap.verify_cap()),
-                    Err(ShareHeaderError::BadSignature),
-                    "byte {at}"
-                );
-            }
+            let h = MutShareHeader::decode(&b).unwrap_or_else(|e| panic!("byte {at}: {e}"));
+            assert_eq!(
+                h.verify(&cap.verify_cap()),
+                Err(ShareHeaderError::BadSignature),
+                "byte {at}"
+            );
         }
     }
 
