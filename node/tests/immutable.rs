@@ -1,200 +1,42 @@
 //! Immutable files end to end: storage servers on their own Tubs, a client Tub reaching them
 //! over TCP on 127.0.0.1, uploads and downloads through `folio_node::immutable`.
 
-use std::future::Future;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use std::time::{Duration, Instant};
 
-use folio_handlers::TcpListener;
-use folio_node::broker::ConnectedServer;
 use folio_node::immutable::{
     download, upload, CapError, ChkCap, DownloadError, EncodingParams, FileSource, Phase, Progress,
     ReadCap, ShareFront, UploadError, UploadReport, LIT_MAX,
 };
 use folio_node::storage::{
-    si_b32, BucketWriter, BucketWriterRef, CanaryRef, LeaseSecret, Storage, StorageConfig,
-    StorageError, StorageIndex, StorageServer, StorageServerRef, StorageVersion, TestWriteVectors,
-    WriteEnabler,
+    si_b32, BucketWriter, BucketWriterRef, CanaryRef, LeaseSecret, Storage, StorageError,
+    StorageIndex, StorageServer, StorageServerRef, StorageVersion, TestWriteVectors, WriteEnabler,
 };
-use folio_rpc::{Bytes, CallError, Host, Tub, TubConfig};
+use folio_rpc::{Bytes, CallError};
 
 mod common;
 use common::files_under;
+use common::grid::{run, run_for, Grid};
 
-/// Runs a test body on a two-thread runtime, bounded as a whole.
-fn run_for(secs: u64, body: impl Future<Output = ()>) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            tokio::time::timeout(Duration::from_secs(secs), body)
-                .await
-                .expect("test timed out")
-        })
-}
-
-fn run(body: impl Future<Output = ()>) {
-    run_for(120, body)
-}
-
-fn tub() -> Tub {
-    folio_tests::tubs::tcp_tub(TubConfig::default())
-}
-
-struct Server {
-    dir: PathBuf,
-    tub: Tub,
-    _storage: Storage,
-    running: bool,
-}
-
-/// Storage servers, each on its own listening Tub, and a client Tub connected to all.
-struct Grid {
-    _tmp: tempfile::TempDir,
-    servers: Vec<Server>,
-    client: Tub,
-    connected: Vec<ConnectedServer>,
-}
-
-impl Grid {
-    async fn new(n: usize) -> Grid {
-        Grid::with(n, |_, _| {}).await
-    }
-
-    async fn with(n: usize, adjust: impl Fn(usize, &mut StorageConfig)) -> Grid {
-        Grid::build(n, adjust, |storage| storage.serve()).await
-    }
-
-    /// Like [`Grid::new`], each server's service wrapped in a [`Recording`] that keeps
-    /// every byte string the client sends it.
-    async fn recording(n: usize) -> (Grid, Received) {
-        let received = Received::default();
-        let r = received.clone();
-        let grid = Grid::build(
-            n,
-            |_, _| {},
-            move |storage| {
-                StorageServerRef::serve(Recording {
-                    storage: storage.clone(),
-                    received: r.clone(),
-                })
-            },
-        )
-        .await;
-        (grid, received)
-    }
-
-    async fn build(
-        n: usize,
-        adjust: impl Fn(usize, &mut StorageConfig),
-        serve: impl Fn(&Storage) -> StorageServerRef,
-    ) -> Grid {
-        let tmp = tempfile::tempdir().unwrap();
-        let client = tub();
-        let mut servers = Vec::new();
-        let mut connected = Vec::new();
-        for i in 0..n {
-            let dir = tmp.path().join(format!("server{i}"));
-            let mut config = StorageConfig::new(&dir);
-            adjust(i, &mut config);
-            let storage = Storage::open(config).unwrap();
-            let server = tub();
-            let listener = TcpListener::bind(&"tcp:0:interface=127.0.0.1".parse().unwrap())
-                .await
-                .unwrap();
-            server.set_location(vec![listener.hint_for(Host::Ipv4([127, 0, 0, 1].into()))]);
-            server.listen(listener);
-            let furl = server.register_as(serve(&storage), "storage").unwrap();
-            let ss: StorageServerRef =
-                tokio::time::timeout(Duration::from_secs(10), client.get(&furl))
-                    .await
-                    .expect("connecting timed out")
-                    .unwrap();
-            connected.push(ConnectedServer {
-                key: [i as u8 + 1; 32],
-                nickname: format!("server{i}"),
-                permutation_seed: [i as u8 + 101; 32],
-                server: ss,
-            });
-            servers.push(Server {
-                dir,
-                tub: server,
-                _storage: storage,
-                running: true,
-            });
-        }
-        Grid {
-            _tmp: tmp,
-            servers,
-            client,
-            connected,
-        }
-    }
-
-    /// Shuts server `i`'s Tub down: its connections close, calls to it fail.
-    async fn stop(&mut self, i: usize) {
-        let s = &mut self.servers[i];
-        if s.running {
-            tokio::time::timeout(Duration::from_secs(10), s.tub.shutdown())
-                .await
-                .expect("shutdown timed out");
-            s.running = false;
-        }
-    }
-
-    /// The index of the server named `nickname`.
-    fn index(&self, nickname: &str) -> usize {
-        self.connected
-            .iter()
-            .position(|c| c.nickname == nickname)
-            .unwrap()
-    }
-
-    /// Servers holding each share, from an upload report.
-    fn holders(&self, report: &UploadReport) -> Vec<(u16, usize)> {
-        let mut out = Vec::new();
-        for s in &report.servers {
-            for n in s.uploaded.iter().chain(&s.already_had) {
-                out.push((*n, self.index(&s.nickname)));
-            }
-        }
-        out.sort();
-        out
-    }
-
-    /// Finished share files of server `i` (not lease files).
-    fn share_files(&self, i: usize) -> Vec<PathBuf> {
-        files_under(&self.servers[i].dir.join("shares"))
-            .into_iter()
-            .filter(|p| !p.starts_with(self.servers[i].dir.join("shares/incoming")))
-            .filter(|p| p.extension().is_none())
-            .collect()
-    }
-
-    fn incoming_files(&self, i: usize) -> Vec<PathBuf> {
-        files_under(&self.servers[i].dir.join("shares/incoming"))
-    }
-
-    fn share_path(&self, i: usize, si: &[u8; 16], shnum: u16) -> PathBuf {
-        let b = si_b32(si);
-        self.servers[i]
-            .dir
-            .join("shares")
-            .join(&b[..2])
-            .join(&b)
-            .join(shnum.to_string())
-    }
-
-    async fn shutdown(mut self) {
-        for i in 0..self.servers.len() {
-            self.stop(i).await;
-        }
-        self.client.shutdown().await;
-    }
+/// A [`Grid`] of `n` servers, each server's service wrapped in a [`Recording`] that keeps
+/// every byte string the client sends it.
+async fn recording_grid(n: usize) -> (Grid, Received) {
+    let received = Received::default();
+    let r = received.clone();
+    let grid = Grid::build(
+        n,
+        |_, _| {},
+        move |storage| {
+            StorageServerRef::serve(Recording {
+                storage: storage.clone(),
+                received: r.clone(),
+            })
+        },
+    )
+    .await;
+    (grid, received)
 }
 
 /// Deterministic, incompressible-looking bytes (xorshift64*), from `seed` at `offset`.
@@ -1121,7 +963,7 @@ fn shared_windows(windows: &std::collections::HashSet<&[u8]>, haystack: &[u8]) -
 fn no_plaintext_reaches_a_storage_server() {
     use ring::rand::SecureRandom;
     run(async {
-        let (grid, received) = Grid::recording(4).await;
+        let (grid, received) = recording_grid(4).await;
         let params = EncodingParams {
             max_segment_size: 4096,
             ..EncodingParams::new(2, 3, 4).unwrap()

@@ -2,6 +2,8 @@
 //! `tahoe status --json`, listing the files a storage server left.
 #![allow(dead_code)]
 
+pub mod grid;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
