@@ -2,13 +2,16 @@
 //! decoders, and the mutable share header's, never panic on any bytes; whatever they accept
 //! re-encodes to the same bytes, and a share accepted whole is consistent with its front and
 //! its layout. A mutable header is also checked against a fixed verify cap (the known-answer
-//! one of node/src/mutable), which must refuse or accept without panicking.
+//! one of node/src/mutable), which must refuse or accept without panicking, and so is the
+//! whole mutable share (`parse_mut_share`: header, signature, length, body).
 #![no_main]
 
 use folio_node::immutable::{
     parse_share, ChkCap, ShareFront, ShareHeader, ShareLayout, Ueb, HEADER_LEN, UEB_LEN,
 };
-use folio_node::mutable::{MutCap, MutShareHeader, SignedPrefix};
+use folio_node::mutable::{
+    parse_mut_share, MutCap, MutShareHeader, SignedPrefix, HEADER_LEN as MUT_HEADER_LEN,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// The verify cap of the known-answer write secret (bytes 0..32).
@@ -58,6 +61,20 @@ fn mutable_header(data: &[u8]) {
     let Ok(MutCap::Verify(cap)) = VERIFY_CAP.parse::<MutCap>() else {
         panic!("the fixed verify cap does not parse");
     };
-    // Any outcome but a panic; a verified header has the slot's signature.
-    let _ = h.verify(&cap);
+    // Any outcome but a panic. A header that verifies stops verifying with one bit of its
+    // signature changed (no second signature for one message).
+    if h.verify(&cap).is_ok() {
+        let mut other = h;
+        other.signature[0] ^= 1;
+        assert!(other.verify(&cap).is_err(), "a changed signature verified");
+    }
+    // The whole share: accepted only as a header with exactly its body, checked.
+    if let Ok((whole, front)) = parse_mut_share(data, &cap, h.shnum) {
+        assert_eq!(whole, h);
+        assert_eq!(data.len() as u64, MUT_HEADER_LEN as u64 + h.body_len);
+        assert_eq!(front.is_some(), h.body_len > 0);
+        if let Some(f) = front {
+            assert_eq!(f.layout.end, h.body_len);
+        }
+    }
 }

@@ -591,6 +591,65 @@ fn decode_batch(
     Ok(segments)
 }
 
+/// The plaintext of the file `cap` names, from k or more of its shares held whole in memory,
+/// each already checked against `cap` (with [`parse_share`](super::layout::parse_share) and
+/// [`ShareFront::decode_for`]): erasure-decodes every segment, checks the ciphertext against
+/// the UEB's hash and decrypts. For mutable files, whose versions are small enough to hold.
+pub(crate) fn decode_in_memory(
+    cap: &ChkCap,
+    front: &ShareFront,
+    shares: &[(u16, &[u8])],
+) -> Result<Vec<u8>, DownloadError> {
+    let layout = &front.layout;
+    let g = layout.geometry;
+    let k = g.needed as usize;
+    let mut picked: Vec<(u16, &[u8])> = Vec::with_capacity(k);
+    for &(n, b) in shares {
+        if picked.len() < k && !picked.iter().any(|(m, _)| *m == n) && b.len() as u64 >= layout.end
+        {
+            picked.push((n, b));
+        }
+    }
+    if picked.len() < k {
+        return Err(DownloadError::NotEnoughShares {
+            found: picked.len(),
+            total: cap.total,
+            needed: cap.needed,
+            servers: 0,
+            asked: 0,
+            failed: 0,
+            corrupt: 0,
+        });
+    }
+    let blocks: Vec<(u16, Vec<Vec<u8>>)> = picked
+        .iter()
+        .map(|(n, b)| {
+            let per_segment = (0..g.num_segments)
+                .map(|seg| {
+                    let (off, len) = layout.block_range(seg);
+                    b[off as usize..(off + len) as usize].to_vec()
+                })
+                .collect();
+            (*n, per_segment)
+        })
+        .collect();
+    let mut codec = Codec::new(g.needed, g.total);
+    let segments = decode_batch(&mut codec, layout, 0, blocks).map_err(|e| {
+        DownloadError::BadUeb(ShareError::Invalid {
+            what: "erasure coding",
+            detail: e,
+        })
+    })?;
+    let mut plaintext = segments.concat();
+    let mut ciphertext = ciphertext_hasher(g.size);
+    ciphertext.update(&plaintext);
+    if ciphertext.finish() != front.ueb.ciphertext_hash {
+        return Err(DownloadError::CiphertextMismatch);
+    }
+    cipher(&cap.key).apply_keystream(&mut plaintext);
+    Ok(plaintext)
+}
+
 struct Downloader<'a> {
     servers: &'a [ConnectedServer],
     cap: &'a ChkCap,

@@ -200,6 +200,10 @@ pub use layout::{
 pub use upload::{
     encode_in_memory, encode_shares, upload, ServerShares, UploadError, UploadReport,
 };
+// For mutable files, whose versions are CHK files under a key of their own.
+pub(crate) use codec::{SegmentCoder, ShareAssembler, ShareWrite};
+pub(crate) use download::decode_in_memory;
+pub(crate) use upload::{lease_secrets, max_matching, plan_round};
 
 /// The most shares of a file (N).
 pub const MAX_SHARES: usize = 256;
@@ -490,7 +494,7 @@ impl Progress {
 }
 
 /// Servers in the permuted order of `si`: indices into `servers`.
-fn permuted(servers: &[crate::broker::ConnectedServer], si: &[u8; 16]) -> Vec<usize> {
+pub(crate) fn permuted(servers: &[crate::broker::ConnectedServer], si: &[u8; 16]) -> Vec<usize> {
     let mut order: Vec<(Hash, usize)> = servers
         .iter()
         .enumerate()
@@ -506,7 +510,7 @@ fn permuted(servers: &[crate::broker::ConnectedServer], si: &[u8; 16]) -> Vec<us
 }
 
 /// Runs `fut` bounded by [`CALL_TIMEOUT`], folding every failure into a string.
-async fn call<T, E: std::fmt::Display + std::fmt::Debug>(
+pub(crate) async fn call<T, E: std::fmt::Display + std::fmt::Debug>(
     fut: impl std::future::Future<Output = Result<T, folio_rpc::CallError<E>>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
@@ -518,7 +522,7 @@ async fn call<T, E: std::fmt::Display + std::fmt::Debug>(
 }
 
 /// Runs a storage call bounded by [`CALL_TIMEOUT`], keeping its typed error.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     fut: impl std::future::Future<
         Output = Result<T, folio_rpc::CallError<crate::storage::StorageError>>,
     >,

@@ -435,7 +435,7 @@ impl Placement {
 }
 
 /// The size of a maximum matching between servers and shares (Kuhn's augmenting paths).
-fn max_matching(edges: &[(usize, u16)]) -> usize {
+pub(crate) fn max_matching(edges: &[(usize, u16)]) -> usize {
     let mut adj: BTreeMap<usize, Vec<u16>> = BTreeMap::new();
     for &(s, n) in edges {
         adj.entry(s).or_default().push(n);
@@ -512,7 +512,7 @@ async fn allocate_one(
 }
 
 /// The lease secrets for `server`.
-fn lease_secrets(
+pub(crate) fn lease_secrets(
     server: &ConnectedServer,
     si: &StorageIndex,
     lease_secret: &[u8; 32],
@@ -581,7 +581,7 @@ async fn allocate_legacy(
 /// that holds or is being asked for a share, in permuted order. A (server, share) pair is
 /// never asked twice. Everything is asked at once, so a round costs one round trip
 /// whatever the number of servers (server selection used to ask one server at a time).
-fn plan_round(
+pub(crate) fn plan_round(
     order: &[usize],
     unplaced: &BTreeSet<u16>,
     holding: &BTreeSet<usize>,

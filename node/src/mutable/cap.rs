@@ -168,6 +168,11 @@ impl MutReadCap {
         self.kind
     }
 
+    /// The data key of the version whose salt is `salt`.
+    pub(crate) fn data_key(&self, salt: &[u8; 16]) -> [u8; 32] {
+        keys::data_key(&self.read_key, salt)
+    }
+
     /// The verify cap it yields.
     pub fn verify_cap(&self) -> MutVerifyCap {
         MutVerifyCap {
