@@ -1,9 +1,11 @@
 //! File caps, immutable (`folio:CHK:`, `folio:LIT:`) and mutable (`folio:MUT…`,
 //! `folio:DIR…`): any text is read or refused (never a panic); a cap that is read prints as
 //! text that reads back to the same cap and prints identically, so each cap has one
-//! spelling. A mutable cap's weaker caps derive from it and print and read back too.
+//! spelling. A mutable cap's weaker caps derive from it and print and read back too, and
+//! `caps::Cap` (either kind) agrees with the two.
 #![no_main]
 
+use folio_node::caps::Cap;
 use folio_node::immutable::{ReadCap, MAX_CAP_LEN};
 use folio_node::mutable::MutCap;
 use libfuzzer_sys::fuzz_target;
@@ -15,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(cap) = text.parse::<MutCap>() {
         mutable(text, &cap);
     }
+    any(text);
     let Ok(cap) = text.parse::<ReadCap>() else {
         return;
     };
@@ -31,6 +34,25 @@ fuzz_target!(|data: &[u8]| {
         assert!(c.size >= 1);
     }
 });
+
+/// `caps::Cap`, the union a directory entry holds: it reads exactly what one of the two
+/// kinds reads, prints canonically, and its read-only form is read-only and reads back.
+fn any(text: &str) {
+    let parsed = text.parse::<Cap>();
+    let either = text.parse::<ReadCap>().is_ok() || text.parse::<MutCap>().is_ok();
+    assert_eq!(parsed.is_ok(), either, "{text:?}: Cap disagrees with the two kinds");
+    let Ok(cap) = parsed else {
+        return;
+    };
+    assert_eq!(cap.to_string(), text);
+    if let Some(ro) = cap.read_only() {
+        assert!(!ro.is_write(), "{text:?}: read_only() can write");
+        assert_eq!(ro.to_string().parse::<Cap>().as_ref(), Ok(&ro));
+        assert_eq!(ro.read_only().as_ref(), Some(&ro), "read_only() is not idempotent");
+    } else {
+        assert!(!cap.can_read());
+    }
+}
 
 fn mutable(text: &str, cap: &MutCap) {
     let shown = cap.to_string();

@@ -10,9 +10,11 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod caps;
 pub mod config;
 pub mod control;
 pub mod create;
+pub mod dirnode;
 pub mod files;
 pub mod immutable;
 pub mod introducer;

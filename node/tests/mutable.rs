@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use folio_node::caps::Cap;
+use folio_node::dirnode::{Dir, Fs, FsError, Metadata, Name};
 use folio_node::immutable::EncodingParams;
+use folio_node::mutable::MutCap;
 use folio_node::mutable::{
     create, max_mutable_size, publish, retrieve, Base, Mode, MutKind, MutWriteCap, MutableError,
     ServerMap, UcwPhase,
@@ -326,6 +329,163 @@ fn a_corrupt_share_is_skipped_and_repaired() {
         let r = retrieve(&grid.connected, &cap.read_cap()).await.unwrap();
         assert!(r.corrupt.is_empty(), "{:?}", r.corrupt);
         assert_eq!(r.plaintext, b"repaired");
+        grid.shutdown().await;
+    });
+}
+
+fn fs(grid: &Grid) -> Fs<'_> {
+    let mut fs = Fs::new(&grid.connected, EncodingParams::default(), LEASE);
+    fs.settle = SETTLE;
+    fs.retry_wait = Duration::from_millis(50);
+    fs
+}
+
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn names(d: &Dir) -> Vec<&str> {
+    d.entries.keys().map(Name::as_str).collect()
+}
+
+/// mkdir, link, list, rename, unlink; a nested path resolves; a read-only cap lists and
+/// reads but cannot change anything and yields no write cap.
+#[test]
+fn directories_link_list_rename_unlink() {
+    run(async {
+        let grid = Grid::new(10).await;
+        let fs = fs(&grid);
+        let root = Cap::Mutable(MutCap::Write(fs.create_dir(&Dir::new()).await.unwrap()));
+        let docs = fs.mkdir(&root, &name("docs")).await.unwrap();
+        let docs = Cap::Mutable(MutCap::Write(docs));
+        let (file, _) = create(
+            &grid.connected,
+            &EncodingParams::default(),
+            &LEASE,
+            MutKind::File,
+            b"hi",
+        )
+        .await
+        .unwrap();
+        let meta = Metadata {
+            size: Some(2),
+            ..Metadata::default()
+        };
+        fs.link(
+            &docs,
+            &name("a.txt"),
+            &Cap::Mutable(MutCap::Write(file.clone())),
+            meta,
+            false,
+        )
+        .await
+        .unwrap();
+        let lit: Cap = "folio:LIT:nbswy3dp".parse().unwrap();
+        fs.link(&docs, &name("hello"), &lit, Metadata::default(), false)
+            .await
+            .unwrap();
+        let err = fs
+            .link(&docs, &name("hello"), &lit, Metadata::default(), false)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FsError::Exists(_)), "{err}");
+        assert_eq!(names(&fs.list(&docs).await.unwrap()), ["a.txt", "hello"]);
+        // The path resolves to the write cap through write caps.
+        let got = fs
+            .resolve(&root, &[name("docs"), name("a.txt")])
+            .await
+            .unwrap();
+        assert_eq!(got.to_string(), file.to_string());
+        fs.rename(&docs, &name("a.txt"), &name("b.txt"))
+            .await
+            .unwrap();
+        assert_eq!(names(&fs.list(&docs).await.unwrap()), ["b.txt", "hello"]);
+        let removed = fs.unlink(&docs, &name("hello")).await.unwrap();
+        assert_eq!(removed, lit);
+        assert_eq!(names(&fs.list(&docs).await.unwrap()), ["b.txt"]);
+        assert!(matches!(
+            fs.unlink(&docs, &name("hello")).await,
+            Err(FsError::NotFound(_))
+        ));
+        // Read-only: lists and reads, every cap below is read-only, nothing changes.
+        let ro = root.read_only().unwrap();
+        let below = fs
+            .resolve(&ro, &[name("docs"), name("b.txt")])
+            .await
+            .unwrap();
+        assert_eq!(below.to_string(), file.read_cap().to_string());
+        let docs_ro = fs.resolve(&ro, &[name("docs")]).await.unwrap();
+        assert!(!docs_ro.is_write());
+        assert!(matches!(
+            fs.link(&docs_ro, &name("x"), &lit, Metadata::default(), false)
+                .await,
+            Err(FsError::ReadOnly)
+        ));
+        let err = fs
+            .resolve(&root, &[name("docs"), name("b.txt"), name("x")])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FsError::NotADirectory(ref p) if p == "docs/b.txt"),
+            "{err}"
+        );
+        grid.shutdown().await;
+    });
+}
+
+/// Two clients linking different names into one directory at once both succeed: the loser
+/// of the race retries on the winner's version.
+#[test]
+fn concurrent_links_into_one_directory_both_land() {
+    run(async {
+        let grid = Grid::new(10).await;
+        let fs = fs(&grid);
+        let dir = Cap::Mutable(MutCap::Write(fs.create_dir(&Dir::new()).await.unwrap()));
+        let lit: Cap = "folio:LIT:nbswy3dp".parse().unwrap();
+        for round in 0..5 {
+            let (a, b) = (name(&format!("a{round}")), name(&format!("b{round}")));
+            let (ra, rb) = tokio::join!(
+                fs.link(&dir, &a, &lit, Metadata::default(), false),
+                fs.link(&dir, &b, &lit, Metadata::default(), false)
+            );
+            ra.unwrap();
+            rb.unwrap();
+            let d = fs.list(&dir).await.unwrap();
+            assert!(
+                d.entries.contains_key(&a) && d.entries.contains_key(&b),
+                "{:?}",
+                names(&d)
+            );
+        }
+        assert_eq!(fs.list(&dir).await.unwrap().entries.len(), 10);
+        grid.shutdown().await;
+    });
+}
+
+/// A directory of 2,000 entries set at once lists back whole, and survives 7 of 10
+/// servers stopping.
+#[test]
+fn a_large_directory_survives_seven_servers_down() {
+    run(async {
+        let mut grid = Grid::new(10).await;
+        let fs = fs(&grid);
+        let dir = Cap::Mutable(MutCap::Write(fs.create_dir(&Dir::new()).await.unwrap()));
+        let lit: Cap = "folio:LIT:nbswy3dp".parse().unwrap();
+        let children: Vec<(Name, Cap, Metadata)> = (0..2000)
+            .map(|i| {
+                (
+                    name(&format!("file-{i:05}")),
+                    lit.clone(),
+                    Metadata::default(),
+                )
+            })
+            .collect();
+        fs.set_children(&dir, &children).await.unwrap();
+        for i in 0..7 {
+            grid.stop(i).await;
+        }
+        let fs = self::fs(&grid);
+        assert_eq!(fs.list(&dir).await.unwrap().entries.len(), 2000);
         grid.shutdown().await;
     });
 }

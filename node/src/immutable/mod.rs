@@ -201,7 +201,7 @@ pub use upload::{
     encode_in_memory, encode_shares, upload, ServerShares, UploadError, UploadReport,
 };
 // For mutable files, whose versions are CHK files under a key of their own.
-pub(crate) use codec::{SegmentCoder, ShareAssembler, ShareWrite};
+pub(crate) use codec::{cipher, SegmentCoder, ShareAssembler, ShareWrite};
 pub(crate) use download::decode_in_memory;
 pub(crate) use upload::{lease_secrets, max_matching, plan_round};
 

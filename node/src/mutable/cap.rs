@@ -156,6 +156,11 @@ impl MutWriteCap {
         keys::write_enabler(&self.secret, server.as_bytes())
     }
 
+    /// The key that seals the write caps of a directory's children (`DK`).
+    pub(crate) fn dir_key(&self) -> [u8; 32] {
+        keys::dir_key(&self.secret)
+    }
+
     /// The key pair that signs its versions.
     pub(crate) fn signing_key(&self) -> ring::signature::Ed25519KeyPair {
         keys::signing_key(&self.secret)

@@ -83,25 +83,16 @@ pub(crate) fn write_enabler(w: &[u8; 32], server: &[u8; 32]) -> [u8; 32] {
 }
 
 /// The AES-256 key of the version encrypted with `salt`.
-// Used by the share format and directories (docs/design/mutable-files.md), not built
-// yet; pinned by the known answers below meanwhile.
-#[allow(dead_code)]
 pub(crate) fn data_key(r: &[u8; 32], salt: &[u8; 16]) -> [u8; 32] {
     tagged(TAG_DATA_KEY, &[r, salt])
 }
 
 /// A directory's seal key `DK`, under which its children's write caps are stored.
-// Used by the share format and directories (docs/design/mutable-files.md), not built
-// yet; pinned by the known answers below meanwhile.
-#[allow(dead_code)]
 pub(crate) fn dir_key(w: &[u8; 32]) -> [u8; 32] {
     tagged(TAG_DIR_KEY, &[w])
 }
 
 /// The key that seals one entry's child write cap, with that entry's salt.
-// Used by the share format and directories (docs/design/mutable-files.md), not built
-// yet; pinned by the known answers below meanwhile.
-#[allow(dead_code)]
 pub(crate) fn entry_key(dk: &[u8; 32], salt: &[u8; 16]) -> [u8; 32] {
     tagged(TAG_ENTRY_KEY, &[dk, salt])
 }

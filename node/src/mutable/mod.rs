@@ -45,6 +45,8 @@ pub use share::{
 };
 pub use version::{max_mutable_size, parse_mut_share, MutShareError};
 
+pub(crate) use keys::entry_key;
+
 /// Why reading or writing a mutable file failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
