@@ -81,6 +81,43 @@ pub enum ControlError {
     /// The upload was already finished or abandoned.
     #[error("this upload is finished")]
     Finished,
+    /// A path on the grid could not be used (the message names the step and why).
+    #[error("{0}")]
+    Path(String),
+    /// Another writer changed a mutable file or directory while this write ran.
+    #[error("{0}")]
+    Uncoordinated(String),
+}
+
+/// One entry of a directory (or the file a path names), as `tahoe ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListEntry {
+    /// The entry's name (empty for the target itself).
+    pub name: String,
+    /// `file` (immutable), `mutable` (a mutable file) or `dir`.
+    pub kind: String,
+    /// Its read-only cap.
+    pub ro_uri: String,
+    /// Its write cap, when the directory was reached with write authority and the child
+    /// has one.
+    pub rw_uri: Option<String>,
+    /// Its size in bytes, when known.
+    pub size: Option<u64>,
+    /// Its modification time (seconds since the Unix epoch), when known.
+    pub mtime: Option<u64>,
+    /// When it was linked.
+    pub link_created: Option<u64>,
+    /// When its link was last changed.
+    pub link_modified: Option<u64>,
+}
+
+/// What a path names: a directory and its entries, or one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    /// Whether the path names a directory.
+    pub is_dir: bool,
+    /// The directory's entries in name order, or the file alone.
+    pub entries: Vec<ListEntry>,
 }
 
 /// How far a transfer has come, sent to the command line while it runs.
@@ -128,6 +165,31 @@ pub trait Control {
         sink: SinkRef,
         progress: ProgressRef,
     ) -> Result<TransferReport, ControlError>;
+    /// What the path `path` below the directory cap `root` names: a directory's entries,
+    /// or the file there.
+    async fn list(&self, root: String, path: Vec<String>) -> Result<Listing, ControlError>;
+    /// Makes a directory at `path` below `root` (its parent must exist), or, with no root,
+    /// one linked nowhere; returns its write cap.
+    async fn mkdir(&self, root: Option<String>, path: Vec<String>) -> Result<String, ControlError>;
+    /// Links `cap` as the last name of `path` below `root`, replacing an existing entry
+    /// only if `replace`.
+    async fn link(
+        &self,
+        root: String,
+        path: Vec<String>,
+        cap: String,
+        replace: bool,
+    ) -> Result<(), ControlError>;
+    /// Removes the entry at `path` below `root`; returns the cap it held.
+    async fn unlink(&self, root: String, path: Vec<String>) -> Result<String, ControlError>;
+    /// Moves the entry at `from` to `to` (each a root and a path): one change when both are
+    /// in the same directory; else linked at `to` first, then unlinked from `from` (a
+    /// failure in between leaves two links, never none).
+    async fn rename(
+        &self,
+        from: (String, Vec<String>),
+        to: (String, Vec<String>),
+    ) -> Result<(), ControlError>;
 }
 
 /// An upload in progress: the file's bytes, then `finish`.
@@ -137,6 +199,16 @@ pub trait Upload {
     async fn write(&self, data: folio_rpc::Bytes) -> Result<(), ControlError>;
     /// Uploads what was written to the grid and returns the capability.
     async fn finish(&self, progress: ProgressRef) -> Result<TransferReport, ControlError>;
+    /// Stores what was written, as a mutable file when `mutable` (the report's cap is then
+    /// its write cap), and links it at `to` (a root and a path) when given. A `to` that
+    /// names a mutable file held with write authority is updated in place instead (a new
+    /// version, which may fail as an uncoordinated write).
+    async fn finish_to(
+        &self,
+        progress: ProgressRef,
+        to: Option<(String, Vec<String>)>,
+        mutable: bool,
+    ) -> Result<TransferReport, ControlError>;
 }
 
 /// Where a download's bytes go.

@@ -16,11 +16,15 @@ use folio_rpc::{Bytes, ErrorChain};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{info, warn};
 
-use crate::broker::StorageBroker;
+use crate::broker::{ConnectedServer, StorageBroker};
+use crate::caps::Cap;
 use crate::control::{
-    ControlError, ProgressRef, SinkRef, TransferProgress, TransferReport, Upload,
+    ControlError, ListEntry, Listing, ProgressRef, SinkRef, TransferProgress, TransferReport,
+    Upload,
 };
+use crate::dirnode::{Dir, DirKey, Fs, FsError, Metadata, Name};
 use crate::immutable::{self, EncodingParams, FileSource, Phase, Progress, ReadCap};
+use crate::mutable::{self, Base, MutCap, MutKind, MutableError};
 use crate::private::PrivateDir;
 
 /// Where a transfer's progress goes.
@@ -166,10 +170,11 @@ impl Files {
         mut out: W,
         reporter: Reporter,
     ) -> Result<TransferReport, ControlError> {
-        let cap: ReadCap = cap
-            .trim()
-            .parse()
-            .map_err(|e: immutable::CapError| ControlError::BadCap(e.to_string()))?;
+        let cap: ReadCap = match cap.trim().parse::<Cap>() {
+            Ok(Cap::Immutable(c)) => c,
+            Ok(Cap::Mutable(m)) => return self.download_mutable(&m, &mut out, reporter).await,
+            Err(e) => return Err(ControlError::BadCap(e.to_string())),
+        };
         let servers = self.broker.connected();
         let progress = Progress::new();
         let ticker = Ticker::start(progress.clone(), reporter.clone());
@@ -199,6 +204,50 @@ impl Files {
             shares: r.servers_used.iter().map(|(_, s)| s.len() as u32).sum(),
             seconds: r.total_time.as_secs_f64(),
             notes,
+        })
+    }
+
+    /// Reads the newest version of a mutable file into `out` (a directory's bytes are its
+    /// encoded entries: `tahoe ls` reads it).
+    async fn download_mutable<W: AsyncWrite + Unpin + Send>(
+        &self,
+        cap: &MutCap,
+        out: &mut W,
+        reporter: Reporter,
+    ) -> Result<TransferReport, ControlError> {
+        let read = cap
+            .read_cap()
+            .ok_or_else(|| ControlError::BadCap("a verify cap reads nothing".into()))?;
+        let servers = self.broker.connected();
+        let started = std::time::Instant::now();
+        let r = mutable::retrieve(&servers, &read)
+            .await
+            .map_err(|e| ControlError::Download(e.to_string()))?;
+        let size = r.plaintext.len() as u64;
+        out.write_all(&r.plaintext)
+            .await
+            .map_err(|e| ControlError::Io(format!("writing the output: {}", ErrorChain(&e))))?;
+        reporter
+            .report(TransferProgress {
+                phase: "done".into(),
+                done: size,
+                total: size,
+                servers: r.used.len() as u32,
+            })
+            .await;
+        let mut servers_used: Vec<String> = r.used.iter().map(|(n, _)| n.clone()).collect();
+        servers_used.dedup();
+        Ok(TransferReport {
+            cap: read.to_string(),
+            size,
+            servers: servers_used,
+            shares: r.used.len() as u32,
+            seconds: started.elapsed().as_secs_f64(),
+            notes: r
+                .corrupt
+                .iter()
+                .map(|(s, n, why)| format!("share {n} on {s} was corrupt ({why}); read elsewhere"))
+                .collect(),
         })
     }
 
@@ -263,6 +312,391 @@ impl Files {
     }
 }
 
+/// Directory operations through the running node (`tahoe ls`, `mkdir`, `ln`, `mv`, `rm`,
+/// and `put` to a path). Paths arrive as a root cap and names; errors say which step
+/// failed and why, and the command line puts the path as typed in front.
+impl Files {
+    fn lease(&self) -> Result<[u8; 32], ControlError> {
+        self.private
+            .lease_secret()
+            .map_err(|e| ControlError::Io(e.to_string()))
+    }
+
+    fn fs<'a>(&self, servers: &'a [ConnectedServer]) -> Result<Fs<'a>, ControlError> {
+        Ok(Fs::new(servers, self.params, self.lease()?))
+    }
+
+    /// What `path` below `root` names.
+    pub async fn list(&self, root: &str, path: &[String]) -> Result<Listing, ControlError> {
+        let (root, path) = parse_place(root, path)?;
+        let servers = self.broker.connected();
+        let fs = self.fs(&servers)?;
+        let (cap, entry) = match path.split_last() {
+            None => (root.clone(), None),
+            Some((last, parent)) => {
+                let dir = fs.resolve(&root, parent).await.map_err(fs_error)?;
+                let d = fs.list(&dir).await.map_err(fs_error)?;
+                let cap = child(&d, &dir, last)?;
+                let e = listed(last.as_str(), &d, &dir, last)?;
+                (cap, Some(e))
+            }
+        };
+        if !cap.is_dir() {
+            let e = match entry {
+                Some(e) => e,
+                None => bare_entry(&cap),
+            };
+            return Ok(Listing {
+                is_dir: false,
+                entries: vec![e],
+            });
+        }
+        let d = fs.list(&cap).await.map_err(fs_error)?;
+        let entries = d
+            .entries
+            .keys()
+            .map(|n| listed(n.as_str(), &d, &cap, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Listing {
+            is_dir: true,
+            entries,
+        })
+    }
+
+    /// Makes a directory at `path` below `root`, or an unlinked one.
+    pub async fn mkdir(&self, root: Option<&str>, path: &[String]) -> Result<String, ControlError> {
+        let servers = self.broker.connected();
+        let fs = self.fs(&servers)?;
+        let Some(root) = root else {
+            let cap = fs.create_dir(&Dir::new()).await.map_err(fs_error)?;
+            return Ok(cap.to_string());
+        };
+        let (root, path) = parse_place(root, path)?;
+        let Some((last, parent)) = path.split_last() else {
+            return Err(ControlError::Path("the root already exists".into()));
+        };
+        let dir = fs.resolve(&root, parent).await.map_err(fs_error)?;
+        let cap = fs.mkdir(&dir, last).await.map_err(fs_error)?;
+        Ok(cap.to_string())
+    }
+
+    /// Links `cap` at `path` below `root`.
+    pub async fn link(
+        &self,
+        root: &str,
+        path: &[String],
+        cap: &str,
+        replace: bool,
+    ) -> Result<(), ControlError> {
+        let (root, path) = parse_place(root, path)?;
+        let child: Cap = cap
+            .trim()
+            .parse()
+            .map_err(|e: crate::caps::AnyCapError| ControlError::BadCap(e.to_string()))?;
+        let Some((last, parent)) = path.split_last() else {
+            return Err(ControlError::Path(
+                "a link needs a name below the root".into(),
+            ));
+        };
+        let servers = self.broker.connected();
+        let fs = self.fs(&servers)?;
+        let dir = fs.resolve(&root, parent).await.map_err(fs_error)?;
+        fs.link(&dir, last, &child, link_meta(&child), replace)
+            .await
+            .map_err(fs_error)
+    }
+
+    /// Removes the entry at `path` below `root`; returns its cap.
+    pub async fn unlink(&self, root: &str, path: &[String]) -> Result<String, ControlError> {
+        let (root, path) = parse_place(root, path)?;
+        let Some((last, parent)) = path.split_last() else {
+            return Err(ControlError::Path("the root cannot be removed".into()));
+        };
+        let servers = self.broker.connected();
+        let fs = self.fs(&servers)?;
+        let dir = fs.resolve(&root, parent).await.map_err(fs_error)?;
+        Ok(fs.unlink(&dir, last).await.map_err(fs_error)?.to_string())
+    }
+
+    /// Moves an entry (see [`crate::control::Control::rename`]).
+    pub async fn rename(
+        &self,
+        from: (&str, &[String]),
+        to: (&str, &[String]),
+    ) -> Result<(), ControlError> {
+        let (from_root, from_path) = parse_place(from.0, from.1)?;
+        let (to_root, to_path) = parse_place(to.0, to.1)?;
+        let (Some((from_last, from_parent)), Some((to_last, to_parent))) =
+            (from_path.split_last(), to_path.split_last())
+        else {
+            return Err(ControlError::Path("the root cannot be moved".into()));
+        };
+        let servers = self.broker.connected();
+        let fs = self.fs(&servers)?;
+        let from_dir = fs
+            .resolve(&from_root, from_parent)
+            .await
+            .map_err(fs_error)?;
+        let to_dir = fs.resolve(&to_root, to_parent).await.map_err(fs_error)?;
+        if from_dir.to_string() == to_dir.to_string() {
+            return fs
+                .rename(&from_dir, from_last, to_last)
+                .await
+                .map_err(fs_error);
+        }
+        let cap = fs.get(&from_dir, from_last).await.map_err(fs_error)?;
+        let entry_meta = fs
+            .list(&from_dir)
+            .await
+            .map_err(fs_error)?
+            .entries
+            .get(from_last)
+            .map(|e| e.meta)
+            .unwrap_or_default();
+        fs.link(&to_dir, to_last, &cap, entry_meta, true)
+            .await
+            .map_err(fs_error)?;
+        fs.unlink(&from_dir, from_last).await.map_err(fs_error)?;
+        Ok(())
+    }
+
+    /// Stores a spooled file: immutable or mutable, linked at `to` if given, or written
+    /// as a new version of the mutable file already there.
+    async fn store(
+        &self,
+        spooled: &Path,
+        reporter: Reporter,
+        to: Option<(String, Vec<String>)>,
+        mutable_file: bool,
+    ) -> Result<TransferReport, ControlError> {
+        let servers = self.broker.connected();
+        let fs = self.fs(&servers)?;
+        let place = match &to {
+            Some((root, path)) => {
+                let (root, path) = parse_place(root, path)?;
+                let Some((last, parent)) = path.split_last() else {
+                    return Err(ControlError::Path(
+                        "a file needs a name below the root".into(),
+                    ));
+                };
+                let dir = fs.resolve(&root, parent).await.map_err(fs_error)?;
+                let existing = match fs.get(&dir, last).await {
+                    Ok(c) => Some(c),
+                    Err(FsError::NotFound(_)) => None,
+                    Err(e) => return Err(fs_error(e)),
+                };
+                Some((dir, last.clone(), existing))
+            }
+            None => None,
+        };
+        // An existing mutable file held with write authority gets a new version.
+        if let Some((_, _, Some(Cap::Mutable(MutCap::Write(w))))) = &place {
+            if w.kind() == MutKind::File {
+                let bytes = self.read_mutable(spooled).await?;
+                let started = std::time::Instant::now();
+                let r = mutable::publish(
+                    &servers,
+                    &self.params,
+                    &fs.lease_secret,
+                    w,
+                    &bytes,
+                    Base::Current,
+                    mutable::SETTLE,
+                )
+                .await
+                .map_err(mutable_error)?;
+                if let Some((dir, name, _)) = &place {
+                    // Best effort: the entry's size and time follow the new version.
+                    let cap = Cap::Mutable(MutCap::Write(w.clone()));
+                    let mut meta = link_meta(&cap);
+                    meta.size = Some(bytes.len() as u64);
+                    if let Err(e) = fs.link(dir, name, &cap, meta, true).await {
+                        warn!(error = %e, "the directory entry of an updated file was not refreshed");
+                    }
+                }
+                return Ok(mutable_report(
+                    w.to_string(),
+                    bytes.len() as u64,
+                    &r,
+                    started,
+                ));
+            }
+        }
+        let (cap, report) = if mutable_file {
+            let bytes = self.read_mutable(spooled).await?;
+            let started = std::time::Instant::now();
+            let (w, r) = mutable::create(
+                &servers,
+                &self.params,
+                &fs.lease_secret,
+                MutKind::File,
+                &bytes,
+            )
+            .await
+            .map_err(mutable_error)?;
+            let report = mutable_report(w.to_string(), bytes.len() as u64, &r, started);
+            (Cap::Mutable(MutCap::Write(w)), report)
+        } else {
+            let report = self.upload_path(spooled, reporter).await?;
+            let cap: Cap = report
+                .cap
+                .parse()
+                .map_err(|e: crate::caps::AnyCapError| ControlError::BadCap(e.to_string()))?;
+            (cap, report)
+        };
+        if let Some((dir, name, _)) = &place {
+            let mut meta = link_meta(&cap);
+            meta.size = Some(report.size);
+            fs.link(dir, name, &cap, meta, true)
+                .await
+                .map_err(fs_error)?;
+        }
+        Ok(report)
+    }
+
+    /// A spooled file's bytes, if a mutable file can hold them.
+    async fn read_mutable(&self, spooled: &Path) -> Result<Vec<u8>, ControlError> {
+        let len = tokio::fs::metadata(spooled)
+            .await
+            .map_err(|e| ControlError::Io(format!("reading the spool: {}", ErrorChain(&e))))?
+            .len();
+        let max = mutable::max_mutable_size(&self.params);
+        if len > max {
+            return Err(mutable_error(MutableError::TooLarge {
+                size: len,
+                maximum: max,
+                needed: self.params.needed,
+            }));
+        }
+        tokio::fs::read(spooled)
+            .await
+            .map_err(|e| ControlError::Io(format!("reading the spool: {}", ErrorChain(&e))))
+    }
+}
+
+fn mutable_report(
+    cap: String,
+    size: u64,
+    r: &mutable::PublishReport,
+    started: std::time::Instant,
+) -> TransferReport {
+    let mut servers: Vec<String> = r.written.iter().map(|(s, _)| s.clone()).collect();
+    servers.sort();
+    servers.dedup();
+    TransferReport {
+        cap,
+        size,
+        servers,
+        shares: r.written.len() as u32,
+        seconds: started.elapsed().as_secs_f64(),
+        notes: r.notes.clone(),
+    }
+}
+
+fn mutable_error(e: MutableError) -> ControlError {
+    match e {
+        MutableError::Uncoordinated(u) => ControlError::Uncoordinated(u.to_string()),
+        other => ControlError::Upload(other.to_string()),
+    }
+}
+
+fn fs_error(e: FsError) -> ControlError {
+    match e {
+        FsError::Mutable(MutableError::Uncoordinated(u)) => {
+            ControlError::Uncoordinated(u.to_string())
+        }
+        other => ControlError::Path(other.to_string()),
+    }
+}
+
+fn parse_place(root: &str, path: &[String]) -> Result<(Cap, Vec<Name>), ControlError> {
+    let root: Cap = root
+        .trim()
+        .parse()
+        .map_err(|e: crate::caps::AnyCapError| ControlError::BadCap(e.to_string()))?;
+    let path = path
+        .iter()
+        .map(|s| Name::new(s).map_err(|e| ControlError::Path(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((root, path))
+}
+
+/// The cap of `name` in `d` with the authority `dir` allows.
+fn child(d: &Dir, dir: &Cap, name: &Name) -> Result<Cap, ControlError> {
+    let entry = d
+        .entries
+        .get(name)
+        .ok_or_else(|| ControlError::Path(FsError::NotFound(name.to_string()).to_string()))?;
+    if let Cap::Mutable(MutCap::Write(w)) = dir {
+        if let Some(c) = d.write_cap(name, &DirKey::of(w)) {
+            return c.map_err(|e| ControlError::Path(e.to_string()));
+        }
+    }
+    Ok(entry.read_cap.clone())
+}
+
+fn kind_name(cap: &Cap) -> &'static str {
+    match cap {
+        Cap::Immutable(_) => "file",
+        c if c.is_dir() => "dir",
+        Cap::Mutable(_) => "mutable",
+    }
+}
+
+/// An entry of `d` as listed, its write cap only through write authority.
+fn listed(shown: &str, d: &Dir, dir: &Cap, name: &Name) -> Result<ListEntry, ControlError> {
+    let entry = d
+        .entries
+        .get(name)
+        .ok_or_else(|| ControlError::Path(FsError::NotFound(name.to_string()).to_string()))?;
+    let cap = child(d, dir, name)?;
+    let size = match &entry.read_cap {
+        Cap::Immutable(c) => Some(c.size()),
+        _ => entry.meta.size,
+    };
+    Ok(ListEntry {
+        name: shown.to_string(),
+        kind: kind_name(&entry.read_cap).into(),
+        ro_uri: entry.read_cap.to_string(),
+        rw_uri: cap.is_write().then(|| cap.to_string()),
+        size,
+        mtime: entry.meta.mtime,
+        link_created: Some(entry.meta.link_created),
+        link_modified: Some(entry.meta.link_modified),
+    })
+}
+
+/// A cap named directly (no directory entry around it).
+fn bare_entry(cap: &Cap) -> ListEntry {
+    ListEntry {
+        name: String::new(),
+        kind: kind_name(cap).into(),
+        ro_uri: cap.read_only().map_or_else(String::new, |c| c.to_string()),
+        rw_uri: cap.is_write().then(|| cap.to_string()),
+        size: match cap {
+            Cap::Immutable(c) => Some(c.size()),
+            _ => None,
+        },
+        mtime: None,
+        link_created: None,
+        link_modified: None,
+    }
+}
+
+/// The metadata of a new link to `cap`: now, and an immutable file's size.
+fn link_meta(cap: &Cap) -> Metadata {
+    let now = crate::dirnode::now();
+    Metadata {
+        link_created: now,
+        link_modified: now,
+        mtime: None,
+        size: match cap {
+            Cap::Immutable(c) => Some(c.size()),
+            _ => None,
+        },
+    }
+}
+
 /// An upload being spooled; removed from disk when dropped.
 pub struct Spool {
     files: Files,
@@ -293,6 +727,15 @@ impl Upload for Spool {
     }
 
     async fn finish(&self, progress: ProgressRef) -> Result<TransferReport, ControlError> {
+        self.finish_to(progress, None, false).await
+    }
+
+    async fn finish_to(
+        &self,
+        progress: ProgressRef,
+        to: Option<(String, Vec<String>)>,
+        mutable: bool,
+    ) -> Result<TransferReport, ControlError> {
         let mut st = self.state.lock().await;
         let mut f = st.take().ok_or(ControlError::Finished)?;
         f.flush()
@@ -301,7 +744,7 @@ impl Upload for Spool {
         drop(f);
         let r = self
             .files
-            .upload_path(&self.path, Reporter::Remote(progress))
+            .store(&self.path, Reporter::Remote(progress), to, mutable)
             .await;
         if let Err(e) = std::fs::remove_file(&self.path) {
             warn!(path = %self.path.display(), error = %e, "could not remove a spooled upload");

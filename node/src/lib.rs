@@ -9,6 +9,7 @@
 //! drive the same pieces directly.
 #![warn(missing_docs)]
 
+pub mod aliases;
 pub mod broker;
 pub mod caps;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod control;
 pub mod create;
 pub mod dirnode;
 pub mod files;
+pub mod fscmd;
 pub mod immutable;
 pub mod introducer;
 pub mod mutable;

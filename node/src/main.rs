@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use folio_node::create::{self, CreateArgs, Kind};
+use folio_node::fscmd::Session;
 use folio_node::node::Node;
 
 /// A Tahoe-style storage node on the Folio RPC layer.
@@ -31,10 +32,29 @@ enum Command {
     Run(RunArgs),
     /// Show what a running node sees: introducers and storage servers.
     Status(StatusArgs),
-    /// Store a file on the grid through the running node; prints its read capability.
+    /// Store a file on the grid through the running node; prints its capability. With a
+    /// target (`ALIAS:path`), links it there; over an existing mutable file, updates it.
     Put(PutArgs),
-    /// Fetch a file from the grid through the running node.
+    /// Fetch a file from the grid (by cap or `ALIAS:path`) through the running node.
     Get(GetArgs),
+    /// Make a new directory and save it as an alias (`NAME:`).
+    CreateAlias(CreateAliasArgs),
+    /// Save a directory cap as an alias.
+    AddAlias(AddAliasArgs),
+    /// Show the aliases.
+    ListAliases(ListAliasesArgs),
+    /// List a directory (or describe a file).
+    Ls(LsArgs),
+    /// Make a directory (at a path, or linked nowhere: prints its write cap).
+    Mkdir(PathArgs),
+    /// Copy files between the local disk and the grid (`-r` for directories).
+    Cp(CpArgs),
+    /// Move (rename) an entry on the grid.
+    Mv(TwoPathArgs),
+    /// Link what one path names at another too.
+    Ln(TwoPathArgs),
+    /// Remove an entry from its directory.
+    Rm(OnePathArgs),
     /// A whole grid on 127.0.0.1: introducer, ten storage nodes, a client; store a file,
     /// lose seven servers, get it back.
     Demo(demo_grid::DemoGridArgs),
@@ -52,14 +72,108 @@ struct RunArgs {
 struct PutArgs {
     /// The file to store (`-` or nothing: standard input).
     file: Option<PathBuf>,
+    /// Where to link it (`ALIAS:path`, `folio:DIR:…/path`, or a path in `tahoe:`).
+    target: Option<String>,
+    /// Store it as a mutable file (prints its write cap).
+    #[arg(long)]
+    mutable: bool,
     /// The node's directory (default: ~/.tahoe).
     #[arg(short = 'd', long = "node-directory")]
     node_directory: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
+struct NodeDir {
+    /// The node's directory (default: ~/.tahoe).
+    #[arg(short = 'd', long = "node-directory")]
+    node_directory: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CreateAliasArgs {
+    /// The alias's name.
+    name: String,
+    #[command(flatten)]
+    node: NodeDir,
+}
+
+#[derive(Debug, Args)]
+struct AddAliasArgs {
+    /// The alias's name.
+    name: String,
+    /// A directory's cap (`folio:DIR:…` or `folio:DIR-RO:…`).
+    cap: String,
+    #[command(flatten)]
+    node: NodeDir,
+}
+
+#[derive(Debug, Args)]
+struct ListAliasesArgs {
+    /// One JSON object, alias to cap.
+    #[arg(long)]
+    json: bool,
+    /// Show the read-only caps.
+    #[arg(long)]
+    readonly_uri: bool,
+    #[command(flatten)]
+    node: NodeDir,
+}
+
+#[derive(Debug, Args)]
+struct LsArgs {
+    /// What to list (default: `tahoe:`).
+    target: Option<String>,
+    /// Kind, authority, size, time and name, one entry per line.
+    #[arg(short = 'l')]
+    long: bool,
+    /// The entries as JSON (name, type, ro_uri, rw_uri, size, metadata).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    node: NodeDir,
+}
+
+#[derive(Debug, Args)]
+struct PathArgs {
+    /// Where (`ALIAS:path`); nothing: a directory linked nowhere.
+    target: Option<String>,
+    #[command(flatten)]
+    node: NodeDir,
+}
+
+#[derive(Debug, Args)]
+struct OnePathArgs {
+    /// The entry (`ALIAS:path`).
+    target: String,
+    #[command(flatten)]
+    node: NodeDir,
+}
+
+#[derive(Debug, Args)]
+struct TwoPathArgs {
+    /// From (`ALIAS:path`, or a cap for `ln`).
+    from: String,
+    /// To (`ALIAS:path`; into it, when it is a directory).
+    to: String,
+    #[command(flatten)]
+    node: NodeDir,
+}
+
+#[derive(Debug, Args)]
+struct CpArgs {
+    /// Copy directories and what they hold.
+    #[arg(short = 'r', long)]
+    recursive: bool,
+    /// Sources, then the destination (local paths, or `ALIAS:path` on the grid).
+    #[arg(required = true, num_args = 2..)]
+    paths: Vec<String>,
+    #[command(flatten)]
+    node: NodeDir,
+}
+
+#[derive(Debug, Args)]
 struct GetArgs {
-    /// The read capability `tahoe put` printed.
+    /// What to fetch: a cap, or `ALIAS:path`.
     cap: String,
     /// Where to write the file (`-` or nothing: standard output).
     out: Option<PathBuf>,
@@ -116,6 +230,48 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Status(a) => rt.block_on(status(a)),
         Command::Put(a) => rt.block_on(put(a)),
         Command::Get(a) => rt.block_on(get(a)),
+        Command::CreateAlias(a) => rt.block_on(async {
+            let mut s = session(a.node)?;
+            s.create_alias(&a.name).await?;
+            println!("Alias '{}' created", a.name);
+            Ok(())
+        }),
+        Command::AddAlias(a) => {
+            session(a.node)?.add_alias(&a.name, &a.cap)?;
+            println!("Alias '{}' added", a.name);
+            Ok(())
+        }
+        Command::ListAliases(a) => {
+            let list = session(a.node)?.list_aliases(a.readonly_uri);
+            if a.json {
+                let map: serde_json::Map<String, serde_json::Value> = list
+                    .into_iter()
+                    .map(|(n, c)| (n, serde_json::Value::String(c)))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&map)?);
+            } else {
+                for (n, c) in list {
+                    println!("{n}: {c}");
+                }
+            }
+            Ok(())
+        }
+        Command::Ls(a) => rt.block_on(ls(a)),
+        Command::Mkdir(a) => rt.block_on(async {
+            let cap = session(a.node)?.mkdir(a.target.as_deref()).await?;
+            println!("{cap}");
+            Ok(())
+        }),
+        Command::Cp(a) => rt.block_on(async {
+            let s = session(a.node)?;
+            let (dest, sources) = a.paths.split_last().expect("clap requires two paths");
+            let n = s.cp(sources, dest, a.recursive).await?;
+            eprintln!("{n} files copied");
+            Ok(())
+        }),
+        Command::Mv(a) => rt.block_on(async { Ok(session(a.node)?.mv(&a.from, &a.to).await?) }),
+        Command::Ln(a) => rt.block_on(async { Ok(session(a.node)?.ln(&a.from, &a.to).await?) }),
+        Command::Rm(a) => rt.block_on(async { Ok(session(a.node)?.rm(&a.target).await?) }),
         Command::Demo(args) => rt.block_on(demo_grid::run(args)),
         Command::DemoHandshake(args) => rt.block_on(demo::run(args)),
     }
@@ -180,22 +336,58 @@ async fn status(a: StatusArgs) -> Result<()> {
     Ok(())
 }
 
-async fn put(a: PutArgs) -> Result<()> {
-    let basedir = default_basedir(a.node_directory);
-    let line = folio_node::transfer::ProgressLine::new();
-    let report = match a.file.as_deref() {
-        None => folio_node::transfer::put(&basedir, tokio::io::stdin(), None, line).await?,
-        Some(p) if p == std::path::Path::new("-") => {
-            folio_node::transfer::put(&basedir, tokio::io::stdin(), None, line).await?
+fn session(node: NodeDir) -> Result<Session> {
+    let basedir = default_basedir(node.node_directory);
+    Session::open(&basedir).with_context(|| format!("the node in {}", basedir.display()))
+}
+
+async fn ls(a: LsArgs) -> Result<()> {
+    let s = session(a.node)?;
+    let target = a.target.unwrap_or_else(|| "tahoe:".into());
+    let listing = s.ls(&target).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&listing)?);
+        return Ok(());
+    }
+    for e in &listing.entries {
+        if a.long {
+            println!("{}", folio_node::fscmd::long_line(e));
+        } else if e.name.is_empty() {
+            println!("{target}");
+        } else {
+            println!("{}", e.name);
         }
-        Some(p) => {
-            let f = tokio::fs::File::open(p)
-                .await
-                .with_context(|| format!("opening {}", p.display()))?;
-            let size = f.metadata().await.ok().map(|m| m.len());
-            folio_node::transfer::put(&basedir, f, size, line).await?
+    }
+    Ok(())
+}
+
+async fn put(a: PutArgs) -> Result<()> {
+    let basedir = default_basedir(a.node_directory.clone());
+    let file = a
+        .file
+        .as_deref()
+        .filter(|p| *p != std::path::Path::new("-"));
+    let report = if a.target.is_some() || a.mutable {
+        let s = session(NodeDir {
+            node_directory: a.node_directory,
+        })?;
+        s.put(file, a.target.as_deref(), a.mutable).await?
+    } else {
+        let line = folio_node::transfer::ProgressLine::new();
+        match file {
+            None => folio_node::transfer::put(&basedir, tokio::io::stdin(), None, line).await?,
+            Some(p) => {
+                let f = tokio::fs::File::open(p)
+                    .await
+                    .with_context(|| format!("opening {}", p.display()))?;
+                let size = f.metadata().await.ok().map(|m| m.len());
+                folio_node::transfer::put(&basedir, f, size, line).await?
+            }
         }
     };
+    for n in &report.notes {
+        eprintln!("note: {n}");
+    }
     eprintln!(
         "stored {} as {} shares on {} servers in {:.2} s",
         folio_node::transfer::human(report.size),
@@ -208,6 +400,14 @@ async fn put(a: PutArgs) -> Result<()> {
 }
 
 async fn get(a: GetArgs) -> Result<()> {
+    // A path (not a bare cap) is resolved through the aliases first.
+    if !a.cap.starts_with("folio:") || a.cap.contains('/') {
+        let out = a.out.as_deref().filter(|p| *p != std::path::Path::new("-"));
+        let s = session(NodeDir {
+            node_directory: a.node_directory,
+        })?;
+        return Ok(s.get(&a.cap, out).await?);
+    }
     let basedir = default_basedir(a.node_directory);
     let line = folio_node::transfer::ProgressLine::new();
     let report = match a.out.as_deref() {

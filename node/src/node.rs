@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::broker::{unix_secs, Override, StorageBroker};
 use crate::config::{Location, NodeConfig, TubPort};
 use crate::control::{
-    Control, ControlError, ControlRef, IntroducerStatus, NodeStatus, ProgressRef, SinkRef,
+    Control, ControlError, ControlRef, IntroducerStatus, Listing, NodeStatus, ProgressRef, SinkRef,
     TransferProgress, TransferReport, UploadRef,
 };
 use crate::files::{Files, Reporter};
@@ -452,6 +452,46 @@ impl Control for ControlObject {
             inner.files.clone().ok_or(ControlError::NotAClient)?
         };
         files.download_to_sink(&cap, sink, progress).await
+    }
+
+    async fn list(&self, root: String, path: Vec<String>) -> Result<Listing, ControlError> {
+        self.files()?.list(&root, &path).await
+    }
+
+    async fn mkdir(&self, root: Option<String>, path: Vec<String>) -> Result<String, ControlError> {
+        self.files()?.mkdir(root.as_deref(), &path).await
+    }
+
+    async fn link(
+        &self,
+        root: String,
+        path: Vec<String>,
+        cap: String,
+        replace: bool,
+    ) -> Result<(), ControlError> {
+        self.files()?.link(&root, &path, &cap, replace).await
+    }
+
+    async fn unlink(&self, root: String, path: Vec<String>) -> Result<String, ControlError> {
+        self.files()?.unlink(&root, &path).await
+    }
+
+    async fn rename(
+        &self,
+        from: (String, Vec<String>),
+        to: (String, Vec<String>),
+    ) -> Result<(), ControlError> {
+        self.files()?
+            .rename((&from.0, &from.1), (&to.0, &to.1))
+            .await
+    }
+}
+
+impl ControlObject {
+    /// The node's file side, without keeping the node alive across the call's await.
+    fn files(&self) -> Result<Files, ControlError> {
+        let inner = self.0.upgrade().ok_or(ControlError::ShuttingDown)?;
+        inner.files.clone().ok_or(ControlError::NotAClient)
     }
 }
 

@@ -118,20 +118,41 @@ pub enum TransferError {
 }
 
 /// The node's own error as it said it; the call's failure otherwise.
-fn node_err(e: folio_rpc::CallError<ControlError>) -> TransferError {
+pub(crate) fn node_err(e: folio_rpc::CallError<ControlError>) -> TransferError {
     match e {
         folio_rpc::CallError::App(e) => TransferError::Node(e.to_string()),
         other => TransferError::Node(other.to_string()),
     }
 }
 
+/// Where `put` stores a file, beyond uploading it.
+#[derive(Debug, Clone, Default)]
+pub struct PutTo {
+    /// Link it here (a root cap and a path); an existing mutable file there, held with write
+    /// authority, gets a new version instead.
+    pub at: Option<(String, Vec<String>)>,
+    /// Store it as a new mutable file.
+    pub mutable: bool,
+}
+
 /// Uploads everything `input` yields (of `size` bytes, if known, for progress) through the
 /// node in `basedir`.
 pub async fn put(
     basedir: &Path,
+    input: impl AsyncRead + Unpin,
+    size: Option<u64>,
+    line: Arc<ProgressLine>,
+) -> Result<TransferReport, TransferError> {
+    put_to(basedir, input, size, line, PutTo::default()).await
+}
+
+/// [`put`], stored as `to` says.
+pub async fn put_to(
+    basedir: &Path,
     mut input: impl AsyncRead + Unpin,
     size: Option<u64>,
     line: Arc<ProgressLine>,
+    to: PutTo,
 ) -> Result<TransferReport, TransferError> {
     let client = ControlClient::connect(basedir, Duration::from_secs(30)).await?;
     let result = async {
@@ -158,11 +179,16 @@ pub async fn put(
             });
         }
         // A whole upload to the grid: as long as it takes (the CLI's Ctrl-C cancels it).
-        upload
-            .with_timeout(None)
-            .finish(ProgressRef::serve(line.clone()))
-            .await
-            .map_err(node_err)
+        let upload = upload.with_timeout(None);
+        let progress = ProgressRef::serve(line.clone());
+        if to.at.is_none() && !to.mutable {
+            upload.finish(progress).await.map_err(node_err)
+        } else {
+            upload
+                .finish_to(progress, to.at, to.mutable)
+                .await
+                .map_err(node_err)
+        }
     }
     .await;
     line.finish();
