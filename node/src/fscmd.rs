@@ -489,12 +489,44 @@ pub fn long_line(e: &ListEntry) -> String {
     let when = e
         .mtime
         .or(e.link_modified)
-        .map_or_else(|| "-".to_string(), |t| t.to_string());
+        .map_or_else(|| "-".to_string(), utc_minutes);
     let rw = if e.rw_uri.is_some() { "rw" } else { "r-" };
     let name = if e.kind == "dir" {
         format!("{}/", e.name)
     } else {
         e.name.clone()
     };
-    format!("{kind}{rw} {size:>12} {when:>11} {name}")
+    format!("{kind}{rw} {size:>12} {when:>16} {name}")
+}
+
+/// `YYYY-MM-DD HH:MM` (UTC) of a Unix time.
+fn utc_minutes(t: u64) -> String {
+    // Days to a civil date (the proleptic Gregorian calendar), after H. Hinnant's
+    // `civil_from_days`.
+    let days = (t / 86_400) as i64;
+    let secs = t % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates() {
+        assert_eq!(super::utc_minutes(0), "1970-01-01 00:00");
+        assert_eq!(super::utc_minutes(951_782_400), "2000-02-29 00:00");
+        assert_eq!(super::utc_minutes(1_796_587_450), "2026-12-06 20:04");
+    }
 }

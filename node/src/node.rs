@@ -334,6 +334,11 @@ impl Node {
         files.download_to(cap, out, Reporter::Local(progress)).await
     }
 
+    /// The node's files and directories on the grid (a client or storage node).
+    pub fn files(&self) -> Result<&Files, ControlError> {
+        self.inner.files.as_ref().ok_or(ControlError::NotAClient)
+    }
+
     /// What the node sees.
     pub fn status(&self) -> NodeStatus {
         status_of(&self.inner)
