@@ -649,7 +649,7 @@ impl EmbeddedRouter {
             let saved = netdb.load().map_err(|e| state(&dir, e))?;
             tracing::info!(routers = saved.len(), dir = %dir.display(), "I2P netDb loaded");
             seeds.extend(saved);
-            storage = Some(Arc::new(NetDbStorage(netdb.clone())));
+            storage = Some(Arc::new(NetDbStorage::new(netdb.clone())));
             if seeds.len() < reseed.reseed_below {
                 plan = Some(ReseedPlan {
                     reseed: reseed.clone(),

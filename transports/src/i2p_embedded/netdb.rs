@@ -5,7 +5,8 @@
 //! Written from two places: the RouterInfos a reseed brought (saved before the router
 //! starts, within its start timeout), and emissary's
 //! [`Storage`] hook, which hands over the RouterInfos the router discovered since its
-//! previous backup (emissary calls it every 15 minutes). Router profiles (emissary's
+//! previous backup (emissary calls it every 15 minutes; the files are written on a thread
+//! of their own, never on the router's). Router profiles (emissary's
 //! per-peer statistics) are not kept: a restarted router learns them again.
 //!
 //! Bounds: at most [`MAX_NETDB_ROUTERS`] files are kept or read, each at most
@@ -21,7 +22,7 @@
 //! new RouterInfo replaces the oldest file.
 //!
 //! The netDb is a cache: a file is written to a temporary name and renamed, not synced, so
-//! a save costs no `fsync` per file on the router's thread. After a crash a file may be
+//! a save costs no `fsync` per file. After a crash a file may be
 //! missing or empty; an empty or truncated one is a RouterInfo that does not parse, which
 //! emissary skips.
 
@@ -66,7 +67,7 @@ fn is_router_info_file(name: &str) -> bool {
         .is_some()
 }
 
-/// A temporary file of an interrupted save: `.routerInfo-<hash>.dat.<n>.tmp`.
+/// A temporary file of an interrupted save: `.routerInfo-<hash>.dat.<pid>-<n>.tmp`.
 fn is_temporary_file(name: &str) -> bool {
     name.starts_with(".routerInfo-") && name.ends_with(".tmp")
 }
@@ -117,7 +118,14 @@ impl NetDb {
     fn scan(&self, clean: bool) -> std::io::Result<Vec<(String, SystemTime)>> {
         let mut files = Vec::new();
         for entry in std::fs::read_dir(&self.dir)?.take(MAX_NETDB_SCAN) {
-            let entry = entry?;
+            // One entry that cannot be read is skipped, not the whole netDb.
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), "netDb entry skipped: {e}");
+                    continue;
+                }
+            };
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                 continue;
             };
@@ -227,21 +235,59 @@ impl NetDb {
     }
 }
 
+/// What emissary hands the storage hook: (router hash, RouterInfo, profile).
+type RouterRecords = Vec<(String, Option<Vec<u8>>, emissary_core::Profile)>;
+
 /// emissary's storage hook, writing into a [`NetDb`].
-pub(super) struct NetDbStorage(pub(super) NetDb);
+///
+/// emissary calls the hook from a task on the router's own single-threaded runtime, so the
+/// writing (up to [`NetDb::max_routers`] files, each written and renamed) happens on a
+/// thread of its own: the router's tunnels and streams do not wait for the disk. A save
+/// asked for while the previous one still runs is skipped (the next one, 15 minutes
+/// later in emissary 0.4, carries the same routers).
+pub(super) struct NetDbStorage {
+    db: NetDb,
+    saving: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NetDbStorage {
+    pub(super) fn new(db: NetDb) -> NetDbStorage {
+        NetDbStorage {
+            db,
+            saving: Default::default(),
+        }
+    }
+}
+
+/// Writes the RouterInfos of `routers` (those with a well-formed hash) into `db`.
+fn save_records(db: &NetDb, routers: RouterRecords) {
+    let files: Vec<(String, Vec<u8>)> = routers
+        .into_iter()
+        .filter_map(|(hash, ri, _profile)| Some((file_name(&hash)?, ri?)))
+        .collect();
+    match db.save(files.iter().map(|(n, b)| (n.as_str(), b.as_slice()))) {
+        Ok(n) => tracing::debug!(saved = n, "netDb saved"),
+        Err(e) => tracing::warn!(dir = %db.dir.display(), "netDb not saved: {e}"),
+    }
+}
 
 impl Storage for NetDbStorage {
-    fn save_to_disk(&self, routers: Vec<(String, Option<Vec<u8>>, emissary_core::Profile)>) {
-        let files: Vec<(String, Vec<u8>)> = routers
-            .into_iter()
-            .filter_map(|(hash, ri, _profile)| Some((file_name(&hash)?, ri?)))
-            .collect();
-        match self
-            .0
-            .save(files.iter().map(|(n, b)| (n.as_str(), b.as_slice())))
-        {
-            Ok(n) => tracing::debug!(saved = n, "netDb saved"),
-            Err(e) => tracing::warn!(dir = %self.0.dir.display(), "netDb not saved: {e}"),
+    fn save_to_disk(&self, routers: RouterRecords) {
+        use std::sync::atomic::Ordering;
+        if self.saving.swap(true, Ordering::SeqCst) {
+            tracing::debug!("the previous netDb save still runs; this one is skipped");
+            return;
+        }
+        let (db, saving) = (self.db.clone(), self.saving.clone());
+        let spawned = std::thread::Builder::new()
+            .name("i2p-netdb-save".into())
+            .spawn(move || {
+                save_records(&db, routers);
+                saving.store(false, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            self.saving.store(false, Ordering::SeqCst);
+            tracing::warn!("netDb not saved: no thread to save it on: {e}");
         }
     }
 }
@@ -297,12 +343,21 @@ mod tests {
         .unwrap();
         assert_eq!(db.load().unwrap().len(), 2);
         assert_eq!(db.count().unwrap(), 3);
-        // The storage hook names files by router hash; a malformed hash is dropped.
-        NetDbStorage(db.clone()).save_to_disk(vec![
+        // The storage hook names files by router hash; a malformed hash is dropped. It saves
+        // on a thread of its own: wait for it (bounded).
+        NetDbStorage::new(db.clone()).save_to_disk(vec![
             ("ee".into(), Some(b"three".to_vec()), profile()),
             ("ff".into(), None, profile()),
             ("g/h".into(), Some(b"x".to_vec()), profile()),
         ]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while db.count().unwrap() < 4 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the save did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(
             std::fs::read(dir.join("routerInfo-ee.dat")).unwrap(),
             b"three"
