@@ -57,6 +57,7 @@ fn data(seed: u32, len: usize) -> Vec<u8> {
 struct Grid {
     _tmp: tempfile::TempDir,
     base: PathBuf,
+    furl: String,
     client: PathBuf,
     _intro: ChildGuard,
     nodes: Vec<ChildGuard>,
@@ -115,6 +116,7 @@ fn grid() -> Grid {
     Grid {
         _tmp: tmp,
         base,
+        furl,
         client,
         _intro: intro,
         nodes,
@@ -322,5 +324,92 @@ fn two_puts_racing_on_one_mutable_file() {
         saw_race,
         "eight rounds of two concurrent puts never overlapped"
     );
+    stop_all(&mut g.nodes, Duration::from_secs(30));
+}
+
+/// Waits until the node in `dir` sees `n` storage servers connected.
+fn wait_for_servers(dir: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let up = common::status(dir)
+            .and_then(|s| {
+                s["storage_servers"]
+                    .as_array()
+                    .map(|a| a.iter().filter(|x| x["connected"] == true).count())
+            })
+            .unwrap_or(0);
+        if up >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} saw {up} of {n} servers",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A client node killed (SIGKILL) at a random point of updating a mutable file, ten times:
+/// the file always reads as the old or the new version, and the next update succeeds.
+#[test]
+fn a_writer_node_killed_mid_update_leaves_old_or_new() {
+    let mut g = grid();
+    let writer = g.base.join("writer");
+    create(&[
+        "create-client",
+        "--nickname",
+        "writer",
+        "--introducer",
+        &g.furl,
+        writer.to_str().unwrap(),
+    ]);
+    let mut node = run(&writer);
+    wait_for_servers(&writer, 10);
+    ok(&writer, &["create-alias", "tahoe"]);
+    let file = g.base.join("v.bin");
+    let mut old = data(100, 200_000);
+    std::fs::write(&file, &old).unwrap();
+    ok(
+        &writer,
+        &["put", "--mutable", file.to_str().unwrap(), "tahoe:v.bin"],
+    );
+    let mut killed_mid = 0;
+    for round in 0..10u32 {
+        let new = data(round, 200_000 + round as usize);
+        std::fs::write(&file, &new).unwrap();
+        let mut put = tahoe()
+            .args(["put", file.to_str().unwrap(), "tahoe:v.bin", "-d"])
+            .arg(&writer)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // A pseudo-random point in the first 300 ms (the update takes about that long).
+        let delay = (round * 7919 + 13) % 300;
+        std::thread::sleep(Duration::from_millis(u64::from(delay)));
+        node.crash();
+        let _ = node.wait_timeout(Duration::from_secs(10));
+        let finished = put.wait().unwrap().success();
+        node = run(&writer);
+        wait_for_servers(&writer, 10);
+        let now = ok_bytes(&writer, &["get", "tahoe:v.bin"]);
+        assert!(
+            now == old || now == new,
+            "round {round} (killed after {delay} ms): neither the old nor the new version"
+        );
+        if now == old && !finished {
+            killed_mid += 1;
+        }
+        // The next writer finishes the job (over an unfinished version, after SETTLE).
+        let next = data(1000 + round, 1000);
+        std::fs::write(&file, &next).unwrap();
+        ok(&writer, &["put", file.to_str().unwrap(), "tahoe:v.bin"]);
+        assert_eq!(ok_bytes(&writer, &["get", "tahoe:v.bin"]), next);
+        old = next;
+    }
+    eprintln!("{killed_mid} of 10 updates were killed before they landed");
+    node.terminate();
+    let _ = node.wait_timeout(Duration::from_secs(10));
     stop_all(&mut g.nodes, Duration::from_secs(30));
 }
