@@ -446,6 +446,20 @@ fn assert_nothing_stored(grid: &Grid) {
     }
 }
 
+/// A file whose shares' first read (guessed for the default segment size) holds every
+/// block window: the reads sent beside it are dropped, and no range is computed for a
+/// window past the last (that overflowed, a panic in debug builds).
+#[test]
+fn a_head_that_holds_every_window_downloads() {
+    run(async {
+        let grid = Grid::new(10).await;
+        let bytes = data(8, 300_000);
+        let report = put(&grid, &small_segments(), &bytes).await;
+        assert_eq!(get(&grid, &report.cap).await.unwrap(), bytes);
+        grid.shutdown().await;
+    });
+}
+
 #[test]
 fn upload_refused_below_happiness_leaves_nothing() {
     run(async {

@@ -403,11 +403,15 @@ impl Active {
         }
         let mut ahead = VecDeque::new();
         while let Some(read) = sent.pop_front() {
-            let (start, want) = Self::window_range(layout, next_window);
-            if next_window >= layout.geometry.num_segments || (read.0, read.1) != (start, want) {
+            // Past the last window (the head held the rest) every read sent is unused; the
+            // range of a window that does not exist is not computed.
+            if next_window >= layout.geometry.num_segments
+                || (read.0, read.1) != Self::window_range(layout, next_window)
+            {
                 read.2.abort();
                 continue;
             }
+            let (_, want) = Self::window_range(layout, next_window);
             let ticket = flow.take(want);
             ahead.push_back((next_window, read, Some(ticket)));
             next_window += per;
