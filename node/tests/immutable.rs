@@ -460,6 +460,42 @@ fn a_head_that_holds_every_window_downloads() {
     });
 }
 
+/// A large file's writes go out behind its allocations; when some servers of that first
+/// round refuse (read-only here), what was sent is aborted, the file is placed the ordinary
+/// way on the others, and no partial upload is left anywhere.
+#[test]
+fn refused_pipelined_allocations_fall_back_to_placing_first() {
+    run(async {
+        let grid = Grid::with(10, |i, c| c.readonly = i < 3).await;
+        let bytes = data(9, 300_000);
+        let report = put(&grid, &small_segments(), &bytes).await;
+        assert_eq!(report.happiness, 7, "{report:?}");
+        assert_eq!(report.shares_placed, 10);
+        for i in 0..10 {
+            assert!(
+                grid.incoming_files(i).is_empty(),
+                "server {i} kept a partial upload"
+            );
+            if i < 3 {
+                assert!(
+                    grid.share_files(i).is_empty(),
+                    "read-only server {i} holds a share"
+                );
+            }
+        }
+        assert_eq!(get(&grid, &report.cap).await.unwrap(), bytes);
+        // The same file again: every server already holds its share (the first round
+        // answers "already have"); nothing is written twice.
+        let again = put(&grid, &small_segments(), &bytes).await;
+        assert_eq!(again.cap, report.cap);
+        assert!(
+            again.servers.iter().all(|s| s.uploaded.is_empty()),
+            "{again:?}"
+        );
+        grid.shutdown().await;
+    });
+}
+
 #[test]
 fn upload_refused_below_happiness_leaves_nothing() {
     run(async {

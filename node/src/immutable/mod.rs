@@ -74,9 +74,16 @@
 //!   before anyone knows how many servers accept, a small upload that ends below
 //!   happiness leaves the shares it closed (complete and leased); a streamed upload leaves
 //!   nothing.
-//! - **Large upload:** one round trip of allocations (all servers at once), then the
-//!   writes, as many in flight per server as its window allows, and each close right
-//!   behind its share's last write.
+//! - **Large upload: no round trip of its own before the writes.** Every share of the
+//!   first round of server selection is asked for at once, and its writes follow on the
+//!   promised writer at once, as many in flight per server as its window allows; each
+//!   close goes right behind its share's last write. If every server of that round takes
+//!   its share, that is the upload. If any does not (full, read-only, busy, already
+//!   holding the share, failed, or from before `allocate_share`), its pipelined writes are
+//!   refused, everything sent is aborted (no partial upload stays), and the upload starts
+//!   again the ordinary way: rounds of allocations first, then the writes. So a refusal
+//!   costs one round trip and the bytes sent meanwhile, and an upload of a file the
+//!   servers already hold costs two round trips instead of one.
 //! - **Download: one round trip** for a small file (the listing and the heads in one
 //!   flight); for a large one the reads follow at once, windowed the same way.
 //! - **Windows** ([`WINDOW_BUDGET`]): each server's bytes in flight are sized from the

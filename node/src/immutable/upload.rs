@@ -229,61 +229,40 @@ async fn upload_inner(
     } else {
         None
     };
-    let (mut placement, rtts) = match &small {
-        Some((shares, _)) => place_small(servers, params, &si, lease_secret, shares).await,
-        None => place(servers, params, &si, lease_secret, layout.end).await,
-    };
-    let happiness = placement.happiness();
-    progress.set_servers(happiness, placement.shares().len());
-    if happiness < params.happy as usize {
-        let full = placement.full.len();
-        let failed = placement.failed.len();
-        placement.abort_all().await;
-        info!(si = %base32(&si), happiness, happy = params.happy, "upload refused: not happy");
-        return Err(UploadError::NotHappy {
-            found: happiness,
-            happy: params.happy,
-            servers: servers.len(),
-            failed,
-            full,
-        });
-    }
-    let placement_time = placed_at.elapsed();
-
-    // Pass 2: encode and write.
-    progress.set_phase(Phase::Pushing);
-    let pushed_at = Instant::now();
-    let r = match small {
-        Some((_, summary)) => {
-            progress.add_done(size);
-            Ok(summary)
-        }
+    // A large one is written behind its allocations, on the promised writers, when every
+    // server of the first round takes its share; else it is placed first, as below.
+    let speculated = match small {
+        Some(_) => None,
         None => {
-            let flows = flows_for(&placement, &rtts);
-            let r = push(
-                &mut placement,
-                &flows,
-                source,
-                g,
-                key,
-                plaintext_hash,
+            speculative_push(
+                servers,
                 params,
+                &si,
+                lease_secret,
+                layout.end,
+                (source.clone(), g, key, plaintext_hash),
                 progress,
             )
-            .await;
-            let windows: Vec<(&str, u64)> = flows
-                .iter()
-                .map(|(&i, f)| (servers[i].nickname.as_str(), f.window()))
-                .collect();
-            debug!(?windows, "write windows at the end (bytes per server)");
-            r
+            .await
         }
     };
-    let summary = match r {
-        Ok(s) => s,
-        Err(e) => {
-            placement.abort_all().await;
-            return Err(e);
+    let (placement, summary, placement_time, pushed_at) = match speculated {
+        Some(r) => {
+            let (placement, summary, placement_time) = r?;
+            (placement, summary, placement_time, placed_at)
+        }
+        None => {
+            place_then_push(
+                servers,
+                params,
+                &si,
+                lease_secret,
+                (source, g, key, plaintext_hash),
+                small,
+                progress,
+                placed_at,
+            )
+            .await?
         }
     };
     let push_time = pushed_at.elapsed();
@@ -321,6 +300,219 @@ async fn upload_inner(
         "uploaded"
     );
     Ok(report)
+}
+
+/// What the encoder needs: the source, the geometry, the key and the plaintext hash.
+type Encoding<S> = (Arc<S>, Geometry, [u8; 32], Hash);
+
+/// Server selection, then the writes (a small file's shares go out with their
+/// allocations). Returns the placement, the encoding's summary, the selection's duration and
+/// when the writes began. Fails, with every bucket aborted, below happiness.
+#[allow(clippy::too_many_arguments)]
+async fn place_then_push<S: UploadSource>(
+    servers: &[ConnectedServer],
+    params: &EncodingParams,
+    si: &StorageIndex,
+    lease_secret: &[u8; 32],
+    (source, g, key, plaintext_hash): Encoding<S>,
+    small: Option<(Vec<Vec<u8>>, EncodeSummary)>,
+    progress: &Arc<Progress>,
+    placed_at: Instant,
+) -> Result<(Placement, EncodeSummary, Duration, Instant), UploadError> {
+    let layout = ShareLayout::new(g);
+    let (mut placement, rtts) = match &small {
+        Some((shares, _)) => place_small(servers, params, si, lease_secret, shares).await,
+        None => place(servers, params, si, lease_secret, layout.end).await,
+    };
+    let happiness = placement.happiness();
+    progress.set_servers(happiness, placement.shares().len());
+    if happiness < params.happy as usize {
+        let full = placement.full.len();
+        let failed = placement.failed.len();
+        placement.abort_all().await;
+        info!(si = %base32(si), happiness, happy = params.happy, "upload refused: not happy");
+        return Err(UploadError::NotHappy {
+            found: happiness,
+            happy: params.happy,
+            servers: servers.len(),
+            failed,
+            full,
+        });
+    }
+    let placement_time = placed_at.elapsed();
+
+    // Pass 2: encode and write.
+    progress.set_phase(Phase::Pushing);
+    let pushed_at = Instant::now();
+    let r = match small {
+        Some((_, summary)) => {
+            progress.add_done(g.size);
+            Ok(summary)
+        }
+        None => {
+            let flows = flows_for(&placement, &rtts);
+            let r = push(
+                &mut placement,
+                &flows,
+                source,
+                g,
+                key,
+                plaintext_hash,
+                params,
+                progress,
+            )
+            .await;
+            let windows: Vec<(&str, u64)> = flows
+                .iter()
+                .map(|(&i, f)| (servers[i].nickname.as_str(), f.window()))
+                .collect();
+            debug!(?windows, "write windows at the end (bytes per server)");
+            r
+        }
+    };
+    match r {
+        Ok(summary) => Ok((placement, summary, placement_time, pushed_at)),
+        Err(e) => {
+            placement.abort_all().await;
+            Err(e)
+        }
+    }
+}
+
+/// A large file's first round of server selection with the writes behind it: every share
+/// of the first round is asked for at once (`allocate_share`), and its writes go out on
+/// the promised writer without waiting for the answer, so the upload spends no round trip
+/// on selection. When every server of the round takes its share, that is the upload;
+/// when any does not (full, already holding it, busy, failed, or a server from before
+/// `allocate_share`), the pipelined writes on its promise are refused, everything is
+/// stopped and aborted, and `None` sends the upload the ordinary way (selection first):
+/// a refusal costs one round trip and what was sent meanwhile. A file the servers already
+/// hold is such a case (its first round answers "already have").
+async fn speculative_push<S: UploadSource>(
+    servers: &[ConnectedServer],
+    params: &EncodingParams,
+    si: &StorageIndex,
+    lease_secret: &[u8; 32],
+    share_size: u64,
+    (source, g, key, plaintext_hash): Encoding<S>,
+    progress: &Arc<Progress>,
+) -> Option<Result<(Placement, EncodeSummary, Duration), UploadError>> {
+    let started = Instant::now();
+    let mut p = Placement::new(servers, si);
+    let all: BTreeSet<u16> = (0..params.total).collect();
+    let round = plan_round(
+        &p.order,
+        &all,
+        &BTreeSet::new(),
+        &|_| true,
+        &BTreeSet::new(),
+    );
+    let covered: BTreeSet<u16> = round.iter().map(|(_, n)| *n).collect();
+    if covered.len() < usize::from(params.total) || max_matching(&round) < usize::from(params.happy)
+    {
+        return None;
+    }
+    let mut promises = Vec::with_capacity(round.len());
+    for &(i, n) in &round {
+        let server = &servers[i];
+        let (renew, cancel) = lease_secrets(server, si, lease_secret);
+        let promise = bounded(server.server.allocate_share_promise(
+            *si,
+            renew,
+            cancel,
+            n,
+            share_size,
+            CanaryRef::serve(NullCanary),
+        ))
+        .await;
+        match promise {
+            Ok(promise) => {
+                p.writers.insert(
+                    n,
+                    Held {
+                        server: i,
+                        writer: promise.reference(),
+                    },
+                );
+                promises.push((i, promise));
+            }
+            Err(e) => {
+                debug!(server = %server.nickname, error = %ErrorChain(&e), "no pipelined allocation");
+                p.abort_all().await;
+                return None;
+            }
+        }
+    }
+    let mut per_server: BTreeMap<usize, u64> = BTreeMap::new();
+    for &(i, _) in &round {
+        *per_server.entry(i).or_default() += 1;
+    }
+    let flows: BTreeMap<usize, Arc<Flow>> = per_server
+        .into_iter()
+        .map(|(i, n)| (i, Flow::new(2 * MAX_CHUNK * n)))
+        .collect();
+    progress.set_servers(round.len(), round.len());
+    progress.set_phase(Phase::Pushing);
+    let answers = join_all(promises.into_iter().map(|(i, promise)| async move {
+        let answer = bounded(IntoFuture::into_future(promise)).await;
+        (i, answer, started.elapsed())
+    }));
+    let outcome = {
+        let pushing = push(
+            &mut p,
+            &flows,
+            source,
+            g,
+            key,
+            plaintext_hash,
+            params,
+            progress,
+        );
+        tokio::pin!(pushing);
+        tokio::pin!(answers);
+        let mut pushed = None;
+        let answers = loop {
+            tokio::select! {
+                biased;
+                a = &mut answers => break a,
+                r = &mut pushing, if pushed.is_none() => pushed = Some(r),
+            }
+        };
+        let refused = answers
+            .iter()
+            .find_map(|(i, a, _)| a.as_ref().err().map(|e| (*i, e)));
+        match refused {
+            Some((i, e)) => {
+                debug!(server = %servers[i].nickname, error = %ErrorChain(e), "a pipelined allocation was refused: placing first");
+                None
+            }
+            None => {
+                for (i, _, rtt) in &answers {
+                    if let Some(f) = flows.get(i) {
+                        f.note_rtt(*rtt);
+                    }
+                }
+                let placement_time = answers.iter().map(|(_, _, t)| *t).max().unwrap_or_default();
+                let r = match pushed {
+                    Some(r) => r,
+                    None => pushing.await,
+                };
+                Some((r, placement_time))
+            }
+        }
+    };
+    match outcome {
+        // Dropping the push above stopped the encoder and the writers' tasks.
+        None => {
+            p.abort_all().await;
+            None
+        }
+        Some((Ok(summary), placement_time)) => Some(Ok((p, summary, placement_time))),
+        Some((Err(e), _)) => {
+            p.abort_all().await;
+            Some(Err(e))
+        }
+    }
 }
 
 fn hash_source(source: &dyn UploadSource, progress: &Progress) -> Result<Hash, UploadError> {
@@ -915,6 +1107,14 @@ struct Running {
     task: JoinHandle<Result<(), String>>,
 }
 
+/// A share's writer task does not outlive the push that started it (a push given up half
+/// way, as a refused speculative one is, stops its writers).
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A batch of writes from the encoder, and how much plaintext it covers.
 struct Batch {
     writes: Vec<ShareWrite>,
@@ -1096,10 +1296,10 @@ async fn lose_share(
     shnum: u16,
     params: &EncodingParams,
 ) -> Result<(), UploadError> {
-    let Some(r) = running.remove(&shnum) else {
+    let Some(mut r) = running.remove(&shnum) else {
         return Ok(());
     };
-    let error = match r.task.await {
+    let error = match (&mut r.task).await {
         Ok(Err(e)) => e,
         Ok(Ok(())) => "the share's writer stopped".into(),
         Err(e) => format!("the share's writer task failed: {e}"),
