@@ -57,6 +57,7 @@ done
 
 after_target=${CARGO_TARGET_DIR:-/var/tmp/folio-target}
 base_target=${FOLIO_BASE_TARGET_DIR:-/var/tmp/folio-base-target}
+distinct_target_dirs "$base_target" "$after_target"
 base_commit=$(git rev-parse --verify "$base^{commit}")
 work=$(mktemp -d /var/tmp/folio-slowlink.XXXXXX)
 wt=

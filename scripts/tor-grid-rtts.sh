@@ -74,6 +74,7 @@ done
 
 after_target=${CARGO_TARGET_DIR:-/var/tmp/folio-target}
 base_target=${FOLIO_BASE_TARGET_DIR:-/var/tmp/folio-base-target}
+distinct_target_dirs "$base_target" "$after_target"
 base_commit=$(git rev-parse --verify "$base^{commit}")
 wt=
 pids=()

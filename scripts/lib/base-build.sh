@@ -62,3 +62,16 @@ base_build() {
   git -C "$root" worktree remove --force "$wt"
   wt=
 }
+
+# distinct_target_dirs BASE_TARGET AFTER_TARGET: refuses one directory for both builds.
+# cargo puts each build's binary at the same path (release/folio-bench); after a build of
+# the base there, this tree's build is still "fresh" to cargo and does not relink, so
+# "after" would silently run the base's binary.
+distinct_target_dirs() {
+  if [ "$(realpath -m "$1")" = "$(realpath -m "$2")" ]; then
+    echo "the base's target directory (FOLIO_BASE_TARGET_DIR=$1) must differ from this" \
+      "tree's (CARGO_TARGET_DIR=$2): one directory would leave the base's binary in" \
+      "place of this tree's" >&2
+    exit 2
+  fi
+}
