@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::codec::{cipher, ciphertext_hasher, Codec};
-use super::flow::{Flow, Ticket, INITIAL_WINDOW};
+use super::flow::{Flow, Ticket, WINDOW_BUDGET};
 use super::hash::Hash;
 use super::layout::{verify_block, Geometry, ShareError, ShareFront, ShareLayout, Ueb};
 use super::{bounded, call, permuted, ChkCap, Phase, Progress, ReadCap};
@@ -717,10 +717,16 @@ fn guessed_layout(cap: &ChkCap) -> Option<ShareLayout> {
 
 /// Reads to send with the listing, behind the head, to the servers that get a whole head:
 /// the block tree (when it is read whole) and the block windows after the head, as far as
-/// [`INITIAL_WINDOW`] goes, for the guessed layout (see [`head_len`]). Without them a large
-/// download would ask for its blocks only once the listing came back, and the links would
-/// idle for that round trip. A wrong guess wastes those bytes, nothing else: the reads that
-/// are not the real layout's are dropped when the share's front has been checked.
+/// a server's whole [`WINDOW_BUDGET`] goes, for the guessed layout (see [`head_len`]).
+/// Without them a large download would ask for its blocks only once the listing came back,
+/// and the links would idle for that round trip. They take the whole budget, not the
+/// [`INITIAL_WINDOW`](super::flow::INITIAL_WINDOW) of later reads, because no further read is asked for until every
+/// head has come back and been checked, and a server answers a connection's calls as they
+/// complete: a head may come back after all of them, and the links idle from then until
+/// the next reads' answers (a round trip). With the budget, a share of up to 8 MiB (a file
+/// of 24 MiB at 3-of-10) is all asked for in the first flight. A wrong guess wastes those
+/// bytes, nothing else: the reads that are not the real layout's are dropped when the
+/// share's front has been checked.
 fn speculative_reads(cap: &ChkCap, head_len: u64) -> Vec<(u64, u64)> {
     let Some(layout) = guessed_layout(cap) else {
         return Vec::new();
@@ -731,7 +737,7 @@ fn speculative_reads(cap: &ChkCap, head_len: u64) -> Vec<(u64, u64)> {
         out.push((layout.tree_offset, tree_len));
     }
     let per = Active::per_window(&layout);
-    let mut budget = INITIAL_WINDOW.saturating_sub(head_len);
+    let mut budget = WINDOW_BUDGET.saturating_sub(head_len);
     let mut first = 0;
     while first < layout.geometry.num_segments {
         let (start, want) = Active::window_range(&layout, first);

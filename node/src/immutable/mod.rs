@@ -85,7 +85,9 @@
 //!   costs one round trip and the bytes sent meanwhile, and an upload of a file the
 //!   servers already hold costs two round trips instead of one.
 //! - **Download: one round trip** for a small file (the listing and the heads in one
-//!   flight); for a large one the reads follow at once, windowed the same way.
+//!   flight); for a large one, the same flight also asks each of the first k servers for
+//!   its share's blocks, up to [`WINDOW_BUDGET`] (for the layout the default segment size
+//!   gives), and the later reads follow as the windows allow.
 //! - **Windows** ([`WINDOW_BUDGET`]): each server's bytes in flight are sized from the
 //!   round trip and delivery rate measured on its link, to its bandwidth-delay product,
 //!   starting as TCP's slow start does and bounded by the budget; on a LAN they stay at
