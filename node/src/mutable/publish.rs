@@ -271,13 +271,13 @@ pub async fn create(
         .map(|(i, e)| (servers[i].nickname.clone(), e))
         .collect();
     if happiness < usize::from(params.happy) {
-        return Err(MutableError::NotHappy {
-            found: happiness,
-            happy: params.happy,
-            servers: servers.len(),
-            failed: failed.len(),
-            published: None,
-        });
+        return Err(not_happy(
+            happiness,
+            params,
+            servers.len(),
+            failed.len(),
+            None,
+        ));
     }
     info!(si = %crate::immutable::base32(&si), happiness, "mutable file created");
     Ok((
@@ -295,6 +295,23 @@ pub async fn create(
             notes: Vec::new(),
         },
     ))
+}
+
+/// The error of a write that `found` servers hold, below `params.happy`.
+fn not_happy(
+    found: usize,
+    params: &EncodingParams,
+    servers: usize,
+    failed: usize,
+    published: Option<u64>,
+) -> MutableError {
+    MutableError::NotHappy {
+        found,
+        happy: params.happy,
+        servers,
+        failed,
+        published,
+    }
 }
 
 fn check_size(params: &EncodingParams, len: usize) -> Result<(), MutableError> {
@@ -399,13 +416,7 @@ pub async fn publish(
         let targets = targets(servers, &map, n);
         let claim = claim_of(servers, &map, base_version.as_ref(), &targets, k);
         let Some(claim) = claim else {
-            return Err(MutableError::NotHappy {
-                found: 0,
-                happy: params.happy,
-                servers: servers.len(),
-                failed: map.failed.len(),
-                published: None,
-            });
+            return Err(not_happy(0, &params, servers.len(), map.failed.len(), None));
         };
         let planned = targets.len();
         let base_distinct = base_version.map_or(0, |v| {
@@ -520,13 +531,13 @@ pub async fn publish(
             .map(|(i, e)| (servers[*i].nickname.clone(), e.clone()))
             .collect();
         if happiness < usize::from(params.happy) {
-            return Err(MutableError::NotHappy {
-                found: happiness,
-                happy: params.happy,
-                servers: servers.len(),
-                failed: failed.len(),
-                published: Some(seqnum),
-            });
+            return Err(not_happy(
+                happiness,
+                &params,
+                servers.len(),
+                failed.len(),
+                Some(seqnum),
+            ));
         }
         info!(si = %crate::immutable::base32(&si), seqnum, happiness, "mutable file published");
         return Ok(PublishReport {
@@ -543,13 +554,7 @@ pub async fn publish(
             notes,
         });
     }
-    Err(MutableError::NotHappy {
-        found: 0,
-        happy: params.happy,
-        servers: servers.len(),
-        failed: exclude.len(),
-        published: None,
-    })
+    Err(not_happy(0, params, servers.len(), exclude.len(), None))
 }
 
 /// The flights' state.
