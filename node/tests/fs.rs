@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use folio_tests::ChildGuard;
 
 mod common;
-use common::{create, run, stop_all, tahoe, wait_for_file};
+use common::{create, run, stop_all, tahoe};
 
 fn tahoe_in(dir: &Path, args: &[&str]) -> Output {
     tahoe().args(args).arg("-d").arg(dir).output().unwrap()
@@ -54,6 +54,11 @@ fn data(seed: u32, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// One grid at a time: each is eleven debug-build processes, and three at once on two
+/// cores (with the ports each node chose when it was made) left a client seeing fewer than
+/// ten servers within 90 s.
+static ONE_GRID: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Grid {
     _tmp: tempfile::TempDir,
     base: PathBuf,
@@ -61,25 +66,17 @@ struct Grid {
     client: PathBuf,
     _intro: ChildGuard,
     nodes: Vec<ChildGuard>,
+    /// Last, so that it is released after the processes above are gone.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 /// An introducer and ten storage nodes (3-of-10, happy 7); node 0 is the one the commands
 /// use. Waits until node 0 sees all ten servers.
 fn grid() -> Grid {
+    let serial = ONE_GRID.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().to_path_buf();
-    let intro_dir = base.join("introducer");
-    create(&[
-        "create-introducer",
-        "--hostname",
-        "127.0.0.1",
-        intro_dir.to_str().unwrap(),
-    ]);
-    let intro = run(&intro_dir);
-    let furl = wait_for_file(
-        &intro_dir.join("private/introducer.furl"),
-        Duration::from_secs(30),
-    );
+    let (intro, furl) = common::introducer(&base.join("introducer"));
     let dirs: Vec<PathBuf> = (0..10).map(|i| base.join(format!("s{i}"))).collect();
     for (i, d) in dirs.iter().enumerate() {
         create(&[
@@ -114,6 +111,7 @@ fn grid() -> Grid {
         std::thread::sleep(Duration::from_millis(200));
     }
     Grid {
+        _serial: serial,
         _tmp: tmp,
         base,
         furl,
@@ -309,7 +307,15 @@ fn two_puts_racing_on_one_mutable_file() {
                 } else {
                     "from writer b"
                 };
-                assert_eq!(now, winner);
+                // The loser is always told. Usually it wrote nothing and the file is the
+                // winner's; when the two writers saw different versions (one took the
+                // other, slow past SETTLE, for abandoned), the loser may have landed
+                // enough shares first: then it says how many it had replaced, and readers
+                // get the newest version with enough shares (the design's section 4.5).
+                assert!(
+                    now == winner || err.contains("had replaced"),
+                    "the file reads as the loser's, and the loser says nothing of it:\n{err}"
+                );
                 saw_race = true;
                 break;
             }

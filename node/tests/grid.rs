@@ -48,18 +48,7 @@ fn all_up(names: &[&str]) -> Vec<(String, bool)> {
 fn every_node_sees_every_storage_server_and_reconnects_after_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
-    let intro_dir = base.join("introducer");
-    create(&[
-        "create-introducer",
-        "--hostname",
-        "127.0.0.1",
-        intro_dir.to_str().unwrap(),
-    ]);
-    let _intro = run(&intro_dir);
-    let furl = wait_for_file(
-        &intro_dir.join("private/introducer.furl"),
-        Duration::from_secs(20),
-    );
+    let (_intro, furl) = common::introducer(&base.join("introducer"));
     assert!(furl.starts_with("folio://"), "{furl}");
 
     let names = ["s1", "s2", "s3"];
@@ -365,18 +354,9 @@ fn a_node_with_two_introducers_learns_through_the_other_when_one_stops() {
     let mut intros = Vec::new();
     let mut furls = Vec::new();
     for name in ["intro-a", "intro-b"] {
-        let d = base.join(name);
-        create(&[
-            "create-introducer",
-            "--hostname",
-            "127.0.0.1",
-            d.to_str().unwrap(),
-        ]);
-        intros.push(run(&d));
-        furls.push(wait_for_file(
-            &d.join("private/introducer.furl"),
-            Duration::from_secs(20),
-        ));
+        let (intro, furl) = common::introducer(&base.join(name));
+        intros.push(intro);
+        furls.push(furl);
     }
     let tubid = |furl: &str| furl.parse::<folio_rpc::Furl>().unwrap().tubid().to_string();
     let (a, b) = (tubid(&furls[0]), tubid(&furls[1]));

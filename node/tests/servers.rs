@@ -179,22 +179,6 @@ fn tubid_of(furl: &str) -> String {
     rest.split_once('@').unwrap().0.to_string()
 }
 
-/// An introducer on 127.0.0.1 and its FURL.
-fn introducer(base: &Path) -> (ChildGuard, String) {
-    let dir = base.join("introducer");
-    create(&[
-        "create-introducer",
-        "--hostname=127.0.0.1",
-        dir.to_str().unwrap(),
-    ]);
-    let proc = run(&dir);
-    let furl = wait_for_file(
-        &dir.join("private/introducer.furl"),
-        Duration::from_secs(30),
-    );
-    (proc, furl)
-}
-
 /// A storage node listening on 127.0.0.1:`port` that announces `location`; returns it
 /// running, and its storage FURL.
 fn storage_node(
@@ -307,7 +291,7 @@ fn server_tcp_tor_reaches_that_server_only_through_tor() {
     let net = TorNet::start();
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
-    let (intro, furl) = introducer(base);
+    let (intro, furl) = common::introducer(&base.join("introducer"));
 
     let socks = free_port();
     let tor = mapping_tor_client(&net, &base.join("tor-client"), socks);
@@ -374,7 +358,7 @@ fn server_tcp_tor_reaches_that_server_only_through_tor() {
 fn server_tcp_disabled_refuses_with_a_clear_status() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
-    let (intro, furl) = introducer(base);
+    let (intro, furl) = common::introducer(&base.join("introducer"));
     let real = free_port();
     let proxy = Proxy::start(real);
     let (x, x_furl) = storage_node(

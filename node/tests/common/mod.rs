@@ -43,6 +43,21 @@ pub fn run(dir: &Path) -> ChildGuard {
     ChildGuard::spawn(&format!("tahoe run {}", dir.display()), c).unwrap()
 }
 
+/// An introducer made in `dir` (on 127.0.0.1) and running; returns it and its FURL.
+pub fn introducer(dir: &Path) -> (ChildGuard, String) {
+    create(&[
+        "create-introducer",
+        "--hostname=127.0.0.1",
+        dir.to_str().unwrap(),
+    ]);
+    let proc = run(dir);
+    let furl = wait_for_file(
+        &dir.join("private/introducer.furl"),
+        Duration::from_secs(30),
+    );
+    (proc, furl)
+}
+
 pub fn wait_for_file(path: &Path, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     loop {
