@@ -263,6 +263,67 @@ fn a_writer_killed_at_any_point_leaves_old_or_new() {
     });
 }
 
+/// A write based on a stale read is refused even when the newest version on the grid is
+/// an unfinished one (a killed writer's) above a complete one the reader never saw: the
+/// complete one must not be overwritten unseen.
+#[test]
+fn a_stale_write_under_an_unfinished_version_is_uncoordinated() {
+    run(async {
+        let gate = Gate::default();
+        let g = gate.clone();
+        let grid = Grid::build(10, |_, _| {}, move |storage| g.serve(storage)).await;
+        gate.thaw();
+        let params = EncodingParams::default();
+        let (cap, _) = create(&grid.connected, &params, &LEASE, MutKind::File, b"v1")
+            .await
+            .unwrap();
+        let stale = retrieve(&grid.connected, &cap.read_cap()).await.unwrap();
+        update(&grid, &cap, b"v2, complete").await;
+        // v3: only its claim lands, then its writer is dropped.
+        gate.allow(1);
+        let frozen = tokio::time::timeout(
+            Duration::from_secs(1),
+            publish(
+                &grid.connected,
+                &params,
+                &LEASE,
+                &cap,
+                b"v3",
+                Base::Current,
+                SETTLE,
+            ),
+        )
+        .await;
+        assert!(frozen.is_err(), "the frozen writer finished: {frozen:?}");
+        gate.thaw();
+        // The read's map is too old to reuse: the write maps again and sees v2 and v3.
+        let mut old_map = stale.map;
+        old_map.made = tokio::time::Instant::now() - Duration::from_secs(60);
+        let started = std::time::Instant::now();
+        let err = publish(
+            &grid.connected,
+            &params,
+            &LEASE,
+            &cap,
+            b"from the stale read",
+            Base::Read(stale.version, Box::new(old_map)),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, MutableError::Uncoordinated(u) if u.written == 0),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "it waited for SETTLE"
+        );
+        assert_eq!(read(&grid, &cap).await, b"v2, complete");
+        grid.shutdown().await;
+    });
+}
+
 /// With 7 of 10 servers stopped the file still reads; an update cannot be happy, says so,
 /// and the version before it stays readable.
 #[test]

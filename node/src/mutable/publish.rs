@@ -368,7 +368,11 @@ pub async fn publish(
         if attempt > 0 {
             map = ServerMap::update(servers, &vc, Mode::Write, &exclude).await;
         }
-        // Pre-check: a valid version above the base means someone else wrote.
+        // Pre-check: a valid version above the base means someone else wrote. Any
+        // recoverable one: the base is stale.
+        if let Some(v) = recoverable_above(&map, base_version.as_ref()) {
+            return Err(ucw_from_map(servers, &map, &v, base_version.as_ref()));
+        }
         let above = newest_above(&map, base_version.as_ref());
         if let Some(v) = above {
             let seen_before = shares_of(&map, &v);
@@ -612,6 +616,18 @@ fn newest_above(map: &ServerMap, base: Option<&VersionId>) -> Option<VersionId> 
         .into_keys()
         .next_back()
         .filter(|v| base.is_none_or(|b| v > b))
+}
+
+/// The highest recoverable version above `base` (none when there is no base: any version
+/// is then new to this writer only if it is not recoverable).
+fn recoverable_above(map: &ServerMap, base: Option<&VersionId>) -> Option<VersionId> {
+    let base = base?;
+    map.versions()
+        .into_iter()
+        .rev()
+        .take_while(|(v, _)| v > base)
+        .find(|(_, (p, shares))| shares.len() >= usize::from(p.needed))
+        .map(|(v, _)| v)
 }
 
 /// The (server, share number) pairs holding `v`.
