@@ -730,7 +730,15 @@ fn servers_failing_mid_upload() {
                 assert!(found < 7, "{found}");
                 assert_eq!(happy, 7);
             }
-            other => panic!("expected LostServers, got {other:?}"),
+            // The writes start behind the allocations: servers that die before answering
+            // theirs send the upload back to placing first, which finds six.
+            Err(UploadError::NotHappy {
+                found: 6,
+                happy: 7,
+                failed: 4,
+                ..
+            }) => {}
+            other => panic!("expected LostServers or NotHappy, got {other:?}"),
         }
         for i in [0, 2, 5, 7] {
             grid.servers[i].running = false;
