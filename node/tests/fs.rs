@@ -79,10 +79,11 @@ fn grid() -> Grid {
     let (intro, furl) = common::introducer(&base.join("introducer"));
     let dirs: Vec<PathBuf> = (0..10).map(|i| base.join(format!("s{i}"))).collect();
     for (i, d) in dirs.iter().enumerate() {
+        let port = common::listen_port();
         create(&[
             "create-node",
-            "--hostname",
-            "127.0.0.1",
+            &format!("--port=tcp:{port}:interface=127.0.0.1"),
+            &format!("--location=tcp:127.0.0.1:{port}"),
             "--nickname",
             &format!("s{i}"),
             "--introducer",

@@ -43,6 +43,24 @@ pub fn run(dir: &Path) -> ChildGuard {
     ChildGuard::spawn(&format!("tahoe run {}", dir.display()), c).unwrap()
 }
 
+/// A port on 127.0.0.1 for a node to listen on, free now and below Linux's ephemeral range
+/// (32768-60999): a port a node picks when it is made comes from that range, and before the
+/// node runs, an outgoing connection of another node can take it (seen in CI: "Address
+/// already in use" with ten nodes starting). Ports below the range are only ever taken by
+/// listeners.
+pub fn listen_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 1_000) as u16 * 12;
+    for _ in 0..12_000 {
+        let p = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in 20000-31999");
+}
+
 /// An introducer made in `dir` (on 127.0.0.1) and running; returns it and its FURL.
 pub fn introducer(dir: &Path) -> (ChildGuard, String) {
     create(&[
