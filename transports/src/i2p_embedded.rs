@@ -144,7 +144,9 @@ use emissary_core::crypto::{SigningPrivateKey, StaticPrivateKey};
 use emissary_core::events::Event;
 use emissary_core::primitives::RouterInfo;
 use emissary_core::router::Router;
-use emissary_core::{Config, Ntcp2Config, SamConfig as EmissarySam, TransitConfig};
+use emissary_core::{
+    BandwidthConfig, Config, Ntcp2Config, SamConfig as EmissarySam, TransitConfig,
+};
 
 use netdb::{NetDb, NetDbStorage};
 use reseed::{Reseed, ReseedError};
@@ -304,7 +306,17 @@ pub struct RouterOptions {
     /// network's router with any other reseed server does not start
     /// ([`EmbeddedI2pError::PrivateReseed`]).
     pub reseed: Option<Reseed>,
+    /// The most bytes per second the router moves, in and out together (emissary's
+    /// bandwidth limit). Past it emissary drops messages without a word, and each message
+    /// a stream loses costs that stream emissary's initial retransmission timeout (9 s):
+    /// emissary's own default, 1 MB/s, made every 1 MiB transfer stall (docs/performance.md).
+    /// [`RouterOptions::new`] sets [`DEFAULT_BANDWIDTH`].
+    pub bandwidth: u64,
 }
+
+/// [`RouterOptions::bandwidth`]'s default: 100 MB/s, in effect no limit on a host's own
+/// traffic (a router that carries no transit tunnels moves only its own).
+pub const DEFAULT_BANDWIDTH: u64 = 100_000_000;
 
 impl RouterOptions {
     /// A router that hosts Folio's destinations: SAM bridge on, transit off, not a floodfill,
@@ -321,6 +333,7 @@ impl RouterOptions {
             stop_timeout: Duration::from_secs(10),
             thread_name: "i2p-router".into(),
             log: None,
+            bandwidth: DEFAULT_BANDWIDTH,
             reseed: match network {
                 Network::Public { .. } => Some(Reseed::public()),
                 Network::Private { .. } => None,
@@ -693,6 +706,10 @@ impl EmbeddedRouter {
                 max_tunnels: Some(5000),
             }),
             refresh_interval: Some(1),
+            bandwidth: Some(BandwidthConfig {
+                bandwidth: usize::try_from(opts.bandwidth).unwrap_or(usize::MAX),
+                ..BandwidthConfig::default()
+            }),
             ..Default::default()
         };
 
