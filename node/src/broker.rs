@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use folio_rpc::{
     Furl, Hint, ReconnectPolicy, Reconnector, ReconnectorState, Side, Tub, TubId, TypedRef,
@@ -61,6 +61,9 @@ pub struct ServerStatus {
     pub permutation_seed: Option<String>,
     /// Whether `tahoe.cfg` names it (`[server:TUBID] furl`) rather than an announcement.
     pub configured: bool,
+    /// The free space it last reported (`get_version`), if asked since it connected
+    /// ([`StorageBroker::refresh_space`]) and it could tell.
+    pub available_space: Option<u64>,
 }
 
 /// Seconds since the Unix epoch.
@@ -104,11 +107,16 @@ enum Origin {
     Configured { key: [u8; 32] },
 }
 
+/// A server's free space as it last said, and when it was asked.
+type SpaceSlot = Arc<Mutex<Option<(Instant, Option<u64>)>>>;
+
 struct Entry {
     origin: Origin,
     furl: Furl,
     reconnector: Reconnector,
     server: Arc<Mutex<Option<StorageServerRef>>>,
+    /// The free space the server reported, and when it was asked.
+    space: SpaceSlot,
 }
 
 impl Entry {
@@ -132,6 +140,9 @@ impl Entry {
             .unwrap_or_else(|| self.key())
     }
 }
+
+/// How long [`StorageBroker::refresh_space`] waits for one server.
+pub const SPACE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Keeps a connection to every announced storage server.
 pub struct StorageBroker {
@@ -216,6 +227,7 @@ impl StorageBroker {
             furl,
             reconnector,
             server,
+            space: Arc::default(),
         }
     }
 
@@ -320,6 +332,11 @@ impl StorageBroker {
                     }
                     .map(|s| crate::private::base32(&s)),
                     configured: ann.is_none(),
+                    available_space: if connected {
+                        lock(&e.space).and_then(|(_, s)| s)
+                    } else {
+                        None
+                    },
                 }
             })
             .collect();
@@ -347,6 +364,30 @@ impl StorageBroker {
                 })
             })
             .collect()
+    }
+
+    /// Asks every connected server whose free space is unknown or older than `max_age` for
+    /// it (`get_version`, each within [`SPACE_TIMEOUT`], all at once), for
+    /// [`ServerStatus::available_space`]. A server that does not answer keeps what it said
+    /// before and is asked again next time.
+    pub async fn refresh_space(&self, max_age: Duration) {
+        let due: Vec<(StorageServerRef, SpaceSlot)> = lock(&self.servers)
+            .values()
+            .filter(|e| {
+                matches!(
+                    e.reconnector.status().state,
+                    ReconnectorState::Connected { .. }
+                )
+            })
+            .filter(|e| !matches!(*lock(&e.space), Some((at, _)) if at.elapsed() < max_age))
+            .filter_map(|e| Some((lock(&e.server).clone()?, e.space.clone())))
+            .collect();
+        let asks = due.into_iter().map(|(server, slot)| async move {
+            if let Ok(Ok(v)) = tokio::time::timeout(SPACE_TIMEOUT, server.get_version()).await {
+                *lock(&slot) = Some((Instant::now(), v.available_space));
+            }
+        });
+        futures_util::future::join_all(asks).await;
     }
 
     /// Stops every reconnector.

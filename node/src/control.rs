@@ -87,6 +87,15 @@ pub enum ControlError {
     /// Another writer changed a mutable file or directory while this write ran.
     #[error("{0}")]
     Uncoordinated(String),
+    /// A path names no entry (the message names it).
+    #[error("{0}")]
+    NotFound(String),
+    /// The name is taken and replacing was not asked for.
+    #[error("{0}")]
+    Exists(String),
+    /// A change below a directory reached without write authority.
+    #[error("{0}")]
+    ReadOnly(String),
 }
 
 /// One entry of a directory (or the file a path names), as `tahoe ls` shows it.

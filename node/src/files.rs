@@ -109,6 +109,52 @@ pub struct Files {
     pub private: PrivateDir,
     /// `BASEDIR/tmp`, for spooled uploads.
     pub tmp: PathBuf,
+    /// The transfers running and the last ones finished, for the welcome page.
+    pub recent: Arc<RecentTransfers>,
+}
+
+/// How many transfers [`RecentTransfers`] remembers.
+pub const RECENT_TRANSFERS: usize = 20;
+
+/// One transfer [`RecentTransfers`] holds.
+#[derive(Clone)]
+pub struct TransferRecord {
+    /// A number counting up from 1, per node run.
+    pub id: u64,
+    /// `upload` or `download`.
+    pub kind: &'static str,
+    /// When it started.
+    pub started: std::time::SystemTime,
+    /// Its progress (its phase is `done` or `failed` once it ended).
+    pub progress: Arc<Progress>,
+}
+
+/// The transfers running and the last [`RECENT_TRANSFERS`] begun, newest first. They are
+/// identified by number only: no capability or file name is kept.
+#[derive(Default)]
+pub struct RecentTransfers {
+    next: std::sync::atomic::AtomicU64,
+    list: std::sync::Mutex<std::collections::VecDeque<TransferRecord>>,
+}
+
+impl RecentTransfers {
+    fn track(&self, kind: &'static str, progress: &Arc<Progress>) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        list.push_front(TransferRecord {
+            id,
+            kind,
+            started: std::time::SystemTime::now(),
+            progress: progress.clone(),
+        });
+        list.truncate(RECENT_TRANSFERS);
+    }
+
+    /// The transfers held, newest first.
+    pub fn list(&self) -> Vec<TransferRecord> {
+        let list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        list.iter().cloned().collect()
+    }
 }
 
 impl Files {
@@ -130,6 +176,7 @@ impl Files {
             .map_err(|e| ControlError::Io(e.to_string()))?;
         let servers = self.broker.connected();
         let progress = Progress::new();
+        self.recent.track("upload", &progress);
         let ticker = Ticker::start(progress.clone(), reporter.clone());
         let result = immutable::upload(
             &servers,
@@ -177,6 +224,7 @@ impl Files {
         };
         let servers = self.broker.connected();
         let progress = Progress::new();
+        self.recent.track("download", &progress);
         let ticker = Ticker::start(progress.clone(), reporter.clone());
         let result = immutable::download(&servers, &cap, &mut out, progress.clone()).await;
         drop(ticker);
@@ -380,6 +428,47 @@ impl Files {
         Ok(cap.to_string())
     }
 
+    /// Makes every directory of `path` below `root` that is missing (`mkdir -p`); returns the
+    /// cap of the last. A file in the way is [`ControlError::Exists`]; a directory made by
+    /// another writer meanwhile is used.
+    pub async fn mkdir_p(&self, root: &str, path: &[String]) -> Result<String, ControlError> {
+        let (root, path) = parse_place(root, path)?;
+        let servers = self.broker.connected();
+        let fs = self.fs(&servers)?;
+        let mut at = root;
+        for name in &path {
+            at = match fs.get(&at, name).await {
+                Ok(c) if c.is_dir() => c,
+                Ok(_) => {
+                    return Err(ControlError::Exists(format!(
+                        "'{name}' is a file, in the way of a directory"
+                    )))
+                }
+                Err(FsError::NotFound(_)) => match fs.mkdir(&at, name).await {
+                    Ok(w) => Cap::Mutable(MutCap::Write(w)),
+                    Err(FsError::Exists(_)) => fs.get(&at, name).await.map_err(fs_error)?,
+                    Err(e) => return Err(fs_error(e)),
+                },
+                Err(e) => return Err(fs_error(e)),
+            };
+        }
+        Ok(at.to_string())
+    }
+
+    /// What `path` below `root` names, as an entry (its name empty for `root` itself): its
+    /// kind, caps (the write cap only through write authority), size and link times.
+    pub async fn stat(&self, root: &str, path: &[String]) -> Result<ListEntry, ControlError> {
+        let (root, names) = parse_place(root, path)?;
+        let Some((last, parent)) = names.split_last() else {
+            return Ok(bare_entry(&root));
+        };
+        let servers = self.broker.connected();
+        let fs = self.fs(&servers)?;
+        let dir = fs.resolve(&root, parent).await.map_err(fs_error)?;
+        let d = fs.list(&dir).await.map_err(fs_error)?;
+        listed(last.as_str(), &d, &dir, last)
+    }
+
     /// Links `cap` at `path` below `root`.
     pub async fn link(
         &self,
@@ -462,7 +551,11 @@ impl Files {
 
     /// Stores a spooled file: immutable or mutable, linked at `to` if given, or written
     /// as a new version of the mutable file already there.
-    async fn store(
+    /// Stores the spooled file `spooled`: as a new immutable file, a new mutable file
+    /// (`mutable_file`), or at a path (`to`: a root cap and names below it), where a mutable
+    /// file held with write authority gets a new version and anything else is replaced by a
+    /// link to the new file.
+    pub async fn store(
         &self,
         spooled: &Path,
         reporter: Reporter,
@@ -605,6 +698,9 @@ fn fs_error(e: FsError) -> ControlError {
         FsError::Mutable(MutableError::Uncoordinated(u)) => {
             ControlError::Uncoordinated(u.to_string())
         }
+        e @ FsError::NotFound(_) => ControlError::NotFound(e.to_string()),
+        e @ FsError::Exists(_) => ControlError::Exists(e.to_string()),
+        e @ FsError::ReadOnly => ControlError::ReadOnly(e.to_string()),
         other => ControlError::Path(other.to_string()),
     }
 }
@@ -626,7 +722,7 @@ fn child(d: &Dir, dir: &Cap, name: &Name) -> Result<Cap, ControlError> {
     let entry = d
         .entries
         .get(name)
-        .ok_or_else(|| ControlError::Path(FsError::NotFound(name.to_string()).to_string()))?;
+        .ok_or_else(|| fs_error(FsError::NotFound(name.to_string())))?;
     if let Cap::Mutable(MutCap::Write(w)) = dir {
         if let Some(c) = d.write_cap(name, &DirKey::of(w)) {
             return c.map_err(|e| ControlError::Path(e.to_string()));
@@ -648,7 +744,7 @@ fn listed(shown: &str, d: &Dir, dir: &Cap, name: &Name) -> Result<ListEntry, Con
     let entry = d
         .entries
         .get(name)
-        .ok_or_else(|| ControlError::Path(FsError::NotFound(name.to_string()).to_string()))?;
+        .ok_or_else(|| fs_error(FsError::NotFound(name.to_string())))?;
     let cap = child(d, dir, name)?;
     let size = match &entry.read_cap {
         Cap::Immutable(c) => Some(c.size()),
@@ -736,16 +832,27 @@ impl Upload for Spool {
         to: Option<(String, Vec<String>)>,
         mutable: bool,
     ) -> Result<TransferReport, ControlError> {
+        self.finish_with(Reporter::Remote(progress), to, mutable)
+            .await
+    }
+}
+
+impl Spool {
+    /// Ends the spooling and stores the file (see [`Files::store`]), reporting to
+    /// `reporter`.
+    pub async fn finish_with(
+        &self,
+        reporter: Reporter,
+        to: Option<(String, Vec<String>)>,
+        mutable: bool,
+    ) -> Result<TransferReport, ControlError> {
         let mut st = self.state.lock().await;
         let mut f = st.take().ok_or(ControlError::Finished)?;
         f.flush()
             .await
             .map_err(|e| ControlError::Io(format!("spooling the upload: {}", ErrorChain(&e))))?;
         drop(f);
-        let r = self
-            .files
-            .store(&self.path, Reporter::Remote(progress), to, mutable)
-            .await;
+        let r = self.files.store(&self.path, reporter, to, mutable).await;
         if let Err(e) = std::fs::remove_file(&self.path) {
             warn!(path = %self.path.display(), error = %e, "could not remove a spooled upload");
         }

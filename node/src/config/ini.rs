@@ -14,7 +14,13 @@ use super::{
     MAX_VALUE_LEN,
 };
 
-const NODE_KEYS: &[&str] = &["nickname", "reveal-IP-address", "tub.port", "tub.location"];
+const NODE_KEYS: &[&str] = &[
+    "nickname",
+    "reveal-IP-address",
+    "tub.port",
+    "tub.location",
+    "web.port",
+];
 const CONNECTIONS_KEYS: &[&str] = &["tcp"];
 const TOR_KEYS: &[&str] = &[
     "enabled",
@@ -359,7 +365,7 @@ mod tests {
             "[node]\nnickname = a\n\n\n\n\nfoo = 1\n",
             &[
                 "tahoe.cfg line 7: unknown key `foo` in [node] (known keys: nickname, \
-               reveal-IP-address, tub.port, tub.location)",
+               reveal-IP-address, tub.port, tub.location, web.port)",
             ],
         );
         assert_refused(

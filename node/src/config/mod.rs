@@ -46,6 +46,7 @@ mod write;
 
 use ini::KNOWN_SECTIONS;
 pub use privacy::{PrivacyError, PrivacyViolation};
+pub(crate) use validate::parse_web_port;
 pub use validate::{check_nickname_text, is_deceptive};
 
 /// The largest `tahoe.cfg` accepted, in bytes.
@@ -126,6 +127,10 @@ pub struct NodeSection {
     pub tub_port: TubPort,
     /// `tub.location`: the connection hints this node announces.
     pub tub_location: Location,
+    /// `web.port`: where the web gateway (welcome page and web API) listens, one endpoint
+    /// such as `tcp:3456:interface=127.0.0.1` (a bare port number means `tcp:PORT`, every
+    /// interface, as in Tahoe). `None` (not set, or `none`): no web gateway.
+    pub web_port: Option<ListenSpec>,
 }
 
 /// `[node] tub.port`.
@@ -410,6 +415,7 @@ impl Default for NodeConfig {
                 reveal_ip: true,
                 tub_port: TubPort::Default,
                 tub_location: Location::Auto,
+                web_port: None,
             },
             connections: ConnectionsSection {
                 tcp: TcpPolicy::Direct,

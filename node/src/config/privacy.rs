@@ -89,6 +89,19 @@ pub enum PrivacyViolation {
         /// The endpoint.
         spec: ListenSpec,
     },
+    /// `web.port` listens on a non-loopback interface.
+    #[error(
+        "tahoe.cfg line {line}: [node] web.port listens on {spec} ({}), where anyone who \
+         finds this host can use the node's web gateway and learn its IP address; listen on \
+         interface=127.0.0.1 or set web.port = none",
+        if spec.addr.ip().is_unspecified() { "all interfaces" } else { "a non-loopback interface" }
+    )]
+    PublicWebPort {
+        /// The line of `web.port`.
+        line: usize,
+        /// The endpoint.
+        spec: ListenSpec,
+    },
     /// A `[server:...]` section with `tcp = tcp`.
     #[error(
         "tahoe.cfg line {line}: [server:{tubid}] tcp = tcp re-opens direct TCP for this \
@@ -188,6 +201,14 @@ impl NodeConfig {
                 true
             }
         };
+        if let Some(spec) = &self.node.web_port {
+            if !spec.addr.ip().is_loopback() {
+                v.push(PrivacyViolation::PublicWebPort {
+                    line: node_line("web.port"),
+                    spec: *spec,
+                });
+            }
+        }
         let hints: &[Hint] = match &self.node.tub_location {
             Location::Auto if tcp_listens => {
                 match self.line("node", "tub.location") {
@@ -358,6 +379,27 @@ mod tests {
                 onion()
             )
         };
+        // The web gateway: loopback passes, anything else is refused with its line.
+        NodeConfig::parse(&base("").replace(
+            "tcp:1:interface=127.0.0.1\n",
+            "tcp:1:interface=127.0.0.1\nweb.port = tcp:3456:interface=127.0.0.1\n",
+        ))
+        .unwrap()
+        .check_privacy()
+        .unwrap();
+        let e = privacy(&base("").replace(
+            "tcp:1:interface=127.0.0.1\n",
+            "tcp:1:interface=127.0.0.1\nweb.port = 3456\n",
+        ));
+        assert_eq!(e.violations.len(), 1, "{e}");
+        assert!(
+            e.to_string().contains(
+                "tahoe.cfg line 4: [node] web.port listens on tcp:3456 (all interfaces), where \
+                 anyone who finds this host can use the node's web gateway"
+            ),
+            "{e}"
+        );
+
         let e = privacy(&base("").replace("tcp = disabled", "tcp = tcp"));
         assert_eq!(e.violations, [PrivacyViolation::DirectTcp { line: 6 }]);
         assert!(e.to_string().contains(

@@ -282,6 +282,24 @@ fn parse_tub_port(v: &str) -> Result<TubPort, String> {
     Ok(TubPort::Listen(specs))
 }
 
+/// `[node] web.port`: `none`, or one endpoint (a bare port number means `tcp:PORT`).
+pub(crate) fn parse_web_port(v: &str) -> Result<Option<ListenSpec>, String> {
+    if v == "none" {
+        return Ok(None);
+    }
+    let text = if v.bytes().all(|b| b.is_ascii_digit()) {
+        format!("tcp:{v}")
+    } else {
+        v.to_string()
+    };
+    text.parse().map(Some).map_err(|e| {
+        format!(
+            "{e} (expected none, or one endpoint like tcp:3456:interface=127.0.0.1; the web \
+             gateway listens on one port)"
+        )
+    })
+}
+
 fn parse_furl(v: &str) -> Result<Furl, String> {
     v.parse::<Furl>()
         .map_err(|e| format!("not a valid FURL: {}", ErrorChain(&e)))
@@ -336,6 +354,7 @@ impl NodeConfig {
                     "nickname" => n.nickname = check_nickname(v)?,
                     "reveal-IP-address" => n.reveal_ip = parse_bool(v)?,
                     "tub.port" => n.tub_port = parse_tub_port(v)?,
+                    "web.port" => n.web_port = parse_web_port(v)?,
                     _ => n.tub_location = parse_location(v)?,
                 }
             }

@@ -135,6 +135,16 @@ impl NodeConfig {
             "tcp:3456",
         );
         w.comment(
+            "Where the web gateway (the welcome page and the web API) listens: `none`, or one\n\
+             endpoint such as tcp:3456:interface=127.0.0.1. Anyone who can reach it can use\n\
+             every capability the node is given: keep it on loopback. Default: none.",
+        );
+        w.key(
+            "web.port",
+            n.web_port.as_ref().map(ToString::to_string),
+            "tcp:3456:interface=127.0.0.1",
+        );
+        w.comment(
             "The hints this node announces: AUTO (the listeners' own addresses), `disabled`,\n\
              or hints such as tcp:example.org:3456, tor:NAME.onion:3457, i2p:NAME.b32.i2p,\n\
              separated by commas (AUTO may be one of them). Default: AUTO.",
