@@ -225,11 +225,11 @@ run_grid() {
   local enc=(--shares-needed=2 --shares-happy="$servers" --shares-total="$servers")
   local furls=() n
   for n in $(seq 1 "$servers"); do
-    "$tahoe" create-node --listen=tor --hide-ip --tor-control-port="$control" --nickname="s$n" \
+    "$tahoe" create-node --webport=none --listen=tor --hide-ip --tor-control-port="$control" --nickname="s$n" \
       --introducer="$furl" "${enc[@]}" "$dir/s$n" >/dev/null
     "$tahoe" run "$dir/s$n" >"$dir/s$n.log" 2>&1 & pids+=($!)
   done
-  "$tahoe" create-client --hide-ip --tor-control-port="$control" --nickname=client \
+  "$tahoe" create-client --webport=none --hide-ip --tor-control-port="$control" --nickname=client \
     --introducer="$furl" "${enc[@]}" "$dir/client" >/dev/null
   RUST_LOG=${CLIENT_RUST_LOG:-warn} "$tahoe" run "$dir/client" >"$dir/client.log" 2>&1 & pids+=($!)
   for n in $(seq 1 "$servers"); do

@@ -89,6 +89,11 @@ pub struct CreateArgs {
     /// Where the storage server keeps shares (default: BASEDIR/storage).
     #[arg(long, value_name = "DIR")]
     pub storage_dir: Option<PathBuf>,
+    /// Where the web gateway listens (`tcp:3456:interface=127.0.0.1`; `tcp:0:...` for a
+    /// port the system picks, written to BASEDIR/node.url at start), or none
+    /// [default: tcp:3456:interface=127.0.0.1; none for create-introducer].
+    #[arg(long, value_name = "ENDPOINT|none")]
+    pub webport: Option<String>,
 }
 
 /// A refused `create-*` command.
@@ -318,8 +323,23 @@ pub fn plan(kind: Kind, args: &CreateArgs) -> Result<Plan, CreateError> {
         return refuse("--nickname: at most 64 printable characters");
     }
 
+    let web_default = match kind {
+        Kind::Introducer => "none",
+        _ => "tcp:3456:interface=127.0.0.1",
+    };
+    let webport = args.webport.as_deref().unwrap_or(web_default);
+    let web_port = crate::config::parse_web_port(webport)
+        .map_err(|e| CreateError(format!("--webport={webport}: {e}")))?;
+    if let Some(spec) = web_port.filter(|s| args.hide_ip && !s.addr.ip().is_loopback()) {
+        return refuse(format!(
+            "--hide-ip: --webport={spec} listens beyond loopback, where anyone who finds this \
+             host can use the web gateway; use tcp:PORT:interface=127.0.0.1 or none"
+        ));
+    }
+
     // The configuration.
     let mut config = NodeConfig::default();
+    config.node.web_port = web_port;
     config.node.nickname = nickname;
     config.node.reveal_ip = !args.hide_ip;
     config.connections.tcp = if !args.hide_ip {

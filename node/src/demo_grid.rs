@@ -51,7 +51,8 @@ pub struct DemoGridArgs {
     /// installed).
     #[arg(long, value_enum, default_value_t = DemoNetwork::Tcp)]
     pub network: DemoNetwork,
-    /// Keep the grid's directory instead of removing it.
+    /// At the end, keep the grid running (until Ctrl-C) so a person can look at the
+    /// client's welcome page, and keep its directory.
     #[arg(long)]
     pub keep: bool,
 }
@@ -95,6 +96,15 @@ async fn make(
         shares_needed: 3,
         shares_happy: 7,
         shares_total: 10,
+        // The client's welcome page, on a port the system picks; the others have none.
+        webport: Some(
+            if kind == Kind::Client {
+                "tcp:0:interface=127.0.0.1"
+            } else {
+                "none"
+            }
+            .to_string(),
+        ),
         ..CreateArgs::default()
     };
     let mut plan = create::plan(kind, &args)?;
@@ -261,6 +271,9 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
     let client_dir = dir.join("client");
     make(Kind::Client, &client_dir, "client", Some(&furl), network).await?;
     let client = Node::start(&client_dir).await?;
+    if let Ok(url) = std::fs::read_to_string(client_dir.join(folio_node::node::NODE_URL)) {
+        println!("  the client's welcome page: {}", url.trim());
+    }
     let broker = client.broker().expect("a client has a broker").clone();
     let t = Instant::now();
     let mut last_report = Instant::now();
@@ -393,6 +406,16 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
         human((size as f64 / down_secs) as u64)
     );
 
+    if args.keep {
+        let url = std::fs::read_to_string(client_dir.join(folio_node::node::NODE_URL))
+            .unwrap_or_default();
+        println!(
+            "\nThe grid stays up (the servers stopped above stay down): the client's welcome \
+             page is {}. Press Ctrl-C to stop.",
+            url.trim()
+        );
+        tokio::signal::ctrl_c().await?;
+    }
     for s in &servers[8..] {
         s.shutdown().await;
     }

@@ -25,3 +25,4 @@ pub mod node;
 pub mod private;
 pub mod storage;
 pub mod transfer;
+pub mod web;

@@ -55,6 +55,9 @@ enum Command {
     Ln(TwoPathArgs),
     /// Remove an entry from its directory.
     Rm(OnePathArgs),
+    /// Open the running node's welcome page (or a directory's page) in a browser, or print
+    /// its URL when there is no browser to open.
+    Webopen(WebopenArgs),
     /// A whole grid on 127.0.0.1: introducer, ten storage nodes, a client; store a file,
     /// lose seven servers, get it back.
     Demo(demo_grid::DemoGridArgs),
@@ -80,6 +83,18 @@ struct PutArgs {
     /// The node's directory (default: ~/.tahoe).
     #[arg(short = 'd', long = "node-directory")]
     node_directory: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct WebopenArgs {
+    /// A place on the grid to open (`ALIAS:path`, `folio:…/path`); nothing: the welcome
+    /// page.
+    target: Option<String>,
+    /// Only print the URL.
+    #[arg(long)]
+    print: bool,
+    #[command(flatten)]
+    node: NodeDir,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +209,55 @@ struct StatusArgs {
     timeout: u64,
 }
 
+/// `tahoe webopen`: the URL from `BASEDIR/node.url`, opened with `$BROWSER` or
+/// `xdg-open` when a display is there, else printed.
+fn webopen(a: WebopenArgs) -> Result<()> {
+    let basedir = default_basedir(a.node.node_directory);
+    let file = basedir.join(folio_node::node::NODE_URL);
+    let base = std::fs::read_to_string(&file)
+        .with_context(|| {
+            format!(
+                "reading {}: is the node running, with [node] web.port set in tahoe.cfg?",
+                file.display()
+            )
+        })?
+        .trim()
+        .to_string();
+    let url = match &a.target {
+        None => base,
+        Some(t) => {
+            let s = Session::open(&basedir)?;
+            let place =
+                folio_node::aliases::Target::grid(t, &s.aliases).with_context(|| t.clone())?;
+            folio_node::web::api::url_of(&base, &place.root, &place.segments())
+        }
+    };
+    println!("{url}");
+    if a.print {
+        return Ok(());
+    }
+    let graphical =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    let opener = std::env::var("BROWSER")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .or_else(|| graphical.then(|| "xdg-open".to_string()));
+    match opener {
+        Some(cmd) => {
+            let status = std::process::Command::new(&cmd)
+                .arg(&url)
+                .stdin(std::process::Stdio::null())
+                .status()
+                .with_context(|| format!("running {cmd} to open the page"))?;
+            if !status.success() {
+                anyhow::bail!("{cmd} could not open the page ({status}); the URL is above");
+            }
+        }
+        None => eprintln!("(no browser to open here: no $BROWSER and no display)"),
+    }
+    Ok(())
+}
+
 fn default_basedir(b: Option<PathBuf>) -> PathBuf {
     b.unwrap_or_else(|| {
         std::env::var_os("HOME")
@@ -257,6 +321,7 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ls(a) => rt.block_on(ls(a)),
+        Command::Webopen(a) => webopen(a),
         Command::Mkdir(a) => rt.block_on(async {
             let cap = session(a.node)?.mkdir(a.target.as_deref()).await?;
             println!("{cap}");

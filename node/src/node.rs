@@ -28,6 +28,7 @@ use crate::files::{Files, Reporter};
 use crate::immutable::EncodingParams;
 use crate::introducer::{Announcement, ClientOptions, IntroducerClient, IntroducerService};
 use crate::private::{random_bytes, PrivateDir};
+use crate::web::{Gateway, Web, WebListener};
 use folio_transports::tor::ControlPort;
 use folio_transports::tor_launch::{LaunchOptions, LaunchedTor};
 
@@ -36,6 +37,8 @@ pub const VERSION: &str = concat!("folio-tahoe/", env!("CARGO_PKG_VERSION"));
 
 /// The file whose presence marks a base directory as an introducer's (Tahoe's name).
 pub const INTRODUCER_MARKER: &str = "tahoe-introducer.tac";
+/// The file a running node's web gateway URL is written to (Tahoe's name).
+pub const NODE_URL: &str = "node.url";
 /// The file whose presence marks a base directory as a client or storage node's.
 pub const CLIENT_MARKER: &str = "tahoe-client.tac";
 
@@ -92,6 +95,8 @@ struct Inner {
     launched_tor: std::sync::Mutex<Option<LaunchedTor>>,
     /// The embedded I2P router (`[i2p] enabled` with no `sam.port`), stopped at shutdown.
     embedded_i2p: std::sync::Mutex<Option<EmbeddedI2p>>,
+    /// The web gateway (`[node] web.port`), stopped at shutdown.
+    web: std::sync::Mutex<Option<Web>>,
 }
 
 /// The Tub settings of a node: keepalives, and a disconnect timeout because over Tor and
@@ -252,6 +257,7 @@ impl Node {
                 params,
                 private: private.clone(),
                 tmp,
+                recent: Arc::default(),
             });
             client = Some(c);
             broker = Some(b);
@@ -270,6 +276,28 @@ impl Node {
         let swiss = Swissnum::random();
         let control_furl = Furl::new(tub.tubid(), vec![ctl_hint], swiss.clone());
 
+        // The web gateway's port, bound now so that a port in use stops the start here.
+        let _ = std::fs::remove_file(basedir.join(NODE_URL));
+        let web_listener = match &cfg.node.web_port {
+            Some(spec) => Some(WebListener::bind(spec).await.map_err(|e| {
+                StartError::Listen(format!(
+                    "{}; choose another port in [node] web.port (tcp:0:interface=127.0.0.1 \
+                     lets the system pick one) or set web.port = none",
+                    ErrorChain(&e)
+                ))
+            })?),
+            None => None,
+        };
+        if web_listener
+            .as_ref()
+            .is_some_and(|l| !l.local_addr().ip().is_loopback())
+        {
+            warn!(
+                "the web gateway listens beyond loopback: anyone who can reach it can use \
+                 every capability given to it"
+            );
+        }
+
         let node = Node {
             inner: Arc::new(Inner {
                 tub: tub.clone(),
@@ -287,6 +315,7 @@ impl Node {
                 files,
                 launched_tor: std::sync::Mutex::new(tor.launched),
                 embedded_i2p: std::sync::Mutex::new(i2p.router),
+                web: std::sync::Mutex::new(None),
             }),
         };
         tub.register_as(
@@ -295,6 +324,24 @@ impl Node {
         )
         .map_err(|e| StartError::Other(e.to_string()))?;
         private.save_furl("control.furl", &control_furl)?;
+        if let Some(listener) = web_listener {
+            let weak = Arc::downgrade(&node.inner);
+            let gateway = Gateway::new(
+                Box::new(move || weak.upgrade().map(|i| status_of(&i))),
+                node.inner.files.clone(),
+                node.inner.broker.clone(),
+            );
+            let web = listener.serve(gateway);
+            let url_file = basedir.join(NODE_URL);
+            std::fs::write(&url_file, format!("{}\n", web.url())).map_err(|e| {
+                StartError::Other(format!(
+                    "writing {}: {}",
+                    url_file.display(),
+                    ErrorChain(&e)
+                ))
+            })?;
+            *node.inner.web.lock().unwrap_or_else(|p| p.into_inner()) = Some(web);
+        }
         Ok(node)
     }
 
@@ -351,6 +398,16 @@ impl Node {
         }
         if let Some(b) = &self.inner.broker {
             b.stop();
+        }
+        let web = self
+            .inner
+            .web
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(web) = web {
+            web.stop().await;
+            let _ = std::fs::remove_file(self.inner.basedir.join(NODE_URL));
         }
         self.inner.tub.shutdown().await;
         let tor = self

@@ -62,6 +62,8 @@ fn create_refusals_name_the_fix() {
         (&["create-node", "--hostname=x.org", "--introducer=http://nope"], &["--introducer=http://nope"]),
         (&["create-introducer", "--hostname=x.org", "--introducer", furl], &["not for create-introducer"]),
         (&["create-node", "--hostname=x.org", "--port=tcp:1", "--location=tcp:x.org:1"], &["--hostname is not used with --port/--location"]),
+        (&["create-node", "--hostname=x.org", "--webport=tcp:1:2"], &["--webport=tcp:1:2"]),
+        (&["create-node", "--hide-ip", "--listen=tor", "--tor-control-port=tcp:127.0.0.1:9051", "--webport=tcp:3456"], &["--webport=tcp:3456 listens beyond loopback"]),
     ];
     for (args, needles) in cases {
         assert_refused(args, needles);
@@ -89,6 +91,7 @@ fn created_node_has_a_private_directory_and_a_valid_config() {
     let dir = tmp.path().join("n");
     common::create(&[
         "create-node",
+        "--webport=tcp:0:interface=127.0.0.1",
         "--hostname=127.0.0.1",
         "--nickname=alpha",
         "--shares-needed=2",
@@ -151,6 +154,7 @@ fn node_made_with_port_and_location_is_reachable_there() {
     let location = format!("tcp:localhost:{port}");
     common::create(&[
         "create-node",
+        "--webport=tcp:0:interface=127.0.0.1",
         &format!("--port={listen}"),
         &format!("--location={location}"),
         "--nickname=explicit",
@@ -202,6 +206,7 @@ fn run_refuses_every_configuration_that_could_reveal_a_hidden_ip() {
     let dir = tmp.path().join("hidden");
     common::create(&[
         "create-client",
+        "--webport=tcp:0:interface=127.0.0.1",
         "--hide-ip",
         "--i2p-sam-port=tcp:127.0.0.1:7656",
         dir.to_str().unwrap(),
@@ -341,6 +346,7 @@ fn embedded_tor_node_knows_its_onion_at_creation() {
     let dir = tmp.path().join("onion");
     common::create(&[
         "create-node",
+        "--webport=tcp:0:interface=127.0.0.1",
         "--listen=tor",
         "--hide-ip",
         dir.to_str().unwrap(),

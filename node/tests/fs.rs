@@ -2,13 +2,14 @@
 //! (`tahoe run`), and the commands a Tahoe-LAFS user types first — `create-alias`, `cp -r`,
 //! `ls`, `get`, `mv`, `ln`, `rm`, `put --mutable` — against them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use folio_tests::ChildGuard;
 
 mod common;
+use common::procs::ProcGrid;
 use common::{create, run, stop_all, tahoe};
 
 fn tahoe_in(dir: &Path, args: &[&str]) -> Output {
@@ -54,74 +55,6 @@ fn data(seed: u32, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// One grid at a time: each is eleven debug-build processes, and three at once on two
-/// cores (with the ports each node chose when it was made) left a client seeing fewer than
-/// ten servers within 90 s.
-static ONE_GRID: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-struct Grid {
-    _tmp: tempfile::TempDir,
-    base: PathBuf,
-    furl: String,
-    client: PathBuf,
-    _intro: ChildGuard,
-    nodes: Vec<ChildGuard>,
-    /// Last, so that it is released after the processes above are gone.
-    _serial: std::sync::MutexGuard<'static, ()>,
-}
-
-/// An introducer and ten storage nodes (3-of-10, happy 7); node 0 is the one the commands
-/// use. Waits until node 0 sees all ten servers.
-fn grid() -> Grid {
-    let serial = ONE_GRID.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().to_path_buf();
-    let (intro, furl) = common::introducer(&base.join("introducer"));
-    let dirs: Vec<PathBuf> = (0..10).map(|i| base.join(format!("s{i}"))).collect();
-    for (i, d) in dirs.iter().enumerate() {
-        let port = common::listen_port();
-        create(&[
-            "create-node",
-            &format!("--port=tcp:{port}:interface=127.0.0.1"),
-            &format!("--location=tcp:127.0.0.1:{port}"),
-            "--nickname",
-            &format!("s{i}"),
-            "--introducer",
-            &furl,
-            d.to_str().unwrap(),
-        ]);
-    }
-    let nodes: Vec<ChildGuard> = dirs.iter().map(|d| run(d)).collect();
-    let client = dirs[0].clone();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let up = common::status(&client)
-            .and_then(|s| {
-                s["storage_servers"]
-                    .as_array()
-                    .map(|a| a.iter().filter(|x| x["connected"] == true).count())
-            })
-            .unwrap_or(0);
-        if up == 10 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the client saw {up} of 10 servers"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Grid {
-        _serial: serial,
-        _tmp: tmp,
-        base,
-        furl,
-        client,
-        _intro: intro,
-        nodes,
-    }
-}
-
 /// A local tree: nested folders, files of 0, 10, 55 (LIT), 56 and 300,000 bytes.
 fn local_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
     let files = vec![
@@ -141,7 +74,7 @@ fn local_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn a_tree_copied_in_listed_read_changed_and_read_with_seven_servers_down() {
-    let mut g = grid();
+    let mut g = ProcGrid::start(10, &[]);
     let c = g.client.clone();
     ok(&c, &["create-alias", "tahoe"]);
     assert!(lines(&ok(&c, &["list-aliases"]))[0].starts_with("tahoe: folio:DIR:"));
@@ -267,7 +200,7 @@ fn a_tree_copied_in_listed_read_changed_and_read_with_seven_servers_down() {
 /// the loser is told it was an uncoordinated write, and the file reads as the winner's.
 #[test]
 fn two_puts_racing_on_one_mutable_file() {
-    let mut g = grid();
+    let mut g = ProcGrid::start(10, &[]);
     let c = g.client.clone();
     ok(&c, &["create-alias", "tahoe"]);
     let m = g.base.join("m.txt");
@@ -361,10 +294,11 @@ fn wait_for_servers(dir: &Path, n: usize) {
 /// the file always reads as the old or the new version, and the next update succeeds.
 #[test]
 fn a_writer_node_killed_mid_update_leaves_old_or_new() {
-    let mut g = grid();
+    let mut g = ProcGrid::start(10, &[]);
     let writer = g.base.join("writer");
     create(&[
         "create-client",
+        "--webport=tcp:0:interface=127.0.0.1",
         "--nickname",
         "writer",
         "--introducer",

@@ -56,6 +56,7 @@ fn every_node_sees_every_storage_server_and_reconnects_after_a_restart() {
     for (n, d) in names.iter().zip(&dirs) {
         create(&[
             "create-node",
+            "--webport=tcp:0:interface=127.0.0.1",
             "--hostname",
             "127.0.0.1",
             "--nickname",
@@ -203,7 +204,7 @@ fn run_refuses_a_directory_that_is_not_a_node() {
 fn status_of_a_stopped_node_says_it_is_not_running() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("n");
-    create(&["create-client", d.to_str().unwrap()]);
+    create(&["create-client", "--webport=none", d.to_str().unwrap()]);
     let out = tahoe().arg("status").arg(&d).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -224,6 +225,7 @@ fn a_storage_node_killed_mid_upload_keeps_no_partial_share() {
     let dir = tmp.path().join("s");
     create(&[
         "create-node",
+        "--webport=tcp:0:interface=127.0.0.1",
         "--hostname",
         "127.0.0.1",
         "--nickname",
@@ -364,6 +366,7 @@ fn a_node_with_two_introducers_learns_through_the_other_when_one_stops() {
     let client = base.join("client");
     create(&[
         "create-client",
+        "--webport=tcp:0:interface=127.0.0.1",
         "--nickname",
         "client",
         "--introducer",
@@ -390,6 +393,7 @@ fn a_node_with_two_introducers_learns_through_the_other_when_one_stops() {
         let d = base.join(name);
         create(&[
             "create-node",
+            "--webport=tcp:0:interface=127.0.0.1",
             "--hostname",
             "127.0.0.1",
             "--nickname",

@@ -194,6 +194,7 @@ fn hidden_grid_and(
         let nick = d.file_name().unwrap().to_str().unwrap().to_string();
         let mut args: Vec<String> = vec![
             "create-node".into(),
+            "--webport=tcp:0:interface=127.0.0.1".into(),
             listen.clone(),
             "--hide-ip".into(),
             format!("--nickname={nick}"),
@@ -389,6 +390,7 @@ fn tor_launch_runs_a_tor_of_the_nodes_own() {
     let dir = base.join("launcher");
     create(&[
         "create-node",
+        "--webport=tcp:0:interface=127.0.0.1",
         "--listen=tor",
         "--tor-launch",
         "--hide-ip",
@@ -444,6 +446,7 @@ fn tor_launch_runs_a_tor_of_the_nodes_own() {
     let other = base.join("other");
     create(&[
         "create-node",
+        "--webport=tcp:0:interface=127.0.0.1",
         "--listen=tor",
         "--hide-ip",
         "--nickname=other",
@@ -519,6 +522,7 @@ fn a_password_protected_tor_serves_a_hidden_node() {
     let dir = tmp.path().join("node");
     create(&[
         "create-node",
+        "--webport=tcp:0:interface=127.0.0.1",
         "--listen=tor",
         "--hide-ip",
         &control,
@@ -738,6 +742,7 @@ fn small_transfers_are_one_flight_per_server_over_tor() {
         let nick = format!("--nickname=s{n}");
         let mut args = vec![
             "create-node",
+            "--webport=tcp:0:interface=127.0.0.1",
             "--listen=tor",
             "--hide-ip",
             &control,
@@ -753,6 +758,7 @@ fn small_transfers_are_one_flight_per_server_over_tor() {
     let client = base.join("client");
     let mut args = vec![
         "create-client",
+        "--webport=tcp:0:interface=127.0.0.1",
         "--hide-ip",
         &control,
         "--nickname=client",

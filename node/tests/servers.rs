@@ -189,6 +189,7 @@ fn storage_node(
 ) -> (ChildGuard, String) {
     let mut args = vec![
         "create-node".to_string(),
+        "--webport=tcp:0:interface=127.0.0.1".to_string(),
         format!("--port=tcp:{port}:interface=127.0.0.1"),
         format!("--location={location}"),
         format!("--nickname={}", dir.file_name().unwrap().to_str().unwrap()),
@@ -207,6 +208,7 @@ fn storage_node(
 fn client(dir: &Path, introducer: Option<&str>, k: u16, n: u16) {
     let mut args = vec![
         "create-client".to_string(),
+        "--webport=tcp:0:interface=127.0.0.1".to_string(),
         "--nickname=client".into(),
         format!("--shares-needed={k}"),
         format!("--shares-happy={n}"),

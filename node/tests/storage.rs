@@ -920,6 +920,7 @@ fn a_storage_node_takes_its_client_quota_from_tahoe_cfg() {
         let dir = tmp.path().join("node");
         common::create(&[
             "create-node",
+            "--webport=tcp:0:interface=127.0.0.1",
             "--hostname",
             "127.0.0.1",
             dir.to_str().unwrap(),

@@ -1,0 +1,857 @@
+//! The web API: Tahoe-LAFS's `/uri` paths, on Folio's capabilities.
+//!
+//! | Request | What it does | Answer |
+//! |---|---|---|
+//! | `PUT /uri` (body: the file) | stores an immutable file; `?format=SDMF` or `MDMF` (or `mutable=true`) a mutable one | `200`, the cap |
+//! | `POST /uri?t=mkdir` | makes a directory linked nowhere | `200`, its write cap |
+//! | `GET /uri?uri=CAP` | | `302` to `/uri/CAP` |
+//! | `GET /uri/CAP[/PATH]` | a file's bytes (`Range` honoured, `Content-Type` from `?filename=` or the last name), a directory's listing as HTML | `200`/`206` |
+//! | `GET …?t=json` | the file or directory as Tahoe's JSON (`["filenode", {…}]`, `["dirnode", {…, "children": {…}}]`) | `200` |
+//! | `GET …?t=uri`, `?t=readonly-uri` | the cap (the read-only cap) | `200` |
+//! | `PUT /uri/DIRCAP/PATH/NAME` (body: the file) | stores the file there (missing directories are made); over a mutable file held with write authority, a new version; `?replace=false` refuses an existing name; `?format=` as above | `201` new, `200` replaced; the cap |
+//! | `PUT …?t=uri` (body: a cap) | links the cap there | `201`/`200`, the cap |
+//! | `PUT`/`POST /uri/DIRCAP/PATH?t=mkdir` | makes the directories of `PATH` that are missing (`&name=NAME`: one more below it) | `200`, the cap |
+//! | `DELETE /uri/DIRCAP/PATH/NAME` | removes the entry | `200`, the removed cap |
+//!
+//! Errors are `text/plain` with a message: `400` a malformed cap, name or argument; `403`
+//! a change through a read-only cap, or a cross-origin write; `404` no such entry; `409`
+//! the name exists (`replace=false`), a file in the way of a directory, or another writer
+//! changed a mutable file meanwhile; `410` the file cannot be recovered (too few shares
+//! found); `416` a range past the end; `503` an upload that could not place its shares
+//! (too few servers) or a node shutting down; `501` files on an introducer.
+//!
+//! Uploads are spooled to `BASEDIR/tmp/` as they arrive (never held whole in memory);
+//! downloads of immutable files stream as they are decoded. A `Range` read fetches the file
+//! from its start up to the end of the range and sends only the range (no segment-level
+//! seek yet). Mutable files (at most about 1.5 MiB at 3-of-10) are read whole.
+
+use std::collections::BTreeMap;
+
+use axum::body::{Body, Bytes as HttpBytes};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::debug;
+
+use super::html::{bytes, esc, Table};
+use super::welcome::json_response;
+use super::{error, failed, typed, Gateway};
+use crate::caps::Cap;
+use crate::control::{ControlError, ListEntry, Upload};
+use crate::files::{Files, Reporter};
+
+type Args = Query<BTreeMap<String, String>>;
+
+/// The most bytes a `t=uri` body (a cap) may have.
+const MAX_CAP_BODY: usize = 4096;
+/// How much of a download the gateway buffers between the decoder and the socket.
+const PIPE: usize = 256 * 1024;
+
+fn arg<'a>(q: &'a BTreeMap<String, String>, k: &str) -> Option<&'a str> {
+    q.get(k).map(String::as_str)
+}
+
+/// `format=` / `mutable=`: whether a new file is mutable.
+fn wants_mutable(q: &BTreeMap<String, String>) -> Result<bool, String> {
+    let by_format = match arg(q, "format").map(str::to_ascii_uppercase).as_deref() {
+        None | Some("") | Some("CHK") => false,
+        Some("SDMF") | Some("MDMF") => true,
+        Some(other) => return Err(format!("unknown format {other}: known are CHK, SDMF, MDMF")),
+    };
+    let by_flag = match arg(q, "mutable") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err("mutable= takes true or false".into()),
+    };
+    Ok(by_format || by_flag)
+}
+
+/// `replace=`: `true` (the default) or `false`.
+fn replace(q: &BTreeMap<String, String>) -> Result<bool, String> {
+    match arg(q, "replace") {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(_) => Err("replace= takes true or false".into()),
+    }
+}
+
+/// `/uri/CAP/a/b` split into the cap and the names, percent-decoded. A trailing slash is
+/// allowed (a directory); other empty names are not.
+fn split_path(uri: &Uri) -> Result<(String, Vec<String>), String> {
+    let rest = uri.path().strip_prefix("/uri/").unwrap_or("");
+    let mut parts: Vec<&str> = rest.split('/').collect();
+    if parts.len() > 1 && parts.last() == Some(&"") {
+        parts.pop();
+    }
+    let mut decoded = Vec::with_capacity(parts.len());
+    for p in parts {
+        if p.is_empty() {
+            return Err("the path has an empty name (two slashes in a row)".into());
+        }
+        decoded.push(
+            percent_decode(p)
+                .ok_or_else(|| "the path is not valid percent-encoded UTF-8".to_string())?,
+        );
+    }
+    let cap = decoded.remove(0);
+    Ok((cap, decoded))
+}
+
+/// `%XX` decoded; `None` for a bad escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hi = (hex[0] as char).to_digit(16)?;
+            let lo = (hex[1] as char).to_digit(16)?;
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `s` percent-encoded for one path segment.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The gateway URL (`base`, ending in `/`) of `root` and the names below it.
+pub fn url_of(base: &str, root: &str, path: &[String]) -> String {
+    let mut url = format!(
+        "{}/uri/{}",
+        base.trim_end_matches('/'),
+        percent_encode(root)
+    );
+    for p in path {
+        url.push('/');
+        url.push_str(&percent_encode(p));
+    }
+    url
+}
+
+/// `GET /uri?uri=CAP`: a redirect to `/uri/CAP`.
+pub async fn uri_query(Query(q): Args) -> Response {
+    let Some(cap) = arg(&q, "uri") else {
+        return error(StatusCode::BAD_REQUEST, "GET /uri needs ?uri=CAP");
+    };
+    if let Err(e) = cap.trim().parse::<Cap>() {
+        return failed(&ControlError::BadCap(e.to_string()));
+    }
+    // 302, as Tahoe answers (axum's `Redirect::to` is a 303).
+    let mut r = StatusCode::FOUND.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/uri/{}", percent_encode(cap.trim()))) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// Spools a request body into a new upload.
+async fn spool(files: &Files, body: Body) -> Result<crate::files::Spool, ControlError> {
+    let spool = files.spool().await?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ControlError::Io(format!("reading the request body: {e}")))?;
+        for piece in chunk.chunks(crate::storage::MAX_CHUNK as usize) {
+            spool.write(folio_rpc::Bytes(piece.to_vec())).await?;
+        }
+    }
+    Ok(spool)
+}
+
+fn text(status: StatusCode, s: &str) -> Response {
+    typed(status, "text/plain; charset=utf-8", format!("{s}\n"))
+}
+
+/// `PUT /uri`: a new file.
+pub async fn put_uri(State(gw): State<Gateway>, Query(q): Args, body: Body) -> Response {
+    let mutable = match wants_mutable(&q) {
+        Ok(m) => m,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+    };
+    let result = async {
+        let files = gw.files()?;
+        let spool = spool(files, body).await?;
+        spool.finish_with(Reporter::Quiet, None, mutable).await
+    }
+    .await;
+    match result {
+        Ok(r) => text(StatusCode::OK, &r.cap),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `POST /uri?t=mkdir`: a directory linked nowhere.
+pub async fn post_uri(State(gw): State<Gateway>, Query(q): Args) -> Response {
+    match arg(&q, "t") {
+        Some("mkdir") => {}
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "POST /uri takes t=mkdir (files are stored with PUT /uri)",
+            )
+        }
+    }
+    let r = async { gw.files()?.mkdir(None, &[]).await }.await;
+    match r {
+        Ok(cap) => text(StatusCode::OK, &cap),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `GET /uri/CAP[/PATH]`.
+pub async fn get_path(
+    State(gw): State<Gateway>,
+    Query(q): Args,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (root, path) = match split_path(&uri) {
+        Ok(p) => p,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+    };
+    let files = match gw.files() {
+        Ok(f) => f,
+        Err(e) => return failed(&e),
+    };
+    let entry = match files.stat(&root, &path).await {
+        Ok(e) => e,
+        Err(e) => return failed(&e),
+    };
+    match arg(&q, "t") {
+        Some("json") => json_of(files, &root, &path, &entry).await,
+        Some("uri") => text(
+            StatusCode::OK,
+            entry.rw_uri.as_deref().unwrap_or(&entry.ro_uri),
+        ),
+        Some("readonly-uri") => text(StatusCode::OK, &entry.ro_uri),
+        None | Some("") if entry.kind == "dir" => listing(files, &root, &path).await,
+        None | Some("") => {
+            let name = arg(&q, "filename")
+                .map(str::to_string)
+                .or_else(|| path.last().cloned());
+            let save = arg(&q, "save") == Some("true");
+            contents(files, &entry, name.as_deref(), save, &headers).await
+        }
+        Some(t) => error(
+            StatusCode::BAD_REQUEST,
+            &format!("unknown t={}: known are json, uri, readonly-uri", esc(t)),
+        ),
+    }
+}
+
+fn format_of(e: &ListEntry) -> &'static str {
+    match e.kind.as_str() {
+        "file" if e.ro_uri.starts_with(crate::immutable::LIT_PREFIX) => "LIT",
+        "file" => "CHK",
+        _ => "MUT",
+    }
+}
+
+fn metadata(e: &ListEntry) -> Value {
+    let mut m = serde_json::Map::new();
+    if let Some(t) = e.mtime {
+        m.insert("mtime".into(), json!(t));
+    }
+    m.insert(
+        "tahoe".into(),
+        json!({ "linkcrtime": e.link_created, "linkmotime": e.link_modified }),
+    );
+    Value::Object(m)
+}
+
+fn node_json(e: &ListEntry, with_meta: bool) -> Value {
+    let mut o = serde_json::Map::new();
+    o.insert("mutable".into(), json!(e.kind != "file"));
+    o.insert("ro_uri".into(), json!(e.ro_uri));
+    if let Some(w) = &e.rw_uri {
+        o.insert("rw_uri".into(), json!(w));
+    }
+    if e.kind != "dir" {
+        o.insert("format".into(), json!(format_of(e)));
+        if let Some(s) = e.size {
+            o.insert("size".into(), json!(s));
+        }
+    }
+    if with_meta {
+        o.insert("metadata".into(), metadata(e));
+    }
+    let kind = if e.kind == "dir" {
+        "dirnode"
+    } else {
+        "filenode"
+    };
+    json!([kind, Value::Object(o)])
+}
+
+/// `?t=json`: Tahoe's shape.
+async fn json_of(files: &Files, root: &str, path: &[String], entry: &ListEntry) -> Response {
+    let mut v = node_json(entry, !path.is_empty());
+    if entry.kind == "dir" {
+        let listing = match files.list(root, path).await {
+            Ok(l) => l,
+            Err(e) => return failed(&e),
+        };
+        let children: serde_json::Map<String, Value> = listing
+            .entries
+            .iter()
+            .map(|c| (c.name.clone(), node_json(c, true)))
+            .collect();
+        v[1]["children"] = Value::Object(children);
+    }
+    json_response(&v)
+}
+
+/// A directory as an HTML page, each entry a link.
+async fn listing(files: &Files, root: &str, path: &[String]) -> Response {
+    let l = match files.list(root, path).await {
+        Ok(l) => l,
+        Err(e) => return failed(&e),
+    };
+    let mut base = format!("/uri/{}", percent_encode(root));
+    for p in path {
+        base.push('/');
+        base.push_str(&percent_encode(p));
+    }
+    let shown = if path.is_empty() {
+        "/".to_string()
+    } else {
+        format!("/{}", path.join("/"))
+    };
+    let mut t = Table::new("entries", &["Name", "Kind", "Size"]);
+    for e in &l.entries {
+        let href = format!("{base}/{}", percent_encode(&e.name));
+        t.row(
+            &format!("class=\"entry\" data-kind=\"{}\"", esc(&e.kind)),
+            &[
+                format!("<a href=\"{}\">{}</a>", esc(&href), esc(&e.name)),
+                esc(&e.kind),
+                e.size.map(bytes).unwrap_or_else(|| "—".into()),
+            ],
+        );
+    }
+    let page = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{shown}</title>\
+         <link rel=\"stylesheet\" href=\"/static/welcome.css\"></head><body>\
+         <h1>Directory {shown}</h1>{table}<footer><a href=\"/\">Welcome page</a> · \
+         <a href=\"{json}\">JSON</a></footer></body></html>\n",
+        shown = esc(&shown),
+        table = t.finish(),
+        json = esc(&format!("{base}?t=json")),
+    );
+    typed(StatusCode::OK, "text/html; charset=utf-8", page)
+}
+
+/// A Content-Type from a file name's extension.
+pub fn content_type(name: Option<&str>) -> &'static str {
+    let ext = name
+        .and_then(|n| n.rsplit_once('.'))
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "txt" | "text" | "log" | "md" => "text/plain; charset=utf-8",
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css",
+        "js" => "text/javascript",
+        "json" => "application/json",
+        "xml" => "application/xml",
+        "csv" => "text/csv",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "svg" => "image/svg+xml",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "gz" | "tgz" => "application/gzip",
+        "tar" => "application/x-tar",
+        "mp3" => "audio/mpeg",
+        "ogg" => "audio/ogg",
+        "wav" => "audio/wav",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        _ => "application/octet-stream",
+    }
+}
+
+/// A range that starts past the end of the file (`416`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
+/// The first range of a `Range: bytes=…` header, as `(first, last)` inclusive, for a file
+/// of `size` bytes. `Ok(None)`: no header, or one not understood (the whole file is sent,
+/// as RFC 9110 allows). `Err(Unsatisfiable)`: it starts past the end.
+pub fn parse_range(
+    h: Option<&HeaderValue>,
+    size: u64,
+) -> Result<Option<(u64, u64)>, Unsatisfiable> {
+    let Some(spec) = h
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return Ok(None);
+    };
+    let first = spec.split(',').next().unwrap_or("").trim();
+    let Some((a, b)) = first.split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let range = match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(a), Ok(b)) if a <= b => (a, b.min(size.saturating_sub(1))),
+        (Ok(a), Err(_)) if b.is_empty() => (a, size.saturating_sub(1)),
+        (Err(_), Ok(n)) if a.is_empty() => {
+            if n == 0 || size == 0 {
+                return Err(Unsatisfiable);
+            }
+            (size.saturating_sub(n), size - 1)
+        }
+        _ => return Ok(None),
+    };
+    if range.0 >= size {
+        return Err(Unsatisfiable);
+    }
+    Ok(Some(range))
+}
+
+fn disposition(name: &str) -> HeaderValue {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&format!("attachment; filename=\"{safe}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+/// Writes only bytes `[skip, skip + remaining)` of what it is given to `inner`; past them,
+/// every write fails, which ends the download feeding it.
+struct RangeWriter<W> {
+    inner: W,
+    skip: u64,
+    remaining: u64,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for RangeWriter<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.remaining == 0 {
+            return Poll::Ready(Err(std::io::Error::other("the range is sent")));
+        }
+        let skipped = this.skip.min(buf.len() as u64) as usize;
+        let rest = &buf[skipped..];
+        if rest.is_empty() {
+            this.skip -= skipped as u64;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let take = rest
+            .len()
+            .min(this.remaining.min(usize::MAX as u64) as usize);
+        match std::pin::Pin::new(&mut this.inner).poll_write(cx, &rest[..take]) {
+            Poll::Ready(Ok(n)) => {
+                this.skip -= skipped as u64;
+                this.remaining -= n as u64;
+                Poll::Ready(Ok(skipped + n))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A file's bytes.
+async fn contents(
+    files: &Files,
+    entry: &ListEntry,
+    name: Option<&str>,
+    save: bool,
+    headers: &HeaderMap,
+) -> Response {
+    let cap = entry.rw_uri.clone().unwrap_or_else(|| entry.ro_uri.clone());
+    let mut resp = if entry.kind == "file" {
+        let size = entry.size.unwrap_or(0);
+        let range = match parse_range(headers.get(header::RANGE), size) {
+            Ok(r) => r,
+            Err(Unsatisfiable) => return unsatisfiable(size),
+        };
+        stream_immutable(files, cap, size, range).await
+    } else {
+        let mut data = Vec::new();
+        if let Err(e) = files.download_to(&cap, &mut data, Reporter::Quiet).await {
+            return failed(&e);
+        }
+        let size = data.len() as u64;
+        match parse_range(headers.get(header::RANGE), size) {
+            Err(Unsatisfiable) => return unsatisfiable(size),
+            Ok(None) => ranged(StatusCode::OK, size, None, Body::from(data)),
+            Ok(Some((a, b))) => {
+                let part = data[a as usize..=b as usize].to_vec();
+                ranged(
+                    StatusCode::PARTIAL_CONTENT,
+                    size,
+                    Some((a, b)),
+                    Body::from(part),
+                )
+            }
+        }
+    };
+    if resp.status().is_success() {
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type(name)),
+        );
+        // Whatever the file holds runs nothing and is not of the gateway's origin.
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("sandbox"),
+        );
+        if save {
+            h.insert(
+                header::CONTENT_DISPOSITION,
+                disposition(name.unwrap_or("file")),
+            );
+        }
+    }
+    resp
+}
+
+fn unsatisfiable(size: u64) -> Response {
+    let mut r = error(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        &format!("the range starts past the end of the file ({size} bytes)"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+        r.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    r
+}
+
+fn ranged(status: StatusCode, size: u64, range: Option<(u64, u64)>, body: Body) -> Response {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let len = match range {
+        Some((a, b)) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{size}")) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            b - a + 1
+        }
+        None => size,
+    };
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    r
+}
+
+/// An immutable file, streamed as it is decoded. The response starts once the first
+/// bytes are ready (or the download ended), so a file that cannot be read is a `410`, not a
+/// cut-off `200`; a download failing later ends the connection short of its
+/// `Content-Length`, which every client reports as an error.
+async fn stream_immutable(
+    files: &Files,
+    cap: String,
+    size: u64,
+    range: Option<(u64, u64)>,
+) -> Response {
+    let (skip, len) = match range {
+        Some((a, b)) => (a, b - a + 1),
+        None => (0, size),
+    };
+    let (writer, mut reader) = tokio::io::duplex(PIPE);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), ControlError>>();
+    let files = files.clone();
+    tokio::spawn(async move {
+        let mut w = RangeWriter {
+            inner: writer,
+            skip,
+            remaining: len,
+        };
+        let r = files.download_to(&cap, &mut w, Reporter::Quiet).await;
+        let sent = w.remaining == 0;
+        let _ = w.inner.shutdown().await;
+        let r = match r {
+            Err(_) if sent => Ok(()),
+            Err(e) => {
+                debug!(error = %e, "a download through the web gateway failed");
+                Err(e)
+            }
+            Ok(_) => Ok(()),
+        };
+        let _ = done_tx.send(r);
+    });
+    // The first bytes, or the end.
+    let mut first = vec![0u8; 64 * 1024];
+    let n = match read_some(&mut reader, &mut first).await {
+        Ok(n) => n,
+        Err(e) => return failed(&ControlError::Io(e.to_string())),
+    };
+    let mut done_rx = Some(done_rx);
+    if n == 0 {
+        if let Some(rx) = done_rx.take() {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return failed(&e),
+                Err(_) => return failed(&ControlError::Io("the download stopped".into())),
+            }
+        }
+    }
+    first.truncate(n);
+    let head = futures_util::stream::iter(
+        (n > 0).then(|| Ok::<HttpBytes, std::io::Error>(HttpBytes::from(first))),
+    );
+    let tail =
+        futures_util::stream::unfold((reader, done_rx), |(mut reader, mut done)| async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            match read_some(&mut reader, &mut buf).await {
+                Ok(0) => {
+                    let rx = done.take()?;
+                    match rx.await {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => {
+                            Some((Err(std::io::Error::other(e.to_string())), (reader, None)))
+                        }
+                        Err(_) => Some((
+                            Err(std::io::Error::other("the download stopped")),
+                            (reader, None),
+                        )),
+                    }
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(HttpBytes::from(buf)), (reader, done)))
+                }
+                Err(e) => Some((Err(e), (reader, None))),
+            }
+        });
+    let status = if range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    ranged(status, size, range, Body::from_stream(head.chain(tail)))
+}
+
+async fn read_some<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    r.read(buf).await
+}
+
+/// `PUT /uri/CAP/PATH`.
+pub async fn put_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri, body: Body) -> Response {
+    let (root, path) = match split_path(&uri) {
+        Ok(p) => p,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+    };
+    let files = match gw.files() {
+        Ok(f) => f,
+        Err(e) => return failed(&e),
+    };
+    if arg(&q, "t") == Some("mkdir") {
+        return match files.mkdir_p(&root, &path).await {
+            Ok(cap) => text(StatusCode::OK, &cap),
+            Err(e) => failed(&e),
+        };
+    }
+    let (mutable, replace) = match (wants_mutable(&q), replace(&q)) {
+        (Ok(m), Ok(r)) => (m, r),
+        (Err(m), _) | (_, Err(m)) => return error(StatusCode::BAD_REQUEST, &m),
+    };
+    let Some((last, parent)) = path.split_last() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "PUT /uri/CAP needs a name below a directory (PUT /uri stores a new file)",
+        );
+    };
+    let result = async {
+        let dir = files.mkdir_p(&root, parent).await?;
+        let place = vec![last.clone()];
+        let existed = match files.stat(&dir, &place).await {
+            Ok(_) => true,
+            Err(ControlError::NotFound(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if existed && !replace {
+            return Err(ControlError::Exists(format!(
+                "'{last}' already exists, and replace=false"
+            )));
+        }
+        let cap = match arg(&q, "t") {
+            Some("uri") => {
+                let cap = axum::body::to_bytes(body, MAX_CAP_BODY)
+                    .await
+                    .map_err(|_| {
+                        ControlError::BadCap(format!(
+                            "the body is not a cap of at most {MAX_CAP_BODY} bytes"
+                        ))
+                    })?;
+                let cap = String::from_utf8_lossy(&cap).trim().to_string();
+                files.link(&dir, &place, &cap, true).await?;
+                cap
+            }
+            None | Some("") => {
+                let spool = spool(files, body).await?;
+                spool
+                    .finish_with(Reporter::Quiet, Some((dir.clone(), place)), mutable)
+                    .await?
+                    .cap
+            }
+            Some(t) => {
+                return Err(ControlError::Path(format!(
+                    "unknown t={t}: PUT knows t=uri and t=mkdir"
+                )))
+            }
+        };
+        Ok((existed, cap))
+    }
+    .await;
+    match result {
+        Ok((true, cap)) => text(StatusCode::OK, &cap),
+        Ok((false, cap)) => text(StatusCode::CREATED, &cap),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `POST /uri/CAP/PATH?t=mkdir[&name=NAME]`.
+pub async fn post_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri) -> Response {
+    let (root, mut path) = match split_path(&uri) {
+        Ok(p) => p,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+    };
+    if arg(&q, "t") != Some("mkdir") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "POST /uri/CAP takes t=mkdir (files are stored with PUT)",
+        );
+    }
+    if let Some(name) = arg(&q, "name") {
+        path.push(name.to_string());
+    }
+    let r = async { gw.files()?.mkdir_p(&root, &path).await }.await;
+    match r {
+        Ok(cap) => text(StatusCode::OK, &cap),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `DELETE /uri/CAP/PATH`.
+pub async fn delete_path(State(gw): State<Gateway>, uri: Uri) -> Response {
+    let (root, path) = match split_path(&uri) {
+        Ok(p) => p,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+    };
+    if path.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "DELETE needs a name below a directory",
+        );
+    }
+    let r = async { gw.files()?.unlink(&root, &path).await }.await;
+    match r {
+        Ok(cap) => text(StatusCode::OK, &cap),
+        Err(e) => failed(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(h: &str, size: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
+        parse_range(Some(&HeaderValue::from_str(h).unwrap()), size)
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 10), Ok(None));
+        assert_eq!(range("bytes=0-3", 10), Ok(Some((0, 3))));
+        assert_eq!(range("bytes=5-", 10), Ok(Some((5, 9))));
+        assert_eq!(range("bytes=-4", 10), Ok(Some((6, 9))));
+        assert_eq!(range("bytes=-40", 10), Ok(Some((0, 9))));
+        assert_eq!(range("bytes=8-100", 10), Ok(Some((8, 9))));
+        assert_eq!(range("bytes=2-3, 5-6", 10), Ok(Some((2, 3))));
+        assert_eq!(range("bytes=10-", 10), Err(Unsatisfiable));
+        assert_eq!(range("bytes=-0", 10), Err(Unsatisfiable));
+        assert_eq!(range("bytes=0-", 0), Err(Unsatisfiable));
+        assert_eq!(range("bytes=3-2", 10), Ok(None));
+        assert_eq!(range("items=0-1", 10), Ok(None));
+        assert_eq!(range("bytes=x-y", 10), Ok(None));
+    }
+
+    #[test]
+    fn paths() {
+        let u: Uri = "/uri/folio%3ADIR%3Aabc/a%20b/c/".parse().unwrap();
+        let (cap, names) = split_path(&u).ok().unwrap();
+        assert_eq!(cap, "folio:DIR:abc");
+        assert_eq!(names, ["a b", "c"]);
+        let bad: Uri = "/uri/x//y".parse().unwrap();
+        assert!(split_path(&bad).is_err());
+        let bad: Uri = "/uri/x/%ff".parse().unwrap();
+        assert!(split_path(&bad).is_err());
+        let bad: Uri = "/uri/x/%4".parse().unwrap();
+        assert!(split_path(&bad).is_err());
+        assert_eq!(percent_encode("a b/ü"), "a%20b%2F%C3%BC");
+        assert_eq!(percent_decode(&percent_encode("a b/ü:")).unwrap(), "a b/ü:");
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(content_type(Some("a.TXT")), "text/plain; charset=utf-8");
+        assert_eq!(content_type(Some("x.tar.gz")), "application/gzip");
+        assert_eq!(content_type(Some("noext")), "application/octet-stream");
+        assert_eq!(content_type(None), "application/octet-stream");
+    }
+
+    #[tokio::test]
+    async fn range_writer_sends_only_the_range() {
+        let mut out = Vec::new();
+        let mut w = RangeWriter {
+            inner: &mut out,
+            skip: 3,
+            remaining: 4,
+        };
+        w.write_all(b"ab").await.unwrap();
+        w.write_all(b"cdefgh").await.unwrap_err();
+        assert_eq!(out, b"defg");
+    }
+}

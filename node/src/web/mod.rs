@@ -1,0 +1,425 @@
+//! The web gateway: the welcome page a person reads and the web API scripts use.
+//!
+//! A node with `[node] web.port` set (`create-node` writes `tcp:3456:interface=127.0.0.1`)
+//! serves HTTP/1.1 there, with axum on hyper. It writes its URL to `BASEDIR/node.url` once
+//! it listens (the port the system picked, for `tcp:0`), which `tahoe webopen` reads.
+//!
+//! - `GET /` is the welcome page: the node, its handlers (with Tor bootstrap and I2P session
+//!   state), introducers, storage servers and recent transfers. It refreshes itself every
+//!   two seconds without a reload. `GET /?t=json` and `GET /status/?t=json` give the same
+//!   data as JSON.
+//! - `/uri` is the web API, with Tahoe-LAFS's paths and semantics where Folio has the
+//!   operation (see [`api`]).
+//!
+//! # Security
+//!
+//! The gateway holds capabilities in its URLs and has no login: whoever can send it a
+//! request can use every capability it is given. So:
+//!
+//! - it listens on loopback by default, and a node that hides its IP address refuses any
+//!   other interface ([`crate::config::PrivacyViolation::PublicWebPort`]);
+//! - on loopback it answers only requests whose `Host` is a loopback name with its port,
+//!   so a web page cannot reach it through DNS rebinding;
+//! - state-changing requests (`PUT`, `POST`, `DELETE`) from another origin are refused: a
+//!   request with an `Origin` other than the gateway's own, or that a browser marks
+//!   `Sec-Fetch-Site: cross-site`/`same-site`, is answered 403 before anything happens;
+//! - every response carries `Referrer-Policy: no-referrer` (a cap in a URL never leaves in
+//!   a `Referer`), `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff`; file
+//!   contents are served with `Content-Security-Policy: sandbox`, so an HTML file read
+//!   through the gateway runs no script and is not of the gateway's origin;
+//! - request paths and queries are never logged (`/uri/…` is logged as `/uri/[cap]`).
+
+pub mod api;
+mod html;
+pub mod welcome;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use folio_transports::tcp::ListenSpec;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::broker::StorageBroker;
+use crate::control::{ControlError, NodeStatus};
+use crate::files::Files;
+
+/// What the gateway serves from: the node's status and its file side.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<GatewayInner>,
+}
+
+struct GatewayInner {
+    status: Box<dyn Fn() -> Option<NodeStatus> + Send + Sync>,
+    files: Option<Files>,
+    broker: Option<Arc<StorageBroker>>,
+    /// The `Host` values accepted, set when it starts serving; empty: any (the gateway
+    /// listens beyond loopback).
+    hosts: std::sync::OnceLock<Vec<String>>,
+    /// Whether a free-space refresh is running.
+    refreshing: AtomicBool,
+}
+
+impl Gateway {
+    /// A gateway for a node: `status` says what the node sees (`None` once it is shutting
+    /// down), `files` is its file side (`None` for an introducer).
+    pub fn new(
+        status: Box<dyn Fn() -> Option<NodeStatus> + Send + Sync>,
+        files: Option<Files>,
+        broker: Option<Arc<StorageBroker>>,
+    ) -> Gateway {
+        Gateway {
+            inner: Arc::new(GatewayInner {
+                status,
+                files,
+                broker,
+                hosts: std::sync::OnceLock::new(),
+                refreshing: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn status(&self) -> Result<NodeStatus, ControlError> {
+        let s = (self.inner.status)().ok_or(ControlError::ShuttingDown)?;
+        self.refresh_space();
+        Ok(s)
+    }
+
+    fn files(&self) -> Result<&Files, ControlError> {
+        self.inner.files.as_ref().ok_or(ControlError::NotAClient)
+    }
+
+    /// Asks the storage servers for their free space in the background, at most every 30 s
+    /// per server and one round at a time.
+    fn refresh_space(&self) {
+        let Some(broker) = self.inner.broker.clone() else {
+            return;
+        };
+        if self.inner.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            broker
+                .refresh_space(std::time::Duration::from_secs(30))
+                .await;
+            me.inner.refreshing.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// A running gateway; stopped by [`Web::stop`] (or when dropped, without waiting).
+pub struct Web {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Why the gateway could not listen.
+#[derive(Debug, thiserror::Error)]
+#[error("web.port {spec}: {source}")]
+pub struct WebError {
+    spec: ListenSpec,
+    #[source]
+    source: std::io::Error,
+}
+
+/// A bound web port, not yet serving (so a node can fail before it starts anything else).
+pub struct WebListener {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl WebListener {
+    /// Binds `spec`.
+    pub async fn bind(spec: &ListenSpec) -> Result<WebListener, WebError> {
+        let err = |source| WebError {
+            spec: *spec,
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind(spec.addr)
+            .await
+            .map_err(err)?;
+        let addr = listener.local_addr().map_err(err)?;
+        Ok(WebListener { listener, addr })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves `gateway` until stopped.
+    pub fn serve(self, gateway: Gateway) -> Web {
+        let WebListener { listener, addr } = self;
+        let _ = gateway.inner.hosts.set(allowed_hosts(addr));
+        spawn(listener, gateway, url_for(addr))
+    }
+}
+
+fn spawn(listener: tokio::net::TcpListener, gateway: Gateway, url: String) -> Web {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = router(gateway);
+    info!(url = %url, "web gateway listening");
+    let task = tokio::spawn(
+        async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serve.await {
+                warn!(error = %e, "the web gateway stopped");
+            }
+        }
+        .instrument(tracing::info_span!("web")),
+    );
+    Web {
+        url,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl Web {
+    /// The gateway's URL (`http://127.0.0.1:3456/`), as written to `node.url`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops listening, lets requests in progress end for up to two seconds, then drops them.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(mut t) = self.task.take() {
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Web {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// The URL a browser on this host uses for a gateway bound to `addr`.
+fn url_for(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    match ip {
+        IpAddr::V4(v4) => format!("http://{v4}:{}/", addr.port()),
+        IpAddr::V6(v6) => format!("http://[{v6}]:{}/", addr.port()),
+    }
+}
+
+/// The `Host` values a loopback gateway answers to (empty: any).
+fn allowed_hosts(addr: SocketAddr) -> Vec<String> {
+    if !addr.ip().is_loopback() {
+        return Vec::new();
+    }
+    let p = addr.port();
+    let mut hosts = vec![
+        format!("127.0.0.1:{p}"),
+        format!("localhost:{p}"),
+        format!("[::1]:{p}"),
+    ];
+    if let IpAddr::V4(v4) = addr.ip() {
+        hosts.push(format!("{v4}:{p}"));
+    }
+    hosts
+}
+
+fn router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/", get(welcome::root))
+        .route("/status", get(welcome::status))
+        .route("/status/", get(welcome::status))
+        .route("/static/welcome.js", get(welcome::script))
+        .route("/static/welcome.css", get(welcome::style))
+        .route(
+            "/uri",
+            get(api::uri_query).put(api::put_uri).post(api::post_uri),
+        )
+        .route(
+            "/uri/{*rest}",
+            get(api::get_path)
+                .put(api::put_path)
+                .post(api::post_path)
+                .delete(api::delete_path),
+        )
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), guard))
+        .with_state(gateway)
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such page")
+}
+
+/// The path as it may be logged: no capability, no query.
+fn censored(path: &str) -> &str {
+    if path.starts_with("/uri/") || path == "/uri" {
+        "/uri/[cap]"
+    } else if path.len() > 64 {
+        "[long path]"
+    } else {
+        path
+    }
+}
+
+/// Host and origin checks before every request, security headers after.
+async fn guard(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = censored(req.uri().path()).to_string();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let hosts = gw.inner.hosts.get().map_or(&[][..], Vec::as_slice);
+    let refused = if !hosts.is_empty() && !hosts.contains(&host) {
+        Some(format!(
+            "this gateway answers only to {} (the request named host {:?})",
+            hosts[0],
+            host.chars().take(80).collect::<String>()
+        ))
+    } else if changes_state(&method) {
+        cross_origin(&req, &host)
+    } else {
+        None
+    };
+    let mut resp = match refused {
+        Some(why) => {
+            warn!(%method, path, "refused: {why}");
+            error(StatusCode::FORBIDDEN, &why)
+        }
+        None => next.run(req).await,
+    };
+    debug!(%method, path, status = resp.status().as_u16(), "web request");
+    let h = resp.headers_mut();
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ));
+    resp
+}
+
+fn changes_state(m: &Method) -> bool {
+    !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Why a state-changing request looks cross-origin, if it does.
+fn cross_origin(req: &Request, host: &str) -> Option<String> {
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if !matches!(site, "same-origin" | "none") {
+            return Some(format!(
+                "a {site} request may not change anything here (no cross-origin writes)"
+            ));
+        }
+    }
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let own = format!("http://{host}");
+        if origin.as_bytes() != own.as_bytes() {
+            return Some(format!(
+                "a request from origin {:?} may not change anything here (no cross-origin \
+                 writes)",
+                String::from_utf8_lossy(origin.as_bytes())
+                    .chars()
+                    .take(80)
+                    .collect::<String>()
+            ));
+        }
+    }
+    None
+}
+
+/// A plain-text error a person can read.
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
+    let mut r = (status, format!("{message}\n")).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The status for a failed operation.
+pub(crate) fn status_of(e: &ControlError) -> StatusCode {
+    match e {
+        ControlError::BadCap(_) | ControlError::Path(_) => StatusCode::BAD_REQUEST,
+        ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+        ControlError::Exists(_) | ControlError::Uncoordinated(_) => StatusCode::CONFLICT,
+        ControlError::ReadOnly(_) => StatusCode::FORBIDDEN,
+        ControlError::Download(_) => StatusCode::GONE,
+        ControlError::Upload(_) | ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ControlError::NotAClient => StatusCode::NOT_IMPLEMENTED,
+        ControlError::Io(_) | ControlError::Finished => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A failed operation as a response.
+pub(crate) fn failed(e: &ControlError) -> Response {
+    error(status_of(e), &e.to_string())
+}
+
+/// A response of `body` with `content_type`.
+pub(crate) fn typed(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Body>,
+) -> Response {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_hosts() {
+        let a: SocketAddr = "127.0.0.1:3456".parse().unwrap();
+        assert_eq!(url_for(a), "http://127.0.0.1:3456/");
+        assert!(allowed_hosts(a).contains(&"localhost:3456".to_string()));
+        let any: SocketAddr = "0.0.0.0:80".parse().unwrap();
+        assert_eq!(url_for(any), "http://127.0.0.1:80/");
+        assert!(allowed_hosts(any).is_empty());
+        let v6: SocketAddr = "[::1]:8".parse().unwrap();
+        assert_eq!(url_for(v6), "http://[::1]:8/");
+    }
+
+    #[test]
+    fn caps_are_not_logged() {
+        assert_eq!(censored("/uri/folio:CHK:abc/x"), "/uri/[cap]");
+        assert_eq!(censored("/"), "/");
+        assert_eq!(censored(&"/a".repeat(40)), "[long path]");
+    }
+}
