@@ -19,6 +19,9 @@ need() {
 }
 need i2pd i2pd
 need tor tor
+# The web gateway's welcome page in a real headless browser (node/tests/browser.rs).
+need chromium chromium
+need chromedriver chromium-driver
 # The robustness test holds about 2,400 sockets in one process.
 ulimit -n 20000 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 
