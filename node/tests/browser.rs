@@ -39,8 +39,21 @@ struct Browser {
     http: Client,
     session: String,
     base: String,
-    _driver: ChildGuard,
+    _driver: Driver,
     _profile: tempfile::TempDir,
+}
+
+/// chromedriver, started in a process group of its own, and every Chromium process it
+/// started with it: dropping it kills the whole group (by its id, the driver's PID), so no
+/// browser outlives the test, even one that panics.
+struct Driver(ChildGuard);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.pid())])
+            .status();
+    }
 }
 
 impl Browser {
@@ -51,7 +64,8 @@ impl Browser {
         let mut cmd = std::process::Command::new(chromedriver);
         cmd.arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1");
-        let driver = ChildGuard::spawn("chromedriver", cmd).unwrap();
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let driver = Driver(ChildGuard::spawn("chromedriver", cmd).unwrap());
         let base = format!("http://127.0.0.1:{port}");
         let http = Client::builder()
             .timeout(Duration::from_secs(60))

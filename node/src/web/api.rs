@@ -78,10 +78,15 @@ fn replace(q: &BTreeMap<String, String>) -> Result<bool, String> {
     }
 }
 
-/// `/uri/CAP/a/b` split into the cap and the names, percent-decoded. A trailing slash is
-/// allowed (a directory); other empty names are not.
 fn split_path(uri: &Uri) -> Result<(String, Vec<String>), String> {
-    let rest = uri.path().strip_prefix("/uri/").unwrap_or("");
+    split_uri_path(uri.path())
+}
+
+/// A request path `/uri/CAP/a/b` split into the cap and the names, each percent-decoded.
+/// A trailing slash is allowed (a directory); other empty names, bad escapes and names that
+/// are not UTF-8 are refused with a message.
+pub fn split_uri_path(path: &str) -> Result<(String, Vec<String>), String> {
+    let rest = path.strip_prefix("/uri/").unwrap_or("");
     let mut parts: Vec<&str> = rest.split('/').collect();
     if parts.len() > 1 && parts.last() == Some(&"") {
         parts.pop();
@@ -101,7 +106,7 @@ fn split_path(uri: &Uri) -> Result<(String, Vec<String>), String> {
 }
 
 /// `%XX` decoded; `None` for a bad escape or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -120,8 +125,8 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// `s` percent-encoded for one path segment.
-fn percent_encode(s: &str) -> String {
+/// `s` percent-encoded for one path segment (letters, digits and `-._~:` stay as they are).
+pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for &b in s.as_bytes() {
         if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
@@ -399,14 +404,8 @@ pub struct Unsatisfiable;
 /// The first range of a `Range: bytes=…` header, as `(first, last)` inclusive, for a file
 /// of `size` bytes. `Ok(None)`: no header, or one not understood (the whole file is sent,
 /// as RFC 9110 allows). `Err(Unsatisfiable)`: it starts past the end.
-pub fn parse_range(
-    h: Option<&HeaderValue>,
-    size: u64,
-) -> Result<Option<(u64, u64)>, Unsatisfiable> {
-    let Some(spec) = h
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().strip_prefix("bytes="))
-    else {
+pub fn parse_range(h: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
+    let Some(spec) = h.and_then(|v| v.trim().strip_prefix("bytes=")) else {
         return Ok(None);
     };
     let first = spec.split(',').next().unwrap_or("").trim();
@@ -429,6 +428,10 @@ pub fn parse_range(
         return Err(Unsatisfiable);
     }
     Ok(Some(range))
+}
+
+fn range_header(h: &HeaderMap) -> Option<&str> {
+    h.get(header::RANGE).and_then(|v| v.to_str().ok())
 }
 
 fn disposition(name: &str) -> HeaderValue {
@@ -510,7 +513,7 @@ async fn contents(
     let cap = entry.rw_uri.clone().unwrap_or_else(|| entry.ro_uri.clone());
     let mut resp = if entry.kind == "file" {
         let size = entry.size.unwrap_or(0);
-        let range = match parse_range(headers.get(header::RANGE), size) {
+        let range = match parse_range(range_header(headers), size) {
             Ok(r) => r,
             Err(Unsatisfiable) => return unsatisfiable(size),
         };
@@ -521,7 +524,7 @@ async fn contents(
             return failed(&e);
         }
         let size = data.len() as u64;
-        match parse_range(headers.get(header::RANGE), size) {
+        match parse_range(range_header(headers), size) {
             Err(Unsatisfiable) => return unsatisfiable(size),
             Ok(None) => ranged(StatusCode::OK, size, None, Body::from(data)),
             Ok(Some((a, b))) => {
@@ -798,7 +801,7 @@ mod tests {
     use super::*;
 
     fn range(h: &str, size: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
-        parse_range(Some(&HeaderValue::from_str(h).unwrap()), size)
+        parse_range(Some(h), size)
     }
 
     #[test]

@@ -169,6 +169,10 @@ fn spawn(listener: tokio::net::TcpListener, gateway: Gateway, url: String) -> We
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = router(gateway);
     info!(url = %url, "web gateway listening");
+    let listener = Limited {
+        inner: listener,
+        permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+    };
     let task = tokio::spawn(
         async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -184,6 +188,81 @@ fn spawn(listener: tokio::net::TcpListener, gateway: Gateway, url: String) -> We
         url,
         stop: Some(stop),
         task: Some(task),
+    }
+}
+
+/// The most connections the gateway holds at once; one more waits for one to close.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// A listener that accepts a connection only while fewer than [`MAX_CONNECTIONS`] are open.
+struct Limited {
+    inner: tokio::net::TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl axum::serve::Listener for Limited {
+    type Io = Counted;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Counted, SocketAddr) {
+        // The semaphore is never closed.
+        let permit = loop {
+            if let Ok(p) = self.permits.clone().acquire_owned().await {
+                break p;
+            }
+        };
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        (
+            Counted {
+                io,
+                _permit: permit,
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection holding its place under [`MAX_CONNECTIONS`] until dropped.
+struct Counted {
+    io: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
