@@ -50,7 +50,8 @@ impl Reporter {
     }
 }
 
-fn phase_name(p: Phase) -> &'static str {
+/// A transfer phase as the command line and the welcome page name it.
+pub(crate) fn phase_name(p: Phase) -> &'static str {
     match p {
         Phase::Starting => "starting",
         Phase::Hashing => "hashing",

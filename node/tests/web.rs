@@ -124,7 +124,7 @@ fn the_web_api_stores_reads_and_lists_and_refuses_what_it_must() {
             .unwrap(),
         base,
     };
-    rt().block_on(async {
+    let dir_cap = rt().block_on(async {
         // The welcome page and its JSON.
         let r = api.get("/").await;
         assert_eq!(r.status(), StatusCode::OK);
@@ -423,7 +423,57 @@ fn the_web_api_stores_reads_and_lists_and_refuses_what_it_must() {
             "{v:#}"
         );
         assert!(!v.to_string().contains(&cap), "the status holds no cap");
+        dir
     });
+
+    // `tahoe webopen`: with no browser and no display, it prints the URL; with one, it
+    // runs it on the URL of the place named.
+    let webopen = |extra: &[&str], browser: Option<&str>| {
+        let mut c = common::tahoe();
+        c.arg("webopen").args(extra).arg("-d").arg(&grid.client);
+        c.env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY");
+        match browser {
+            Some(b) => c.env("BROWSER", b),
+            None => c.env_remove("BROWSER"),
+        };
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (url, note) = webopen(&[], None);
+    assert_eq!(url.trim(), api.base);
+    assert!(note.contains("no browser"), "{note}");
+    let (url, _) = webopen(&["--print"], Some("/bin/false"));
+    assert_eq!(url.trim(), api.base);
+    let opened = grid.base.join("opened");
+    let script = grid.base.join("browser.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$1\" > {}\n", opened.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    common::tahoe()
+        .args(["add-alias", "site"])
+        .arg(&dir_cap)
+        .arg("-d")
+        .arg(&grid.client)
+        .status()
+        .unwrap()
+        .success()
+        .then_some(())
+        .expect("add-alias");
+    let (url, _) = webopen(&["site:docs/drafts"], Some(script.to_str().unwrap()));
+    assert!(
+        url.trim()
+            .starts_with(&format!("{}uri/folio:DIR:", api.base))
+            && url.trim().ends_with("/docs/drafts"),
+        "{url}"
+    );
+    assert_eq!(std::fs::read_to_string(&opened).unwrap().trim(), url.trim());
 
     // A server going down and coming back shows without a reload.
     let mut s4 = grid.nodes.pop().unwrap();

@@ -78,8 +78,26 @@ fn replace(q: &BTreeMap<String, String>) -> Result<bool, String> {
     }
 }
 
-fn split_path(uri: &Uri) -> Result<(String, Vec<String>), String> {
-    split_uri_path(uri.path())
+/// A request refused before any work is done, as its response.
+struct Refused(StatusCode, String);
+
+impl From<ControlError> for Refused {
+    fn from(e: ControlError) -> Refused {
+        Refused(super::status_of(&e), e.to_string())
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, &self.1)
+    }
+}
+
+/// The node's file side and the place a `/uri/CAP/PATH` request names.
+fn place<'a>(gw: &'a Gateway, uri: &Uri) -> Result<(&'a Files, String, Vec<String>), Refused> {
+    let (root, path) =
+        split_uri_path(uri.path()).map_err(|m| Refused(StatusCode::BAD_REQUEST, m))?;
+    Ok((gw.files()?, root, path))
 }
 
 /// A request path `/uri/CAP/a/b` split into the cap and the names, each percent-decoded.
@@ -229,13 +247,9 @@ pub async fn get_path(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let (root, path) = match split_path(&uri) {
+    let (files, root, path) = match place(&gw, &uri) {
         Ok(p) => p,
-        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
-    };
-    let files = match gw.files() {
-        Ok(f) => f,
-        Err(e) => return failed(&e),
+        Err(r) => return r.into_response(),
     };
     let entry = match files.stat(&root, &path).await {
         Ok(e) => e,
@@ -331,11 +345,7 @@ async fn listing(files: &Files, root: &str, path: &[String]) -> Response {
         Ok(l) => l,
         Err(e) => return failed(&e),
     };
-    let mut base = format!("/uri/{}", percent_encode(root));
-    for p in path {
-        base.push('/');
-        base.push_str(&percent_encode(p));
-    }
+    let base = url_of("", root, path);
     let shown = if path.is_empty() {
         "/".to_string()
     } else {
@@ -612,7 +622,8 @@ async fn stream_immutable(
             remaining: len,
         };
         let r = files.download_to(&cap, &mut w, Reporter::Quiet).await;
-        let sent = w.remaining == 0;
+        // A range read ends the download early on purpose, by failing the next write.
+        let sent = len > 0 && w.remaining == 0;
         let _ = w.inner.shutdown().await;
         let r = match r {
             Err(_) if sent => Ok(()),
@@ -682,13 +693,9 @@ async fn read_some<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::
 
 /// `PUT /uri/CAP/PATH`.
 pub async fn put_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri, body: Body) -> Response {
-    let (root, path) = match split_path(&uri) {
+    let (files, root, path) = match place(&gw, &uri) {
         Ok(p) => p,
-        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
-    };
-    let files = match gw.files() {
-        Ok(f) => f,
-        Err(e) => return failed(&e),
+        Err(r) => return r.into_response(),
     };
     if arg(&q, "t") == Some("mkdir") {
         return match files.mkdir_p(&root, &path).await {
@@ -757,9 +764,9 @@ pub async fn put_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri, body:
 
 /// `POST /uri/CAP/PATH?t=mkdir[&name=NAME]`.
 pub async fn post_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri) -> Response {
-    let (root, mut path) = match split_path(&uri) {
+    let (files, root, mut path) = match place(&gw, &uri) {
         Ok(p) => p,
-        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+        Err(r) => return r.into_response(),
     };
     if arg(&q, "t") != Some("mkdir") {
         return error(
@@ -770,8 +777,7 @@ pub async fn post_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri) -> R
     if let Some(name) = arg(&q, "name") {
         path.push(name.to_string());
     }
-    let r = async { gw.files()?.mkdir_p(&root, &path).await }.await;
-    match r {
+    match files.mkdir_p(&root, &path).await {
         Ok(cap) => text(StatusCode::OK, &cap),
         Err(e) => failed(&e),
     }
@@ -779,9 +785,9 @@ pub async fn post_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri) -> R
 
 /// `DELETE /uri/CAP/PATH`.
 pub async fn delete_path(State(gw): State<Gateway>, uri: Uri) -> Response {
-    let (root, path) = match split_path(&uri) {
+    let (files, root, path) = match place(&gw, &uri) {
         Ok(p) => p,
-        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+        Err(r) => return r.into_response(),
     };
     if path.is_empty() {
         return error(
@@ -789,8 +795,7 @@ pub async fn delete_path(State(gw): State<Gateway>, uri: Uri) -> Response {
             "DELETE needs a name below a directory",
         );
     }
-    let r = async { gw.files()?.unlink(&root, &path).await }.await;
-    match r {
+    match files.unlink(&root, &path).await {
         Ok(cap) => text(StatusCode::OK, &cap),
         Err(e) => failed(&e),
     }
@@ -824,15 +829,15 @@ mod tests {
     #[test]
     fn paths() {
         let u: Uri = "/uri/folio%3ADIR%3Aabc/a%20b/c/".parse().unwrap();
-        let (cap, names) = split_path(&u).ok().unwrap();
+        let (cap, names) = split_uri_path(u.path()).ok().unwrap();
         assert_eq!(cap, "folio:DIR:abc");
         assert_eq!(names, ["a b", "c"]);
         let bad: Uri = "/uri/x//y".parse().unwrap();
-        assert!(split_path(&bad).is_err());
+        assert!(split_uri_path(bad.path()).is_err());
         let bad: Uri = "/uri/x/%ff".parse().unwrap();
-        assert!(split_path(&bad).is_err());
+        assert!(split_uri_path(bad.path()).is_err());
         let bad: Uri = "/uri/x/%4".parse().unwrap();
-        assert!(split_path(&bad).is_err());
+        assert!(split_uri_path(bad.path()).is_err());
         assert_eq!(percent_encode("a b/ü"), "a%20b%2F%C3%BC");
         assert_eq!(percent_decode(&percent_encode("a b/ü:")).unwrap(), "a b/ü:");
     }

@@ -30,7 +30,7 @@ use super::html::{bytes, esc, relative, Table};
 use super::{error, failed, typed, Gateway};
 use crate::broker::ServerStatus;
 use crate::control::{IntroducerStatus, NodeStatus};
-use crate::files::TransferRecord;
+use crate::files::{phase_name, TransferRecord};
 use crate::immutable::Phase;
 
 /// `GET /`: the page, or its JSON with `t=json`.
@@ -103,20 +103,6 @@ pub(crate) fn json_response(v: &Value) -> Response {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
-}
-
-fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Starting => "starting",
-        Phase::Hashing => "hashing",
-        Phase::Placing => "placing",
-        Phase::Pushing => "uploading",
-        Phase::Closing => "closing",
-        Phase::Locating => "locating",
-        Phase::Fetching => "downloading",
-        Phase::Done => "done",
-        Phase::Failed => "failed",
-    }
 }
 
 fn transfer_json(t: &TransferRecord) -> Value {
