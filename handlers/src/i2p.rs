@@ -189,7 +189,20 @@ impl AsyncWrite for DialedStream {
 
 impl Handler for I2pHandler {
     fn describe(&self) -> String {
-        format!("i2p ({}SAM bridge at {})", self.router, self.cfg.bridge)
+        // The dialing session's state, without waiting: a dial holds the lock while it
+        // makes one.
+        let session = match self.session.try_lock() {
+            Ok(slot) => match slot.as_ref() {
+                Some(d) => format!("dialing session open, {} peers reached", d.reached().len()),
+                None if self.sessions_made() == 0 => "no dialing session yet".to_string(),
+                None => "dialing session retired, a new one at the next dial".to_string(),
+            },
+            Err(_) => "dialing session being made".to_string(),
+        };
+        format!(
+            "i2p ({}SAM bridge at {}; {session})",
+            self.router, self.cfg.bridge
+        )
     }
 
     fn reveals_ip(&self) -> bool {
