@@ -345,9 +345,8 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
 
     step(t0, "stop 7 storage nodes");
     let stopped: Vec<String> = (0..7).map(|i| format!("storage{}", i + 1)).collect();
-    for s in &servers[..7] {
-        s.shutdown().await;
-    }
+    // All at once: each waits out its own goodbye grace (2 s over I2P).
+    futures_util::future::join_all(servers[..7].iter().map(Node::shutdown)).await;
     println!("  stopped: {}", stopped.join(", "));
     wait_for("the client to notice", notice_within, || {
         broker.connected().len() == args.servers - 7
@@ -416,9 +415,7 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
         );
         tokio::signal::ctrl_c().await?;
     }
-    for s in &servers[8..] {
-        s.shutdown().await;
-    }
+    futures_util::future::join_all(servers[8..].iter().map(Node::shutdown)).await;
     client.shutdown().await;
     introducer.shutdown().await;
     if let Some(net) = i2p_net {
