@@ -10,8 +10,11 @@
 //! ```sh
 //! cargo run --release -p folio-tests --features i2p-embedded --example i2p_streams -- \
 //!     [--fresh 10] [--rtt 200] [--sizes 65536,262144,1048576] [--reps 5] \
-//!     [--raw] [--chunk 65536] [--pace 0] [--skip-folio]
+//!     [--raw] [--chunk 65536] [--pace 0] [--skip-folio] [--bandwidth 100000000]
 //! ```
+//!
+//! `--bandwidth` sets every router's bandwidth limit (`RouterOptions::bandwidth`; emissary's
+//! own default, 1000000, is what Folio ran with before it set one).
 //!
 //! It prints one line per measurement and a summary (medians and ranges), plus how many
 //! times a router's stream retransmitted after a timeout ("routing path recreated" in
@@ -63,6 +66,7 @@ struct Opts {
     skip_folio: bool,
     chunk: usize,
     pace_kib: u64,
+    bandwidth: u64,
 }
 
 fn opts() -> Opts {
@@ -75,6 +79,7 @@ fn opts() -> Opts {
         skip_folio: false,
         chunk: 64 * 1024,
         pace_kib: 0,
+        bandwidth: folio_transports::i2p_embedded::DEFAULT_BANDWIDTH,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -85,6 +90,7 @@ fn opts() -> Opts {
             "--reps" => o.reps = value().parse().expect("--reps N"),
             "--chunk" => o.chunk = value().parse().expect("--chunk BYTES"),
             "--pace" => o.pace_kib = value().parse().expect("--pace KIB_PER_S"),
+            "--bandwidth" => o.bandwidth = value().parse().expect("--bandwidth BYTES_PER_S"),
             "--sizes" => {
                 o.sizes = value()
                     .split(',')
@@ -157,7 +163,8 @@ fn main() {
     }
     println!("# i2p_streams: {} UTC, load {}", chrono_like_now(), load());
     let t0 = Instant::now();
-    let net = I2pNet::start(2);
+    let net = I2pNet::start_with(2, o.bandwidth);
+    println!("routers' bandwidth limit: {} bytes/s", o.bandwidth);
     println!(
         "network up in {:.2} s (6 routers; a SAM session on each client router)",
         net.started_in.as_secs_f64()

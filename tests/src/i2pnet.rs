@@ -122,6 +122,8 @@ pub struct I2pNet {
     logs: Vec<LogTail>,
     /// Process start of the network to ready, for the tests' timing lines.
     pub started_in: Duration,
+    /// Every router's bandwidth limit ([`RouterOptions::bandwidth`]).
+    bandwidth: u64,
 }
 
 impl std::fmt::Debug for I2pNet {
@@ -146,6 +148,12 @@ impl I2pNet {
     /// 90 s, until a SAM session can be made on every client router. Panics with the
     /// routers' last log lines when it does not come up.
     pub fn start(clients: usize) -> I2pNet {
+        I2pNet::start_with(clients, folio_transports::i2p_embedded::DEFAULT_BANDWIDTH)
+    }
+
+    /// [`I2pNet::start`] with every router's bandwidth limit set to `bandwidth` bytes per
+    /// second (emissary's own default is 1,000,000; measurements compare the two).
+    pub fn start_with(clients: usize, bandwidth: u64) -> I2pNet {
         assert!((1..=50).contains(&clients), "1 to 50 client routers");
         let t0 = Instant::now();
         let mut roles = vec![Role::Floodfill; FLOODFILLS];
@@ -173,6 +181,7 @@ impl I2pNet {
                 routers: (0..n).map(|_| None).collect(),
                 roles: roles.clone(),
                 started_in: Duration::ZERO,
+                bandwidth,
             };
             match net.bring_up() {
                 Ok(()) => {
@@ -208,6 +217,7 @@ impl I2pNet {
         o.transit = role != Role::Client;
         o.thread_name = format!("i2p-router-{i}");
         o.log = Some(router_log(&self.logs[i]));
+        o.bandwidth = self.bandwidth;
         o
     }
 
