@@ -262,12 +262,26 @@ pub async fn run(args: DemoGridArgs) -> Result<()> {
             args.servers
         ),
     );
-    let mut servers = Vec::new();
-    for i in 1..=args.servers {
+    let one = |i: usize| {
         let d = dir.join(format!("storage{i}"));
-        make(Kind::Node, &d, &format!("storage{i}"), Some(&furl), network).await?;
-        servers.push(Node::start(&d).await?);
-    }
+        let furl = furl.clone();
+        async move {
+            make(Kind::Node, &d, &format!("storage{i}"), Some(&furl), network).await?;
+            Ok::<Node, anyhow::Error>(Node::start(&d).await?)
+        }
+    };
+    let servers: Vec<Node> = if i2p {
+        // Over I2P each node waits for its router's first session (a few seconds): all at
+        // once. Over TCP one at a time, so that no node's outgoing connections take the
+        // port another picked when it was made and has not bound yet.
+        futures_util::future::try_join_all((1..=args.servers).map(one)).await?
+    } else {
+        let mut v = Vec::new();
+        for i in 1..=args.servers {
+            v.push(one(i).await?);
+        }
+        v
+    };
     let client_dir = dir.join("client");
     make(Kind::Client, &client_dir, "client", Some(&furl), network).await?;
     let client = Node::start(&client_dir).await?;
