@@ -369,7 +369,7 @@ impl StorageBroker {
     /// Asks every connected server whose free space is unknown or older than `max_age` for
     /// it (`get_version`, each within [`SPACE_TIMEOUT`], all at once), for
     /// [`ServerStatus::available_space`]. A server that does not answer keeps what it said
-    /// before and is asked again next time.
+    /// before and is asked again after `max_age` too.
     pub async fn refresh_space(&self, max_age: Duration) {
         let due: Vec<(StorageServerRef, SpaceSlot)> = lock(&self.servers)
             .values()
@@ -383,9 +383,18 @@ impl StorageBroker {
             .filter_map(|e| Some((lock(&e.server).clone()?, e.space.clone())))
             .collect();
         let asks = due.into_iter().map(|(server, slot)| async move {
-            if let Ok(Ok(v)) = tokio::time::timeout(SPACE_TIMEOUT, server.get_version()).await {
-                *lock(&slot) = Some((Instant::now(), v.available_space));
-            }
+            let answer = tokio::time::timeout(SPACE_TIMEOUT, server.get_version()).await;
+            let mut slot = lock(&slot);
+            let before = slot.and_then(|(_, s)| s);
+            // Asked now either way: a server that fails is asked again in `max_age`, not
+            // at every look at the welcome page.
+            *slot = Some((
+                Instant::now(),
+                match answer {
+                    Ok(Ok(v)) => v.available_space,
+                    _ => before,
+                },
+            ));
         });
         futures_util::future::join_all(asks).await;
     }

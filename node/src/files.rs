@@ -550,18 +550,17 @@ impl Files {
         Ok(())
     }
 
-    /// Stores a spooled file: immutable or mutable, linked at `to` if given, or written
-    /// as a new version of the mutable file already there.
     /// Stores the spooled file `spooled`: as a new immutable file, a new mutable file
     /// (`mutable_file`), or at a path (`to`: a root cap and names below it), where a mutable
     /// file held with write authority gets a new version and anything else is replaced by a
-    /// link to the new file.
+    /// link to the new file (refused with [`ControlError::Exists`] unless `replace`).
     pub async fn store(
         &self,
         spooled: &Path,
         reporter: Reporter,
         to: Option<(String, Vec<String>)>,
         mutable_file: bool,
+        replace: bool,
     ) -> Result<TransferReport, ControlError> {
         let servers = self.broker.connected();
         let fs = self.fs(&servers)?;
@@ -641,7 +640,7 @@ impl Files {
         if let Some((dir, name, _)) = &place {
             let mut meta = link_meta(&cap);
             meta.size = Some(report.size);
-            fs.link(dir, name, &cap, meta, true)
+            fs.link(dir, name, &cap, meta, replace)
                 .await
                 .map_err(fs_error)?;
         }
@@ -833,7 +832,7 @@ impl Upload for Spool {
         to: Option<(String, Vec<String>)>,
         mutable: bool,
     ) -> Result<TransferReport, ControlError> {
-        self.finish_with(Reporter::Remote(progress), to, mutable)
+        self.finish_with(Reporter::Remote(progress), to, mutable, true)
             .await
     }
 }
@@ -846,6 +845,7 @@ impl Spool {
         reporter: Reporter,
         to: Option<(String, Vec<String>)>,
         mutable: bool,
+        replace: bool,
     ) -> Result<TransferReport, ControlError> {
         let mut st = self.state.lock().await;
         let mut f = st.take().ok_or(ControlError::Finished)?;
@@ -853,7 +853,10 @@ impl Spool {
             .await
             .map_err(|e| ControlError::Io(format!("spooling the upload: {}", ErrorChain(&e))))?;
         drop(f);
-        let r = self.files.store(&self.path, reporter, to, mutable).await;
+        let r = self
+            .files
+            .store(&self.path, reporter, to, mutable, replace)
+            .await;
         if let Err(e) = std::fs::remove_file(&self.path) {
             warn!(path = %self.path.display(), error = %e, "could not remove a spooled upload");
         }

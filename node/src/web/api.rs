@@ -5,7 +5,7 @@
 //! | `PUT /uri` (body: the file) | stores an immutable file; `?format=SDMF` or `MDMF` (or `mutable=true`) a mutable one | `200`, the cap |
 //! | `POST /uri?t=mkdir` | makes a directory linked nowhere | `200`, its write cap |
 //! | `GET /uri?uri=CAP` | | `302` to `/uri/CAP` |
-//! | `GET /uri/CAP[/PATH]` | a file's bytes (`Range` honoured, `Content-Type` from `?filename=` or the last name), a directory's listing as HTML | `200`/`206` |
+//! | `GET /uri/CAP[/PATH]` | a file's bytes (`Content-Type` from `?filename=` or the last name; one `Range` on an immutable file), a directory's listing as HTML; `HEAD` fetches nothing from the grid for an immutable file | `200`/`206` |
 //! | `GET …?t=json` | the file or directory as Tahoe's JSON (`["filenode", {…}]`, `["dirnode", {…, "children": {…}}]`) | `200` |
 //! | `GET …?t=uri`, `?t=readonly-uri` | the cap (the read-only cap) | `200` |
 //! | `PUT /uri/DIRCAP/PATH/NAME` (body: the file) | stores the file there (missing directories are made); over a mutable file held with write authority, a new version; `?replace=false` refuses an existing name; `?format=` as above | `201` new, `200` replaced; the cap |
@@ -23,13 +23,15 @@
 //! Uploads are spooled to `BASEDIR/tmp/` as they arrive (never held whole in memory);
 //! downloads of immutable files stream as they are decoded. A `Range` read fetches the file
 //! from its start up to the end of the range and sends only the range (no segment-level
-//! seek yet). Mutable files (at most about 1.5 MiB at 3-of-10) are read whole.
+//! seek yet); several ranges in one header are answered with the whole file. Mutable files
+//! (at most about 1.5 MiB at 3-of-10) are read whole and offer no ranges: a version may
+//! change between two requests, and a resumed read would join two versions.
 
 use std::collections::BTreeMap;
 
 use axum::body::{Body, Bytes as HttpBytes};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -213,7 +215,9 @@ pub async fn put_uri(State(gw): State<Gateway>, Query(q): Args, body: Body) -> R
     let result = async {
         let files = gw.files()?;
         let spool = spool(files, body).await?;
-        spool.finish_with(Reporter::Quiet, None, mutable).await
+        spool
+            .finish_with(Reporter::Quiet, None, mutable, true)
+            .await
     }
     .await;
     match result {
@@ -244,6 +248,7 @@ pub async fn post_uri(State(gw): State<Gateway>, Query(q): Args) -> Response {
 pub async fn get_path(
     State(gw): State<Gateway>,
     Query(q): Args,
+    method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
@@ -268,7 +273,8 @@ pub async fn get_path(
                 .map(str::to_string)
                 .or_else(|| path.last().cloned());
             let save = arg(&q, "save") == Some("true");
-            contents(files, &entry, name.as_deref(), save, &headers).await
+            let head = method == Method::HEAD;
+            contents(files, &entry, name.as_deref(), save, head, &headers).await
         }
         Some(t) => error(
             StatusCode::BAD_REQUEST,
@@ -418,8 +424,12 @@ pub fn parse_range(h: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, Uns
     let Some(spec) = h.and_then(|v| v.trim().strip_prefix("bytes=")) else {
         return Ok(None);
     };
-    let first = spec.split(',').next().unwrap_or("").trim();
-    let Some((a, b)) = first.split_once('-') else {
+    // Several ranges would need a multipart answer: the whole file instead (RFC 9110 allows
+    // ignoring Range).
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
         return Ok(None);
     };
     let (a, b) = (a.trim(), b.trim());
@@ -518,6 +528,7 @@ async fn contents(
     entry: &ListEntry,
     name: Option<&str>,
     save: bool,
+    head: bool,
     headers: &HeaderMap,
 ) -> Response {
     let cap = entry.rw_uri.clone().unwrap_or_else(|| entry.ro_uri.clone());
@@ -527,26 +538,37 @@ async fn contents(
             Ok(r) => r,
             Err(Unsatisfiable) => return unsatisfiable(size),
         };
-        stream_immutable(files, cap, size, range).await
+        if head {
+            // What a GET would answer, without fetching anything: the size is in the cap.
+            let status = if range.is_some() {
+                StatusCode::PARTIAL_CONTENT
+            } else {
+                StatusCode::OK
+            };
+            ranged(status, size, range, Body::empty())
+        } else {
+            stream_immutable(files, cap, size, range).await
+        }
     } else {
+        // A mutable file's newest version, whole: it may change between two requests, so
+        // no ranges are offered (a resumed read could join two versions).
         let mut data = Vec::new();
         if let Err(e) = files.download_to(&cap, &mut data, Reporter::Quiet).await {
             return failed(&e);
         }
         let size = data.len() as u64;
-        match parse_range(range_header(headers), size) {
-            Err(Unsatisfiable) => return unsatisfiable(size),
-            Ok(None) => ranged(StatusCode::OK, size, None, Body::from(data)),
-            Ok(Some((a, b))) => {
-                let part = data[a as usize..=b as usize].to_vec();
-                ranged(
-                    StatusCode::PARTIAL_CONTENT,
-                    size,
-                    Some((a, b)),
-                    Body::from(part),
-                )
-            }
-        }
+        let mut r = ranged(
+            StatusCode::OK,
+            size,
+            None,
+            if head {
+                Body::empty()
+            } else {
+                Body::from(data)
+            },
+        );
+        r.headers_mut().remove(header::ACCEPT_RANGES);
+        r
     };
     if resp.status().is_success() {
         let h = resp.headers_mut();
@@ -697,7 +719,14 @@ pub async fn put_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri, body:
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    if arg(&q, "t") == Some("mkdir") {
+    let t = arg(&q, "t").unwrap_or("");
+    if !matches!(t, "" | "uri" | "mkdir") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("unknown t={t}: PUT knows t=uri and t=mkdir"),
+        );
+    }
+    if t == "mkdir" {
         return match files.mkdir_p(&root, &path).await {
             Ok(cap) => text(StatusCode::OK, &cap),
             Err(e) => failed(&e),
@@ -715,6 +744,12 @@ pub async fn put_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri, body:
     };
     let result = async {
         let dir = files.mkdir_p(&root, parent).await?;
+        // Refused before the body is read and stored, not after.
+        if !dir.parse::<Cap>().is_ok_and(|c| c.is_write()) {
+            return Err(ControlError::ReadOnly(
+                crate::dirnode::FsError::ReadOnly.to_string(),
+            ));
+        }
         let place = vec![last.clone()];
         let existed = match files.stat(&dir, &place).await {
             Ok(_) => true,
@@ -726,8 +761,10 @@ pub async fn put_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri, body:
                 "'{last}' already exists, and replace=false"
             )));
         }
-        let cap = match arg(&q, "t") {
-            Some("uri") => {
+        // The check above answers at once; the directory update itself refuses too
+        // (`replace`), if the name was taken meanwhile.
+        let cap = match t {
+            "uri" => {
                 let cap = axum::body::to_bytes(body, MAX_CAP_BODY)
                     .await
                     .map_err(|_| {
@@ -736,20 +773,20 @@ pub async fn put_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri, body:
                         ))
                     })?;
                 let cap = String::from_utf8_lossy(&cap).trim().to_string();
-                files.link(&dir, &place, &cap, true).await?;
+                files.link(&dir, &place, &cap, replace).await?;
                 cap
             }
-            None | Some("") => {
+            _ => {
                 let spool = spool(files, body).await?;
                 spool
-                    .finish_with(Reporter::Quiet, Some((dir.clone(), place)), mutable)
+                    .finish_with(
+                        Reporter::Quiet,
+                        Some((dir.clone(), place)),
+                        mutable,
+                        replace,
+                    )
                     .await?
                     .cap
-            }
-            Some(t) => {
-                return Err(ControlError::Path(format!(
-                    "unknown t={t}: PUT knows t=uri and t=mkdir"
-                )))
             }
         };
         Ok((existed, cap))
@@ -817,7 +854,7 @@ mod tests {
         assert_eq!(range("bytes=-4", 10), Ok(Some((6, 9))));
         assert_eq!(range("bytes=-40", 10), Ok(Some((0, 9))));
         assert_eq!(range("bytes=8-100", 10), Ok(Some((8, 9))));
-        assert_eq!(range("bytes=2-3, 5-6", 10), Ok(Some((2, 3))));
+        assert_eq!(range("bytes=2-3, 5-6", 10), Ok(None));
         assert_eq!(range("bytes=10-", 10), Err(Unsatisfiable));
         assert_eq!(range("bytes=-0", 10), Err(Unsatisfiable));
         assert_eq!(range("bytes=0-", 0), Err(Unsatisfiable));

@@ -36,6 +36,7 @@ pub mod welcome;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -61,9 +62,8 @@ struct GatewayInner {
     status: Box<dyn Fn() -> Option<NodeStatus> + Send + Sync>,
     files: Option<Files>,
     broker: Option<Arc<StorageBroker>>,
-    /// The `Host` values accepted, set when it starts serving; empty: any (the gateway
-    /// listens beyond loopback).
-    hosts: std::sync::OnceLock<Vec<String>>,
+    /// The `Host` values accepted, set when it starts serving (see [`HostRule`]).
+    hosts: std::sync::OnceLock<HostRule>,
     /// Whether a free-space refresh is running.
     refreshing: AtomicBool,
 }
@@ -166,20 +166,55 @@ impl WebListener {
 }
 
 fn spawn(listener: tokio::net::TcpListener, gateway: Gateway, url: String) -> Web {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let app = router(gateway);
     info!(url = %url, "web gateway listening");
-    let listener = Limited {
-        inner: listener,
-        permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
-    };
     let task = tokio::spawn(
         async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                warn!(error = %e, "the web gateway stopped");
+            let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                // A place first: past MAX_CONNECTIONS, new connections wait in the backlog.
+                let permit = tokio::select! {
+                    _ = &mut stopped => break,
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let io = tokio::select! {
+                    _ = &mut stopped => break,
+                    a = listener.accept() => match a {
+                        Ok((io, _)) => io,
+                        Err(e) => {
+                            // Out of file descriptors, most likely: wait, do not spin.
+                            warn!(error = %e, "the web gateway could not accept a connection");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                while conns.try_join_next().is_some() {}
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                conns.spawn(async move {
+                    let served = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        // One request per connection: an idle connection holds no place.
+                        .keep_alive(false)
+                        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                        .await;
+                    if let Err(e) = served {
+                        debug!(error = %e, "a web connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+            drop(listener);
+            // Requests under way get STOP_GRACE to end; then they are dropped.
+            let drain = async { while conns.join_next().await.is_some() {} };
+            if tokio::time::timeout(STOP_GRACE, drain).await.is_err() {
+                conns.abort_all();
             }
         }
         .instrument(tracing::info_span!("web")),
@@ -191,80 +226,13 @@ fn spawn(listener: tokio::net::TcpListener, gateway: Gateway, url: String) -> We
     }
 }
 
+/// How long a connection may take to send a request's head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long requests under way may run once the gateway is asked to stop.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// The most connections the gateway holds at once; one more waits for one to close.
 pub const MAX_CONNECTIONS: usize = 256;
-
-/// A listener that accepts a connection only while fewer than [`MAX_CONNECTIONS`] are open.
-struct Limited {
-    inner: tokio::net::TcpListener,
-    permits: Arc<tokio::sync::Semaphore>,
-}
-
-impl axum::serve::Listener for Limited {
-    type Io = Counted;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Counted, SocketAddr) {
-        // The semaphore is never closed.
-        let permit = loop {
-            if let Ok(p) = self.permits.clone().acquire_owned().await {
-                break p;
-            }
-        };
-        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        (
-            Counted {
-                io,
-                _permit: permit,
-            },
-            addr,
-        )
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-}
-
-/// A connection holding its place under [`MAX_CONNECTIONS`] until dropped.
-struct Counted {
-    io: tokio::net::TcpStream,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl tokio::io::AsyncRead for Counted {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Counted {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
 
 impl Web {
     /// The gateway's URL (`http://127.0.0.1:3456/`), as written to `node.url`.
@@ -272,13 +240,14 @@ impl Web {
         &self.url
     }
 
-    /// Stops listening, lets requests in progress end for up to two seconds, then drops them.
+    /// Stops listening, lets requests under way end for up to [`STOP_GRACE`], then drops
+    /// them (their downloads stop with their connections).
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         if let Some(mut t) = self.task.take() {
-            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut t)
+            if tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), &mut t)
                 .await
                 .is_err()
             {
@@ -308,21 +277,66 @@ fn url_for(addr: SocketAddr) -> String {
     }
 }
 
-/// The `Host` values a loopback gateway answers to (empty: any).
-fn allowed_hosts(addr: SocketAddr) -> Vec<String> {
-    if !addr.ip().is_loopback() {
-        return Vec::new();
+/// The `Host` values the gateway answers to. Never any DNS name but `localhost`: a web page
+/// can point a name of its own at this host (DNS rebinding) and would then be of the same
+/// origin as the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostRule {
+    /// On loopback: `127.0.0.1`, `localhost`, `[::1]` (and the address bound), with the port.
+    Exact(Vec<String>),
+    /// Beyond loopback: `localhost` or any IP address literal, with the port.
+    Literal(u16),
+}
+
+impl HostRule {
+    fn allows(&self, host: &str) -> bool {
+        // No port: the default one.
+        let host = if host.ends_with(']') || !host.contains(':') {
+            format!("{host}:80")
+        } else {
+            host.to_string()
+        };
+        match self {
+            HostRule::Exact(v) => v.contains(&host),
+            HostRule::Literal(port) => {
+                let Some((name, p)) = host.rsplit_once(':') else {
+                    return false;
+                };
+                p == port.to_string()
+                    && (name == "localhost"
+                        || name.parse::<Ipv4Addr>().is_ok()
+                        || name
+                            .strip_prefix('[')
+                            .and_then(|n| n.strip_suffix(']'))
+                            .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok()))
+            }
+        }
     }
+
+    fn describe(&self) -> String {
+        match self {
+            HostRule::Exact(v) => v.first().cloned().unwrap_or_default(),
+            HostRule::Literal(p) => format!("localhost or an IP address, with port {p}"),
+        }
+    }
+}
+
+/// The `Host` values a gateway bound to `addr` answers to.
+fn allowed_hosts(addr: SocketAddr) -> HostRule {
     let p = addr.port();
+    if !addr.ip().is_loopback() {
+        return HostRule::Literal(p);
+    }
     let mut hosts = vec![
         format!("127.0.0.1:{p}"),
         format!("localhost:{p}"),
         format!("[::1]:{p}"),
     ];
-    if let IpAddr::V4(v4) = addr.ip() {
-        hosts.push(format!("{v4}:{p}"));
+    match addr.ip() {
+        IpAddr::V4(v4) => hosts.push(format!("{v4}:{p}")),
+        IpAddr::V6(v6) => hosts.push(format!("[{v6}]:{p}")),
     }
-    hosts
+    HostRule::Exact(hosts)
 }
 
 fn router(gateway: Gateway) -> Router {
@@ -352,38 +366,45 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such page")
 }
 
-/// The path as it may be logged: no capability, no query.
-fn censored(path: &str) -> &str {
-    if path.starts_with("/uri/") || path == "/uri" {
+/// The path as it may be logged: one of the gateway's fixed pages, `/uri/[cap]`, or
+/// `[other]`, never what a request typed (a cap in another spelling, `/file/CAP`, a LIT cap
+/// holding a file's contents).
+fn censored(path: &str) -> &'static str {
+    const FIXED: [&str; 6] = [
+        "/",
+        "/status",
+        "/status/",
+        "/static/welcome.js",
+        "/static/welcome.css",
+        "/uri",
+    ];
+    if let Some(p) = FIXED.iter().find(|p| **p == path) {
+        p
+    } else if path.starts_with("/uri/") {
         "/uri/[cap]"
-    } else if path.len() > 64 {
-        "[long path]"
     } else {
-        path
+        "[other]"
     }
 }
 
 /// Host and origin checks before every request, security headers after.
 async fn guard(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let path = censored(req.uri().path()).to_string();
+    let path = censored(req.uri().path());
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let hosts = gw.inner.hosts.get().map_or(&[][..], Vec::as_slice);
-    let refused = if !hosts.is_empty() && !hosts.contains(&host) {
-        Some(format!(
+    let refused = match gw.inner.hosts.get() {
+        Some(rule) if !rule.allows(&host) => Some(format!(
             "this gateway answers only to {} (the request named host {:?})",
-            hosts[0],
+            rule.describe(),
             host.chars().take(80).collect::<String>()
-        ))
-    } else if changes_state(&method) {
-        cross_origin(&req, &host)
-    } else {
-        None
+        )),
+        _ if changes_state(&method) => cross_origin(&req, &host),
+        _ => None,
     };
     let mut resp = match refused {
         Some(why) => {
@@ -487,10 +508,39 @@ mod tests {
     fn urls_and_hosts() {
         let a: SocketAddr = "127.0.0.1:3456".parse().unwrap();
         assert_eq!(url_for(a), "http://127.0.0.1:3456/");
-        assert!(allowed_hosts(a).contains(&"localhost:3456".to_string()));
+        let rule = allowed_hosts(a);
+        for ok in ["localhost:3456", "127.0.0.1:3456", "[::1]:3456"] {
+            assert!(rule.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:3456",
+            "127.0.0.1:3457",
+            "10.0.0.1:3456",
+            "127.0.0.1",
+            "",
+        ] {
+            assert!(!rule.allows(bad), "{bad}");
+        }
         let any: SocketAddr = "0.0.0.0:80".parse().unwrap();
         assert_eq!(url_for(any), "http://127.0.0.1:80/");
-        assert!(allowed_hosts(any).is_empty());
+        let rule = allowed_hosts(any);
+        for ok in [
+            "192.168.1.5",
+            "192.168.1.5:80",
+            "localhost",
+            "[fe80::1]:80",
+            "[::1]",
+        ] {
+            assert!(rule.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:80",
+            "192.168.1.5:81",
+            "1.2.3.4.nip.io:80",
+        ] {
+            assert!(!rule.allows(bad), "{bad}");
+        }
         let v6: SocketAddr = "[::1]:8".parse().unwrap();
         assert_eq!(url_for(v6), "http://[::1]:8/");
     }
@@ -499,6 +549,7 @@ mod tests {
     fn caps_are_not_logged() {
         assert_eq!(censored("/uri/folio:CHK:abc/x"), "/uri/[cap]");
         assert_eq!(censored("/"), "/");
-        assert_eq!(censored(&"/a".repeat(40)), "[long path]");
+        assert_eq!(censored("/named/folio:LIT:abc"), "[other]");
+        assert_eq!(censored("/URI/folio:LIT:abc"), "[other]");
     }
 }
