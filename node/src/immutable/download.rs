@@ -110,6 +110,10 @@ pub async fn download<W: AsyncWrite + Unpin + Send + ?Sized>(
 ) -> Result<DownloadReport, DownloadError> {
     let started = Instant::now();
     progress.set_total(cap.size());
+    let mut ended = Ended {
+        progress: &progress,
+        ended: false,
+    };
     let r = match cap {
         ReadCap::Lit(data) => {
             async {
@@ -130,6 +134,7 @@ pub async fn download<W: AsyncWrite + Unpin + Send + ?Sized>(
             r
         }
     };
+    ended.ended = true;
     progress.set_phase(if r.is_ok() {
         Phase::Done
     } else {
@@ -139,6 +144,21 @@ pub async fn download<W: AsyncWrite + Unpin + Send + ?Sized>(
         rep.total_time = started.elapsed();
         rep
     })
+}
+
+/// Marks a download that is dropped before it ends (its reader went away) as failed, so
+/// that whoever shows its progress does not show it running forever.
+struct Ended<'a> {
+    progress: &'a Progress,
+    ended: bool,
+}
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.progress.set_phase(Phase::Failed);
+        }
+    }
 }
 
 /// A share a server listed, not yet read.
