@@ -96,6 +96,9 @@ pub enum ControlError {
     /// A change below a directory reached without write authority.
     #[error("{0}")]
     ReadOnly(String),
+    /// The data is larger than what it is stored as can hold (a mutable file).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// One entry of a directory (or the file a path names), as `tahoe ls` shows it.

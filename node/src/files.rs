@@ -647,20 +647,35 @@ impl Files {
         Ok(report)
     }
 
+    /// The most bytes a mutable file holds at this node's encoding.
+    pub fn max_mutable(&self) -> u64 {
+        mutable::max_mutable_size(&self.params)
+    }
+
+    /// Whether a mutable file can hold `size` bytes (at this node's encoding); the error
+    /// says how large one can be.
+    pub fn fits_mutable(&self, size: u64) -> Result<(), ControlError> {
+        let max = self.max_mutable();
+        if size > max {
+            return Err(ControlError::TooLarge(
+                MutableError::TooLarge {
+                    size,
+                    maximum: max,
+                    needed: self.params.needed,
+                }
+                .to_string(),
+            ));
+        }
+        Ok(())
+    }
+
     /// A spooled file's bytes, if a mutable file can hold them.
     async fn read_mutable(&self, spooled: &Path) -> Result<Vec<u8>, ControlError> {
         let len = tokio::fs::metadata(spooled)
             .await
             .map_err(|e| ControlError::Io(format!("reading the spool: {}", ErrorChain(&e))))?
             .len();
-        let max = mutable::max_mutable_size(&self.params);
-        if len > max {
-            return Err(mutable_error(MutableError::TooLarge {
-                size: len,
-                maximum: max,
-                needed: self.params.needed,
-            }));
-        }
+        self.fits_mutable(len)?;
         tokio::fs::read(spooled)
             .await
             .map_err(|e| ControlError::Io(format!("reading the spool: {}", ErrorChain(&e))))
@@ -689,6 +704,7 @@ fn mutable_report(
 fn mutable_error(e: MutableError) -> ControlError {
     match e {
         MutableError::Uncoordinated(u) => ControlError::Uncoordinated(u.to_string()),
+        e @ MutableError::TooLarge { .. } => ControlError::TooLarge(e.to_string()),
         other => ControlError::Upload(other.to_string()),
     }
 }

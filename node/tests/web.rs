@@ -195,7 +195,14 @@ fn the_web_api_stores_reads_and_lists_and_refuses_what_it_must() {
         assert_eq!(r.headers()["content-length"], "300000");
         assert_eq!(r.headers()["accept-ranges"], "bytes");
         assert_eq!(r.headers()["content-type"], "application/octet-stream");
-        assert_eq!(r.headers()["content-security-policy"], "sandbox");
+        let policy = r.headers()["content-security-policy"].to_str().unwrap();
+        assert!(
+            policy.starts_with("sandbox")
+                && policy.contains("default-src 'none'")
+                && !policy.contains("allow-scripts"),
+            "{policy}"
+        );
+        assert_eq!(r.headers()["cross-origin-resource-policy"], "same-origin");
         assert_eq!(r.bytes().await.unwrap().as_ref(), big.as_slice());
         for (range, first, last) in [
             ("bytes=1000-1999", 1000usize, 1999usize),
@@ -280,6 +287,12 @@ fn the_web_api_stores_reads_and_lists_and_refuses_what_it_must() {
             r.headers()["location"],
             format!("/uri/{}", seg(&cap)).as_str()
         );
+        let r = api.get(&format!("/uri?uri={}&t=json", seg(&cap))).await;
+        assert_eq!(r.status(), StatusCode::FOUND);
+        assert_eq!(
+            r.headers()["location"],
+            format!("/uri/{}?t=json", seg(&cap)).as_str()
+        );
 
         // A literal file (the data is in the cap) and an empty one.
         let (s, lit) = api.put("/uri", b"twenty bytes of text".to_vec()).await;
@@ -330,6 +343,22 @@ fn the_web_api_stores_reads_and_lists_and_refuses_what_it_must() {
             .put(&format!("{file_at}?replace=false"), b"third".to_vec())
             .await;
         assert_eq!(s, StatusCode::CONFLICT, "{msg}");
+        let (s, msg) = api
+            .put(&format!("{file_at}?replace=0"), b"third".to_vec())
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "Tahoe's spellings: {msg}");
+        let (s, msg) = api
+            .put(&format!("/uri/{d}/docs?replace=only-files"), b"x".to_vec())
+            .await;
+        assert_eq!(
+            s,
+            StatusCode::CONFLICT,
+            "only-files keeps a directory: {msg}"
+        );
+        let (s, msg) = api
+            .put(&format!("{file_at}?replace=maybe"), b"x".to_vec())
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{msg}");
         let r = api.get(&file_at).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
@@ -346,6 +375,14 @@ fn the_web_api_stores_reads_and_lists_and_refuses_what_it_must() {
         let (s, html) = api.text(&format!("/uri/{d}/docs/2026/")).await;
         assert_eq!(s, StatusCode::OK);
         assert!(html.contains(">notes.txt</a>"), "{html}");
+        let (s, unlinked) = api.put("/uri?t=mkdir", Vec::new()).await;
+        assert_eq!(s, StatusCode::OK, "{unlinked}");
+        assert!(
+            unlinked.starts_with("folio:DIR:"),
+            "PUT /uri?t=mkdir: {unlinked}"
+        );
+        let (s, msg) = api.put("/uri?t=nonsense", b"x".to_vec()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{msg}");
         let (s, made) = api
             .post(&format!("/uri/{d}/docs?t=mkdir&name=drafts"))
             .await;
@@ -396,6 +433,17 @@ fn the_web_api_stores_reads_and_lists_and_refuses_what_it_must() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{msg}");
         let (s, _) = api.text(&format!("/uri/{}?t=bogus", seg(&cap))).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
+        // A body larger than a mutable file can hold is refused as it passes the limit.
+        let params = folio_node::immutable::EncodingParams {
+            needed: 2,
+            happy: 3,
+            total: 5,
+            ..Default::default()
+        };
+        let max = folio_node::mutable::max_mutable_size(&params) as usize;
+        let (s, msg) = api.put("/uri?format=SDMF", data(9, max + 1)).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{msg}");
+        assert!(msg.contains(&format!("at most {max} bytes")), "{msg}");
         let (s, _) = api.put("/uri?format=XYZ", b"x".to_vec()).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         let (s, _) = api.text("/no/such/page").await;
@@ -434,6 +482,84 @@ fn the_web_api_stores_reads_and_lists_and_refuses_what_it_must() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
+        // Another site's page may not make the node fetch a cap (an <img>), but a person
+        // may follow a link to it.
+        let at = api.url(&format!("/uri/{}", seg(&cap)));
+        let r = api
+            .http
+            .get(&at)
+            .header("sec-fetch-site", "cross-site")
+            .header("sec-fetch-mode", "no-cors")
+            .header("sec-fetch-dest", "image")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "a cross-site <img>");
+        let r = api
+            .http
+            .get(&at)
+            .header("sec-fetch-site", "cross-site")
+            .header("sec-fetch-mode", "navigate")
+            .header("sec-fetch-user", "?1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "a followed link");
+        assert_eq!(r.bytes().await.unwrap().len(), 300_000);
+        for (site, mode, user, dest, want, what) in [
+            (
+                "cross-site",
+                "navigate",
+                None,
+                "document",
+                403,
+                "a navigation nobody clicked",
+            ),
+            (
+                "cross-site",
+                "navigate",
+                Some("?1"),
+                "iframe",
+                403,
+                "a frame",
+            ),
+            (
+                "same-site",
+                "no-cors",
+                None,
+                "image",
+                403,
+                "another port's page",
+            ),
+            (
+                "same-origin",
+                "no-cors",
+                None,
+                "image",
+                200,
+                "a page of the gateway's own",
+            ),
+            (
+                "none",
+                "navigate",
+                Some("?1"),
+                "document",
+                200,
+                "a typed URL",
+            ),
+        ] {
+            let mut req = api
+                .http
+                .head(&at)
+                .header("sec-fetch-site", site)
+                .header("sec-fetch-mode", mode)
+                .header("sec-fetch-dest", dest);
+            if let Some(u) = user {
+                req = req.header("sec-fetch-user", u);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), want, "{what}");
+        }
         let port = api.base.rsplit(':').next().unwrap().trim_end_matches('/');
         let r = api
             .http

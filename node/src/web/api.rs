@@ -3,12 +3,12 @@
 //! | Request | What it does | Answer |
 //! |---|---|---|
 //! | `PUT /uri` (body: the file) | stores an immutable file; `?format=SDMF` or `MDMF` (or `mutable=true`) a mutable one | `200`, the cap |
-//! | `POST /uri?t=mkdir` | makes a directory linked nowhere | `200`, its write cap |
-//! | `GET /uri?uri=CAP` | | `302` to `/uri/CAP` |
+//! | `POST /uri?t=mkdir` (or `PUT`) | makes a directory linked nowhere | `200`, its write cap |
+//! | `GET /uri?uri=CAP` | other arguments are kept | `302` to `/uri/CAP` |
 //! | `GET /uri/CAP[/PATH]` | a file's bytes (`Content-Type` from `?filename=` or the last name; one `Range` on an immutable file), a directory's listing as HTML; `HEAD` fetches nothing from the grid for an immutable file | `200`/`206` |
 //! | `GET …?t=json` | the file or directory as Tahoe's JSON (`["filenode", {…}]`, `["dirnode", {…, "children": {…}}]`) | `200` |
 //! | `GET …?t=uri`, `?t=readonly-uri` | the cap (the read-only cap) | `200` |
-//! | `PUT /uri/DIRCAP/PATH/NAME` (body: the file) | stores the file there (missing directories are made); over a mutable file held with write authority, a new version; `?replace=false` refuses an existing name; `?format=` as above | `201` new, `200` replaced; the cap |
+//! | `PUT /uri/DIRCAP/PATH/NAME` (body: the file) | stores the file there (missing directories are made); over a mutable file held with write authority, a new version; `?replace=false` refuses an existing name, `only-files` an existing directory; `?format=` as above | `201` new, `200` replaced; the cap |
 //! | `PUT …?t=uri` (body: a cap) | links the cap there | `201`/`200`, the cap |
 //! | `PUT`/`POST /uri/DIRCAP/PATH?t=mkdir` | makes the directories of `PATH` that are missing (`&name=NAME`: one more below it) | `200`, the cap |
 //! | `DELETE /uri/DIRCAP/PATH/NAME` | removes the entry | `200`, the removed cap |
@@ -47,6 +47,18 @@ use crate::files::{Files, Reporter};
 
 type Args = Query<BTreeMap<String, String>>;
 
+/// The Content-Security-Policy of a file's contents: whatever the file holds (an HTML page,
+/// an SVG image) runs no script, submits no form, opens no window by itself (a link the
+/// reader clicks may open one, or start a download), and loads nothing from anywhere but
+/// this gateway, so it cannot send its own URL (which holds a cap) away by itself, not
+/// even as a `Referer` it asks for. It keeps the gateway's origin (`allow-same-origin`
+/// without `allow-scripts` gives it nothing to act with), so that a page stored on the grid
+/// can show the grid's images and style sheets.
+const FILE_POLICY: &str = "sandbox allow-same-origin allow-downloads allow-popups; \
+     default-src 'none'; \
+     img-src 'self' data:; media-src 'self' data:; style-src 'self' 'unsafe-inline'; \
+     font-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
 /// The most bytes a `t=uri` body (a cap) may have.
 const MAX_CAP_BODY: usize = 4096;
 /// How much of a download the gateway buffers between the decoder and the socket.
@@ -63,20 +75,43 @@ fn wants_mutable(q: &BTreeMap<String, String>) -> Result<bool, String> {
         Some("SDMF") | Some("MDMF") => true,
         Some(other) => return Err(format!("unknown format {other}: known are CHK, SDMF, MDMF")),
     };
-    let by_flag = match arg(q, "mutable") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => return Err("mutable= takes true or false".into()),
-    };
+    let by_flag = flag(q, "mutable")?.unwrap_or(false);
     Ok(by_format || by_flag)
 }
 
-/// `replace=`: `true` (the default) or `false`.
-fn replace(q: &BTreeMap<String, String>) -> Result<bool, String> {
-    match arg(q, "replace") {
-        None | Some("true") => Ok(true),
-        Some("false") => Ok(false),
-        Some(_) => Err("replace= takes true or false".into()),
+/// A yes/no argument, spelled as Tahoe accepts it (`true`, `t`, `1`, `on`; `false`, `f`,
+/// `0`, `off`; any case); `None` when absent.
+fn flag(q: &BTreeMap<String, String>, k: &str) -> Result<Option<bool>, String> {
+    let Some(v) = arg(q, k) else {
+        return Ok(None);
+    };
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "t" | "1" | "on" => Ok(Some(true)),
+        "false" | "f" | "0" | "off" => Ok(Some(false)),
+        _ => Err(format!("{k}= takes true or false")),
+    }
+}
+
+/// What `replace=` allows with a name already taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    /// Replace anything (`true`, the default).
+    Any,
+    /// Replace files but not directories (`only-files`).
+    OnlyFiles,
+    /// Replace nothing (`false`).
+    Never,
+}
+
+/// `replace=`: `true` (the default), `false` or `only-files`.
+fn replace(q: &BTreeMap<String, String>) -> Result<Replace, String> {
+    if arg(q, "replace").is_some_and(|v| v.eq_ignore_ascii_case("only-files")) {
+        return Ok(Replace::OnlyFiles);
+    }
+    match flag(q, "replace") {
+        Ok(None | Some(true)) => Ok(Replace::Any),
+        Ok(Some(false)) => Ok(Replace::Never),
+        Err(_) => Err("replace= takes true, false or only-files".into()),
     }
 }
 
@@ -172,7 +207,8 @@ pub fn url_of(base: &str, root: &str, path: &[String]) -> String {
     url
 }
 
-/// `GET /uri?uri=CAP`: a redirect to `/uri/CAP`.
+/// `GET /uri?uri=CAP[&…]`: a redirect to `/uri/CAP[?…]`, the other arguments kept (so
+/// `?uri=CAP&t=json` reaches the cap's JSON).
 pub async fn uri_query(Query(q): Args) -> Response {
     let Some(cap) = arg(&q, "uri") else {
         return error(StatusCode::BAD_REQUEST, "GET /uri needs ?uri=CAP");
@@ -181,20 +217,65 @@ pub async fn uri_query(Query(q): Args) -> Response {
         return failed(&ControlError::BadCap(e.to_string()));
     }
     // 302, as Tahoe answers (axum's `Redirect::to` is a 303).
+    let mut to = format!("/uri/{}", percent_encode(cap.trim()));
+    let rest: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k.as_str() != "uri")
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect();
+    if !rest.is_empty() {
+        to.push('?');
+        to.push_str(&rest.join("&"));
+    }
     let mut r = StatusCode::FOUND.into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/uri/{}", percent_encode(cap.trim()))) {
+    if let Ok(v) = HeaderValue::from_str(&to) {
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
 }
 
-/// Spools a request body into a new upload.
-async fn spool(files: &Files, body: Body) -> Result<crate::files::Spool, ControlError> {
+/// Why an upload's body is bounded: it becomes a mutable file.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// A new mutable file (`format=SDMF`/`MDMF`).
+    NewMutable,
+    /// A new version of the mutable file at the name.
+    NewVersion,
+}
+
+/// Spools a request body into a new upload, refusing it as soon as it passes `limit`'s
+/// bound.
+async fn spool(
+    files: &Files,
+    body: Body,
+    limit: Option<Limit>,
+) -> Result<crate::files::Spool, ControlError> {
     let spool = files.spool().await?;
     let mut stream = body.into_data_stream();
+    let mut got = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| ControlError::Io(format!("reading the request body: {e}")))?;
+        got += chunk.len() as u64;
+        if let Some(limit) = limit {
+            let max = files.max_mutable();
+            if got > max {
+                let advice = match limit {
+                    Limit::NewMutable => {
+                        "store it immutable (no format=, or format=CHK) and link it"
+                    }
+                    Limit::NewVersion => {
+                        "this name holds a mutable file, so the body would be its new version; \
+                         unlink it first (DELETE) to store an immutable file there"
+                    }
+                };
+                return Err(ControlError::TooLarge(format!(
+                    "a mutable file holds at most {max} bytes at shares.needed={}; this body is \
+                     larger: {advice}",
+                    files.params.needed
+                )));
+            }
+        }
         for piece in chunk.chunks(crate::storage::MAX_CHUNK as usize) {
             spool.write(folio_rpc::Bytes(piece.to_vec())).await?;
         }
@@ -206,15 +287,25 @@ fn text(status: StatusCode, s: &str) -> Response {
     typed(status, "text/plain; charset=utf-8", format!("{s}\n"))
 }
 
-/// `PUT /uri`: a new file.
+/// `PUT /uri`: a new file; `PUT /uri?t=mkdir`: a new directory linked nowhere.
 pub async fn put_uri(State(gw): State<Gateway>, Query(q): Args, body: Body) -> Response {
+    match arg(&q, "t").unwrap_or("") {
+        "" => {}
+        "mkdir" => return mkdir_unlinked(&gw).await,
+        t => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("unknown t={}: PUT /uri knows t=mkdir", esc(t)),
+            )
+        }
+    }
     let mutable = match wants_mutable(&q) {
         Ok(m) => m,
         Err(m) => return error(StatusCode::BAD_REQUEST, &m),
     };
     let result = async {
         let files = gw.files()?;
-        let spool = spool(files, body).await?;
+        let spool = spool(files, body, mutable.then_some(Limit::NewMutable)).await?;
         spool
             .finish_with(Reporter::Quiet, None, mutable, true)
             .await
@@ -237,6 +328,11 @@ pub async fn post_uri(State(gw): State<Gateway>, Query(q): Args) -> Response {
             )
         }
     }
+    mkdir_unlinked(&gw).await
+}
+
+/// A new directory linked nowhere: its write cap.
+async fn mkdir_unlinked(gw: &Gateway) -> Response {
     let r = async { gw.files()?.mkdir(None, &[]).await }.await;
     match r {
         Ok(cap) => text(StatusCode::OK, &cap),
@@ -272,7 +368,7 @@ pub async fn get_path(
             let name = arg(&q, "filename")
                 .map(str::to_string)
                 .or_else(|| path.last().cloned());
-            let save = arg(&q, "save") == Some("true");
+            let save = flag(&q, "save").ok().flatten().unwrap_or(false);
             let head = method == Method::HEAD;
             contents(files, &entry, name.as_deref(), save, head, &headers).await
         }
@@ -475,6 +571,19 @@ struct RangeWriter<W> {
     inner: W,
     skip: u64,
     remaining: u64,
+    /// Whether a write past the range was refused (the download was ended on purpose).
+    refused: bool,
+}
+
+impl<W> RangeWriter<W> {
+    fn new(inner: W, skip: u64, len: u64) -> Self {
+        RangeWriter {
+            inner,
+            skip,
+            remaining: len,
+            refused: false,
+        }
+    }
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for RangeWriter<W> {
@@ -486,6 +595,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for RangeWriter<W> {
         use std::task::Poll;
         let this = &mut *self;
         if this.remaining == 0 {
+            this.refused = true;
             return Poll::Ready(Err(std::io::Error::other("the range is sent")));
         }
         let skipped = this.skip.min(buf.len() as u64) as usize;
@@ -576,10 +686,9 @@ async fn contents(
             header::CONTENT_TYPE,
             HeaderValue::from_static(content_type(name)),
         );
-        // Whatever the file holds runs nothing and is not of the gateway's origin.
         h.insert(
             header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("sandbox"),
+            HeaderValue::from_static(FILE_POLICY),
         );
         if save {
             h.insert(
@@ -623,7 +732,10 @@ fn ranged(status: StatusCode, size: u64, range: Option<(u64, u64)>, body: Body) 
 /// An immutable file, streamed as it is decoded. The response starts once the first
 /// bytes are ready (or the download ended), so a file that cannot be read is a `410`, not a
 /// cut-off `200`; a download failing later ends the connection short of its
-/// `Content-Length`, which every client reports as an error.
+/// `Content-Length`, which every client reports as an error. The last bytes of the file are
+/// held back until the download has checked the whole file, so a file that fails that
+/// check never looks complete. When nobody reads any more (the client went away), the
+/// download stops.
 async fn stream_immutable(
     files: &Files,
     cap: String,
@@ -634,21 +746,23 @@ async fn stream_immutable(
         Some((a, b)) => (a, b - a + 1),
         None => (0, size),
     };
-    let (writer, mut reader) = tokio::io::duplex(PIPE);
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), ControlError>>();
+    let (writer, reader) = tokio::io::duplex(PIPE);
+    let (mut done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), ControlError>>();
     let files = files.clone();
     tokio::spawn(async move {
-        let mut w = RangeWriter {
-            inner: writer,
-            skip,
-            remaining: len,
+        let mut w = RangeWriter::new(writer, skip, len);
+        let r = tokio::select! {
+            r = files.download_to(&cap, &mut w, Reporter::Quiet) => r,
+            // The response was dropped: its connection is gone.
+            _ = done_tx.closed() => {
+                debug!("the web client went away; the download stops");
+                return;
+            }
         };
-        let r = files.download_to(&cap, &mut w, Reporter::Quiet).await;
-        // A range read ends the download early on purpose, by failing the next write.
-        let sent = len > 0 && w.remaining == 0;
         let _ = w.inner.shutdown().await;
         let r = match r {
-            Err(_) if sent => Ok(()),
+            // A range read ends the download early on purpose, by failing the next write.
+            Err(_) if w.refused => Ok(()),
             Err(e) => {
                 debug!(error = %e, "a download through the web gateway failed");
                 Err(e)
@@ -657,56 +771,85 @@ async fn stream_immutable(
         };
         let _ = done_tx.send(r);
     });
-    // The first bytes, or the end.
-    let mut first = vec![0u8; 64 * 1024];
-    let n = match read_some(&mut reader, &mut first).await {
-        Ok(n) => n,
-        Err(e) => return failed(&ControlError::Io(e.to_string())),
+    let mut feed = Feed {
+        reader,
+        done: Some(done_rx),
+        left: len,
+        to_end: skip + len == size,
     };
-    let mut done_rx = Some(done_rx);
-    if n == 0 {
-        if let Some(rx) = done_rx.take() {
-            match rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return failed(&e),
-                Err(_) => return failed(&ControlError::Io("the download stopped".into())),
-            }
+    // The first bytes, or the end.
+    let first = match feed.next().await {
+        Ok(c) => c,
+        Err(e) => return failed(&e),
+    };
+    let head = futures_util::stream::iter(first.map(Ok::<HttpBytes, std::io::Error>));
+    let tail = futures_util::stream::unfold(Some(feed), |feed| async move {
+        let mut feed = feed?;
+        match feed.next().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), Some(feed))),
+            Ok(None) => None,
+            Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
         }
-    }
-    first.truncate(n);
-    let head = futures_util::stream::iter(
-        (n > 0).then(|| Ok::<HttpBytes, std::io::Error>(HttpBytes::from(first))),
-    );
-    let tail =
-        futures_util::stream::unfold((reader, done_rx), |(mut reader, mut done)| async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            match read_some(&mut reader, &mut buf).await {
-                Ok(0) => {
-                    let rx = done.take()?;
-                    match rx.await {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => {
-                            Some((Err(std::io::Error::other(e.to_string())), (reader, None)))
-                        }
-                        Err(_) => Some((
-                            Err(std::io::Error::other("the download stopped")),
-                            (reader, None),
-                        )),
-                    }
-                }
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(HttpBytes::from(buf)), (reader, done)))
-                }
-                Err(e) => Some((Err(e), (reader, None))),
-            }
-        });
+    });
     let status = if range.is_some() {
         StatusCode::PARTIAL_CONTENT
     } else {
         StatusCode::OK
     };
     ranged(status, size, range, Body::from_stream(head.chain(tail)))
+}
+
+/// The reading end of a download through the gateway: its bytes in chunks, the last one
+/// only once the download ended well if it reaches the file's end.
+struct Feed {
+    reader: tokio::io::DuplexStream,
+    /// The download's outcome, until it has been taken.
+    done: Option<tokio::sync::oneshot::Receiver<Result<(), ControlError>>>,
+    /// Bytes still to come.
+    left: u64,
+    /// Whether the bytes run to the file's end (then the whole-file check comes after them).
+    to_end: bool,
+}
+
+impl Feed {
+    /// The next chunk; `None` at the end.
+    async fn next(&mut self) -> Result<Option<HttpBytes>, ControlError> {
+        if self.left == 0 {
+            // A range that ends before the file's end is not waited for: dropping the
+            // outcome's receiver stops the download.
+            if self.to_end {
+                self.outcome().await?;
+            }
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; (64 * 1024).min(self.left as usize)];
+        let n = read_some(&mut self.reader, &mut buf)
+            .await
+            .map_err(|e| ControlError::Io(e.to_string()))?;
+        if n == 0 {
+            self.outcome().await?;
+            return Err(ControlError::Io(format!(
+                "the download ended {} bytes short",
+                self.left
+            )));
+        }
+        buf.truncate(n);
+        self.left -= n as u64;
+        if self.left == 0 && self.to_end {
+            self.outcome().await?;
+        }
+        Ok(Some(HttpBytes::from(buf)))
+    }
+
+    /// Waits for the download's outcome (once).
+    async fn outcome(&mut self) -> Result<(), ControlError> {
+        match self.done.take() {
+            None => Ok(()),
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err(ControlError::Io("the download stopped".into()))),
+        }
+    }
 }
 
 async fn read_some<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -732,7 +875,7 @@ pub async fn put_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri, body:
             Err(e) => failed(&e),
         };
     }
-    let (mutable, replace) = match (wants_mutable(&q), replace(&q)) {
+    let (mutable, how) = match (wants_mutable(&q), replace(&q)) {
         (Ok(m), Ok(r)) => (m, r),
         (Err(m), _) | (_, Err(m)) => return error(StatusCode::BAD_REQUEST, &m),
     };
@@ -751,16 +894,26 @@ pub async fn put_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri, body:
             ));
         }
         let place = vec![last.clone()];
-        let existed = match files.stat(&dir, &place).await {
-            Ok(_) => true,
-            Err(ControlError::NotFound(_)) => false,
+        let existing = match files.stat(&dir, &place).await {
+            Ok(e) => Some(e),
+            Err(ControlError::NotFound(_)) => None,
             Err(e) => return Err(e),
         };
-        if existed && !replace {
-            return Err(ControlError::Exists(format!(
-                "'{last}' already exists, and replace=false"
-            )));
+        let existed = existing.is_some();
+        match (&existing, how) {
+            (Some(_), Replace::Never) => {
+                return Err(ControlError::Exists(format!(
+                    "'{last}' already exists, and replace=false"
+                )))
+            }
+            (Some(e), Replace::OnlyFiles) if e.kind == "dir" => {
+                return Err(ControlError::Exists(format!(
+                    "'{last}' is a directory, and replace=only-files"
+                )))
+            }
+            _ => {}
         }
+        let replace = how != Replace::Never;
         // The check above answers at once; the directory update itself refuses too
         // (`replace`), if the name was taken meanwhile.
         let cap = match t {
@@ -777,7 +930,16 @@ pub async fn put_path(State(gw): State<Gateway>, Query(q): Args, uri: Uri, body:
                 cap
             }
             _ => {
-                let spool = spool(files, body).await?;
+                // Over a mutable file held with write authority: a new version of it.
+                let new_version = existing
+                    .as_ref()
+                    .is_some_and(|e| e.kind == "mutable" && e.rw_uri.is_some());
+                let limit = if new_version {
+                    Some(Limit::NewVersion)
+                } else {
+                    mutable.then_some(Limit::NewMutable)
+                };
+                let spool = spool(files, body, limit).await?;
                 spool
                     .finish_with(
                         Reporter::Quiet,
@@ -887,16 +1049,76 @@ mod tests {
         assert_eq!(content_type(None), "application/octet-stream");
     }
 
+    /// A feed over `data` whose download ends with `outcome`.
+    async fn feed(data: &[u8], to_end: bool, outcome: Result<(), ControlError>) -> Feed {
+        let (mut w, reader) = tokio::io::duplex(1024);
+        w.write_all(data).await.unwrap();
+        drop(w);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tx.send(outcome).unwrap();
+        Feed {
+            reader,
+            done: Some(rx),
+            left: data.len() as u64,
+            to_end,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_download_failing_its_last_check_never_looks_complete() {
+        let mut f = feed(b"all the bytes", true, Ok(())).await;
+        assert_eq!(f.next().await.unwrap().unwrap().as_ref(), b"all the bytes");
+        assert!(f.next().await.unwrap().is_none());
+        // The bytes were all written, then the whole-file check failed: they are not sent.
+        let bad = Err(ControlError::Io("ciphertext hash mismatch".into()));
+        let mut f = feed(b"all the bytes", true, bad).await;
+        let e = f.next().await.unwrap_err();
+        assert!(e.to_string().contains("mismatch"), "{e}");
+        // A range ending before the file's end is not held back for the download's end.
+        let (_tx, rx) = tokio::sync::oneshot::channel();
+        let (mut w, reader) = tokio::io::duplex(64);
+        w.write_all(b"part").await.unwrap();
+        let mut f = Feed {
+            reader,
+            done: Some(rx),
+            left: 4,
+            to_end: false,
+        };
+        assert_eq!(f.next().await.unwrap().unwrap().as_ref(), b"part");
+        assert!(f.next().await.unwrap().is_none());
+        // A download that ends short is an error, not a short 200.
+        let mut f = feed(b"short", true, Ok(())).await;
+        f.left = 10;
+        assert_eq!(f.next().await.unwrap().unwrap().as_ref(), b"short");
+        assert!(f.next().await.is_err());
+    }
+
+    #[test]
+    fn yes_no_arguments_as_tahoe_spells_them() {
+        let q = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        for yes in ["true", "T", "1", "on", "True"] {
+            assert_eq!(flag(&q("save", yes), "save"), Ok(Some(true)), "{yes}");
+        }
+        for no in ["false", "f", "0", "OFF"] {
+            assert_eq!(flag(&q("save", no), "save"), Ok(Some(false)), "{no}");
+        }
+        assert!(flag(&q("save", "yes please"), "save").is_err());
+        assert_eq!(flag(&BTreeMap::new(), "save"), Ok(None));
+        assert_eq!(replace(&BTreeMap::new()), Ok(Replace::Any));
+        assert_eq!(replace(&q("replace", "only-files")), Ok(Replace::OnlyFiles));
+        assert_eq!(replace(&q("replace", "0")), Ok(Replace::Never));
+        assert!(replace(&q("replace", "sometimes")).is_err());
+        assert_eq!(wants_mutable(&q("mutable", "on")), Ok(true));
+    }
+
     #[tokio::test]
     async fn range_writer_sends_only_the_range() {
         let mut out = Vec::new();
-        let mut w = RangeWriter {
-            inner: &mut out,
-            skip: 3,
-            remaining: 4,
-        };
+        let mut w = RangeWriter::new(&mut out, 3, 4);
         w.write_all(b"ab").await.unwrap();
+        assert!(!w.refused);
         w.write_all(b"cdefgh").await.unwrap_err();
+        assert!(w.refused);
         assert_eq!(out, b"defg");
     }
 }

@@ -23,11 +23,21 @@
 //! - state-changing requests (`PUT`, `POST`, `DELETE`) from another origin are refused: a
 //!   request with an `Origin` other than the gateway's own, or that a browser marks
 //!   `Sec-Fetch-Site: cross-site`/`same-site`, is answered 403 before anything happens;
+//! - reading requests that a browser marks as another site's are refused too, but for a
+//!   link a person follows (`Sec-Fetch-Mode: navigate` with `Sec-Fetch-User: ?1`): a page
+//!   elsewhere cannot make the node fetch a cap from the grid (and so tie its visitor to
+//!   the node through storage servers its author runs), nor probe for the gateway
+//!   (browsers send `Sec-Fetch-*` only to origins they trust, loopback among them: beyond
+//!   loopback over plain HTTP, only the `Origin` check on writes remains);
 //! - every response carries `Referrer-Policy: no-referrer` (a cap in a URL never leaves in
-//!   a `Referer`), `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff`; file
-//!   contents are served with `Content-Security-Policy: sandbox`, so an HTML file read
-//!   through the gateway runs no script and is not of the gateway's origin;
-//! - request paths and queries are never logged (`/uri/…` is logged as `/uri/[cap]`).
+//!   a `Referer`), `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff`,
+//!   `Cross-Origin-Resource-Policy: same-origin`; file contents are served under a
+//!   sandboxing `Content-Security-Policy` (no script, form or window; nothing loaded from
+//!   beyond the gateway), so an HTML or SVG file read through the gateway can neither act
+//!   nor send its URL away on its own (a link in it that the reader clicks may ask for a
+//!   `Referer` of its own, as on any page);
+//! - request paths and queries are never logged (`/uri/…` is logged as `/uri/[cap]`), and
+//!   refused requests are warned of at most once per 10 s.
 
 pub mod api;
 mod html;
@@ -66,6 +76,8 @@ struct GatewayInner {
     hosts: std::sync::OnceLock<HostRule>,
     /// Whether a free-space refresh is running.
     refreshing: AtomicBool,
+    /// When a refused request was last logged as a warning (any web page can send many).
+    refusal_warned: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Gateway {
@@ -83,6 +95,7 @@ impl Gateway {
                 broker,
                 hosts: std::sync::OnceLock::new(),
                 refreshing: AtomicBool::new(false),
+                refusal_warned: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -404,11 +417,15 @@ async fn guard(State(gw): State<Gateway>, req: Request, next: Next) -> Response 
             host.chars().take(80).collect::<String>()
         )),
         _ if changes_state(&method) => cross_origin(&req, &host),
-        _ => None,
+        _ => cross_site_read(&req),
     };
     let mut resp = match refused {
         Some(why) => {
-            warn!(%method, path, "refused: {why}");
+            if gw.warn_of_refusal() {
+                warn!(%method, path, "refused: {why} (more refusals within {REFUSALS_QUIET:?} are logged at debug level)");
+            } else {
+                debug!(%method, path, "refused: {why}");
+            }
             error(StatusCode::FORBIDDEN, &why)
         }
         None => next.run(req).await,
@@ -421,6 +438,11 @@ async fn guard(State(gw): State<Gateway>, req: Request, next: Next) -> Response 
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert("x-dns-prefetch-control", HeaderValue::from_static("off"));
     h.entry(header::CONTENT_SECURITY_POLICY)
         .or_insert(HeaderValue::from_static(
             "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
@@ -430,6 +452,57 @@ async fn guard(State(gw): State<Gateway>, req: Request, next: Next) -> Response 
 
 fn changes_state(m: &Method) -> bool {
     !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// How long after a refusal logged as a warning others are logged at debug level only.
+const REFUSALS_QUIET: Duration = Duration::from_secs(10);
+
+impl Gateway {
+    /// Whether a refusal now should be a warning (at most one per [`REFUSALS_QUIET`]).
+    fn warn_of_refusal(&self) -> bool {
+        let mut last = self
+            .inner
+            .refusal_warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < REFUSALS_QUIET) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+/// Why a reading request looks like another site's doing, if it does: a page elsewhere
+/// may not make the node fetch from the grid (an `<img>` naming a cap whose storage
+/// servers its author watches would tie the visitor to the node), nor probe the gateway.
+/// Only a link a person follows (`Sec-Fetch-Mode: navigate`, `Sec-Fetch-User: ?1`) may come
+/// from elsewhere. Clients that are not browsers send no `Sec-Fetch-*` headers; browsers
+/// send them only to origins they trust (loopback, HTTPS), so a gateway reached over plain
+/// HTTP beyond loopback has this check from no browser.
+fn cross_site_read(req: &Request) -> Option<String> {
+    let h = req.headers();
+    let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok());
+    let site = get("sec-fetch-site")?;
+    if matches!(site, "same-origin" | "none") {
+        return None;
+    }
+    // A link a person follows, into a window of its own (not a frame: a frame of the
+    // gateway is never shown, but the node would have fetched the cap first).
+    if get("sec-fetch-mode") == Some("navigate")
+        && get("sec-fetch-user") == Some("?1")
+        && !matches!(
+            get("sec-fetch-dest"),
+            Some("iframe" | "frame" | "object" | "embed")
+        )
+    {
+        return None;
+    }
+    Some(format!(
+        "a {} page may not make this gateway fetch anything (only a link a person follows)",
+        site.chars().take(20).collect::<String>()
+    ))
 }
 
 /// Why a state-changing request looks cross-origin, if it does.
@@ -475,6 +548,7 @@ pub(crate) fn status_of(e: &ControlError) -> StatusCode {
         ControlError::NotFound(_) => StatusCode::NOT_FOUND,
         ControlError::Exists(_) | ControlError::Uncoordinated(_) => StatusCode::CONFLICT,
         ControlError::ReadOnly(_) => StatusCode::FORBIDDEN,
+        ControlError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ControlError::Download(_) => StatusCode::GONE,
         ControlError::Upload(_) | ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         ControlError::NotAClient => StatusCode::NOT_IMPLEMENTED,
