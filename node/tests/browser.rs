@@ -2,7 +2,10 @@
 //! chromedriver's WebDriver API (plain HTTP and JSON, spoken with reqwest), on a live grid of
 //! `tahoe run` processes. It takes a screenshot, and asserts on the rendered DOM that the
 //! page shows the connected server count, a server going down and coming back *without a
-//! reload*, and the Tor handler's state on a node that hides its IP address.
+//! reload*, and the Tor handler's state on a node that hides its IP address. A second test
+//! checks the gateway's protections in the same browser: an HTML page stored on the grid
+//! shows the grid's images but runs no script and loads nothing from elsewhere, and another
+//! site's page cannot make the node fetch a cap.
 //!
 //! `scripts/test.sh` installs `chromium` and `chromium-driver`; without them this test
 //! fails and says so.
@@ -304,5 +307,168 @@ fn the_welcome_page_in_a_headless_browser_follows_the_grid_without_a_reload() {
     });
     hidden_proc.terminate();
     assert!(hidden_proc.wait_timeout(Duration::from_secs(30)).success());
+    common::stop_all(&mut grid.nodes, Duration::from_secs(30));
+}
+
+/// A 1×1 GIF (43 bytes): the image a page stored on the grid shows.
+const GIF: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b";
+
+/// The sizes of the downloads the client's gateway has made, newest first (the welcome
+/// page's transfers; they name no caps, so the test tells files apart by size).
+async fn downloads(http: &Client, gateway: &str) -> Vec<u64> {
+    let v: Value = http
+        .get(format!("{gateway}?t=json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "download")
+        .filter_map(|t| t["total"].as_u64())
+        .collect()
+}
+
+/// What a web page can make the gateway do, in a real browser: an HTML file stored on the
+/// grid shows the grid's images but runs no script and loads nothing from elsewhere (so it
+/// cannot send its cap-bearing URL away), and a page on another site cannot make the node
+/// fetch a cap (an `<img>` naming one), while a person's own request still can.
+#[test]
+fn pages_on_the_grid_are_sandboxed_and_other_sites_cannot_make_the_node_fetch() {
+    let mut grid = ProcGrid::start(
+        2,
+        &["--shares-needed=1", "--shares-happy=2", "--shares-total=2"],
+    );
+    let gateway = wait_for_file(&grid.client.join("node.url"), Duration::from_secs(30));
+    let gateway = gateway.trim().to_string();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let put = |body: Vec<u8>| {
+            let http = http.clone();
+            let url = format!("{gateway}uri");
+            async move {
+                let r = http.put(url).body(body).send().await.unwrap();
+                assert!(r.status().is_success(), "PUT /uri: {}", r.status());
+                r.text().await.unwrap().trim().to_string()
+            }
+        };
+        // Another site: it records what it is asked for.
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elsewhere_port = elsewhere.local_addr().unwrap().port();
+        // Files told apart by their sizes: 43 (the image), 50, 61.
+        let pic = put(GIF.to_vec()).await;
+        let scripted = put(vec![b's'; 50]).await;
+        let probed = put(vec![b'p'; 61]).await;
+        let page = format!(
+            "<!doctype html><html><head><title>a page on the grid</title></head><body>\
+             <p>A page stored on the grid, with an image stored beside it.</p>\
+             <img id=\"local\" src=\"/uri/{pic}\">\
+             <img id=\"beacon\" src=\"http://127.0.0.1:{elsewhere_port}/beacon.gif\" \
+              referrerpolicy=\"unsafe-url\">\
+             <script>new Image().src = \"/uri/{scripted}\";</script></body></html>"
+        );
+        let page_cap = put(page.into_bytes()).await;
+        let probe = format!(
+            "<!doctype html><title>another site</title>\
+             <img src=\"{gateway}uri/{probed}\" onload=\"fetch('/done')\" \
+              onerror=\"fetch('/done')\">"
+        );
+        let record = asked.clone();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let record = record.clone();
+            let probe = probe.clone();
+            async move {
+                record.lock().unwrap().push(uri.path().to_string());
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/html")],
+                    if uri.path() == "/probe.html" {
+                        probe
+                    } else {
+                        String::new()
+                    },
+                )
+            }
+        });
+        let server = tokio::spawn(async move { axum::serve(elsewhere, app).await });
+        let before = downloads(&http, &gateway).await;
+
+        let b = Browser::start().await;
+        // The page on the grid: its image (same gateway) loads; its script does not run,
+        // and nothing is loaded from elsewhere.
+        b.open(&format!("{gateway}uri/{page_cap}?filename=page.html"))
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !downloads(&http, &gateway).await.contains(&43) {
+            assert!(
+                Instant::now() < deadline,
+                "the page's image was not fetched through the gateway: {:?}",
+                downloads(&http, &gateway).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        b.screenshot(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("grid-page.png"))
+            .await;
+        // (WebDriver's scripts run in the page even though its own may not.)
+        assert_eq!(
+            b.eval(
+                "return [document.getElementById('local').naturalWidth, \
+                 document.getElementById('beacon').naturalWidth]"
+            )
+            .await,
+            json!([1, 0]),
+            "the grid's image shows, the one from elsewhere does not"
+        );
+        let now = downloads(&http, &gateway).await;
+        assert!(!now.contains(&50), "the page's script ran: {now:?}");
+        assert!(
+            asked.lock().unwrap().is_empty(),
+            "the page loaded from elsewhere: {:?}",
+            asked.lock().unwrap()
+        );
+
+        // Another site's page names a cap in an <img>: the node fetches nothing.
+        b.open(&format!("http://127.0.0.1:{elsewhere_port}/probe.html"))
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !asked.lock().unwrap().iter().any(|p| p == "/done") {
+            assert!(
+                Instant::now() < deadline,
+                "the other site's probe image never finished: {:?}",
+                asked.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let now = downloads(&http, &gateway).await;
+        assert!(
+            !now.contains(&61),
+            "another site made the node fetch: {now:?}"
+        );
+        b.close().await;
+        // The same cap asked for by a person's own client is fetched (so the size test
+        // above can see a fetch).
+        let r = http
+            .get(format!("{gateway}uri/{probed}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.bytes().await.unwrap().len(), 61);
+        assert!(downloads(&http, &gateway).await.contains(&61));
+        assert!(!before.contains(&43) && !before.contains(&61), "{before:?}");
+        server.abort();
+    });
     common::stop_all(&mut grid.nodes, Duration::from_secs(30));
 }
