@@ -65,7 +65,8 @@ pub(crate) fn phase_name(p: Phase) -> &'static str {
     }
 }
 
-fn snapshot(p: &Progress) -> TransferProgress {
+/// A transfer's progress as the command line and the welcome page show it.
+pub(crate) fn snapshot(p: &Progress) -> TransferProgress {
     let s = p.snapshot();
     TransferProgress {
         phase: phase_name(s.phase).into(),
@@ -141,7 +142,7 @@ pub struct RecentTransfers {
 impl RecentTransfers {
     fn track(&self, kind: &'static str, progress: &Arc<Progress>) {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = crate::broker::lock(&self.list);
         list.push_front(TransferRecord {
             id,
             kind,
@@ -153,7 +154,7 @@ impl RecentTransfers {
 
     /// The transfers held, newest first.
     pub fn list(&self) -> Vec<TransferRecord> {
-        let list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        let list = crate::broker::lock(&self.list);
         list.iter().cloned().collect()
     }
 }

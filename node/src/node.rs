@@ -340,7 +340,7 @@ impl Node {
                     ErrorChain(&e)
                 ))
             })?;
-            *node.inner.web.lock().unwrap_or_else(|p| p.into_inner()) = Some(web);
+            *crate::broker::lock(&node.inner.web) = Some(web);
         }
         Ok(node)
     }
@@ -399,32 +399,17 @@ impl Node {
         if let Some(b) = &self.inner.broker {
             b.stop();
         }
-        let web = self
-            .inner
-            .web
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let web = crate::broker::lock(&self.inner.web).take();
         if let Some(web) = web {
             web.stop().await;
             let _ = std::fs::remove_file(self.inner.basedir.join(NODE_URL));
         }
         self.inner.tub.shutdown().await;
-        let tor = self
-            .inner
-            .launched_tor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let tor = crate::broker::lock(&self.inner.launched_tor).take();
         if let Some(mut tor) = tor {
             tor.stop().await;
         }
-        let router = self
-            .inner
-            .embedded_i2p
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let router = crate::broker::lock(&self.inner.embedded_i2p).take();
         if let Some(router) = router {
             // The goodbyes just sent are in the router's hands, not yet through its tunnels:
             // a moment for them to leave, so peers learn at once that this node stopped

@@ -35,7 +35,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use super::html::{bytes, esc, Table};
@@ -252,29 +252,25 @@ async fn spool(
 ) -> Result<crate::files::Spool, ControlError> {
     let spool = files.spool().await?;
     let mut stream = body.into_data_stream();
+    let bound = limit.map(|l| (l, files.max_mutable()));
     let mut got = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| ControlError::Io(format!("reading the request body: {e}")))?;
         got += chunk.len() as u64;
-        if let Some(limit) = limit {
-            let max = files.max_mutable();
-            if got > max {
-                let advice = match limit {
-                    Limit::NewMutable => {
-                        "store it immutable (no format=, or format=CHK) and link it"
-                    }
-                    Limit::NewVersion => {
-                        "this name holds a mutable file, so the body would be its new version; \
-                         unlink it first (DELETE) to store an immutable file there"
-                    }
-                };
-                return Err(ControlError::TooLarge(format!(
-                    "a mutable file holds at most {max} bytes at shares.needed={}; this body is \
-                     larger: {advice}",
-                    files.params.needed
-                )));
-            }
+        if let Some((limit, max)) = bound.filter(|(_, max)| got > *max) {
+            let advice = match limit {
+                Limit::NewMutable => "store it immutable (no format=, or format=CHK) and link it",
+                Limit::NewVersion => {
+                    "this name holds a mutable file, so the body would be its new version; \
+                     unlink it first (DELETE) to store an immutable file there"
+                }
+            };
+            return Err(ControlError::TooLarge(format!(
+                "a mutable file holds at most {max} bytes at shares.needed={}; this body is \
+                 larger: {advice}",
+                files.params.needed
+            )));
         }
         for piece in chunk.chunks(crate::storage::MAX_CHUNK as usize) {
             spool.write(folio_rpc::Bytes(piece.to_vec())).await?;
@@ -357,13 +353,10 @@ pub async fn get_path(
         Err(e) => return failed(&e),
     };
     match arg(&q, "t") {
-        Some("json") => json_of(files, &root, &path, &entry).await,
-        Some("uri") => text(
-            StatusCode::OK,
-            entry.rw_uri.as_deref().unwrap_or(&entry.ro_uri),
-        ),
+        Some("json") => json_of(files, &path, &entry).await,
+        Some("uri") => text(StatusCode::OK, own_cap(&entry)),
         Some("readonly-uri") => text(StatusCode::OK, &entry.ro_uri),
-        None | Some("") if entry.kind == "dir" => listing(files, &root, &path).await,
+        None | Some("") if entry.kind == "dir" => listing(files, &root, &path, &entry).await,
         None | Some("") => {
             let name = arg(&q, "filename")
                 .map(str::to_string)
@@ -423,11 +416,17 @@ fn node_json(e: &ListEntry, with_meta: bool) -> Value {
     json!([kind, Value::Object(o)])
 }
 
+/// The cap an entry was found with: its write cap when it was reached with write
+/// authority (listing by it needs no second walk from the root).
+fn own_cap(entry: &ListEntry) -> &str {
+    entry.rw_uri.as_deref().unwrap_or(&entry.ro_uri)
+}
+
 /// `?t=json`: Tahoe's shape.
-async fn json_of(files: &Files, root: &str, path: &[String], entry: &ListEntry) -> Response {
+async fn json_of(files: &Files, path: &[String], entry: &ListEntry) -> Response {
     let mut v = node_json(entry, !path.is_empty());
     if entry.kind == "dir" {
-        let listing = match files.list(root, path).await {
+        let listing = match files.list(own_cap(entry), &[]).await {
             Ok(l) => l,
             Err(e) => return failed(&e),
         };
@@ -441,9 +440,9 @@ async fn json_of(files: &Files, root: &str, path: &[String], entry: &ListEntry) 
     json_response(&v)
 }
 
-/// A directory as an HTML page, each entry a link.
-async fn listing(files: &Files, root: &str, path: &[String]) -> Response {
-    let l = match files.list(root, path).await {
+/// The directory `entry` (found at `path` below `root`) as an HTML page, each entry a link.
+async fn listing(files: &Files, root: &str, path: &[String], entry: &ListEntry) -> Response {
+    let l = match files.list(own_cap(entry), &[]).await {
         Ok(l) => l,
         Err(e) => return failed(&e),
     };
@@ -641,7 +640,7 @@ async fn contents(
     head: bool,
     headers: &HeaderMap,
 ) -> Response {
-    let cap = entry.rw_uri.clone().unwrap_or_else(|| entry.ro_uri.clone());
+    let cap = own_cap(entry).to_string();
     let mut resp = if entry.kind == "file" {
         let size = entry.size.unwrap_or(0);
         let range = match parse_range(range_header(headers), size) {
@@ -823,7 +822,9 @@ impl Feed {
             return Ok(None);
         }
         let mut buf = vec![0u8; (64 * 1024).min(self.left as usize)];
-        let n = read_some(&mut self.reader, &mut buf)
+        let n = self
+            .reader
+            .read(&mut buf)
             .await
             .map_err(|e| ControlError::Io(e.to_string()))?;
         if n == 0 {
@@ -850,10 +851,6 @@ impl Feed {
                 .unwrap_or_else(|_| Err(ControlError::Io("the download stopped".into()))),
         }
     }
-}
-
-async fn read_some<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
-    r.read(buf).await
 }
 
 /// `PUT /uri/CAP/PATH`.

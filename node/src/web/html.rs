@@ -1,7 +1,8 @@
 //! Small helpers for the gateway's server-rendered HTML.
 
 use std::fmt::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::dirnode::now;
 
 /// `s` with HTML's special characters escaped (for text and attribute values alike).
 pub fn esc(s: &str) -> String {
@@ -17,13 +18,6 @@ pub fn esc(s: &str) -> String {
         }
     }
     out
-}
-
-/// Seconds since the Unix epoch, now.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A span of seconds, roughly: `42 s`, `3 min`, `5 h`, `2 d`.
@@ -46,21 +40,8 @@ pub fn relative(at: u64) -> String {
     }
 }
 
-/// A byte count for people: `512 B`, `1.5 KiB`, `3.2 GiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
+/// A byte count for people: `512 B`, `1.5 KiB`, `3.2 GiB` (the command line's).
+pub use crate::transfer::human as bytes;
 
 /// A table: a header row, then rows of already-escaped cells with a class and data
 /// attributes on each row.

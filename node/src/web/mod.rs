@@ -460,11 +460,7 @@ const REFUSALS_QUIET: Duration = Duration::from_secs(10);
 impl Gateway {
     /// Whether a refusal now should be a warning (at most one per [`REFUSALS_QUIET`]).
     fn warn_of_refusal(&self) -> bool {
-        let mut last = self
-            .inner
-            .refusal_warned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut last = crate::broker::lock(&self.inner.refusal_warned);
         let now = std::time::Instant::now();
         if last.is_some_and(|t| now.duration_since(t) < REFUSALS_QUIET) {
             return false;

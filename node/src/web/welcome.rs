@@ -30,8 +30,7 @@ use super::html::{bytes, esc, relative, Table};
 use super::{error, failed, typed, Gateway};
 use crate::broker::ServerStatus;
 use crate::control::{IntroducerStatus, NodeStatus};
-use crate::files::{phase_name, TransferRecord};
-use crate::immutable::Phase;
+use crate::files::{snapshot, TransferRecord};
 
 /// `GET /`: the page, or its JSON with `t=json`.
 pub async fn root(
@@ -106,62 +105,79 @@ pub(crate) fn json_response(v: &Value) -> Response {
 }
 
 fn transfer_json(t: &TransferRecord) -> Value {
-    let s = t.progress.snapshot();
+    let s = snapshot(&t.progress);
     json!({
         "id": t.id,
         "kind": t.kind,
-        "phase": phase_name(s.phase),
-        "done": if s.phase == Phase::Hashing { s.bytes_hashed } else { s.bytes_done },
-        "total": s.bytes_total,
+        "phase": s.phase,
+        "done": s.done,
+        "total": s.total,
         "servers": s.servers,
         "started": crate::broker::unix_secs(t.started),
     })
 }
 
-/// A server's state in a sentence.
-fn server_summary(s: &ServerStatus) -> String {
-    if s.connected {
-        let mut out = "connected".to_string();
-        if let Some(h) = &s.handler {
-            let _ = write!(out, " through {h}");
+/// A connection's state in a sentence.
+struct Link<'a> {
+    connected: bool,
+    handler: Option<&'a str>,
+    hint: Option<&'a str>,
+    since: Option<u64>,
+    last_error: Option<&'a str>,
+    next_attempt: Option<u64>,
+}
+
+impl Link<'_> {
+    fn summary(&self) -> String {
+        if self.connected {
+            let mut out = "connected".to_string();
+            if let Some(h) = self.handler {
+                let _ = write!(out, " through {h}");
+            }
+            if let Some(hint) = self.hint {
+                let _ = write!(out, " via {hint}");
+            }
+            if let Some(since) = self.since {
+                let _ = write!(out, ", since {}", relative(since));
+            }
+            out
+        } else {
+            let mut out = "not connected".to_string();
+            if let Some(e) = self.last_error {
+                let _ = write!(out, ": {e}");
+            }
+            if let Some(next) = self.next_attempt {
+                let _ = write!(out, "; next attempt {}", relative(next));
+            }
+            out
         }
-        if let Some(hint) = &s.winning_hint {
-            let _ = write!(out, " via {hint}");
-        }
-        if let Some(since) = s.since {
-            let _ = write!(out, ", since {}", relative(since));
-        }
-        out
-    } else {
-        let mut out = "not connected".to_string();
-        if let Some(e) = &s.last_error {
-            let _ = write!(out, ": {e}");
-        }
-        if let Some(next) = s.next_attempt {
-            let _ = write!(out, "; next attempt {}", relative(next));
-        }
-        out
     }
 }
 
+/// A server's state in a sentence.
+fn server_summary(s: &ServerStatus) -> String {
+    Link {
+        connected: s.connected,
+        handler: s.handler.as_deref(),
+        hint: s.winning_hint.as_deref(),
+        since: s.since,
+        last_error: s.last_error.as_deref(),
+        next_attempt: s.next_attempt,
+    }
+    .summary()
+}
+
+/// An introducer's state in a sentence.
 fn introducer_summary(i: &IntroducerStatus) -> String {
-    let s = ServerStatus {
-        nickname: String::new(),
-        tubid: i.tubid.clone(),
+    Link {
         connected: i.connected,
         handler: None,
-        winning_hint: None,
+        hint: None,
         since: i.since,
-        last_received: None,
-        last_error: i.last_error.clone(),
+        last_error: i.last_error.as_deref(),
         next_attempt: i.next_attempt,
-        version: String::new(),
-        seqnum: 0,
-        permutation_seed: None,
-        configured: false,
-        available_space: None,
-    };
-    server_summary(&s)
+    }
+    .summary()
 }
 
 /// The JSON document (see the module docs).
@@ -317,130 +333,126 @@ fn live(s: &NodeStatus, transfers: &[TransferRecord]) -> String {
     }
     out.push_str(&t.finish());
 
+    // An introducer has no introducers, servers or transfers of its own.
+    if s.kind == "introducer" {
+        out.push_str("</div>");
+        return out;
+    }
+
     // Introducers.
-    if s.kind != "introducer" {
-        out.push_str("<h2>Introducers</h2>");
-        let mut t = Table::new(
-            "introducers",
+    out.push_str("<h2>Introducers</h2>");
+    let mut t = Table::new(
+        "introducers",
+        &[
+            "Name",
+            "TubId",
+            "State",
+            "Since",
+            "Last error",
+            "Next attempt",
+        ],
+    );
+    for i in &s.introducers {
+        t.row(
+            &format!(
+                "class=\"introducer {}\" data-tubid=\"{}\"",
+                if i.connected { "up" } else { "down" },
+                esc(&i.tubid)
+            ),
             &[
-                "Name",
-                "TubId",
-                "State",
-                "Since",
-                "Last error",
-                "Next attempt",
+                esc(&i.name),
+                format!("<span class=\"id\">{}</span>", esc(&i.tubid)),
+                format!(
+                    "<span class=\"state\">{}</span>",
+                    if i.connected { "connected" } else { "down" }
+                ),
+                when(i.since),
+                opt(i.last_error.clone()),
+                when(i.next_attempt),
             ],
         );
-        for i in &s.introducers {
-            t.row(
-                &format!(
-                    "class=\"introducer {}\" data-tubid=\"{}\"",
-                    if i.connected { "up" } else { "down" },
-                    esc(&i.tubid)
-                ),
-                &[
-                    esc(&i.name),
-                    format!("<span class=\"id\">{}</span>", esc(&i.tubid)),
-                    format!(
-                        "<span class=\"state\">{}</span>",
-                        if i.connected { "connected" } else { "down" }
-                    ),
-                    when(i.since),
-                    opt(i.last_error.clone()),
-                    when(i.next_attempt),
-                ],
-            );
-        }
-        out.push_str(&t.finish());
     }
+    out.push_str(&t.finish());
 
     // Storage servers.
-    if s.kind != "introducer" {
-        out.push_str("<h2>Storage servers</h2>");
-        let mut t = Table::new(
-            "servers",
+    out.push_str("<h2>Storage servers</h2>");
+    let mut t = Table::new(
+        "servers",
+        &[
+            "Nickname",
+            "TubId",
+            "State",
+            "Handler",
+            "Winning hint",
+            "Since",
+            "Last received",
+            "Space available",
+            "Last error / next attempt",
+        ],
+    );
+    for v in &s.storage_servers {
+        let trouble = match (&v.last_error, v.next_attempt) {
+            (None, None) => "—".to_string(),
+            (e, n) => format!(
+                "<span class=\"error\">{}</span>{}",
+                e.as_deref().map(esc).unwrap_or_default(),
+                n.map(|n| format!(" (next attempt {})", relative(n)))
+                    .unwrap_or_default()
+            ),
+        };
+        t.row(
+            &format!(
+                "class=\"server {}\" data-tubid=\"{}\"",
+                if v.connected { "up" } else { "down" },
+                esc(&v.tubid)
+            ),
             &[
-                "Nickname",
-                "TubId",
-                "State",
-                "Handler",
-                "Winning hint",
-                "Since",
-                "Last received",
-                "Space available",
-                "Last error / next attempt",
+                esc(&v.nickname),
+                format!("<span class=\"id\">{}</span>", esc(&v.tubid)),
+                format!(
+                    "<span class=\"state\">{}</span>",
+                    if v.connected { "connected" } else { "down" }
+                ),
+                opt(v.handler.clone()),
+                opt(v.winning_hint.clone()),
+                when(v.since),
+                when(v.last_received),
+                opt(v.available_space.map(bytes)),
+                trouble,
             ],
         );
-        for v in &s.storage_servers {
-            let trouble = match (&v.last_error, v.next_attempt) {
-                (None, None) => "—".to_string(),
-                (e, n) => format!(
-                    "<span class=\"error\">{}</span>{}",
-                    e.as_deref().map(esc).unwrap_or_default(),
-                    n.map(|n| format!(" (next attempt {})", relative(n)))
-                        .unwrap_or_default()
-                ),
-            };
+    }
+    out.push_str(&t.finish());
+
+    // Transfers.
+    out.push_str("<h2>Recent uploads and downloads</h2>");
+    if transfers.is_empty() {
+        out.push_str("<p id=\"no-transfers\">None since the node started.</p>");
+    } else {
+        let mut t = Table::new(
+            "transfers",
+            &["#", "Kind", "Phase", "Progress", "Servers", "Started"],
+        );
+        for tr in transfers {
+            let p = snapshot(&tr.progress);
+            let pct = p
+                .done
+                .saturating_mul(100)
+                .checked_div(p.total)
+                .unwrap_or(100);
             t.row(
-                &format!(
-                    "class=\"server {}\" data-tubid=\"{}\"",
-                    if v.connected { "up" } else { "down" },
-                    esc(&v.tubid)
-                ),
+                &format!("class=\"transfer\" data-phase=\"{}\"", p.phase),
                 &[
-                    esc(&v.nickname),
-                    format!("<span class=\"id\">{}</span>", esc(&v.tubid)),
-                    format!(
-                        "<span class=\"state\">{}</span>",
-                        if v.connected { "connected" } else { "down" }
-                    ),
-                    opt(v.handler.clone()),
-                    opt(v.winning_hint.clone()),
-                    when(v.since),
-                    when(v.last_received),
-                    opt(v.available_space.map(bytes)),
-                    trouble,
+                    tr.id.to_string(),
+                    tr.kind.into(),
+                    p.phase.clone(),
+                    format!("{} of {} ({pct}%)", bytes(p.done), bytes(p.total)),
+                    p.servers.to_string(),
+                    relative(crate::broker::unix_secs(tr.started)),
                 ],
             );
         }
         out.push_str(&t.finish());
-    }
-
-    // Transfers.
-    if s.kind != "introducer" {
-        out.push_str("<h2>Recent uploads and downloads</h2>");
-        if transfers.is_empty() {
-            out.push_str("<p id=\"no-transfers\">None since the node started.</p>");
-        } else {
-            let mut t = Table::new(
-                "transfers",
-                &["#", "Kind", "Phase", "Progress", "Servers", "Started"],
-            );
-            for tr in transfers {
-                let p = tr.progress.snapshot();
-                let done = if p.phase == Phase::Hashing {
-                    p.bytes_hashed
-                } else {
-                    p.bytes_done
-                };
-                let pct = done
-                    .saturating_mul(100)
-                    .checked_div(p.bytes_total)
-                    .unwrap_or(100);
-                t.row(
-                    &format!("class=\"transfer\" data-phase=\"{}\"", phase_name(p.phase)),
-                    &[
-                        tr.id.to_string(),
-                        tr.kind.into(),
-                        phase_name(p.phase).into(),
-                        format!("{} of {} ({pct}%)", bytes(done), bytes(p.bytes_total)),
-                        p.servers.to_string(),
-                        relative(crate::broker::unix_secs(tr.started)),
-                    ],
-                );
-            }
-            out.push_str(&t.finish());
-        }
     }
     out.push_str("</div>");
     out
